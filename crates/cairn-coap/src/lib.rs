@@ -1,0 +1,10 @@
+//! Sans-IO CoAP (RFC 7252) with block-wise transfer (RFC 7959), observe (RFC 7641) and
+//! link format (RFC 6690).
+//!
+//! Nothing here touches a socket, a clock or a thread: the endpoint takes bytes and the
+//! current time and hands back bytes to send, events and the next deadline.
+#![forbid(unsafe_code)]
+
+pub mod content_format;
+
+pub use content_format::ContentFormat;

@@ -1,0 +1,1 @@
+//! Tokio driver for the sans-IO CoAP endpoint: sockets, timers and the peer table.

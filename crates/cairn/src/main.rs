@@ -1,0 +1,2 @@
+//! `cairn`: the command-line entry point.
+fn main() {}

@@ -1,2 +1,51 @@
 //! `cairn`: the command-line entry point.
-fn main() {}
+
+mod bench;
+mod coap_cmd;
+
+use clap::{Parser, Subcommand};
+
+/// Cairn: secure device management for IoT fleets (LwM2M over CoAP/DTLS).
+#[derive(Debug, Parser)]
+#[command(name = "cairn", version, about)]
+struct Cli {
+    /// Log filter, e.g. `info` or `cairn_coap=debug` (also read from RUST_LOG).
+    #[arg(long, global = true)]
+    log: Option<String>,
+    /// Write logs as JSON lines.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// CoAP server and client tools.
+    Coap(coap_cmd::CoapArgs),
+    /// Benchmarks against real peers.
+    Bench(bench::BenchArgs),
+}
+
+fn init_logging(filter: Option<&str>, json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match filter {
+        Some(f) => EnvFilter::new(f),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log.as_deref(), cli.log_json);
+    match cli.command {
+        Command::Coap(args) => coap_cmd::run(args),
+        Command::Bench(args) => bench::run(args),
+    }
+}

@@ -46,6 +46,11 @@ pub struct Config {
     pub dedup_capacity_per_peer: usize,
     pub max_block1_transfers_per_peer: usize,
     pub max_observations_per_peer: usize,
+    /// Block2 representations kept per peer so that later blocks match the first
+    /// (and so that the blocks of a POST or PUT response can be fetched at all).
+    pub max_representations_per_peer: usize,
+    /// Bytes of such representations kept across all peers.
+    pub max_representation_bytes: usize,
     pub max_queued_requests_per_peer: usize,
 }
 
@@ -66,6 +71,8 @@ impl Default for Config {
             dedup_capacity_per_peer: 64,
             max_block1_transfers_per_peer: 4,
             max_observations_per_peer: 64,
+            max_representations_per_peer: 2,
+            max_representation_bytes: 16 << 20,
             max_queued_requests_per_peer: 64,
         }
     }
@@ -214,12 +221,20 @@ struct Block1Transfer {
 }
 
 #[derive(Debug)]
+struct Representation {
+    key: Vec<u8>,
+    response: Message,
+    expires: Duration,
+}
+
+#[derive(Debug)]
 struct Peer {
     next_message_id: u16,
     dedup: VecDeque<DedupEntry>,
     outgoing: Vec<OutgoingCon>,
     queued: VecDeque<RequestId>,
     block1: Vec<Block1Transfer>,
+    representations: Vec<Representation>,
     observations: Vec<ObservationId>,
     last_activity: Duration,
 }
@@ -232,6 +247,7 @@ impl Peer {
             outgoing: Vec::new(),
             queued: VecDeque::new(),
             block1: Vec::new(),
+            representations: Vec::new(),
             observations: Vec::new(),
             last_activity: now,
         }
@@ -252,6 +268,7 @@ impl Peer {
             && self.queued.is_empty()
             && self.observations.is_empty()
             && self.block1.iter().all(|t| t.expires <= now)
+            && self.representations.iter().all(|r| r.expires <= now)
             && self.dedup.iter().all(|d| d.expires <= now)
     }
 }
@@ -267,6 +284,7 @@ struct ServerExchange {
     block1_final: Option<BlockValue>,
     observe: ObserveRequest,
     path_key: Vec<u8>,
+    representation_key: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -325,6 +343,7 @@ pub struct Endpoint {
     requests: HashMap<RequestId, ClientRequest>,
     tokens: HashMap<(SocketAddr, Token), RequestId>,
     observations: HashMap<ObservationId, Observation>,
+    representation_bytes: usize,
     sweep_scheduled: bool,
 }
 
@@ -345,6 +364,7 @@ impl Endpoint {
             requests: HashMap::new(),
             tokens: HashMap::new(),
             observations: HashMap::new(),
+            representation_bytes: 0,
             sweep_scheduled: false,
         }
     }
@@ -416,11 +436,24 @@ impl Endpoint {
     }
 
     fn remove_idle_peers(&mut self, now: Duration) {
+        let mut freed = 0;
         self.peers.retain(|_, peer| {
             peer.dedup.retain(|d| d.expires > now);
             peer.block1.retain(|t| t.expires > now);
-            !peer.is_idle(now)
+            peer.representations.retain(|r| {
+                let keep = r.expires > now;
+                if !keep {
+                    freed += r.response.payload.len();
+                }
+                keep
+            });
+            let idle = peer.is_idle(now);
+            if idle {
+                freed += peer.representations.iter().map(|r| r.response.payload.len()).sum::<usize>();
+            }
+            !idle
         });
+        self.representation_bytes = self.representation_bytes.saturating_sub(freed);
     }
 
     // ----- input -----
@@ -596,6 +629,19 @@ impl Endpoint {
             return Disposition::Accepted;
         }
         let path_key = path_key(&message);
+        let representation_key = representation_key(&message, &path_key);
+        let requested_block2 = message.options.get(OptionNumber::BLOCK2).map(BlockValue::decode);
+        if let Some(Some(block)) = requested_block2.filter(|b| b.is_some_and(|b| b.num > 0)) {
+            if let Some(mut response) = self.cached_representation(now, peer, &representation_key) {
+                let code = self.slice_block2(&mut response, Some(block)).err();
+                self.reply_directly(peer, &message, code.map_or(response, Message::response));
+                return Disposition::Accepted;
+            }
+            if !matches!(message.code, Code::GET | Code::FETCH) {
+                self.reply_directly(peer, &message, Message::response(Code::REQUEST_ENTITY_INCOMPLETE));
+                return Disposition::Accepted;
+            }
+        }
         let mut block1_final = None;
         if let Some(raw) = message.options.get(OptionNumber::BLOCK1) {
             let Some(block) = BlockValue::decode(raw) else {
@@ -613,14 +659,12 @@ impl Endpoint {
                 }
             }
         }
-        let block2 = match message.options.get(OptionNumber::BLOCK2) {
-            Some(raw) => match BlockValue::decode(raw) {
-                Some(block) => Some(block),
-                None => {
-                    self.reply_directly(peer, &message, Message::response(Code::BAD_OPTION));
-                    return Disposition::Accepted;
-                }
-            },
+        let block2 = match requested_block2 {
+            Some(Some(block)) => Some(block),
+            Some(None) => {
+                self.reply_directly(peer, &message, Message::response(Code::BAD_OPTION));
+                return Disposition::Accepted;
+            }
             None => None,
         };
         let observe = match (message.code, message.observe()) {
@@ -644,6 +688,7 @@ impl Endpoint {
                 block1_final,
                 observe,
                 path_key,
+                representation_key,
             },
         );
         if message.message_type == MessageType::Confirmable {
@@ -946,6 +991,9 @@ impl Endpoint {
         } else {
             response.options.remove(OptionNumber::OBSERVE);
         }
+        if exchange.block2.is_none_or(|b| b.num == 0) && response.payload.len() > 16usize << self.block_szx {
+            self.keep_representation(now, peer, exchange.representation_key.clone(), &mut response);
+        }
         if let Err(code) = self.slice_block2(&mut response, exchange.block2) {
             response = Message::response(code);
             response.token = exchange.token;
@@ -974,6 +1022,42 @@ impl Endpoint {
             obs.last_confirmable = now;
         }
         Ok(observation)
+    }
+
+    /// Remembers a response too large for one block, tagged with an ETag, for the requests
+    /// of its later blocks.
+    fn keep_representation(&mut self, now: Duration, peer: SocketAddr, key: Vec<u8>, response: &mut Message) {
+        if !response.options.contains(OptionNumber::ETAG) {
+            response.options.set(OptionNumber::ETAG, etag(&response.payload).to_vec());
+        }
+        let size = response.payload.len();
+        let per_peer = self.config.max_representations_per_peer;
+        let lifetime = self.config.exchange_lifetime;
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let mut freed = 0;
+        state.representations.retain(|r| {
+            let keep = r.key != key && r.expires > now;
+            if !keep {
+                freed += r.response.payload.len();
+            }
+            keep
+        });
+        while !state.representations.is_empty() && state.representations.len() >= per_peer {
+            freed += state.representations.remove(0).response.payload.len();
+        }
+        self.representation_bytes = self.representation_bytes.saturating_sub(freed);
+        if per_peer == 0 || self.representation_bytes + size > self.config.max_representation_bytes {
+            return;
+        }
+        self.representation_bytes += size;
+        state.representations.push(Representation { key, response: response.clone(), expires: now + lifetime });
+    }
+
+    fn cached_representation(&self, now: Duration, peer: SocketAddr, key: &[u8]) -> Option<Message> {
+        let state = self.peers.get(&peer)?;
+        state.representations.iter().find(|r| r.key == key && r.expires > now).map(|r| r.response.clone())
     }
 
     /// Cuts a response body into the requested block (RFC 7959 §2.4), or into the first block
@@ -1233,7 +1317,8 @@ impl Endpoint {
         };
         let mut message = request.template.clone();
         let size = 16usize << request.block1_szx;
-        if request.block1_offset < request.body.len() || (!request.body.is_empty() && request.body.len() > size) {
+        let in_blocks = request.body.len() > size || request.block1_offset > 0;
+        if in_blocks && request.block1_offset < request.body.len() {
             let offset = request.block1_offset;
             let end = (offset + size).min(request.body.len());
             let more = end < request.body.len();
@@ -1336,6 +1421,25 @@ fn path_key(message: &Message) -> Vec<u8> {
         key.push(b'/');
     }
     key
+}
+
+/// The method, path and query of a request: what identifies the representation whose
+/// blocks a client fetches one by one.
+fn representation_key(message: &Message, path_key: &[u8]) -> Vec<u8> {
+    let mut key = vec![message.code.0];
+    key.extend_from_slice(path_key);
+    for query in message.options.get_all(OptionNumber::URI_QUERY) {
+        key.push(b'?');
+        key.extend_from_slice(query);
+    }
+    key
+}
+
+/// An entity tag for a representation: 64-bit FNV-1a of the body.
+fn etag(body: &[u8]) -> [u8; 8] {
+    let hash =
+        body.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
+    hash.to_be_bytes()
 }
 
 fn path_key_of(path: &str) -> Vec<u8> {

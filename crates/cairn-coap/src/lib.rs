@@ -10,6 +10,7 @@ pub mod endpoint;
 pub mod message;
 pub mod observe;
 pub mod option;
+pub mod uri;
 
 pub use content_format::ContentFormat;
 pub use endpoint::{
@@ -18,3 +19,4 @@ pub use endpoint::{
 };
 pub use message::{Code, FormatError, Message, MessageType, MessageView, Options, Token};
 pub use option::{BlockValue, OptionNumber};
+pub use uri::CoapUri;

@@ -409,7 +409,7 @@ mod tests {
     fn formats_utc_dates() {
         assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_utc(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(format_utc(1_795_000_000), "2026-11-18T09:46:40Z");
+        assert_eq!(format_utc(1_795_000_000), "2026-11-18T11:06:40Z");
     }
 
     #[test]

@@ -183,7 +183,6 @@ const EMPTY_ACK_LEN: usize = 4;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerKind {
     Retransmit(SocketAddr, u16),
-    PiggybackWindow(ExchangeId),
     ResponseTimeout(RequestId),
     Sweep,
 }
@@ -337,6 +336,8 @@ pub struct Endpoint {
     next_id: u64,
     peers: HashMap<SocketAddr, Peer>,
     timers: BinaryHeap<Reverse<(Duration, TimerKind)>>,
+    /// Piggyback windows end in arrival order, so a queue serves them without a heap.
+    piggyback_deadlines: VecDeque<(Duration, ExchangeId)>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     exchanges: HashMap<ExchangeId, ServerExchange>,
@@ -358,6 +359,7 @@ impl Endpoint {
             next_id: 1,
             peers: HashMap::new(),
             timers: BinaryHeap::new(),
+            piggyback_deadlines: VecDeque::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             exchanges: HashMap::new(),
@@ -388,7 +390,12 @@ impl Endpoint {
 
     /// The earliest time at which [`Endpoint::handle_timeout`] has work to do.
     pub fn poll_timeout(&self) -> Option<Duration> {
-        self.timers.peek().map(|Reverse((deadline, _))| *deadline)
+        let timer = self.timers.peek().map(|Reverse((deadline, _))| *deadline);
+        let piggyback = self.piggyback_deadlines.front().map(|(deadline, _)| *deadline);
+        match (timer, piggyback) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn next_id(&mut self) -> u64 {
@@ -693,7 +700,7 @@ impl Endpoint {
         );
         if message.message_type == MessageType::Confirmable {
             let at = now + self.config.piggyback_window;
-            self.schedule(at, TimerKind::PiggybackWindow(id));
+            self.piggyback_deadlines.push_back((at, id));
         }
         self.events.push_back(Event::Request { id, peer, message, observe });
         Disposition::Accepted
@@ -886,6 +893,13 @@ impl Endpoint {
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Duration) {
+        while let Some(&(deadline, id)) = self.piggyback_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.piggyback_deadlines.pop_front();
+            self.acknowledge_early(id);
+        }
         while let Some(&Reverse((deadline, kind))) = self.timers.peek() {
             if deadline > now {
                 break;
@@ -893,7 +907,6 @@ impl Endpoint {
             self.timers.pop();
             match kind {
                 TimerKind::Retransmit(peer, message_id) => self.retransmit(now, peer, message_id, deadline),
-                TimerKind::PiggybackWindow(id) => self.acknowledge_early(id),
                 TimerKind::ResponseTimeout(id) => {
                     let waiting = self.requests.get(&id).is_some_and(|r| !r.observing || r.last_notification.is_none());
                     let acknowledged = self

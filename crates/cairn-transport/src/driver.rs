@@ -5,12 +5,13 @@
 //! receive system call per batch.
 
 use std::collections::HashMap;
-use std::io::{self, IoSliceMut};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_coap::{Config, Endpoint, Event, Message, RequestId};
 use quinn_udp::{BATCH_SIZE, RecvMeta, UdpSocketState};
+use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny, sendmmsg};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -22,6 +23,10 @@ use crate::{Command, Handler, Reply, Request, ResponseSink, TransportError};
 const MAX_DATAGRAM: usize = 64 * 1024;
 /// Batches processed before the driver yields to timers and commands.
 const BATCHES_PER_TURN: usize = 8;
+/// Datagrams per `sendmmsg` call.
+const SEND_BATCH: usize = 64;
+/// Socket buffer sizes asked for, so that bursts are not dropped.
+const SOCKET_BUFFER_BYTES: usize = 4 << 20;
 
 pub(crate) struct Driver {
     socket: UdpSocket,
@@ -35,6 +40,7 @@ pub(crate) struct Driver {
     pings: HashMap<RequestId, oneshot::Sender<Result<(), TransportError>>>,
     buffers: Vec<Vec<u8>>,
     meta: Vec<RecvMeta>,
+    outbox: Vec<cairn_coap::Transmit>,
 }
 
 impl Driver {
@@ -46,6 +52,9 @@ impl Driver {
         loopback: mpsc::Sender<Command>,
     ) -> io::Result<Self> {
         let state = UdpSocketState::new((&socket).into())?;
+        // Smaller buffers only mean drops under bursts, which retransmission covers.
+        let _ = state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER_BYTES);
+        let _ = state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER_BYTES);
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).map_err(|e| io::Error::other(e.to_string()))?;
         Ok(Driver {
@@ -60,6 +69,7 @@ impl Driver {
             pings: HashMap::new(),
             buffers: vec![vec![0u8; MAX_DATAGRAM]; BATCH_SIZE],
             meta: vec![RecvMeta::default(); BATCH_SIZE],
+            outbox: Vec::new(),
         })
     }
 
@@ -125,32 +135,28 @@ impl Driver {
         }
     }
 
+    /// Sends every queued transmit with as few `sendmmsg` calls as the kernel allows.
     async fn flush(&mut self) {
-        while let Some(transmit) = self.endpoint.poll_transmit() {
-            let packet = quinn_udp::Transmit {
-                destination: transmit.destination,
-                ecn: None,
-                contents: &transmit.payload,
-                segment_size: None,
-                src_ip: None,
-            };
-            loop {
-                let state = &self.state;
-                let sent = self.socket.try_io(Interest::WRITABLE, || state.try_send((&self.socket).into(), &packet));
-                match sent {
-                    Ok(()) => break,
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                        if self.socket.writable().await.is_err() {
-                            break;
-                        }
-                    }
-                    Err(error) => {
-                        tracing::debug!(%error, destination = %transmit.destination, "send failed");
+        self.outbox.extend(std::iter::from_fn(|| self.endpoint.poll_transmit()));
+        let mut sent = 0;
+        while sent < self.outbox.len() {
+            let batch = &self.outbox[sent..self.outbox.len().min(sent + SEND_BATCH)];
+            let result = self.socket.try_io(Interest::WRITABLE, || send_batch(&self.socket, batch));
+            match result {
+                Ok(count) => sent += count.max(1),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    if self.socket.writable().await.is_err() {
                         break;
                     }
                 }
+                Err(error) => {
+                    // One bad destination (e.g. unreachable) must not hold up the others.
+                    tracing::debug!(%error, destination = %self.outbox[sent].destination, "send failed");
+                    sent += 1;
+                }
             }
         }
+        self.outbox.clear();
     }
 
     fn process_events(&mut self) {
@@ -267,6 +273,27 @@ impl Driver {
                 let _ = done.send(count);
             }
             Command::Shutdown => {}
+        }
+    }
+}
+
+/// One `sendmmsg` call; returns how many datagrams the kernel took.
+fn send_batch(socket: &UdpSocket, batch: &[cairn_coap::Transmit]) -> io::Result<usize> {
+    let addresses: Vec<SocketAddrAny> = batch.iter().map(|t| SocketAddrAny::from(t.destination)).collect();
+    let payloads: Vec<[IoSlice<'_>; 1]> = batch.iter().map(|t| [IoSlice::new(&t.payload)]).collect();
+    let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> =
+        batch.iter().map(|_| SendAncillaryBuffer::default()).collect();
+    let mut messages: Vec<MMsgHdr<'_>> = addresses
+        .iter()
+        .zip(&payloads)
+        .zip(controls.iter_mut())
+        .map(|((address, payload), control)| MMsgHdr::new_with_addr(address, payload, control))
+        .collect();
+    loop {
+        match sendmmsg(socket, &mut messages, SendFlags::empty()) {
+            Ok(count) => return Ok(count),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(errno) => return Err(errno.into()),
         }
     }
 }

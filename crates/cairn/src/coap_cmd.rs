@@ -92,7 +92,12 @@ pub fn run(args: CoapArgs) -> anyhow::Result<()> {
         CoapCommand::Serve(serve) => serve.threads.max(1),
         _ => 1,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?;
+    // One thread serves a socket best: no cross-thread wake-ups on the request path.
+    let runtime = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
+    };
     runtime.block_on(async move {
         match args.command {
             CoapCommand::Serve(serve) => serve_command(serve).await,

@@ -111,11 +111,16 @@ impl Driver {
 
     fn receive(&mut self) {
         for _ in 0..BATCHES_PER_TURN {
-            let mut slices: Vec<IoSliceMut<'_>> = self.buffers.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            let mut slices: Vec<IoSliceMut<'_>> = self
+                .buffers
+                .iter_mut()
+                .map(|b| IoSliceMut::new(b))
+                .collect();
             let state = &self.state;
             let meta = &mut self.meta;
-            let received =
-                self.socket.try_io(Interest::READABLE, || state.recv((&self.socket).into(), &mut slices, meta));
+            let received = self.socket.try_io(Interest::READABLE, || {
+                state.recv((&self.socket).into(), &mut slices, meta)
+            });
             let count = match received {
                 Ok(count) => count,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
@@ -137,11 +142,14 @@ impl Driver {
 
     /// Sends every queued transmit with as few `sendmmsg` calls as the kernel allows.
     async fn flush(&mut self) {
-        self.outbox.extend(std::iter::from_fn(|| self.endpoint.poll_transmit()));
+        self.outbox
+            .extend(std::iter::from_fn(|| self.endpoint.poll_transmit()));
         let mut sent = 0;
         while sent < self.outbox.len() {
             let batch = &self.outbox[sent..self.outbox.len().min(sent + SEND_BATCH)];
-            let result = self.socket.try_io(Interest::WRITABLE, || send_batch(&self.socket, batch));
+            let result = self
+                .socket
+                .try_io(Interest::WRITABLE, || send_batch(&self.socket, batch));
             match result {
                 Ok(count) => sent += count.max(1),
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
@@ -162,7 +170,19 @@ impl Driver {
     fn process_events(&mut self) {
         while let Some(event) = self.endpoint.poll_event() {
             match event {
-                Event::Request { id, peer, message, observe } => self.serve(id, Request { peer, message, observe }),
+                Event::Request {
+                    id,
+                    peer,
+                    message,
+                    observe,
+                } => self.serve(
+                    id,
+                    Request {
+                        peer,
+                        message,
+                        observe,
+                    },
+                ),
                 Event::Response { id, message, .. } => self.deliver(id, message),
                 Event::RequestFailed { id, error } => {
                     if let Some(sink) = self.sinks.remove(&id) {
@@ -187,7 +207,11 @@ impl Driver {
     fn serve(&mut self, exchange: cairn_coap::ExchangeId, request: Request) {
         let now = self.now();
         let Some(handler) = &self.handler else {
-            let _ = self.endpoint.respond(now, exchange, Message::response(cairn_coap::Code::NOT_FOUND));
+            let _ = self.endpoint.respond(
+                now,
+                exchange,
+                Message::response(cairn_coap::Code::NOT_FOUND),
+            );
             return;
         };
         match handler.handle(&request) {
@@ -214,11 +238,15 @@ impl Driver {
             ResponseSink::Once(sender) => {
                 let _ = sender.send(Ok(message));
             }
-            ResponseSink::Stream { first: Some(first), rest } => {
+            ResponseSink::Stream {
+                first: Some(first),
+                rest,
+            } => {
                 let observing = message.observe().is_some() && message.code.is_success();
                 let _ = first.send(Ok((id, message)));
                 if observing {
-                    self.sinks.insert(id, ResponseSink::Stream { first: None, rest });
+                    self.sinks
+                        .insert(id, ResponseSink::Stream { first: None, rest });
                 }
             }
             ResponseSink::Stream { first: None, rest } => {
@@ -229,7 +257,8 @@ impl Driver {
                     }
                     _ if ended => {}
                     _ => {
-                        self.sinks.insert(id, ResponseSink::Stream { first: None, rest });
+                        self.sinks
+                            .insert(id, ResponseSink::Stream { first: None, rest });
                     }
                 }
             }
@@ -239,7 +268,11 @@ impl Driver {
     fn command(&mut self, command: Command) {
         let now = self.now();
         match command {
-            Command::Request { peer, message, sink } => match self.endpoint.request(now, peer, message) {
+            Command::Request {
+                peer,
+                message,
+                sink,
+            } => match self.endpoint.request(now, peer, message) {
                 Ok(id) => {
                     self.sinks.insert(id, sink);
                 }
@@ -262,7 +295,11 @@ impl Driver {
                     tracing::debug!(%error, "late response dropped");
                 }
             }
-            Command::Notify { path, response, done } => {
+            Command::Notify {
+                path,
+                response,
+                done,
+            } => {
                 let observers = self.endpoint.observers(&path);
                 let mut count = 0;
                 for id in observers {
@@ -279,10 +316,16 @@ impl Driver {
 
 /// One `sendmmsg` call; returns how many datagrams the kernel took.
 fn send_batch(socket: &UdpSocket, batch: &[cairn_coap::Transmit]) -> io::Result<usize> {
-    let addresses: Vec<SocketAddrAny> = batch.iter().map(|t| SocketAddrAny::from(t.destination)).collect();
-    let payloads: Vec<[IoSlice<'_>; 1]> = batch.iter().map(|t| [IoSlice::new(&t.payload)]).collect();
-    let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> =
-        batch.iter().map(|_| SendAncillaryBuffer::default()).collect();
+    let addresses: Vec<SocketAddrAny> = batch
+        .iter()
+        .map(|t| SocketAddrAny::from(t.destination))
+        .collect();
+    let payloads: Vec<[IoSlice<'_>; 1]> =
+        batch.iter().map(|t| [IoSlice::new(&t.payload)]).collect();
+    let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> = batch
+        .iter()
+        .map(|_| SendAncillaryBuffer::default())
+        .collect();
     let mut messages: Vec<MMsgHdr<'_>> = addresses
         .iter()
         .zip(&payloads)
@@ -303,7 +346,9 @@ fn fail(sink: ResponseSink, error: TransportError) {
         ResponseSink::Once(sender) => {
             let _ = sender.send(Err(error));
         }
-        ResponseSink::Stream { first: Some(first), .. } => {
+        ResponseSink::Stream {
+            first: Some(first), ..
+        } => {
             let _ = first.send(Err(error));
         }
         ResponseSink::Stream { first: None, .. } => {}

@@ -94,9 +94,14 @@ pub fn run(args: CoapArgs) -> anyhow::Result<()> {
     };
     // One thread serves a socket best: no cross-thread wake-ups on the request path.
     let runtime = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?
     };
     runtime.block_on(async move {
         match args.command {
@@ -140,7 +145,9 @@ impl DemoResources {
                 }
                 response.into()
             }
-            (_, "/" | "/.well-known/core" | "/time" | "/echo") => Message::response(Code::METHOD_NOT_ALLOWED).into(),
+            (_, "/" | "/.well-known/core" | "/time" | "/echo") => {
+                Message::response(Code::METHOD_NOT_ALLOWED).into()
+            }
             (Code::GET, _) => self.file(message),
             _ => Message::response(Code::NOT_FOUND).into(),
         }
@@ -190,7 +197,9 @@ fn safe_join<'a>(dir: &Path, segments: impl Iterator<Item = &'a [u8]>) -> Option
         let segment = std::str::from_utf8(segment).ok()?;
         let mut components = Path::new(segment).components();
         match (components.next(), components.next()) {
-            (Some(Component::Normal(part)), None) if !segment.contains(['/', '\\']) => path.push(part),
+            (Some(Component::Normal(part)), None) if !segment.contains(['/', '\\']) => {
+                path.push(part)
+            }
             _ => return None,
         }
     }
@@ -212,7 +221,9 @@ fn collect_files(root: &Path, relative: &Path, depth: usize, out: &mut Vec<Strin
 }
 
 fn file_size(dir: &Path, file: &str) -> u64 {
-    std::fs::metadata(dir.join(file)).map(|m| m.len()).unwrap_or(0)
+    std::fs::metadata(dir.join(file))
+        .map(|m| m.len())
+        .unwrap_or(0)
 }
 
 fn content_format_of(path: &Path) -> ContentFormat {
@@ -226,7 +237,10 @@ fn content_format_of(path: &Path) -> ContentFormat {
 }
 
 fn time_response() -> Message {
-    let seconds = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let seconds = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let mut response = text_response(Code::CONTENT, format_utc(seconds));
     response.options.set_uint(OptionNumber::MAX_AGE, 1);
     response
@@ -245,7 +259,12 @@ fn format_utc(seconds: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
@@ -257,7 +276,10 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
     let endpoint = CoapEndpoint::bind(args.listen, Config::default(), Some(Arc::new(handler)))
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    eprintln!("cairn coap serve: listening on coap://{}", endpoint.local_addr());
+    eprintln!(
+        "cairn coap serve: listening on coap://{}",
+        endpoint.local_addr()
+    );
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -278,13 +300,21 @@ async fn resolve(uri: &CoapUri) -> anyhow::Result<SocketAddr> {
         bail!("coaps:// is not available in this build of the client");
     }
     let host = uri.host.as_str();
-    let mut addresses =
-        tokio::net::lookup_host((host, uri.port)).await.with_context(|| format!("cannot resolve {host}"))?;
-    addresses.next().with_context(|| format!("no address for {host}"))
+    let mut addresses = tokio::net::lookup_host((host, uri.port))
+        .await
+        .with_context(|| format!("cannot resolve {host}"))?;
+    addresses
+        .next()
+        .with_context(|| format!("no address for {host}"))
 }
 
 async fn client_endpoint(target: SocketAddr) -> anyhow::Result<CoapEndpoint> {
-    let local: SocketAddr = if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
+    let local: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()?;
     Ok(CoapEndpoint::bind(local, Config::default(), None).await?)
 }
 
@@ -299,13 +329,17 @@ async fn build_request(code: Code, args: &ClientArgs) -> anyhow::Result<(CoapUri
         message.payload = payload.clone().into_bytes();
     }
     if let Some(file) = &args.payload_file {
-        message.payload = tokio::fs::read(file).await.with_context(|| format!("cannot read {}", file.display()))?;
+        message.payload = tokio::fs::read(file)
+            .await
+            .with_context(|| format!("cannot read {}", file.display()))?;
     }
     if let Some(format) = args.content_format {
         message.set_content_format(ContentFormat(format));
     }
     if let Some(accept) = args.accept {
-        message.options.set_uint(OptionNumber::ACCEPT, u32::from(accept));
+        message
+            .options
+            .set_uint(OptionNumber::ACCEPT, u32::from(accept));
     }
     Ok((uri, message))
 }
@@ -313,10 +347,15 @@ async fn build_request(code: Code, args: &ClientArgs) -> anyhow::Result<(CoapUri
 fn describe(message: &Message) -> String {
     let mut text = format!("{} {:?}", message.code, message.message_type);
     for (number, value) in message.options.iter() {
-        let name = number.name().map_or_else(|| number.0.to_string(), str::to_owned);
+        let name = number
+            .name()
+            .map_or_else(|| number.0.to_string(), str::to_owned);
         match cairn_coap::option::decode_uint(value) {
             Some(v)
-                if matches!(number.definition().map(|d| d.format), Some(cairn_coap::option::OptionFormat::Uint)) =>
+                if matches!(
+                    number.definition().map(|d| d.format),
+                    Some(cairn_coap::option::OptionFormat::Uint)
+                ) =>
             {
                 text.push_str(&format!(" {name}={v}"))
             }
@@ -358,9 +397,12 @@ async fn request_command(code: Code, args: ClientArgs) -> anyhow::Result<()> {
     let (uri, message) = build_request(code, &args).await?;
     let target = resolve(&uri).await?;
     let endpoint = client_endpoint(target).await?;
-    let response = tokio::time::timeout(Duration::from_secs(args.timeout), endpoint.request(target, message))
-        .await
-        .context("timed out waiting for the response")??;
+    let response = tokio::time::timeout(
+        Duration::from_secs(args.timeout),
+        endpoint.request(target, message),
+    )
+    .await
+    .context("timed out waiting for the response")??;
     write_payload(&args, &response, false).await?;
     if !response.code.is_success() {
         bail!("server answered {}", response.code);
@@ -372,11 +414,15 @@ async fn observe_command(args: ObserveArgs) -> anyhow::Result<()> {
     let (uri, message) = build_request(Code::GET, &args.client).await?;
     let target = resolve(&uri).await?;
     let endpoint = client_endpoint(target).await?;
-    let deadline = args.seconds.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
-    let (first, mut observation) =
-        tokio::time::timeout(Duration::from_secs(args.client.timeout), endpoint.observe(target, message))
-            .await
-            .context("timed out waiting for the first response")??;
+    let deadline = args
+        .seconds
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let (first, mut observation) = tokio::time::timeout(
+        Duration::from_secs(args.client.timeout),
+        endpoint.observe(target, message),
+    )
+    .await
+    .context("timed out waiting for the first response")??;
     write_payload(&args.client, &first, false).await?;
     if !first.code.is_success() {
         bail!("server answered {}", first.code);
@@ -421,7 +467,10 @@ mod tests {
     fn file_paths_cannot_escape_the_directory() {
         let dir = Path::new("/srv/files");
         let join = |segments: &[&str]| safe_join(dir, segments.iter().map(|s| s.as_bytes()));
-        assert_eq!(join(&["a", "b.txt"]), Some(PathBuf::from("/srv/files/a/b.txt")));
+        assert_eq!(
+            join(&["a", "b.txt"]),
+            Some(PathBuf::from("/srv/files/a/b.txt"))
+        );
         assert_eq!(join(&[".."]), None);
         assert_eq!(join(&["a", "..", "b"]), None);
         assert_eq!(join(&["a/b"]), None);

@@ -105,6 +105,9 @@ pub enum CloseReason {
     PeerAlert(AlertDescription),
     /// This side aborted with a fatal alert (sent to the peer when the record layer allowed it).
     LocalAlert(AlertDescription),
+    /// The peer started a new handshake from the same address (RFC 6347 §4.2.8), or another
+    /// session moved onto this address.
+    NewHandshake,
     /// The handshake flight was retransmitted the maximum number of times without an answer.
     HandshakeTimeout,
 }

@@ -264,6 +264,11 @@ impl Protection {
     /// Opens a protected record and returns its real content type and plaintext. Any failure is
     /// [`Error::BadRecordMac`] or a decode error; the caller drops the record silently.
     pub fn open(&self, record: &Record<'_>) -> Result<(ContentType, Vec<u8>), Error> {
+        // The version is part of the additional data (RFC 5246 §6.2.3.3); only DTLS 1.2 is
+        // ever protected here.
+        if record.version != DTLS_1_2 {
+            return Err(Error::BadRecordMac);
+        }
         let mut reader = Reader::new(record.fragment);
         let explicit: [u8; EXPLICIT_NONCE_LEN] = reader.array("explicit nonce")?;
         let mut body = reader.rest().to_vec();

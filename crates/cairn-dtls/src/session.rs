@@ -194,3 +194,103 @@ impl Session {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{CipherSuite, TrafficKey};
+    use crate::message::put_fragment_header;
+    use crate::record::Records;
+
+    fn pair() -> (Session, Session) {
+        let suite = CipherSuite::PskWithAes128Ccm8;
+        let client_key = TrafficKey::new([1; 16], [1; 4]);
+        let server_key = TrafficKey::new([2; 16], [2; 4]);
+        let protection = |key: &TrafficKey| Protection {
+            suite,
+            key: key.clone(),
+        };
+        let writer = |key: &TrafficKey| {
+            let mut writer = RecordWriter::new(0);
+            writer.protection = Some(protection(key));
+            writer
+        };
+        let server = Session::new(
+            Role::Server,
+            protection(&client_key),
+            writer(&server_key),
+            ReplayWindow::default(),
+            ConnectionId::EMPTY,
+            None,
+            b"device",
+        );
+        let client = Session::new(
+            Role::Client,
+            protection(&server_key),
+            writer(&client_key),
+            ReplayWindow::default(),
+            ConnectionId::EMPTY,
+            None,
+            b"device",
+        );
+        (server, client)
+    }
+
+    #[test]
+    fn renegotiation_is_refused_with_a_warning() {
+        let (mut server, mut client) = pair();
+        let mut hello = Vec::new();
+        put_fragment_header(&mut hello, HandshakeType::ClientHello, 4, 0, 0, 4);
+        hello.extend_from_slice(&[0xFE, 0xFD, 0, 0]);
+        let mut record = Vec::new();
+        client
+            .writer
+            .write(&mut record, 1, ContentType::Handshake, &hello)
+            .unwrap();
+        let mut transmit = Vec::new();
+        let parsed = Records::new(&record, 0).next().unwrap();
+        assert_eq!(server.on_record(&parsed, &mut transmit), (None, true));
+        assert_eq!(transmit.len(), 1);
+        let alert = Records::new(&transmit[0], 0).next().unwrap();
+        let (content_type, body) = client.read.open(&alert).unwrap();
+        assert_eq!(content_type, ContentType::Alert);
+        assert_eq!(body, [1, 100]);
+        // The client keeps its session after the warning.
+        let mut none = Vec::new();
+        assert_eq!(client.on_record(&alert, &mut none), (None, true));
+        let data = server.seal(b"still up").unwrap();
+        let data = Records::new(&data, 0).next().unwrap();
+        assert_eq!(
+            client.on_record(&data, &mut none).0,
+            Some(SessionOutput::ApplicationData(b"still up".to_vec()))
+        );
+    }
+
+    #[test]
+    fn hello_request_to_a_client_is_refused() {
+        let (mut server, mut client) = pair();
+        let mut request = Vec::new();
+        put_fragment_header(&mut request, HandshakeType::HelloRequest, 0, 0, 0, 0);
+        let mut record = Vec::new();
+        server
+            .writer
+            .write(&mut record, 1, ContentType::Handshake, &request)
+            .unwrap();
+        let mut transmit = Vec::new();
+        let parsed = Records::new(&record, 0).next().unwrap();
+        client.on_record(&parsed, &mut transmit);
+        assert_eq!(transmit.len(), 1);
+    }
+
+    #[test]
+    fn idle_session_is_compact() {
+        let (server, _) = pair();
+        assert!(
+            core::mem::size_of::<Session>() <= 256,
+            "{}",
+            core::mem::size_of::<Session>()
+        );
+        assert_eq!(server.heap_bytes(), 6);
+        assert!(!format!("{server:?}").contains("[1, 1, 1"));
+    }
+}

@@ -220,3 +220,93 @@ fn close_notify_ends_both_sides() {
         Err(cairn_dtls::Error::NotConnected)
     );
 }
+
+#[test]
+fn fragmented_flights_reassemble_under_a_small_mtu() {
+    let long_identity = vec![b'i'; 600];
+    let mut table = PskTable::default();
+    table.0.insert(long_identity.clone(), KEY.to_vec());
+    let mut config = cairn_dtls::ServerConfig::new(std::sync::Arc::new(table));
+    config.identity_hint = Some(vec![b'h'; 500]);
+    config.mtu = 256;
+    let mut client_config =
+        cairn_dtls::ClientConfig::new(long_identity.clone(), Psk::new(KEY.to_vec()));
+    client_config.mtu = 256;
+    let mut link = Link::new(server(config), client(client_config, 4));
+    // Lose the second datagram of flight 4 once and the first of flight 5 once.
+    link.loss = Box::new(|direction, index, _| {
+        matches!(
+            (direction, index),
+            (Direction::ToClient, 2) | (Direction::ToServer, 2)
+        )
+    });
+    link.client.connect(link.now).unwrap();
+    link.run(Duration::from_secs(30));
+    assert!(link.server_events.iter().any(|event| matches!(
+        event,
+        Event::Connected { identity, .. } if *identity == long_identity
+    )));
+    assert!(link.client_connected());
+    assert!(
+        link.trace
+            .iter()
+            .all(|(_, _, datagram)| datagram.len() <= 256)
+    );
+    let fragments = link
+        .trace
+        .iter()
+        .filter(|(_, direction, _)| *direction == Direction::ToClient)
+        .count();
+    assert!(fragments >= 4, "flight 4 took {fragments} datagrams");
+    exchange(&mut link);
+}
+
+#[test]
+fn reordered_and_duplicated_datagrams_still_complete() {
+    let mut link = Link::new(server(server_config()), client(client_config(), 6));
+    let mut held: Option<Vec<u8>> = None;
+    let mut deliveries = Vec::new();
+    link.client.connect(link.now).unwrap();
+    // Manual pump: every datagram is delivered twice, and server datagrams are swapped in pairs.
+    for _ in 0..20 {
+        while let Some(transmit) = link.client.poll_transmit() {
+            for _ in 0..2 {
+                link.server
+                    .handle(link.now, link.client_addr, &transmit.payload);
+            }
+        }
+        while let Some(transmit) = link.server.poll_transmit() {
+            match held.take() {
+                Some(earlier) => {
+                    deliveries.push(transmit.payload.clone());
+                    deliveries.push(earlier);
+                }
+                None => held = Some(transmit.payload),
+            }
+        }
+        for datagram in deliveries.drain(..) {
+            for _ in 0..2 {
+                link.client.handle(link.now, server_addr(), &datagram);
+            }
+        }
+        if link.client.is_connected() {
+            break;
+        }
+        if let Some(datagram) = held.take() {
+            link.client.handle(link.now, server_addr(), &datagram);
+        }
+        link.now += Duration::from_secs(2);
+        link.client.handle_timeout(link.now);
+        link.server.handle_timeout(link.now);
+    }
+    assert!(link.client.is_connected());
+    link.run(link.now);
+    assert!(link.server_connected());
+    let connected = link
+        .server_events
+        .iter()
+        .filter(|event| matches!(event, Event::Connected { .. }))
+        .count();
+    assert_eq!(connected, 1);
+    exchange(&mut link);
+}

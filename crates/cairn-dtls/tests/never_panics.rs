@@ -21,8 +21,12 @@ fn honest_trace() -> Vec<(Direction, Vec<u8>)> {
     let mut client_config = client_config();
     client_config.connection_id = Some(Vec::new());
     let mut link = connected(config, client_config);
-    link.client.send(link.now, server_addr(), b"payload").unwrap();
-    link.server.send(link.now, link.client_addr, b"payload").unwrap();
+    link.client
+        .send(link.now, server_addr(), b"payload")
+        .unwrap();
+    link.server
+        .send(link.now, link.client_addr, b"payload")
+        .unwrap();
     link.run(link.now);
     link.trace
         .iter()

@@ -17,6 +17,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::security::{Identities, Layer, Security};
 use crate::{Command, Handler, Reply, Request, ResponseSink, TransportError};
 
 /// Largest datagram accepted; CoAP over UDP stays well below (RFC 7252 §4.6).
@@ -32,6 +33,8 @@ pub(crate) struct Driver {
     socket: UdpSocket,
     state: UdpSocketState,
     endpoint: Endpoint,
+    layer: Layer,
+    identities: Identities,
     handler: Option<Arc<dyn Handler>>,
     commands: mpsc::Receiver<Command>,
     loopback: mpsc::Sender<Command>,
@@ -47,6 +50,7 @@ impl Driver {
     pub(crate) fn new(
         socket: UdpSocket,
         config: Config,
+        security: Security,
         handler: Option<Arc<dyn Handler>>,
         commands: mpsc::Receiver<Command>,
         loopback: mpsc::Sender<Command>,
@@ -61,6 +65,8 @@ impl Driver {
             socket,
             state,
             endpoint: Endpoint::new(config, u64::from_ne_bytes(seed)),
+            layer: Layer::new(security, Duration::ZERO)?,
+            identities: Identities::new(),
             handler,
             commands,
             loopback,
@@ -82,7 +88,11 @@ impl Driver {
         let sleep = tokio::time::sleep_until(self.origin + idle);
         tokio::pin!(sleep);
         loop {
-            let at = match self.endpoint.poll_timeout() {
+            let deadline = [self.endpoint.poll_timeout(), self.layer.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            let at = match deadline {
                 Some(deadline) => self.origin + deadline,
                 None => Instant::now() + idle,
             };
@@ -102,6 +112,7 @@ impl Driver {
                 () = &mut sleep => {
                     let now = self.now();
                     self.endpoint.handle_timeout(now);
+                    self.layer.handle_timeout(now, &mut self.endpoint, &mut self.identities, &mut self.outbox);
                 }
             }
             self.process_events();
@@ -133,7 +144,14 @@ impl Driver {
             for (meta, buffer) in self.meta.iter().zip(self.buffers.iter()).take(count) {
                 let stride = meta.stride.max(1);
                 for datagram in buffer[..meta.len].chunks(stride) {
-                    self.endpoint.handle(now, meta.addr, datagram);
+                    self.layer.receive(
+                        now,
+                        meta.addr,
+                        datagram,
+                        &mut self.endpoint,
+                        &mut self.identities,
+                        &mut self.outbox,
+                    );
                 }
             }
             self.process_events();
@@ -142,8 +160,10 @@ impl Driver {
 
     /// Sends every queued transmit with as few `sendmmsg` calls as the kernel allows.
     async fn flush(&mut self) {
-        self.outbox
-            .extend(std::iter::from_fn(|| self.endpoint.poll_transmit()));
+        let now = self.now();
+        while let Some(transmit) = self.endpoint.poll_transmit() {
+            self.layer.send(now, transmit, &mut self.outbox);
+        }
         let mut sent = 0;
         while sent < self.outbox.len() {
             let batch = &self.outbox[sent..self.outbox.len().min(sent + SEND_BATCH)];
@@ -175,14 +195,16 @@ impl Driver {
                     peer,
                     message,
                     observe,
-                } => self.serve(
-                    id,
-                    Request {
+                } => {
+                    let identity = self.identities.get(&peer).cloned();
+                    let request = Request {
                         peer,
                         message,
                         observe,
-                    },
-                ),
+                        identity,
+                    };
+                    self.serve(id, request);
+                }
                 Event::Response { id, message, .. } => self.deliver(id, message),
                 Event::RequestFailed { id, error } => {
                     if let Some(sink) = self.sinks.remove(&id) {

@@ -7,6 +7,9 @@
 //! [`CoapEndpoint::observe`] and [`CoapEndpoint::ping`].
 
 mod driver;
+mod security;
+
+pub use security::Security;
 
 use std::future::Future;
 use std::io;
@@ -24,6 +27,8 @@ pub struct Request {
     pub peer: SocketAddr,
     pub message: Message,
     pub observe: ObserveRequest,
+    /// The peer's authenticated identity (its DTLS PSK identity), if the socket is secured.
+    pub identity: Option<Arc<[u8]>>,
 }
 
 /// A boxed future yielding a response.
@@ -111,25 +116,43 @@ pub struct CoapEndpoint {
 }
 
 impl CoapEndpoint {
-    /// Binds `address` and starts the endpoint's task on the current runtime.
+    /// Binds `address` for plain CoAP and starts the endpoint's task on the current runtime.
     pub async fn bind(
         address: SocketAddr,
         config: Config,
         handler: Option<Arc<dyn Handler>>,
     ) -> io::Result<Self> {
+        Self::bind_secured(address, config, Security::NoSec, handler).await
+    }
+
+    /// Binds `address` with the given security (e.g. a DTLS server or client).
+    pub async fn bind_secured(
+        address: SocketAddr,
+        config: Config,
+        security: Security,
+        handler: Option<Arc<dyn Handler>>,
+    ) -> io::Result<Self> {
         let socket = UdpSocket::bind(address).await?;
-        Self::from_socket(socket, config, handler)
+        Self::from_socket(socket, config, security, handler)
     }
 
     /// Starts an endpoint on a bound socket.
     pub fn from_socket(
         socket: UdpSocket,
         config: Config,
+        security: Security,
         handler: Option<Arc<dyn Handler>>,
     ) -> io::Result<Self> {
         let local_addr = socket.local_addr()?;
         let (commands, receiver) = mpsc::channel(1024);
-        let driver = driver::Driver::new(socket, config, handler, receiver, commands.clone())?;
+        let driver = driver::Driver::new(
+            socket,
+            config,
+            security,
+            handler,
+            receiver,
+            commands.clone(),
+        )?;
         tokio::spawn(driver.run());
         Ok(CoapEndpoint {
             commands,

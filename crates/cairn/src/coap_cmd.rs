@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use cairn_coap::{CoapUri, Code, Config, ContentFormat, Message, MessageType, OptionNumber};
-use cairn_transport::{CoapEndpoint, Reply, Request, text_response};
+use cairn_dtls::{ClientConfig, Psk, PskResolver, ServerConfig};
+use cairn_transport::{CoapEndpoint, Reply, Request, Security, text_response};
 use clap::{Args, Subcommand};
 
 #[derive(Debug, Args)]
@@ -43,6 +44,59 @@ pub struct ServeArgs {
     /// Worker threads of the runtime (the socket itself is served by one task).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// UDP address for CoAP over DTLS (`coaps://`), with the PSK options.
+    #[arg(long, requires = "psk_identity")]
+    dtls_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    psk: PskArgs,
+}
+
+/// A pre-shared key for DTLS (TLS_PSK_WITH_AES_128_CCM_8 and _CCM).
+#[derive(Debug, Args, Clone)]
+pub struct PskArgs {
+    /// PSK identity.
+    #[arg(long, requires = "psk_key")]
+    psk_identity: Option<String>,
+    /// PSK as hexadecimal digits.
+    #[arg(long, requires = "psk_identity")]
+    psk_key: Option<String>,
+}
+
+impl PskArgs {
+    fn credentials(&self) -> anyhow::Result<Option<(Vec<u8>, Psk)>> {
+        match (&self.psk_identity, &self.psk_key) {
+            (Some(identity), Some(key)) => {
+                let key = decode_hex(key).context("--psk-key must be hexadecimal")?;
+                anyhow::ensure!(!key.is_empty(), "--psk-key is empty");
+                Ok(Some((identity.clone().into_bytes(), Psk::new(key))))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+fn decode_hex(text: &str) -> anyhow::Result<Vec<u8>> {
+    let text = text.trim();
+    anyhow::ensure!(text.len() % 2 == 0, "odd number of hex digits");
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            let pair = text.get(i..i + 2).context("not ASCII")?;
+            u8::from_str_radix(pair, 16).with_context(|| format!("invalid hex digits {pair:?}"))
+        })
+        .collect()
+}
+
+/// One identity and its key.
+struct StaticPsk {
+    identity: Vec<u8>,
+    key: Psk,
+}
+
+impl PskResolver for StaticPsk {
+    fn key(&self, identity: &[u8]) -> Option<Psk> {
+        (identity == self.identity.as_slice()).then(|| self.key.clone())
+    }
 }
 
 #[derive(Debug, Args)]
@@ -73,6 +127,8 @@ pub struct ClientArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 100)]
     timeout: u64,
+    #[command(flatten)]
+    psk: PskArgs,
 }
 
 #[derive(Debug, Args)]
@@ -272,33 +328,54 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::ensure!(dir.is_dir(), "--dir {} is not a directory", dir.display());
     }
     let resources = Arc::new(DemoResources::new(args.dir.clone()));
-    let handler = move |request: &Request| resources.handle(request);
-    let endpoint = CoapEndpoint::bind(args.listen, Config::default(), Some(Arc::new(handler)))
+    let handler: Arc<dyn cairn_transport::Handler> =
+        Arc::new(move |request: &Request| resources.handle(request));
+    let mut endpoints = Vec::new();
+    let plain = CoapEndpoint::bind(args.listen, Config::default(), Some(handler.clone()))
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     eprintln!(
         "cairn coap serve: listening on coap://{}",
-        endpoint.local_addr()
+        plain.local_addr()
     );
+    endpoints.push(plain);
+    if let Some(address) = args.dtls_listen {
+        let (identity, key) = args
+            .psk
+            .credentials()?
+            .context("--dtls-listen needs --psk-identity and --psk-key")?;
+        let resolver = Arc::new(StaticPsk { identity, key });
+        let security = Security::DtlsServer(ServerConfig::new(resolver));
+        let secured =
+            CoapEndpoint::bind_secured(address, Config::default(), security, Some(handler))
+                .await
+                .with_context(|| format!("cannot listen on {address}"))?;
+        eprintln!(
+            "cairn coap serve: listening on coaps://{}",
+            secured.local_addr()
+        );
+        endpoints.push(secured);
+    }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                endpoint.notify("/time", time_response()).await?;
+                for endpoint in &endpoints {
+                    endpoint.notify("/time", time_response()).await?;
+                }
             }
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    endpoint.shutdown().await;
+    for endpoint in &endpoints {
+        endpoint.shutdown().await;
+    }
     Ok(())
 }
 
 // ----- client -----
 
 async fn resolve(uri: &CoapUri) -> anyhow::Result<SocketAddr> {
-    if uri.secure {
-        bail!("coaps:// is not available in this build of the client");
-    }
     let host = uri.host.as_str();
     let mut addresses = tokio::net::lookup_host((host, uri.port))
         .await
@@ -308,14 +385,27 @@ async fn resolve(uri: &CoapUri) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("no address for {host}"))
 }
 
-async fn client_endpoint(target: SocketAddr) -> anyhow::Result<CoapEndpoint> {
+async fn client_endpoint(
+    uri: &CoapUri,
+    args: &ClientArgs,
+) -> anyhow::Result<(SocketAddr, CoapEndpoint)> {
+    let target = resolve(uri).await?;
     let local: SocketAddr = if target.is_ipv4() {
         "0.0.0.0:0"
     } else {
         "[::]:0"
     }
     .parse()?;
-    Ok(CoapEndpoint::bind(local, Config::default(), None).await?)
+    let security = match (uri.secure, args.psk.credentials()?) {
+        (false, _) => Security::NoSec,
+        (true, Some((identity, key))) => Security::DtlsClient {
+            config: ClientConfig::new(identity, key),
+            server: target,
+        },
+        (true, None) => bail!("coaps:// needs --psk-identity and --psk-key"),
+    };
+    let endpoint = CoapEndpoint::bind_secured(local, Config::default(), security, None).await?;
+    Ok((target, endpoint))
 }
 
 async fn build_request(code: Code, args: &ClientArgs) -> anyhow::Result<(CoapUri, Message)> {
@@ -395,8 +485,7 @@ async fn write_payload(args: &ClientArgs, message: &Message, append: bool) -> an
 
 async fn request_command(code: Code, args: ClientArgs) -> anyhow::Result<()> {
     let (uri, message) = build_request(code, &args).await?;
-    let target = resolve(&uri).await?;
-    let endpoint = client_endpoint(target).await?;
+    let (target, endpoint) = client_endpoint(&uri, &args).await?;
     let response = tokio::time::timeout(
         Duration::from_secs(args.timeout),
         endpoint.request(target, message),
@@ -412,8 +501,7 @@ async fn request_command(code: Code, args: ClientArgs) -> anyhow::Result<()> {
 
 async fn observe_command(args: ObserveArgs) -> anyhow::Result<()> {
     let (uri, message) = build_request(Code::GET, &args.client).await?;
-    let target = resolve(&uri).await?;
-    let endpoint = client_endpoint(target).await?;
+    let (target, endpoint) = client_endpoint(&uri, &args.client).await?;
     let deadline = args
         .seconds
         .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
+use super::cpu::machine_busy_cores;
 use super::load::{self, LoadSpec, MAX_IN_FLIGHT, Measurement};
 use super::message::GetRequest;
 use super::server::{ServerProcess, find_in_path, free_loopback_address};
@@ -125,10 +126,15 @@ pub fn run(args: CoapBenchArgs) -> anyhow::Result<()> {
     // Start every server first, so that a missing or broken one fails before any run.
     let mut servers = Vec::with_capacity(targets.len());
     for &target in &targets {
-        let mut server = target.spawn()?;
-        server.wait_until_ready(&spec.request, &stop)?;
+        let mut server = target
+            .spawn()
+            .with_context(|| leave_out_hint(target, &targets))?;
+        server
+            .wait_until_ready(&spec.request, &stop)
+            .with_context(|| leave_out_hint(target, &targets))?;
         servers.push((target, server));
     }
+    warn_if_busy();
     println!(
         "CoAP GET {}: {} clients x {} in flight, {} s warm-up + {} s measured per server, on 127.0.0.1",
         args.path, spec.clients, spec.in_flight, args.warmup, args.seconds
@@ -164,6 +170,35 @@ pub fn run(args: CoapBenchArgs) -> anyhow::Result<()> {
     );
     println!("{}", result_line(&results));
     Ok(())
+}
+
+/// Tells how to run the benchmark without `failed`.
+fn leave_out_hint(failed: Target, targets: &[Target]) -> String {
+    let others: Vec<&str> = targets
+        .iter()
+        .filter(|&&target| target != failed)
+        .map(|target| target.name())
+        .collect();
+    if others.is_empty() {
+        format!("cannot benchmark {}", failed.name())
+    } else {
+        format!(
+            "cannot benchmark {} (leave it out with --only {})",
+            failed.name(),
+            others.join(",")
+        )
+    }
+}
+
+/// The figures assume the machine is otherwise idle: say so when it is not.
+fn warn_if_busy() {
+    if let Ok(busy) = machine_busy_cores(Duration::from_millis(300)) {
+        if busy >= 0.2 {
+            eprintln!(
+                "note: {busy:.1} cores were busy just before the run; other work on this machine skews the figures"
+            );
+        }
+    }
 }
 
 fn print_row(target: Target, measurement: &Measurement) {

@@ -6,5 +6,17 @@
 #![forbid(unsafe_code)]
 
 pub mod content_format;
+pub mod endpoint;
+pub mod message;
+pub mod observe;
+pub mod option;
+pub mod uri;
 
 pub use content_format::ContentFormat;
+pub use endpoint::{
+    Config, Disposition, Endpoint, EndpointError, Event, ExchangeId, ObservationEnd, ObservationId, ObserveRequest,
+    RequestError, RequestId, Transmit,
+};
+pub use message::{Code, FormatError, Message, MessageType, MessageView, Options, Token};
+pub use option::{BlockValue, OptionNumber};
+pub use uri::CoapUri;

@@ -1,1 +1,191 @@
-//! Tokio driver for the sans-IO CoAP endpoint: sockets, timers and the peer table.
+//! Tokio driver for the sans-IO CoAP endpoint: it owns the UDP socket (batched receive with
+//! `quinn-udp`), the timers and the map from endpoint events to waiting callers.
+//!
+//! One task per socket runs [`cairn_coap::Endpoint`]; handlers answer at once
+//! ([`Reply::Ready`]) or later ([`Reply::Pending`], run on their own task so that a slow
+//! resource never holds up other peers). Clients call [`CoapEndpoint::request`],
+//! [`CoapEndpoint::observe`] and [`CoapEndpoint::ping`].
+
+mod driver;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use cairn_coap::{Code, Config, Message, ObserveRequest, RequestError};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+/// A request as a handler sees it.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub peer: SocketAddr,
+    pub message: Message,
+    pub observe: ObserveRequest,
+}
+
+/// A boxed future yielding a response.
+pub type PendingReply = Pin<Box<dyn Future<Output = Message> + Send>>;
+
+/// A handler's answer.
+pub enum Reply {
+    /// The response, available now.
+    Ready(Message),
+    /// The response, once the future completes; the peer gets an empty ACK meanwhile if needed.
+    Pending(PendingReply),
+}
+
+impl From<Message> for Reply {
+    fn from(message: Message) -> Self {
+        Reply::Ready(message)
+    }
+}
+
+/// Serves requests. Called on the socket's task: do slow work in [`Reply::Pending`].
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, request: &Request) -> Reply;
+}
+
+impl<F> Handler for F
+where
+    F: Fn(&Request) -> Reply + Send + Sync + 'static,
+{
+    fn handle(&self, request: &Request) -> Reply {
+        self(request)
+    }
+}
+
+/// Why a request through the transport failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error(transparent)]
+    Endpoint(#[from] cairn_coap::EndpointError),
+    #[error("the endpoint task has stopped")]
+    Closed,
+    #[error("socket error: {0}")]
+    Io(#[from] io::Error),
+}
+
+pub(crate) enum Command {
+    Request { peer: SocketAddr, message: Message, sink: ResponseSink },
+    Ping { peer: SocketAddr, done: oneshot::Sender<Result<(), TransportError>> },
+    Cancel { id: cairn_coap::RequestId, deregister: bool },
+    Respond { exchange: cairn_coap::ExchangeId, response: Message },
+    Notify { path: String, response: Message, done: oneshot::Sender<usize> },
+    Shutdown,
+}
+
+pub(crate) enum ResponseSink {
+    Once(oneshot::Sender<Result<Message, TransportError>>),
+    Stream {
+        first: Option<oneshot::Sender<Result<(cairn_coap::RequestId, Message), TransportError>>>,
+        rest: mpsc::Sender<Message>,
+    },
+}
+
+/// A CoAP endpoint on a UDP socket: a server (with a handler), a client, or both.
+pub struct CoapEndpoint {
+    commands: mpsc::Sender<Command>,
+    local_addr: SocketAddr,
+}
+
+impl CoapEndpoint {
+    /// Binds `address` and starts the endpoint's task on the current runtime.
+    pub async fn bind(address: SocketAddr, config: Config, handler: Option<Arc<dyn Handler>>) -> io::Result<Self> {
+        let socket = UdpSocket::bind(address).await?;
+        Self::from_socket(socket, config, handler)
+    }
+
+    /// Starts an endpoint on a bound socket.
+    pub fn from_socket(socket: UdpSocket, config: Config, handler: Option<Arc<dyn Handler>>) -> io::Result<Self> {
+        let local_addr = socket.local_addr()?;
+        let (commands, receiver) = mpsc::channel(1024);
+        let driver = driver::Driver::new(socket, config, handler, receiver, commands.clone())?;
+        tokio::spawn(driver.run());
+        Ok(CoapEndpoint { commands, local_addr })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    async fn command(&self, command: Command) -> Result<(), TransportError> {
+        self.commands.send(command).await.map_err(|_| TransportError::Closed)
+    }
+
+    /// Sends a request and waits for its complete response (Block2 already reassembled).
+    pub async fn request(&self, peer: SocketAddr, message: Message) -> Result<Message, TransportError> {
+        let (sink, response) = oneshot::channel();
+        self.command(Command::Request { peer, message, sink: ResponseSink::Once(sink) }).await?;
+        response.await.map_err(|_| TransportError::Closed)?
+    }
+
+    /// Registers an observation (the request gets Observe = 0) and returns the first response
+    /// with a stream of the notifications that follow.
+    pub async fn observe(
+        &self,
+        peer: SocketAddr,
+        mut message: Message,
+    ) -> Result<(Message, Observation), TransportError> {
+        message.options.set_uint(cairn_coap::OptionNumber::OBSERVE, 0);
+        let (first, first_response) = oneshot::channel();
+        let (rest, notifications) = mpsc::channel(64);
+        self.command(Command::Request { peer, message, sink: ResponseSink::Stream { first: Some(first), rest } })
+            .await?;
+        let (id, response) = first_response.await.map_err(|_| TransportError::Closed)??;
+        Ok((response, Observation { id, notifications, commands: self.commands.clone() }))
+    }
+
+    /// Sends a CoAP ping and waits for the Reset that answers it.
+    pub async fn ping(&self, peer: SocketAddr) -> Result<(), TransportError> {
+        let (done, answer) = oneshot::channel();
+        self.command(Command::Ping { peer, done }).await?;
+        answer.await.map_err(|_| TransportError::Closed)?
+    }
+
+    /// Notifies every observer of `path`; returns how many there were.
+    pub async fn notify(&self, path: &str, response: Message) -> Result<usize, TransportError> {
+        let (done, count) = oneshot::channel();
+        self.command(Command::Notify { path: path.to_owned(), response, done }).await?;
+        count.await.map_err(|_| TransportError::Closed)
+    }
+
+    /// Stops the endpoint's task.
+    pub async fn shutdown(&self) {
+        let _ = self.commands.send(Command::Shutdown).await;
+    }
+}
+
+/// Notifications of an observation; dropping it forgets the observation (the next
+/// notification is answered with Reset), [`Observation::cancel`] deregisters explicitly.
+pub struct Observation {
+    id: cairn_coap::RequestId,
+    notifications: mpsc::Receiver<Message>,
+    commands: mpsc::Sender<Command>,
+}
+
+impl Observation {
+    /// The next fresh notification, or `None` once the observation has ended.
+    pub async fn next(&mut self) -> Option<Message> {
+        self.notifications.recv().await
+    }
+
+    /// Deregisters with a GET carrying Observe = 1 (RFC 7641 §3.6).
+    pub async fn cancel(self) {
+        let _ = self.commands.send(Command::Cancel { id: self.id, deregister: true }).await;
+    }
+}
+
+/// A response with a code and a text payload.
+pub fn text_response(code: Code, text: impl Into<String>) -> Message {
+    let mut response = Message::response(code);
+    response.payload = text.into().into_bytes();
+    if !response.payload.is_empty() {
+        response.set_content_format(cairn_coap::ContentFormat::TEXT_PLAIN);
+    }
+    response
+}

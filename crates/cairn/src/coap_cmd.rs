@@ -1,10 +1,427 @@
 //! `cairn coap serve|get|put|post|delete|observe`: a CoAP server and client for interop and demos.
 
-use clap::Args;
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use cairn_coap::{CoapUri, Code, Config, ContentFormat, Message, MessageType, OptionNumber};
+use cairn_transport::{CoapEndpoint, Reply, Request, text_response};
+use clap::{Args, Subcommand};
 
 #[derive(Debug, Args)]
-pub struct CoapArgs {}
+pub struct CoapArgs {
+    #[command(subcommand)]
+    command: CoapCommand,
+}
 
-pub fn run(_args: CoapArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not yet available")
+#[derive(Debug, Subcommand)]
+enum CoapCommand {
+    /// Serve `/.well-known/core`, `/time` (observable), `/echo` and the files of a directory.
+    Serve(ServeArgs),
+    /// GET a resource.
+    Get(ClientArgs),
+    /// PUT a payload.
+    Put(ClientArgs),
+    /// POST a payload.
+    Post(ClientArgs),
+    /// DELETE a resource.
+    Delete(ClientArgs),
+    /// Observe a resource and print each notification.
+    Observe(ObserveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// UDP address to listen on.
+    #[arg(long, default_value = "127.0.0.1:5683")]
+    listen: SocketAddr,
+    /// Directory whose files are served by path (block-wise for large ones).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Worker threads of the runtime (the socket itself is served by one task).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// `coap://host[:port]/path[?query]`
+    uri: String,
+    /// Request payload (text).
+    #[arg(long, conflicts_with = "payload_file")]
+    payload: Option<String>,
+    /// Request payload read from a file.
+    #[arg(long)]
+    payload_file: Option<PathBuf>,
+    /// Content-Format number of the payload.
+    #[arg(long)]
+    content_format: Option<u16>,
+    /// Accept option (the content format wanted in the response).
+    #[arg(long)]
+    accept: Option<u16>,
+    /// Send a non-confirmable request.
+    #[arg(long)]
+    non: bool,
+    /// Write the response payload to this file instead of standard output.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Print the response code and options on standard error.
+    #[arg(long, short)]
+    verbose: bool,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 100)]
+    timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ObserveArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Stop after this many notifications (the first response included).
+    #[arg(long)]
+    count: Option<usize>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    seconds: Option<u64>,
+}
+
+pub fn run(args: CoapArgs) -> anyhow::Result<()> {
+    let threads = match &args.command {
+        CoapCommand::Serve(serve) => serve.threads.max(1),
+        _ => 1,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?;
+    runtime.block_on(async move {
+        match args.command {
+            CoapCommand::Serve(serve) => serve_command(serve).await,
+            CoapCommand::Get(client) => request_command(Code::GET, client).await,
+            CoapCommand::Put(client) => request_command(Code::PUT, client).await,
+            CoapCommand::Post(client) => request_command(Code::POST, client).await,
+            CoapCommand::Delete(client) => request_command(Code::DELETE, client).await,
+            CoapCommand::Observe(observe) => observe_command(observe).await,
+        }
+    })
+}
+
+// ----- server -----
+
+const BANNER: &str = "Cairn CoAP server: secure device management for IoT fleets.\n\
+                      Resources: /.well-known/core, /time (observable), /echo (POST, PUT)";
+
+/// The resources of `cairn coap serve`.
+pub struct DemoResources {
+    dir: Option<PathBuf>,
+}
+
+impl DemoResources {
+    pub fn new(dir: Option<PathBuf>) -> Self {
+        DemoResources { dir }
+    }
+
+    fn handle(&self, request: &Request) -> Reply {
+        let message = &request.message;
+        let path = message.uri_path();
+        match (message.code, path.as_str()) {
+            (Code::GET, "/") => text_response(Code::CONTENT, BANNER).into(),
+            (Code::GET, "/.well-known/core") => self.core_links().into(),
+            (Code::GET, "/time") => time_response().into(),
+            (Code::POST | Code::PUT, "/echo") => {
+                let mut response = Message::response(Code::CHANGED);
+                response.payload.clone_from(&message.payload);
+                if let Some(format) = message.content_format() {
+                    response.set_content_format(format);
+                }
+                response.into()
+            }
+            (_, "/" | "/.well-known/core" | "/time" | "/echo") => Message::response(Code::METHOD_NOT_ALLOWED).into(),
+            (Code::GET, _) => self.file(message),
+            _ => Message::response(Code::NOT_FOUND).into(),
+        }
+    }
+
+    fn core_links(&self) -> Message {
+        let mut links = String::from("</time>;rt=\"time\";ct=0;obs,</echo>;ct=0");
+        if let Some(dir) = &self.dir {
+            let mut files = Vec::new();
+            collect_files(dir, Path::new(""), 3, &mut files);
+            files.sort();
+            for file in files.iter().take(256) {
+                links.push_str(&format!(",</{file}>;sz={}", file_size(dir, file)));
+            }
+        }
+        let mut response = Message::response(Code::CONTENT);
+        response.payload = links.into_bytes();
+        response.set_content_format(ContentFormat::LINK_FORMAT);
+        response
+    }
+
+    fn file(&self, message: &Message) -> Reply {
+        let Some(dir) = &self.dir else {
+            return Message::response(Code::NOT_FOUND).into();
+        };
+        let Some(path) = safe_join(dir, message.options.get_all(OptionNumber::URI_PATH)) else {
+            return text_response(Code::BAD_REQUEST, "invalid path").into();
+        };
+        Reply::Pending(Box::pin(async move {
+            match tokio::fs::read(&path).await {
+                Ok(body) => {
+                    let mut response = Message::response(Code::CONTENT);
+                    response.set_content_format(content_format_of(&path));
+                    response.payload = body;
+                    response
+                }
+                Err(_) => Message::response(Code::NOT_FOUND),
+            }
+        }))
+    }
+}
+
+/// Joins Uri-Path segments under `dir`, refusing anything that could leave it.
+fn safe_join<'a>(dir: &Path, segments: impl Iterator<Item = &'a [u8]>) -> Option<PathBuf> {
+    let mut path = dir.to_path_buf();
+    for segment in segments {
+        let segment = std::str::from_utf8(segment).ok()?;
+        let mut components = Path::new(segment).components();
+        match (components.next(), components.next()) {
+            (Some(Component::Normal(part)), None) if !segment.contains(['/', '\\']) => path.push(part),
+            _ => return None,
+        }
+    }
+    (path != dir).then_some(path)
+}
+
+fn collect_files(root: &Path, relative: &Path, depth: usize, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(root.join(relative)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = relative.join(entry.file_name());
+        match entry.file_type() {
+            Ok(kind) if kind.is_file() => out.push(name.to_string_lossy().replace('\\', "/")),
+            Ok(kind) if kind.is_dir() && depth > 0 => collect_files(root, &name, depth - 1, out),
+            _ => {}
+        }
+    }
+}
+
+fn file_size(dir: &Path, file: &str) -> u64 {
+    std::fs::metadata(dir.join(file)).map(|m| m.len()).unwrap_or(0)
+}
+
+fn content_format_of(path: &Path) -> ContentFormat {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("txt" | "md") => ContentFormat::TEXT_PLAIN,
+        Some("json") => ContentFormat::JSON,
+        Some("cbor") => ContentFormat::CBOR,
+        Some("xml") => ContentFormat::XML,
+        _ => ContentFormat::OCTET_STREAM,
+    }
+}
+
+fn time_response() -> Message {
+    let seconds = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let mut response = text_response(Code::CONTENT, format_utc(seconds));
+    response.options.set_uint(OptionNumber::MAX_AGE, 1);
+    response
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` from Unix seconds (civil-from-days, proleptic Gregorian).
+fn format_utc(seconds: u64) -> String {
+    let days = (seconds / 86_400) as i64;
+    let secs = seconds % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
+    if let Some(dir) = &args.dir {
+        anyhow::ensure!(dir.is_dir(), "--dir {} is not a directory", dir.display());
+    }
+    let resources = Arc::new(DemoResources::new(args.dir.clone()));
+    let handler = move |request: &Request| resources.handle(request);
+    let endpoint = CoapEndpoint::bind(args.listen, Config::default(), Some(Arc::new(handler)))
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    eprintln!("cairn coap serve: listening on coap://{}", endpoint.local_addr());
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                endpoint.notify("/time", time_response()).await?;
+            }
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    endpoint.shutdown().await;
+    Ok(())
+}
+
+// ----- client -----
+
+async fn resolve(uri: &CoapUri) -> anyhow::Result<SocketAddr> {
+    if uri.secure {
+        bail!("coaps:// is not available in this build of the client");
+    }
+    let host = uri.host.as_str();
+    let mut addresses =
+        tokio::net::lookup_host((host, uri.port)).await.with_context(|| format!("cannot resolve {host}"))?;
+    addresses.next().with_context(|| format!("no address for {host}"))
+}
+
+async fn client_endpoint(target: SocketAddr) -> anyhow::Result<CoapEndpoint> {
+    let local: SocketAddr = if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
+    Ok(CoapEndpoint::bind(local, Config::default(), None).await?)
+}
+
+async fn build_request(code: Code, args: &ClientArgs) -> anyhow::Result<(CoapUri, Message)> {
+    let uri = CoapUri::parse(&args.uri).with_context(|| format!("invalid URI {}", args.uri))?;
+    let mut message = Message::request(code);
+    if args.non {
+        message.message_type = MessageType::NonConfirmable;
+    }
+    uri.apply(&mut message);
+    if let Some(payload) = &args.payload {
+        message.payload = payload.clone().into_bytes();
+    }
+    if let Some(file) = &args.payload_file {
+        message.payload = tokio::fs::read(file).await.with_context(|| format!("cannot read {}", file.display()))?;
+    }
+    if let Some(format) = args.content_format {
+        message.set_content_format(ContentFormat(format));
+    }
+    if let Some(accept) = args.accept {
+        message.options.set_uint(OptionNumber::ACCEPT, u32::from(accept));
+    }
+    Ok((uri, message))
+}
+
+fn describe(message: &Message) -> String {
+    let mut text = format!("{} {:?}", message.code, message.message_type);
+    for (number, value) in message.options.iter() {
+        let name = number.name().map_or_else(|| number.0.to_string(), str::to_owned);
+        match cairn_coap::option::decode_uint(value) {
+            Some(v)
+                if matches!(number.definition().map(|d| d.format), Some(cairn_coap::option::OptionFormat::Uint)) =>
+            {
+                text.push_str(&format!(" {name}={v}"))
+            }
+            _ => text.push_str(&format!(" {name}={}", String::from_utf8_lossy(value))),
+        }
+    }
+    text
+}
+
+async fn write_payload(args: &ClientArgs, message: &Message, append: bool) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    if args.verbose {
+        eprintln!("{}", describe(message));
+    }
+    match &args.output {
+        Some(path) => {
+            let mut file = tokio::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(append)
+                .truncate(!append)
+                .open(path)
+                .await?;
+            file.write_all(&message.payload).await?;
+        }
+        None => {
+            let mut stdout = tokio::io::stdout();
+            stdout.write_all(&message.payload).await?;
+            if !message.payload.ends_with(b"\n") && !message.payload.is_empty() {
+                stdout.write_all(b"\n").await?;
+            }
+            stdout.flush().await?;
+        }
+    }
+    Ok(())
+}
+
+async fn request_command(code: Code, args: ClientArgs) -> anyhow::Result<()> {
+    let (uri, message) = build_request(code, &args).await?;
+    let target = resolve(&uri).await?;
+    let endpoint = client_endpoint(target).await?;
+    let response = tokio::time::timeout(Duration::from_secs(args.timeout), endpoint.request(target, message))
+        .await
+        .context("timed out waiting for the response")??;
+    write_payload(&args, &response, false).await?;
+    if !response.code.is_success() {
+        bail!("server answered {}", response.code);
+    }
+    Ok(())
+}
+
+async fn observe_command(args: ObserveArgs) -> anyhow::Result<()> {
+    let (uri, message) = build_request(Code::GET, &args.client).await?;
+    let target = resolve(&uri).await?;
+    let endpoint = client_endpoint(target).await?;
+    let deadline = args.seconds.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let (first, mut observation) =
+        tokio::time::timeout(Duration::from_secs(args.client.timeout), endpoint.observe(target, message))
+            .await
+            .context("timed out waiting for the first response")??;
+    write_payload(&args.client, &first, false).await?;
+    if !first.code.is_success() {
+        bail!("server answered {}", first.code);
+    }
+    if first.observe().is_none() {
+        eprintln!("the server did not accept the observation");
+        return Ok(());
+    }
+    let mut received = 1;
+    while args.count.is_none_or(|count| received < count) {
+        let next = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, observation.next()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+            None => observation.next().await,
+        };
+        let Some(notification) = next else {
+            break;
+        };
+        write_payload(&args.client, &notification, true).await?;
+        received += 1;
+    }
+    observation.cancel().await;
+    // Give the deregistration a moment to leave before the socket closes.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc_dates() {
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(format_utc(1_795_000_000), "2026-11-18T11:06:40Z");
+    }
+
+    #[test]
+    fn file_paths_cannot_escape_the_directory() {
+        let dir = Path::new("/srv/files");
+        let join = |segments: &[&str]| safe_join(dir, segments.iter().map(|s| s.as_bytes()));
+        assert_eq!(join(&["a", "b.txt"]), Some(PathBuf::from("/srv/files/a/b.txt")));
+        assert_eq!(join(&[".."]), None);
+        assert_eq!(join(&["a", "..", "b"]), None);
+        assert_eq!(join(&["a/b"]), None);
+        assert_eq!(join(&["/etc"]), None);
+        assert_eq!(join(&["."]), None);
+        assert_eq!(join(&[]), None);
+    }
 }

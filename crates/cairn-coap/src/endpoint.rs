@@ -1,0 +1,1455 @@
+//! The sans-IO CoAP endpoint: message layer (RFC 7252 §4), request/response matching (§5.3),
+//! block-wise transfer (RFC 7959) and observe (RFC 7641), for both roles at once.
+//!
+//! Input: [`Endpoint::handle`] with `(now, peer, datagram)` and [`Endpoint::handle_timeout`].
+//! Output: [`Endpoint::poll_transmit`], [`Endpoint::poll_event`] and [`Endpoint::poll_timeout`].
+//! Time is a [`Duration`] since an origin the driver chooses; nothing here reads a clock.
+//!
+//! Server role: every request arrives as [`Event::Request`] (Block1 bodies already reassembled,
+//! duplicates already answered from the cache) and is answered with [`Endpoint::respond`],
+//! which picks a piggybacked, separate or non-confirmable response and slices Block2 bodies.
+//! Client role: [`Endpoint::request`] sends a request (in Block1 blocks if large), retransmits,
+//! fetches the remaining Block2 blocks of a response, and reports [`Event::Response`] once per
+//! complete response or fresh notification.
+
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use core::cmp::Reverse;
+
+use crate::message::{Code, FormatError, Message, MessageType, MessageView, RawHeader, Token};
+use crate::observe::{ObserveSequence, is_fresh};
+use crate::option::{BlockValue, OptionNumber};
+
+/// Transmission parameters and resource limits (RFC 7252 §4.8 defaults).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub ack_timeout: Duration,
+    /// ACK_RANDOM_FACTOR as a ratio (numerator, denominator); the default is 3/2.
+    pub ack_random_factor: (u32, u32),
+    pub max_retransmit: u32,
+    /// Outstanding confirmable requests per peer (NSTART).
+    pub nstart: usize,
+    pub exchange_lifetime: Duration,
+    /// How long a client waits for a response after its request was acknowledged or sent NON.
+    pub response_timeout: Duration,
+    /// How long the server waits for the application before acknowledging a CON request empty.
+    pub piggyback_window: Duration,
+    /// Confirmable notifications at least this often (RFC 7641 §4.5: 24 hours).
+    pub observe_con_interval: Duration,
+    /// Preferred block size (16..=1024) for Block1 and Block2.
+    pub block_size: usize,
+    /// Largest body reassembled from blocks, either role.
+    pub max_body_size: usize,
+    pub max_peers: usize,
+    pub dedup_capacity_per_peer: usize,
+    pub max_block1_transfers_per_peer: usize,
+    pub max_observations_per_peer: usize,
+    /// Block2 representations kept per peer so that later blocks match the first
+    /// (and so that the blocks of a POST or PUT response can be fetched at all).
+    pub max_representations_per_peer: usize,
+    /// Bytes of such representations kept across all peers.
+    pub max_representation_bytes: usize,
+    pub max_queued_requests_per_peer: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            ack_timeout: Duration::from_secs(2),
+            ack_random_factor: (3, 2),
+            max_retransmit: 4,
+            nstart: 1,
+            exchange_lifetime: Duration::from_secs(247),
+            response_timeout: Duration::from_secs(93),
+            piggyback_window: Duration::from_millis(1000),
+            observe_con_interval: Duration::from_secs(24 * 3600),
+            block_size: 1024,
+            max_body_size: 1 << 20,
+            max_peers: 100_000,
+            dedup_capacity_per_peer: 64,
+            max_block1_transfers_per_peer: 4,
+            max_observations_per_peer: 64,
+            max_representations_per_peer: 2,
+            max_representation_bytes: 16 << 20,
+            max_queued_requests_per_peer: 64,
+        }
+    }
+}
+
+/// A datagram to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub destination: SocketAddr,
+    pub payload: Vec<u8>,
+}
+
+/// A request received, awaiting [`Endpoint::respond`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExchangeId(u64);
+
+/// A request sent by [`Endpoint::request`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(u64);
+
+/// An observation registered by a peer on this endpoint (server role).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObservationId(u64);
+
+/// Why a request of ours failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("no acknowledgement after {0} retransmissions")]
+    Timeout(u32),
+    #[error("no response within the response timeout")]
+    NoResponse,
+    #[error("the peer answered with a Reset")]
+    Reset,
+    #[error("the response body exceeds the configured limit")]
+    BodyTooLarge,
+    #[error("the peer sent an inconsistent block-wise transfer")]
+    BlockMismatch,
+    #[error("request cancelled")]
+    Cancelled,
+}
+
+/// Errors of the endpoint's API (never of network input, which is answered or dropped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    #[error("no such exchange (already answered or expired)")]
+    UnknownExchange,
+    #[error("no such observation")]
+    UnknownObservation,
+    #[error("no such request")]
+    UnknownRequest,
+    #[error("the message code {0} is not a request method")]
+    NotARequest(Code),
+    #[error("the message code {0} is not a response code")]
+    NotAResponse(Code),
+    #[error("too many requests queued for this peer")]
+    QueueFull,
+    #[error("the peer table is full")]
+    TooManyPeers,
+    #[error("the body is larger than the configured limit")]
+    BodyTooLarge,
+}
+
+/// Why an observation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObservationEnd {
+    /// The observer answered a notification with Reset.
+    Reset,
+    /// A confirmable notification was never acknowledged.
+    Timeout,
+    /// The observer deregistered (GET with Observe = 1) or re-registered.
+    Deregistered,
+}
+
+/// What the endpoint reports to the application.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A complete request; answer it with [`Endpoint::respond`].
+    Request { id: ExchangeId, peer: SocketAddr, message: Message, observe: ObserveRequest },
+    /// A complete response, or a fresh notification of an observe request.
+    Response { id: RequestId, peer: SocketAddr, message: Message },
+    /// A request of ours failed; no further events come for it.
+    RequestFailed { id: RequestId, error: RequestError },
+    /// A ping of ours was answered.
+    Pong { id: RequestId },
+    /// An observation of this endpoint's resources ended.
+    ObservationEnded { id: ObservationId, peer: SocketAddr, reason: ObservationEnd },
+}
+
+/// What a GET asked of observe (RFC 7641 §2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObserveRequest {
+    None,
+    Register,
+    Deregister,
+}
+
+/// Why a datagram was dropped or rejected; returned by [`Endpoint::handle`] for diagnostics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    Accepted,
+    Duplicate,
+    Rejected(FormatError),
+    Ignored,
+}
+
+const EMPTY_ACK_LEN: usize = 4;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    Retransmit(SocketAddr, u16),
+    PiggybackWindow(ExchangeId),
+    ResponseTimeout(RequestId),
+    Sweep,
+}
+
+#[derive(Debug)]
+struct DedupEntry {
+    message_id: u16,
+    expires: Duration,
+    reply: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConPurpose {
+    Request(RequestId),
+    Ping(RequestId),
+    SeparateResponse,
+    Notification(ObservationId),
+}
+
+#[derive(Debug)]
+struct OutgoingCon {
+    message_id: u16,
+    bytes: Vec<u8>,
+    retransmissions: u32,
+    timeout: Duration,
+    deadline: Duration,
+    purpose: ConPurpose,
+}
+
+#[derive(Debug)]
+struct Block1Transfer {
+    key: Vec<u8>,
+    body: Vec<u8>,
+    expires: Duration,
+}
+
+#[derive(Debug)]
+struct Representation {
+    key: Vec<u8>,
+    response: Message,
+    expires: Duration,
+}
+
+#[derive(Debug)]
+struct Peer {
+    next_message_id: u16,
+    dedup: VecDeque<DedupEntry>,
+    outgoing: Vec<OutgoingCon>,
+    queued: VecDeque<RequestId>,
+    block1: Vec<Block1Transfer>,
+    representations: Vec<Representation>,
+    observations: Vec<ObservationId>,
+    last_activity: Duration,
+}
+
+impl Peer {
+    fn new(first_message_id: u16, now: Duration) -> Self {
+        Peer {
+            next_message_id: first_message_id,
+            dedup: VecDeque::new(),
+            outgoing: Vec::new(),
+            queued: VecDeque::new(),
+            block1: Vec::new(),
+            representations: Vec::new(),
+            observations: Vec::new(),
+            last_activity: now,
+        }
+    }
+
+    fn allocate_message_id(&mut self) -> u16 {
+        let id = self.next_message_id;
+        self.next_message_id = id.wrapping_add(1);
+        id
+    }
+
+    fn in_flight_requests(&self) -> usize {
+        self.outgoing.iter().filter(|o| matches!(o.purpose, ConPurpose::Request(_) | ConPurpose::Ping(_))).count()
+    }
+
+    fn is_idle(&self, now: Duration) -> bool {
+        self.outgoing.is_empty()
+            && self.queued.is_empty()
+            && self.observations.is_empty()
+            && self.block1.iter().all(|t| t.expires <= now)
+            && self.representations.iter().all(|r| r.expires <= now)
+            && self.dedup.iter().all(|d| d.expires <= now)
+    }
+}
+
+#[derive(Debug)]
+struct ServerExchange {
+    peer: SocketAddr,
+    token: Token,
+    request_type: MessageType,
+    message_id: u16,
+    acknowledged: bool,
+    block2: Option<BlockValue>,
+    block1_final: Option<BlockValue>,
+    observe: ObserveRequest,
+    path_key: Vec<u8>,
+    representation_key: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Observation {
+    peer: SocketAddr,
+    token: Token,
+    path_key: Vec<u8>,
+    sequence: ObserveSequence,
+    last_confirmable: Duration,
+    last_message_id: u16,
+}
+
+#[derive(Debug)]
+struct ClientRequest {
+    peer: SocketAddr,
+    token: Token,
+    template: Message,
+    body: Vec<u8>,
+    block1_offset: usize,
+    block1_szx: u8,
+    block2_body: Vec<u8>,
+    observing: bool,
+    last_notification: Option<(u32, Duration)>,
+    sent: bool,
+}
+
+/// A small deterministic generator for message IDs, tokens and jitter.
+///
+/// Seed it from the operating system: tokens are the only defence of unsecured CoAP against
+/// off-path response spoofing (RFC 7252 §5.3.1).
+#[derive(Debug, Clone)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// A CoAP endpoint serving and requesting on one socket.
+#[derive(Debug)]
+pub struct Endpoint {
+    config: Config,
+    block_szx: u8,
+    rng: SplitMix64,
+    next_id: u64,
+    peers: HashMap<SocketAddr, Peer>,
+    timers: BinaryHeap<Reverse<(Duration, TimerKind)>>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    exchanges: HashMap<ExchangeId, ServerExchange>,
+    requests: HashMap<RequestId, ClientRequest>,
+    tokens: HashMap<(SocketAddr, Token), RequestId>,
+    observations: HashMap<ObservationId, Observation>,
+    representation_bytes: usize,
+    sweep_scheduled: bool,
+}
+
+impl Endpoint {
+    /// A new endpoint; `seed` must come from a good random source.
+    pub fn new(config: Config, seed: u64) -> Self {
+        let block_szx = BlockValue::szx_for_size(config.block_size).unwrap_or(6);
+        Endpoint {
+            config,
+            block_szx,
+            rng: SplitMix64(seed),
+            next_id: 1,
+            peers: HashMap::new(),
+            timers: BinaryHeap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            exchanges: HashMap::new(),
+            requests: HashMap::new(),
+            tokens: HashMap::new(),
+            observations: HashMap::new(),
+            representation_bytes: 0,
+            sweep_scheduled: false,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Number of peers with state (dedup cache, exchanges, observations).
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The earliest time at which [`Endpoint::handle_timeout`] has work to do.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        self.timers.peek().map(|Reverse((deadline, _))| *deadline)
+    }
+
+    fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn schedule(&mut self, deadline: Duration, kind: TimerKind) {
+        self.timers.push(Reverse((deadline, kind)));
+    }
+
+    fn send(&mut self, destination: SocketAddr, payload: Vec<u8>) {
+        self.transmits.push_back(Transmit { destination, payload });
+    }
+
+    fn initial_timeout(&mut self) -> Duration {
+        let (num, den) = self.config.ack_random_factor;
+        let base = self.config.ack_timeout;
+        let max = base * num / den.max(1);
+        let spread = max.saturating_sub(base).as_nanos() as u64;
+        let jitter = if spread == 0 { 0 } else { self.rng.next() % spread };
+        base + Duration::from_nanos(jitter)
+    }
+
+    fn peer_mut(&mut self, now: Duration, address: SocketAddr) -> Option<&mut Peer> {
+        if !self.peers.contains_key(&address) {
+            if self.peers.len() >= self.config.max_peers {
+                self.remove_idle_peers(now);
+                if self.peers.len() >= self.config.max_peers {
+                    return None;
+                }
+            }
+            let first_message_id = self.rng.next() as u16;
+            self.peers.insert(address, Peer::new(first_message_id, now));
+            if !self.sweep_scheduled {
+                self.sweep_scheduled = true;
+                let at = now + self.config.exchange_lifetime / 8;
+                self.schedule(at, TimerKind::Sweep);
+            }
+        }
+        let peer = self.peers.get_mut(&address)?;
+        peer.last_activity = now;
+        Some(peer)
+    }
+
+    fn remove_idle_peers(&mut self, now: Duration) {
+        let mut freed = 0;
+        self.peers.retain(|_, peer| {
+            peer.dedup.retain(|d| d.expires > now);
+            peer.block1.retain(|t| t.expires > now);
+            peer.representations.retain(|r| {
+                let keep = r.expires > now;
+                if !keep {
+                    freed += r.response.payload.len();
+                }
+                keep
+            });
+            let idle = peer.is_idle(now);
+            if idle {
+                freed += peer.representations.iter().map(|r| r.response.payload.len()).sum::<usize>();
+            }
+            !idle
+        });
+        self.representation_bytes = self.representation_bytes.saturating_sub(freed);
+    }
+
+    // ----- input -----
+
+    /// Processes one datagram from `peer`.
+    pub fn handle(&mut self, now: Duration, peer: SocketAddr, datagram: &[u8]) -> Disposition {
+        let Some(header) = RawHeader::read(datagram) else {
+            return Disposition::Ignored;
+        };
+        let message = match MessageView::parse(datagram) {
+            Ok(_) => match Message::decode(datagram) {
+                Ok(message) => message,
+                Err(error) => return Disposition::Rejected(error),
+            },
+            Err(error) => {
+                // RFC 7252 §4.2: a malformed Confirmable message is rejected with a Reset;
+                // §4.3: other malformed messages are silently ignored.
+                if header.message_type == MessageType::Confirmable {
+                    self.send_reset(peer, header.message_id);
+                }
+                return Disposition::Rejected(error);
+            }
+        };
+        match (message.message_type, message.code) {
+            (MessageType::Confirmable, Code::EMPTY) => {
+                self.send_reset(peer, message.message_id);
+                Disposition::Accepted
+            }
+            (MessageType::NonConfirmable, Code::EMPTY) => Disposition::Ignored,
+            (MessageType::Acknowledgement, Code::EMPTY) => self.handle_empty_ack(now, peer, message.message_id),
+            (MessageType::Reset, _) => self.handle_reset(now, peer, message.message_id),
+            (_, code) if code.is_request() => self.handle_request(now, peer, message),
+            (_, code) if code.is_response() => self.handle_response(now, peer, message),
+            _ => {
+                if message.message_type == MessageType::Confirmable {
+                    self.send_reset(peer, message.message_id);
+                }
+                Disposition::Ignored
+            }
+        }
+    }
+
+    fn send_reset(&mut self, peer: SocketAddr, message_id: u16) {
+        let reset = Message::new(MessageType::Reset, Code::EMPTY, message_id);
+        self.send(peer, reset.to_bytes());
+    }
+
+    fn take_outgoing(&mut self, peer: SocketAddr, message_id: u16) -> Option<OutgoingCon> {
+        let state = self.peers.get_mut(&peer)?;
+        let index = state.outgoing.iter().position(|o| o.message_id == message_id)?;
+        Some(state.outgoing.swap_remove(index))
+    }
+
+    fn handle_empty_ack(&mut self, now: Duration, peer: SocketAddr, message_id: u16) -> Disposition {
+        let Some(outgoing) = self.take_outgoing(peer, message_id) else {
+            return Disposition::Ignored;
+        };
+        if let ConPurpose::Request(id) = outgoing.purpose {
+            // A separate response follows (RFC 7252 §5.2.2).
+            let deadline = now + self.config.response_timeout;
+            self.schedule(deadline, TimerKind::ResponseTimeout(id));
+            self.start_queued(now, peer);
+        } else if let ConPurpose::Ping(id) = outgoing.purpose {
+            self.requests.remove(&id);
+            self.events.push_back(Event::Pong { id });
+            self.start_queued(now, peer);
+        }
+        Disposition::Accepted
+    }
+
+    fn handle_reset(&mut self, now: Duration, peer: SocketAddr, message_id: u16) -> Disposition {
+        if let Some(outgoing) = self.take_outgoing(peer, message_id) {
+            match outgoing.purpose {
+                ConPurpose::Request(id) => {
+                    self.fail_request(id, RequestError::Reset);
+                    self.start_queued(now, peer);
+                }
+                ConPurpose::Ping(id) => {
+                    self.requests.remove(&id);
+                    self.events.push_back(Event::Pong { id });
+                    self.start_queued(now, peer);
+                }
+                ConPurpose::Notification(id) => self.end_observation(id, ObservationEnd::Reset),
+                ConPurpose::SeparateResponse => {}
+            }
+            return Disposition::Accepted;
+        }
+        // A Reset may answer a non-confirmable notification (RFC 7641 §3.6).
+        let observation = self.peers.get(&peer).and_then(|state| {
+            state
+                .observations
+                .iter()
+                .copied()
+                .find(|id| self.observations.get(id).is_some_and(|o| o.last_message_id == message_id))
+        });
+        match observation {
+            Some(id) => {
+                self.end_observation(id, ObservationEnd::Reset);
+                Disposition::Accepted
+            }
+            None => Disposition::Ignored,
+        }
+    }
+
+    /// Looks `message_id` up in the duplicate cache; records it when new.
+    /// Returns `true` for a duplicate (already answered from the cache).
+    fn deduplicate(&mut self, now: Duration, peer: SocketAddr, message: &Message) -> Result<bool, ()> {
+        let lifetime = self.config.exchange_lifetime;
+        let capacity = self.config.dedup_capacity_per_peer.max(1);
+        let Some(state) = self.peer_mut(now, peer) else {
+            return Err(());
+        };
+        while state.dedup.front().is_some_and(|d| d.expires <= now) {
+            state.dedup.pop_front();
+        }
+        if let Some(entry) = state.dedup.iter().find(|d| d.message_id == message.message_id) {
+            let reply = entry.reply.clone();
+            if message.message_type == MessageType::Confirmable {
+                if let Some(reply) = reply {
+                    self.send(peer, reply);
+                }
+            }
+            return Ok(true);
+        }
+        if state.dedup.len() >= capacity {
+            state.dedup.pop_front();
+        }
+        state.dedup.push_back(DedupEntry { message_id: message.message_id, expires: now + lifetime, reply: None });
+        Ok(false)
+    }
+
+    fn cache_reply(&mut self, peer: SocketAddr, message_id: u16, reply: &[u8]) {
+        if let Some(entry) =
+            self.peers.get_mut(&peer).and_then(|s| s.dedup.iter_mut().rev().find(|d| d.message_id == message_id))
+        {
+            entry.reply = Some(reply.to_vec());
+        }
+    }
+
+    /// Sends a response to a request that never reaches the application.
+    fn reply_directly(&mut self, peer: SocketAddr, request: &Message, mut response: Message) {
+        response.token = request.token;
+        if request.message_type == MessageType::Confirmable {
+            response.message_type = MessageType::Acknowledgement;
+            response.message_id = request.message_id;
+        } else {
+            response.message_type = MessageType::NonConfirmable;
+            response.message_id = self.peers.get_mut(&peer).map(Peer::allocate_message_id).unwrap_or(0);
+        }
+        let bytes = response.to_bytes();
+        self.cache_reply(peer, request.message_id, &bytes);
+        self.send(peer, bytes);
+    }
+
+    fn handle_request(&mut self, now: Duration, peer: SocketAddr, mut message: Message) -> Disposition {
+        if message.message_type == MessageType::Acknowledgement {
+            return Disposition::Ignored;
+        }
+        match self.deduplicate(now, peer, &message) {
+            Ok(true) => return Disposition::Duplicate,
+            Ok(false) => {}
+            Err(()) => {
+                // Peer table full: answer without keeping state rather than serve nobody new.
+                let busy = Message::response(Code::SERVICE_UNAVAILABLE);
+                self.reply_directly(peer, &message, busy);
+                return Disposition::Accepted;
+            }
+        }
+        if let Some(option) = message.unknown_critical_option() {
+            let mut response = Message::response(Code::BAD_OPTION);
+            response.payload = format!("unknown critical option {}", option.0).into_bytes();
+            self.reply_directly(peer, &message, response);
+            return Disposition::Accepted;
+        }
+        let path_key = path_key(&message);
+        let representation_key = representation_key(&message, &path_key);
+        let requested_block2 = message.options.get(OptionNumber::BLOCK2).map(BlockValue::decode);
+        if let Some(Some(block)) = requested_block2.filter(|b| b.is_some_and(|b| b.num > 0)) {
+            if let Some(mut response) = self.cached_representation(now, peer, &representation_key) {
+                let code = self.slice_block2(&mut response, Some(block)).err();
+                self.reply_directly(peer, &message, code.map_or(response, Message::response));
+                return Disposition::Accepted;
+            }
+            if !matches!(message.code, Code::GET | Code::FETCH) {
+                self.reply_directly(peer, &message, Message::response(Code::REQUEST_ENTITY_INCOMPLETE));
+                return Disposition::Accepted;
+            }
+        }
+        let mut block1_final = None;
+        if let Some(raw) = message.options.get(OptionNumber::BLOCK1) {
+            let Some(block) = BlockValue::decode(raw) else {
+                self.reply_directly(peer, &message, Message::response(Code::BAD_OPTION));
+                return Disposition::Accepted;
+            };
+            match self.reassemble_block1(now, peer, &message, &path_key, block) {
+                Block1Outcome::Continue(response) | Block1Outcome::Error(response) => {
+                    self.reply_directly(peer, &message, response);
+                    return Disposition::Accepted;
+                }
+                Block1Outcome::Complete(body) => {
+                    message.payload = body;
+                    block1_final = Some(block);
+                }
+            }
+        }
+        let block2 = match requested_block2 {
+            Some(Some(block)) => Some(block),
+            Some(None) => {
+                self.reply_directly(peer, &message, Message::response(Code::BAD_OPTION));
+                return Disposition::Accepted;
+            }
+            None => None,
+        };
+        let observe = match (message.code, message.observe()) {
+            (Code::GET | Code::FETCH, Some(0)) => ObserveRequest::Register,
+            (Code::GET | Code::FETCH, Some(1)) => ObserveRequest::Deregister,
+            _ => ObserveRequest::None,
+        };
+        if observe != ObserveRequest::None {
+            self.remove_observation_by_token(peer, message.token);
+        }
+        let id = ExchangeId(self.next_id());
+        self.exchanges.insert(
+            id,
+            ServerExchange {
+                peer,
+                token: message.token,
+                request_type: message.message_type,
+                message_id: message.message_id,
+                acknowledged: false,
+                block2,
+                block1_final,
+                observe,
+                path_key,
+                representation_key,
+            },
+        );
+        if message.message_type == MessageType::Confirmable {
+            let at = now + self.config.piggyback_window;
+            self.schedule(at, TimerKind::PiggybackWindow(id));
+        }
+        self.events.push_back(Event::Request { id, peer, message, observe });
+        Disposition::Accepted
+    }
+
+    fn reassemble_block1(
+        &mut self,
+        now: Duration,
+        peer: SocketAddr,
+        message: &Message,
+        path_key: &[u8],
+        block: BlockValue,
+    ) -> Block1Outcome {
+        let max_body = self.config.max_body_size;
+        let max_transfers = self.config.max_block1_transfers_per_peer;
+        let lifetime = self.config.exchange_lifetime;
+        let preferred_szx = self.block_szx;
+        let too_large = || {
+            let mut response = Message::response(Code::REQUEST_ENTITY_TOO_LARGE);
+            response.options.set_uint(OptionNumber::SIZE1, max_body as u32);
+            Block1Outcome::Error(response)
+        };
+        if message.options.get_uint(OptionNumber::SIZE1).is_some_and(|size| size as usize > max_body) {
+            return too_large();
+        }
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return Block1Outcome::Error(Message::response(Code::SERVICE_UNAVAILABLE));
+        };
+        state.block1.retain(|t| t.expires > now);
+        let mut key = Vec::with_capacity(path_key.len() + 1);
+        key.push(message.code.0);
+        key.extend_from_slice(path_key);
+        let existing = state.block1.iter().position(|t| t.key == key);
+        let offset = block.offset();
+        let index = match (existing, block.num) {
+            (Some(index), 0) => {
+                state.block1[index].body.clear();
+                index
+            }
+            (Some(index), _) => index,
+            (None, 0) => {
+                if state.block1.len() >= max_transfers {
+                    state.block1.remove(0);
+                }
+                state.block1.push(Block1Transfer { key, body: Vec::new(), expires: now + lifetime });
+                state.block1.len() - 1
+            }
+            (None, _) => return Block1Outcome::Error(Message::response(Code::REQUEST_ENTITY_INCOMPLETE)),
+        };
+        let transfer = &mut state.block1[index];
+        if offset != transfer.body.len() || (block.more && message.payload.len() != block.size()) {
+            state.block1.swap_remove(index);
+            return Block1Outcome::Error(Message::response(Code::REQUEST_ENTITY_INCOMPLETE));
+        }
+        if transfer.body.len() + message.payload.len() > max_body {
+            state.block1.swap_remove(index);
+            return too_large();
+        }
+        transfer.body.extend_from_slice(&message.payload);
+        transfer.expires = now + lifetime;
+        if block.more {
+            let mut response = Message::response(Code::CONTINUE);
+            // Late negotiation (RFC 7959 §2.3): answer with our smaller size if we prefer one.
+            let szx = block.szx.min(preferred_szx);
+            let acknowledged = BlockValue { num: block.num, more: true, szx: block.szx };
+            let echoed = if szx < block.szx {
+                BlockValue { num: (acknowledged.offset() / (16 << szx)) as u32, more: true, szx }
+            } else {
+                acknowledged
+            };
+            response.options.set_uint(OptionNumber::BLOCK1, echoed.to_uint());
+            return Block1Outcome::Continue(response);
+        }
+        let transfer = state.block1.swap_remove(index);
+        Block1Outcome::Complete(transfer.body)
+    }
+
+    fn handle_response(&mut self, now: Duration, peer: SocketAddr, message: Message) -> Disposition {
+        let Some(&id) = self.tokens.get(&(peer, message.token)) else {
+            // A response nobody waits for: reject confirmable and non-confirmable ones
+            // so that an observing server stops sending (RFC 7641 §3.6). A piggybacked one
+            // still settles our confirmable message (e.g. a deregistration).
+            if message.message_type == MessageType::Acknowledgement {
+                self.take_outgoing(peer, message.message_id);
+            } else {
+                self.send_reset(peer, message.message_id);
+            }
+            return Disposition::Ignored;
+        };
+        match message.message_type {
+            MessageType::Acknowledgement => {
+                let matched = self.take_outgoing(peer, message.message_id);
+                if !matches!(matched.map(|o| o.purpose), Some(ConPurpose::Request(r)) if r == id) {
+                    return Disposition::Ignored;
+                }
+                self.start_queued(now, peer);
+            }
+            MessageType::Confirmable | MessageType::NonConfirmable => {
+                match self.deduplicate(now, peer, &message) {
+                    Ok(true) => return Disposition::Duplicate,
+                    Ok(false) => {}
+                    Err(()) => return Disposition::Ignored,
+                }
+                if message.message_type == MessageType::Confirmable {
+                    let ack = Message::new(MessageType::Acknowledgement, Code::EMPTY, message.message_id);
+                    let bytes = ack.to_bytes();
+                    self.cache_reply(peer, message.message_id, &bytes);
+                    self.send(peer, bytes);
+                }
+                // A separate response also settles a request still being retransmitted.
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    let before = state.outgoing.len();
+                    state.outgoing.retain(|o| o.purpose != ConPurpose::Request(id));
+                    if state.outgoing.len() != before {
+                        self.start_queued(now, peer);
+                    }
+                }
+            }
+            MessageType::Reset => return Disposition::Ignored,
+        }
+        self.process_response(now, id, peer, message);
+        Disposition::Accepted
+    }
+
+    fn process_response(&mut self, now: Duration, id: RequestId, peer: SocketAddr, mut message: Message) {
+        let max_body = self.config.max_body_size;
+        let Some(request) = self.requests.get_mut(&id) else {
+            return;
+        };
+        // Block1: the server asks for the next block of our request body.
+        if message.code == Code::CONTINUE && request.block1_offset < request.body.len() {
+            let szx = match message.options.get(OptionNumber::BLOCK1).and_then(BlockValue::decode) {
+                Some(block) => block.szx.min(request.block1_szx),
+                None => request.block1_szx,
+            };
+            request.block1_szx = szx;
+            self.send_request_block(now, id);
+            return;
+        }
+        let block2 = message.options.get(OptionNumber::BLOCK2).and_then(BlockValue::decode);
+        let observe = message.observe();
+        if let Some(block) = block2 {
+            if block.offset() != request.block2_body.len() {
+                if block.num == 0 {
+                    // A newer notification restarts the representation.
+                    request.block2_body.clear();
+                } else {
+                    self.fail_request(id, RequestError::BlockMismatch);
+                    return;
+                }
+            }
+            if request.block2_body.len() + message.payload.len() > max_body {
+                self.fail_request(id, RequestError::BodyTooLarge);
+                return;
+            }
+            request.block2_body.extend_from_slice(&message.payload);
+            if block.more {
+                if block.num == 0 {
+                    if let Some(sequence) = observe {
+                        request.last_notification = freshest(request.last_notification, sequence, now);
+                    }
+                }
+                let next = BlockValue { num: block.num + 1, more: false, szx: block.szx };
+                request.template.options.set_uint(OptionNumber::BLOCK2, next.to_uint());
+                request.template.options.remove(OptionNumber::OBSERVE);
+                request.template.payload.clear();
+                self.send_request_block(now, id);
+                return;
+            }
+            message.payload = core::mem::take(&mut request.block2_body);
+            message.options.remove(OptionNumber::BLOCK2);
+        }
+        if request.observing && message.code.is_success() && (observe.is_some() || block2.is_some()) {
+            if let Some(sequence) = observe {
+                if let Some((last, at)) = request.last_notification {
+                    if !is_fresh(last, at, sequence, now) {
+                        return;
+                    }
+                }
+                request.last_notification = Some((sequence, now));
+            }
+            self.events.push_back(Event::Response { id, peer, message });
+            return;
+        }
+        self.finish_request(id);
+        self.events.push_back(Event::Response { id, peer, message });
+    }
+
+    // ----- timers -----
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Duration) {
+        while let Some(&Reverse((deadline, kind))) = self.timers.peek() {
+            if deadline > now {
+                break;
+            }
+            self.timers.pop();
+            match kind {
+                TimerKind::Retransmit(peer, message_id) => self.retransmit(now, peer, message_id, deadline),
+                TimerKind::PiggybackWindow(id) => self.acknowledge_early(id),
+                TimerKind::ResponseTimeout(id) => {
+                    let waiting = self.requests.get(&id).is_some_and(|r| !r.observing || r.last_notification.is_none());
+                    let acknowledged = self
+                        .requests
+                        .get(&id)
+                        .and_then(|r| self.peers.get(&r.peer))
+                        .is_some_and(|p| !p.outgoing.iter().any(|o| o.purpose == ConPurpose::Request(id)));
+                    if waiting && acknowledged {
+                        self.fail_request(id, RequestError::NoResponse);
+                    }
+                }
+                TimerKind::Sweep => {
+                    self.remove_idle_peers(now);
+                    self.sweep_scheduled = !self.peers.is_empty();
+                    if self.sweep_scheduled {
+                        let at = now + self.config.exchange_lifetime / 8;
+                        self.schedule(at, TimerKind::Sweep);
+                    }
+                }
+            }
+        }
+    }
+
+    fn retransmit(&mut self, now: Duration, peer: SocketAddr, message_id: u16, deadline: Duration) {
+        let max_retransmit = self.config.max_retransmit;
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let Some(index) = state.outgoing.iter().position(|o| o.message_id == message_id && o.deadline == deadline)
+        else {
+            return;
+        };
+        let outgoing = &mut state.outgoing[index];
+        if outgoing.retransmissions >= max_retransmit {
+            let outgoing = state.outgoing.swap_remove(index);
+            match outgoing.purpose {
+                ConPurpose::Request(id) | ConPurpose::Ping(id) => {
+                    self.fail_request(id, RequestError::Timeout(max_retransmit));
+                    self.start_queued(now, peer);
+                }
+                ConPurpose::Notification(id) => self.end_observation(id, ObservationEnd::Timeout),
+                ConPurpose::SeparateResponse => {}
+            }
+            return;
+        }
+        outgoing.retransmissions += 1;
+        outgoing.timeout *= 2;
+        outgoing.deadline = now + outgoing.timeout;
+        let (bytes, next) = (outgoing.bytes.clone(), outgoing.deadline);
+        self.send(peer, bytes);
+        self.schedule(next, TimerKind::Retransmit(peer, message_id));
+    }
+
+    fn acknowledge_early(&mut self, id: ExchangeId) {
+        let Some(exchange) = self.exchanges.get_mut(&id) else {
+            return;
+        };
+        if exchange.acknowledged || exchange.request_type != MessageType::Confirmable {
+            return;
+        }
+        exchange.acknowledged = true;
+        let (peer, message_id) = (exchange.peer, exchange.message_id);
+        let ack = Message::new(MessageType::Acknowledgement, Code::EMPTY, message_id).to_bytes();
+        debug_assert_eq!(ack.len(), EMPTY_ACK_LEN);
+        self.cache_reply(peer, message_id, &ack);
+        self.send(peer, ack);
+    }
+
+    // ----- server role -----
+
+    /// Answers a request. Returns the observation established, if the request registered one
+    /// and the response is a success.
+    pub fn respond(
+        &mut self,
+        now: Duration,
+        id: ExchangeId,
+        mut response: Message,
+    ) -> Result<Option<ObservationId>, EndpointError> {
+        if !response.code.is_response() {
+            return Err(EndpointError::NotAResponse(response.code));
+        }
+        let exchange = self.exchanges.remove(&id).ok_or(EndpointError::UnknownExchange)?;
+        let peer = exchange.peer;
+        response.token = exchange.token;
+        if let Some(block) = exchange.block1_final {
+            response.options.set_uint(OptionNumber::BLOCK1, BlockValue { more: false, ..block }.to_uint());
+        }
+        let mut observation = None;
+        if exchange.observe == ObserveRequest::Register && response.code.is_success() {
+            observation = self.register_observation(now, &exchange);
+        }
+        if let Some(obs) = observation.and_then(|id| self.observations.get_mut(&id)) {
+            let sequence = obs.sequence.next_value();
+            response.options.set_uint(OptionNumber::OBSERVE, sequence);
+        } else {
+            response.options.remove(OptionNumber::OBSERVE);
+        }
+        if exchange.block2.is_none_or(|b| b.num == 0) && response.payload.len() > 16usize << self.block_szx {
+            self.keep_representation(now, peer, exchange.representation_key.clone(), &mut response);
+        }
+        if let Err(code) = self.slice_block2(&mut response, exchange.block2) {
+            response = Message::response(code);
+            response.token = exchange.token;
+        }
+        let message_id = match (exchange.request_type, exchange.acknowledged) {
+            (MessageType::Confirmable, false) => {
+                response.message_type = MessageType::Acknowledgement;
+                response.message_id = exchange.message_id;
+                let bytes = response.to_bytes();
+                self.cache_reply(peer, exchange.message_id, &bytes);
+                self.send(peer, bytes);
+                exchange.message_id
+            }
+            (MessageType::Confirmable, true) => {
+                self.send_confirmable(now, peer, response, ConPurpose::SeparateResponse).unwrap_or(0)
+            }
+            _ => {
+                response.message_type = MessageType::NonConfirmable;
+                response.message_id = self.peers.get_mut(&peer).map(Peer::allocate_message_id).unwrap_or(0);
+                self.send(peer, response.to_bytes());
+                response.message_id
+            }
+        };
+        if let Some(obs) = observation.and_then(|id| self.observations.get_mut(&id)) {
+            obs.last_message_id = message_id;
+            obs.last_confirmable = now;
+        }
+        Ok(observation)
+    }
+
+    /// Remembers a response too large for one block, tagged with an ETag, for the requests
+    /// of its later blocks.
+    fn keep_representation(&mut self, now: Duration, peer: SocketAddr, key: Vec<u8>, response: &mut Message) {
+        if !response.options.contains(OptionNumber::ETAG) {
+            response.options.set(OptionNumber::ETAG, etag(&response.payload).to_vec());
+        }
+        let size = response.payload.len();
+        let per_peer = self.config.max_representations_per_peer;
+        let lifetime = self.config.exchange_lifetime;
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let mut freed = 0;
+        state.representations.retain(|r| {
+            let keep = r.key != key && r.expires > now;
+            if !keep {
+                freed += r.response.payload.len();
+            }
+            keep
+        });
+        while !state.representations.is_empty() && state.representations.len() >= per_peer {
+            freed += state.representations.remove(0).response.payload.len();
+        }
+        self.representation_bytes = self.representation_bytes.saturating_sub(freed);
+        if per_peer == 0 || self.representation_bytes + size > self.config.max_representation_bytes {
+            return;
+        }
+        self.representation_bytes += size;
+        state.representations.push(Representation { key, response: response.clone(), expires: now + lifetime });
+    }
+
+    fn cached_representation(&self, now: Duration, peer: SocketAddr, key: &[u8]) -> Option<Message> {
+        let state = self.peers.get(&peer)?;
+        state.representations.iter().find(|r| r.key == key && r.expires > now).map(|r| r.response.clone())
+    }
+
+    /// Cuts a response body into the requested block (RFC 7959 §2.4), or into the first block
+    /// when it does not fit one.
+    fn slice_block2(&self, response: &mut Message, requested: Option<BlockValue>) -> Result<(), Code> {
+        let szx = requested.map_or(self.block_szx, |b| b.szx.min(self.block_szx));
+        let size = 16usize << szx;
+        if requested.is_none() && response.payload.len() <= size {
+            return Ok(());
+        }
+        let requested_offset = requested.map_or(0, BlockValue::offset);
+        let num = (requested_offset / size) as u32;
+        let offset = num as usize * size;
+        let total = response.payload.len();
+        if offset > total || (offset == total && total != 0) {
+            return Err(Code::BAD_OPTION);
+        }
+        let end = (offset + size).min(total);
+        let more = end < total;
+        response.payload = response.payload[offset..end].to_vec();
+        response.options.set_uint(OptionNumber::BLOCK2, BlockValue { num, more, szx }.to_uint());
+        if num == 0 {
+            response.options.set_uint(OptionNumber::SIZE2, total as u32);
+        }
+        Ok(())
+    }
+
+    fn register_observation(&mut self, now: Duration, exchange: &ServerExchange) -> Option<ObservationId> {
+        let limit = self.config.max_observations_per_peer;
+        let state = self.peers.get(&exchange.peer)?;
+        if state.observations.len() >= limit {
+            return None;
+        }
+        let id = ObservationId(self.next_id());
+        self.observations.insert(
+            id,
+            Observation {
+                peer: exchange.peer,
+                token: exchange.token,
+                path_key: exchange.path_key.clone(),
+                sequence: ObserveSequence::new(self.rng.next() as u32),
+                last_confirmable: now,
+                last_message_id: 0,
+            },
+        );
+        self.peers.get_mut(&exchange.peer)?.observations.push(id);
+        Some(id)
+    }
+
+    fn remove_observation_by_token(&mut self, peer: SocketAddr, token: Token) {
+        let Some(state) = self.peers.get(&peer) else {
+            return;
+        };
+        let found =
+            state.observations.iter().copied().find(|id| self.observations.get(id).is_some_and(|o| o.token == token));
+        if let Some(id) = found {
+            self.end_observation(id, ObservationEnd::Deregistered);
+        }
+    }
+
+    fn end_observation(&mut self, id: ObservationId, reason: ObservationEnd) {
+        let Some(observation) = self.observations.remove(&id) else {
+            return;
+        };
+        if let Some(state) = self.peers.get_mut(&observation.peer) {
+            state.observations.retain(|o| *o != id);
+            state.outgoing.retain(|o| o.purpose != ConPurpose::Notification(id));
+        }
+        self.events.push_back(Event::ObservationEnded { id, peer: observation.peer, reason });
+    }
+
+    /// The observations registered on a resource path (as in [`Message::uri_path`]).
+    pub fn observers(&self, path: &str) -> Vec<ObservationId> {
+        let key = path_key_of(path);
+        let mut ids: Vec<_> = self.observations.iter().filter(|(_, o)| o.path_key == key).map(|(id, _)| *id).collect();
+        ids.sort();
+        ids
+    }
+
+    /// Sends a notification (RFC 7641 §4.2). The message is confirmable if `response` says so,
+    /// or if no confirmable notification went out within `observe_con_interval`.
+    pub fn notify(&mut self, now: Duration, id: ObservationId, mut response: Message) -> Result<(), EndpointError> {
+        if !response.code.is_response() {
+            return Err(EndpointError::NotAResponse(response.code));
+        }
+        let interval = self.config.observe_con_interval;
+        let observation = self.observations.get_mut(&id).ok_or(EndpointError::UnknownObservation)?;
+        let peer = observation.peer;
+        response.token = observation.token;
+        let success = response.code.is_success();
+        if success {
+            let sequence = observation.sequence.next_value();
+            response.options.set_uint(OptionNumber::OBSERVE, sequence);
+        } else {
+            response.options.remove(OptionNumber::OBSERVE);
+        }
+        let confirmable = response.message_type == MessageType::Confirmable
+            || now.saturating_sub(observation.last_confirmable) >= interval;
+        if confirmable {
+            observation.last_confirmable = now;
+        }
+        if self.slice_block2(&mut response, None).is_err() {
+            return Err(EndpointError::BodyTooLarge);
+        }
+        // A newer state replaces a confirmable notification still being retransmitted
+        // (RFC 7641 §4.5.2), keeping its retransmission count.
+        let pending = self.peers.get_mut(&peer).and_then(|state| {
+            let index = state.outgoing.iter().position(|o| o.purpose == ConPurpose::Notification(id))?;
+            Some(state.outgoing.swap_remove(index))
+        });
+        let message_id = if confirmable || pending.is_some() {
+            response.message_type = MessageType::Confirmable;
+            self.send_confirmable(now, peer, response, ConPurpose::Notification(id))
+        } else {
+            response.message_type = MessageType::NonConfirmable;
+            let message_id = self.peers.get_mut(&peer).map(Peer::allocate_message_id).unwrap_or(0);
+            response.message_id = message_id;
+            self.send(peer, response.to_bytes());
+            Some(message_id)
+        };
+        if let (Some(pending), Some(message_id)) = (pending, message_id) {
+            if let Some(outgoing) =
+                self.peers.get_mut(&peer).and_then(|s| s.outgoing.iter_mut().find(|o| o.message_id == message_id))
+            {
+                outgoing.retransmissions = pending.retransmissions;
+            }
+        }
+        if let Some(observation) = self.observations.get_mut(&id) {
+            observation.last_message_id = message_id.unwrap_or(0);
+        }
+        if !success {
+            // A non-2.xx notification ends the observation (RFC 7641 §3.2).
+            self.end_observation(id, ObservationEnd::Deregistered);
+        }
+        Ok(())
+    }
+
+    /// Sends `message` as a confirmable message with a fresh message ID and retransmits it.
+    fn send_confirmable(
+        &mut self,
+        now: Duration,
+        peer: SocketAddr,
+        mut message: Message,
+        purpose: ConPurpose,
+    ) -> Option<u16> {
+        let timeout = self.initial_timeout();
+        let state = self.peer_mut(now, peer)?;
+        let message_id = state.allocate_message_id();
+        message.message_id = message_id;
+        message.message_type = MessageType::Confirmable;
+        let bytes = message.to_bytes();
+        let deadline = now + timeout;
+        state.outgoing.push(OutgoingCon {
+            message_id,
+            bytes: bytes.clone(),
+            retransmissions: 0,
+            timeout,
+            deadline,
+            purpose,
+        });
+        self.send(peer, bytes);
+        self.schedule(deadline, TimerKind::Retransmit(peer, message_id));
+        Some(message_id)
+    }
+
+    // ----- client role -----
+
+    /// Sends a request. A confirmable request waits for NSTART; a body larger than the block
+    /// size goes in Block1 blocks. An Observe option of 0 keeps the request open for
+    /// notifications until [`Endpoint::cancel`].
+    pub fn request(
+        &mut self,
+        now: Duration,
+        peer: SocketAddr,
+        mut message: Message,
+    ) -> Result<RequestId, EndpointError> {
+        if !message.code.is_request() {
+            return Err(EndpointError::NotARequest(message.code));
+        }
+        if message.payload.len() > self.config.max_body_size {
+            return Err(EndpointError::BodyTooLarge);
+        }
+        let queue_limit = self.config.max_queued_requests_per_peer;
+        let nstart = self.config.nstart.max(1);
+        let block_szx = self.block_szx;
+        let token = loop {
+            let token = Token::from_u64(self.rng.next());
+            if !self.tokens.contains_key(&(peer, token)) {
+                break token;
+            }
+        };
+        let state = self.peer_mut(now, peer).ok_or(EndpointError::TooManyPeers)?;
+        let must_wait = message.message_type == MessageType::Confirmable
+            && (state.in_flight_requests() >= nstart || !state.queued.is_empty());
+        if must_wait && state.queued.len() >= queue_limit {
+            return Err(EndpointError::QueueFull);
+        }
+        let id = RequestId(self.next_id());
+        message.token = token;
+        let body = core::mem::take(&mut message.payload);
+        let observing = message.observe() == Some(0);
+        self.requests.insert(
+            id,
+            ClientRequest {
+                peer,
+                token,
+                template: message,
+                body,
+                block1_offset: 0,
+                block1_szx: block_szx,
+                block2_body: Vec::new(),
+                observing,
+                last_notification: None,
+                sent: false,
+            },
+        );
+        self.tokens.insert((peer, token), id);
+        if must_wait {
+            if let Some(state) = self.peers.get_mut(&peer) {
+                state.queued.push_back(id);
+            }
+        } else {
+            self.send_request_block(now, id);
+        }
+        Ok(id)
+    }
+
+    /// Sends a CoAP ping (an empty confirmable message); answered by [`Event::Pong`].
+    pub fn ping(&mut self, now: Duration, peer: SocketAddr) -> Result<RequestId, EndpointError> {
+        let id = RequestId(self.next_id());
+        let ping = Message::new(MessageType::Confirmable, Code::EMPTY, 0);
+        self.peer_mut(now, peer).ok_or(EndpointError::TooManyPeers)?;
+        self.requests.insert(
+            id,
+            ClientRequest {
+                peer,
+                token: Token::EMPTY,
+                template: ping.clone(),
+                body: Vec::new(),
+                block1_offset: 0,
+                block1_szx: self.block_szx,
+                block2_body: Vec::new(),
+                observing: false,
+                last_notification: None,
+                sent: true,
+            },
+        );
+        self.send_confirmable(now, peer, ping, ConPurpose::Ping(id));
+        Ok(id)
+    }
+
+    /// Sends the next message of a request: the whole request, its next Block1 block, or a
+    /// request for its next Block2 block.
+    fn send_request_block(&mut self, now: Duration, id: RequestId) {
+        let Some(request) = self.requests.get_mut(&id) else {
+            return;
+        };
+        let mut message = request.template.clone();
+        let size = 16usize << request.block1_szx;
+        let in_blocks = request.body.len() > size || request.block1_offset > 0;
+        if in_blocks && request.block1_offset < request.body.len() {
+            let offset = request.block1_offset;
+            let end = (offset + size).min(request.body.len());
+            let more = end < request.body.len();
+            let block = BlockValue { num: (offset / size) as u32, more, szx: request.block1_szx };
+            message.options.set_uint(OptionNumber::BLOCK1, block.to_uint());
+            if offset == 0 {
+                message.options.set_uint(OptionNumber::SIZE1, request.body.len() as u32);
+            }
+            message.payload = request.body[offset..end].to_vec();
+            request.block1_offset = end;
+        } else if !request.sent {
+            message.payload.clone_from(&request.body);
+        }
+        request.sent = true;
+        let peer = request.peer;
+        if message.message_type == MessageType::Confirmable {
+            if self.send_confirmable(now, peer, message, ConPurpose::Request(id)).is_none() {
+                self.fail_request(id, RequestError::Cancelled);
+            }
+        } else {
+            let Some(state) = self.peer_mut(now, peer) else {
+                self.fail_request(id, RequestError::Cancelled);
+                return;
+            };
+            message.message_id = state.allocate_message_id();
+            self.send(peer, message.to_bytes());
+            let deadline = now + self.config.response_timeout;
+            self.schedule(deadline, TimerKind::ResponseTimeout(id));
+        }
+    }
+
+    fn start_queued(&mut self, now: Duration, peer: SocketAddr) {
+        let nstart = self.config.nstart.max(1);
+        while let Some(state) = self.peers.get_mut(&peer) {
+            if state.in_flight_requests() >= nstart {
+                return;
+            }
+            let Some(id) = state.queued.pop_front() else {
+                return;
+            };
+            if self.requests.contains_key(&id) {
+                self.send_request_block(now, id);
+            }
+        }
+    }
+
+    fn finish_request(&mut self, id: RequestId) -> Option<ClientRequest> {
+        let request = self.requests.remove(&id)?;
+        self.tokens.remove(&(request.peer, request.token));
+        if let Some(state) = self.peers.get_mut(&request.peer) {
+            state.outgoing.retain(|o| o.purpose != ConPurpose::Request(id));
+            state.queued.retain(|q| *q != id);
+        }
+        Some(request)
+    }
+
+    fn fail_request(&mut self, id: RequestId, error: RequestError) {
+        if self.finish_request(id).is_some() {
+            self.events.push_back(Event::RequestFailed { id, error });
+        }
+    }
+
+    /// Stops a request. For an observation, `deregister` sends a GET with Observe = 1
+    /// (RFC 7641 §3.6); otherwise later notifications are answered with Reset.
+    pub fn cancel(&mut self, now: Duration, id: RequestId, deregister: bool) -> Result<(), EndpointError> {
+        let request = self.finish_request(id).ok_or(EndpointError::UnknownRequest)?;
+        if deregister && request.observing {
+            let mut message = request.template;
+            message.options.set_uint(OptionNumber::OBSERVE, 1);
+            message.options.remove(OptionNumber::BLOCK2);
+            message.token = request.token;
+            let peer = request.peer;
+            self.send_confirmable(now, peer, message, ConPurpose::SeparateResponse);
+        }
+        Ok(())
+    }
+}
+
+enum Block1Outcome {
+    Continue(Message),
+    Error(Message),
+    Complete(Vec<u8>),
+}
+
+fn freshest(last: Option<(u32, Duration)>, sequence: u32, now: Duration) -> Option<(u32, Duration)> {
+    match last {
+        Some((previous, at)) if !is_fresh(previous, at, sequence, now) => Some((previous, at)),
+        _ => Some((sequence, now)),
+    }
+}
+
+/// The Uri-Path options joined with `/`, the identity of a resource for observe and Block1.
+fn path_key(message: &Message) -> Vec<u8> {
+    let mut key = Vec::new();
+    for segment in message.options.get_all(OptionNumber::URI_PATH) {
+        key.push(b'/');
+        key.extend_from_slice(segment);
+    }
+    if key.is_empty() {
+        key.push(b'/');
+    }
+    key
+}
+
+/// The method, path and query of a request: what identifies the representation whose
+/// blocks a client fetches one by one.
+fn representation_key(message: &Message, path_key: &[u8]) -> Vec<u8> {
+    let mut key = vec![message.code.0];
+    key.extend_from_slice(path_key);
+    for query in message.options.get_all(OptionNumber::URI_QUERY) {
+        key.push(b'?');
+        key.extend_from_slice(query);
+    }
+    key
+}
+
+/// An entity tag for a representation: 64-bit FNV-1a of the body.
+fn etag(body: &[u8]) -> [u8; 8] {
+    let hash =
+        body.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
+    hash.to_be_bytes()
+}
+
+fn path_key_of(path: &str) -> Vec<u8> {
+    let mut key = Vec::new();
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        key.push(b'/');
+        key.extend_from_slice(segment.as_bytes());
+    }
+    if key.is_empty() {
+        key.push(b'/');
+    }
+    key
+}

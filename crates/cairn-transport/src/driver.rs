@@ -1,0 +1,284 @@
+//! The task that owns one UDP socket and one sans-IO endpoint.
+//!
+//! Receive is batched (`recvmmsg` through `quinn-udp`); every datagram of a batch goes
+//! through the endpoint before its transmits are flushed, so a burst of requests costs one
+//! receive system call per batch.
+
+use std::collections::HashMap;
+use std::io::{self, IoSliceMut};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_coap::{Config, Endpoint, Event, Message, RequestId};
+use quinn_udp::{BATCH_SIZE, RecvMeta, UdpSocketState};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::{Command, Handler, Reply, Request, ResponseSink, TransportError};
+
+/// Largest datagram accepted; CoAP over UDP stays well below (RFC 7252 §4.6).
+const MAX_DATAGRAM: usize = 64 * 1024;
+/// Batches processed before the driver yields to timers and commands.
+const BATCHES_PER_TURN: usize = 8;
+
+pub(crate) struct Driver {
+    socket: UdpSocket,
+    state: UdpSocketState,
+    endpoint: Endpoint,
+    handler: Option<Arc<dyn Handler>>,
+    commands: mpsc::Receiver<Command>,
+    loopback: mpsc::Sender<Command>,
+    origin: Instant,
+    sinks: HashMap<RequestId, ResponseSink>,
+    pings: HashMap<RequestId, oneshot::Sender<Result<(), TransportError>>>,
+    buffers: Vec<Vec<u8>>,
+    meta: Vec<RecvMeta>,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        socket: UdpSocket,
+        config: Config,
+        handler: Option<Arc<dyn Handler>>,
+        commands: mpsc::Receiver<Command>,
+        loopback: mpsc::Sender<Command>,
+    ) -> io::Result<Self> {
+        let state = UdpSocketState::new((&socket).into())?;
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut seed).map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(Driver {
+            socket,
+            state,
+            endpoint: Endpoint::new(config, u64::from_ne_bytes(seed)),
+            handler,
+            commands,
+            loopback,
+            origin: Instant::now(),
+            sinks: HashMap::new(),
+            pings: HashMap::new(),
+            buffers: vec![vec![0u8; MAX_DATAGRAM]; BATCH_SIZE],
+            meta: vec![RecvMeta::default(); BATCH_SIZE],
+        })
+    }
+
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    pub(crate) async fn run(mut self) {
+        let idle = Duration::from_secs(24 * 3600);
+        let sleep = tokio::time::sleep_until(self.origin + idle);
+        tokio::pin!(sleep);
+        loop {
+            let at = match self.endpoint.poll_timeout() {
+                Some(deadline) => self.origin + deadline,
+                None => Instant::now() + idle,
+            };
+            if sleep.deadline() != at {
+                sleep.as_mut().reset(at);
+            }
+            tokio::select! {
+                ready = self.socket.ready(Interest::READABLE) => {
+                    if ready.is_ok() {
+                        self.receive();
+                    }
+                }
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown) | None => break,
+                    Some(command) => self.command(command),
+                },
+                () = &mut sleep => {
+                    let now = self.now();
+                    self.endpoint.handle_timeout(now);
+                }
+            }
+            self.process_events();
+            self.flush().await;
+        }
+    }
+
+    fn receive(&mut self) {
+        for _ in 0..BATCHES_PER_TURN {
+            let mut slices: Vec<IoSliceMut<'_>> = self.buffers.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            let state = &self.state;
+            let meta = &mut self.meta;
+            let received =
+                self.socket.try_io(Interest::READABLE, || state.recv((&self.socket).into(), &mut slices, meta));
+            let count = match received {
+                Ok(count) => count,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) => {
+                    tracing::debug!(%error, "receive failed");
+                    return;
+                }
+            };
+            let now = self.now();
+            for (meta, buffer) in self.meta.iter().zip(self.buffers.iter()).take(count) {
+                let stride = meta.stride.max(1);
+                for datagram in buffer[..meta.len].chunks(stride) {
+                    self.endpoint.handle(now, meta.addr, datagram);
+                }
+            }
+            self.process_events();
+        }
+    }
+
+    async fn flush(&mut self) {
+        while let Some(transmit) = self.endpoint.poll_transmit() {
+            let packet = quinn_udp::Transmit {
+                destination: transmit.destination,
+                ecn: None,
+                contents: &transmit.payload,
+                segment_size: None,
+                src_ip: None,
+            };
+            loop {
+                let state = &self.state;
+                let sent = self.socket.try_io(Interest::WRITABLE, || state.try_send((&self.socket).into(), &packet));
+                match sent {
+                    Ok(()) => break,
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                        if self.socket.writable().await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, destination = %transmit.destination, "send failed");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn process_events(&mut self) {
+        while let Some(event) = self.endpoint.poll_event() {
+            match event {
+                Event::Request { id, peer, message, observe } => self.serve(id, Request { peer, message, observe }),
+                Event::Response { id, message, .. } => self.deliver(id, message),
+                Event::RequestFailed { id, error } => {
+                    if let Some(sink) = self.sinks.remove(&id) {
+                        fail(sink, TransportError::Request(error));
+                    }
+                    if let Some(done) = self.pings.remove(&id) {
+                        let _ = done.send(Err(TransportError::Request(error)));
+                    }
+                }
+                Event::Pong { id } => {
+                    if let Some(done) = self.pings.remove(&id) {
+                        let _ = done.send(Ok(()));
+                    }
+                }
+                Event::ObservationEnded { id, peer, reason } => {
+                    tracing::debug!(?id, %peer, ?reason, "observation ended");
+                }
+            }
+        }
+    }
+
+    fn serve(&mut self, exchange: cairn_coap::ExchangeId, request: Request) {
+        let now = self.now();
+        let Some(handler) = &self.handler else {
+            let _ = self.endpoint.respond(now, exchange, Message::response(cairn_coap::Code::NOT_FOUND));
+            return;
+        };
+        match handler.handle(&request) {
+            Reply::Ready(response) => {
+                if let Err(error) = self.endpoint.respond(now, exchange, response) {
+                    tracing::debug!(%error, "response dropped");
+                }
+            }
+            Reply::Pending(future) => {
+                let loopback = self.loopback.clone();
+                tokio::spawn(async move {
+                    let response = future.await;
+                    let _ = loopback.send(Command::Respond { exchange, response }).await;
+                });
+            }
+        }
+    }
+
+    fn deliver(&mut self, id: RequestId, message: Message) {
+        let Some(sink) = self.sinks.remove(&id) else {
+            return;
+        };
+        match sink {
+            ResponseSink::Once(sender) => {
+                let _ = sender.send(Ok(message));
+            }
+            ResponseSink::Stream { first: Some(first), rest } => {
+                let observing = message.observe().is_some() && message.code.is_success();
+                let _ = first.send(Ok((id, message)));
+                if observing {
+                    self.sinks.insert(id, ResponseSink::Stream { first: None, rest });
+                }
+            }
+            ResponseSink::Stream { first: None, rest } => {
+                let ended = message.observe().is_none() || !message.code.is_success();
+                match rest.try_send(message) {
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        let _ = self.endpoint.cancel(self.now(), id, false);
+                    }
+                    _ if ended => {}
+                    _ => {
+                        self.sinks.insert(id, ResponseSink::Stream { first: None, rest });
+                    }
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        let now = self.now();
+        match command {
+            Command::Request { peer, message, sink } => match self.endpoint.request(now, peer, message) {
+                Ok(id) => {
+                    self.sinks.insert(id, sink);
+                }
+                Err(error) => fail(sink, TransportError::Endpoint(error)),
+            },
+            Command::Ping { peer, done } => match self.endpoint.ping(now, peer) {
+                Ok(id) => {
+                    self.pings.insert(id, done);
+                }
+                Err(error) => {
+                    let _ = done.send(Err(TransportError::Endpoint(error)));
+                }
+            },
+            Command::Cancel { id, deregister } => {
+                self.sinks.remove(&id);
+                let _ = self.endpoint.cancel(now, id, deregister);
+            }
+            Command::Respond { exchange, response } => {
+                if let Err(error) = self.endpoint.respond(now, exchange, response) {
+                    tracing::debug!(%error, "late response dropped");
+                }
+            }
+            Command::Notify { path, response, done } => {
+                let observers = self.endpoint.observers(&path);
+                let mut count = 0;
+                for id in observers {
+                    if self.endpoint.notify(now, id, response.clone()).is_ok() {
+                        count += 1;
+                    }
+                }
+                let _ = done.send(count);
+            }
+            Command::Shutdown => {}
+        }
+    }
+}
+
+fn fail(sink: ResponseSink, error: TransportError) {
+    match sink {
+        ResponseSink::Once(sender) => {
+            let _ = sender.send(Err(error));
+        }
+        ResponseSink::Stream { first: Some(first), .. } => {
+            let _ = first.send(Err(error));
+        }
+        ResponseSink::Stream { first: None, .. } => {}
+    }
+}

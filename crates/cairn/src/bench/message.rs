@@ -49,11 +49,7 @@ impl GetRequest {
         bytes.extend_from_slice(&[0; TOKEN_LEN]);
         let mut previous_option = 0;
         for segment in path.split('/').filter(|segment| !segment.is_empty()) {
-            encode_option(
-                &mut bytes,
-                OPTION_URI_PATH - previous_option,
-                segment.as_bytes(),
-            );
+            encode_option(&mut bytes, OPTION_URI_PATH - previous_option, segment.as_bytes());
             previous_option = OPTION_URI_PATH;
         }
         Self { bytes }
@@ -180,9 +176,6 @@ mod tests {
         assert_eq!(parse_header(&[]), None);
         assert_eq!(parse_header(&[0x84, 0x45, 0, 0, 1, 2, 3, 4]), None);
         assert_eq!(parse_header(&[0x44, 0x45, 0, 0, 1, 2]), None);
-        assert_eq!(
-            parse_header(&[0x49, 0x45, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]),
-            None
-        );
+        assert_eq!(parse_header(&[0x49, 0x45, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]), None);
     }
 }

@@ -29,12 +29,7 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     /// Starts `program args...`; the server is to listen on `address`.
-    pub fn spawn(
-        name: &'static str,
-        program: &Path,
-        args: &[OsString],
-        address: SocketAddr,
-    ) -> anyhow::Result<Self> {
+    pub fn spawn(name: &'static str, program: &Path, args: &[OsString], address: SocketAddr) -> anyhow::Result<Self> {
         let child = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
@@ -42,11 +37,7 @@ impl ServerProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .with_context(|| format!("cannot start the {name} server ({})", program.display()))?;
-        Ok(Self {
-            name,
-            child,
-            address,
-        })
+        Ok(Self { name, child, address })
     }
 
     pub fn name(&self) -> &'static str {
@@ -70,11 +61,7 @@ impl ServerProcess {
     }
 
     /// Sends `request` (a GET) every [`PROBE_INTERVAL`] until the server answers it.
-    pub fn wait_until_ready(
-        &mut self,
-        request: &GetRequest,
-        stop: &AtomicBool,
-    ) -> anyhow::Result<()> {
+    pub fn wait_until_ready(&mut self, request: &GetRequest, stop: &AtomicBool) -> anyhow::Result<()> {
         let token = [0xfe, 0xed, 0xfa, 0xce];
         let probe = request.with_identity(0xfeed, token);
         let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
@@ -95,8 +82,7 @@ impl ServerProcess {
                     return Ok(());
                 }
                 Ok(_) => {}
-                Err(error)
-                    if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                 Err(_) => std::thread::sleep(PROBE_INTERVAL),
             }
         }
@@ -119,15 +105,12 @@ impl Drop for ServerProcess {
 
 /// A loopback address with a port that was free a moment ago.
 pub fn free_loopback_address() -> anyhow::Result<SocketAddr> {
-    let socket =
-        UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("no free UDP port on 127.0.0.1")?;
+    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("no free UDP port on 127.0.0.1")?;
     Ok(socket.local_addr()?)
 }
 
 /// The full path of `program` found in `PATH`.
 pub fn find_in_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|directory| directory.join(program))
-        .find(|candidate| candidate.is_file())
+    std::env::split_paths(&path).map(|directory| directory.join(program)).find(|candidate| candidate.is_file())
 }

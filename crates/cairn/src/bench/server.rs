@@ -1,13 +1,16 @@
 //! The servers under test, each a child process on a free loopback port: started,
 //! probed until they answer, watched while measured, and killed when dropped (on
-//! success, on error and on interruption alike).
+//! success, on error and on interruption alike). What a server writes to stderr is kept
+//! (its last lines) and shown only if it exits.
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
-use std::io::ErrorKind;
+use std::io::{BufRead, BufReader, ErrorKind};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -18,6 +21,8 @@ use super::message::{GetRequest, parse_header};
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the startup probe is repeated.
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+/// How many of a server's last stderr lines are kept.
+const STDERR_LINES_KEPT: usize = 20;
 
 /// A running server process, killed on drop.
 #[derive(Debug)]
@@ -25,19 +30,25 @@ pub struct ServerProcess {
     name: &'static str,
     child: Child,
     address: SocketAddr,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
 }
 
 impl ServerProcess {
     /// Starts `program args...`; the server is to listen on `address`.
     pub fn spawn(name: &'static str, program: &Path, args: &[OsString], address: SocketAddr) -> anyhow::Result<Self> {
-        let child = Command::new(program)
+        let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("cannot start the {name} server ({})", program.display()))?;
-        Ok(Self { name, child, address })
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_LINES_KEPT)));
+        if let Some(stderr) = child.stderr.take() {
+            let tail = Arc::clone(&stderr_tail);
+            std::thread::Builder::new().name(format!("{name}-stderr")).spawn(move || keep_tail(stderr, &tail))?;
+        }
+        Ok(Self { name, child, address, stderr_tail })
     }
 
     pub fn name(&self) -> &'static str {
@@ -55,7 +66,13 @@ impl ServerProcess {
     /// Fails when the process has exited.
     pub fn ensure_running(&mut self) -> anyhow::Result<()> {
         match self.child.try_wait()? {
-            Some(status) => bail!("the {} server exited ({status})", self.name),
+            Some(status) => {
+                // Give the reader a moment to collect the last words.
+                std::thread::sleep(Duration::from_millis(50));
+                let tail = self.stderr_tail.lock().map(|tail| Vec::from(tail.clone())).unwrap_or_default();
+                let said = if tail.is_empty() { String::new() } else { format!(":\n  {}", tail.join("\n  ")) };
+                bail!("the {} server exited ({status}){said}", self.name)
+            }
             None => Ok(()),
         }
     }
@@ -100,6 +117,18 @@ impl Drop for ServerProcess {
         // Already exited or already reaped: nothing left to do either way.
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Reads `stderr` to its end, keeping its last lines in `tail`.
+fn keep_tail(stderr: impl std::io::Read, tail: &Mutex<VecDeque<String>>) {
+    for line in BufReader::new(stderr).lines() {
+        let Ok(line) = line else { return };
+        let Ok(mut tail) = tail.lock() else { return };
+        if tail.len() == STDERR_LINES_KEPT {
+            tail.pop_front();
+        }
+        tail.push_back(line);
     }
 }
 

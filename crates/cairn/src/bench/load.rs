@@ -9,7 +9,8 @@
 //! devices: no segmentation offload, so no server sees coalesced requests.
 //!
 //! Answers are matched by token (and by message ID for piggybacked ones); the token
-//! carries the request's slot, so matching costs an index and a compare.
+//! carries the request's slot, so matching costs an index and a compare. A separate
+//! response sent confirmable is acknowledged.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -22,7 +23,7 @@ use quinn_udp::{RecvMeta, UdpSocketState};
 use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, sendmmsg};
 
 use super::cpu::CpuSample;
-use super::message::{GetRequest, MessageType, TOKEN_LEN, parse_header, set_identity};
+use super::message::{GetRequest, MessageType, TOKEN_LEN, empty_acknowledgement, parse_header, set_identity};
 use super::server::ServerProcess;
 
 /// A request without an answer after this long is counted lost and sent anew. Far
@@ -219,6 +220,11 @@ impl Client {
         let Some(header) = parse_header(datagram) else {
             return;
         };
+        if header.needs_acknowledgement() {
+            // Rare (the servers piggyback), so one plain send, also for a repeated
+            // response; a lost ACK only means the server sends the response again.
+            let _ = self.socket.send(&empty_acknowledgement(header.message_id));
+        }
         let Some(&slot_index) = header.token.first() else {
             return;
         };

@@ -103,6 +103,17 @@ impl Header<'_> {
     pub fn is_expected_answer(&self) -> bool {
         self.code >> 5 == 2 || self.code == CODE_GET
     }
+
+    /// A separate response sent confirmable (§5.2.2), which the client must acknowledge.
+    pub fn needs_acknowledgement(&self) -> bool {
+        self.message_type == MessageType::Confirmable && self.code >> 5 >= 2
+    }
+}
+
+/// The empty Acknowledgement of message `message_id` (§4.2).
+pub fn empty_acknowledgement(message_id: u16) -> [u8; 4] {
+    let [high, low] = message_id.to_be_bytes();
+    [0x60, 0x00, high, low]
 }
 
 /// Reads the header and token of a CoAP message; `None` when it is not CoAP version 1
@@ -159,6 +170,15 @@ mod tests {
         assert_eq!(header.message_id, 0xbeef);
         assert_eq!(header.token, &[9, 8, 7, 6]);
         assert!(header.is_expected_answer());
+    }
+
+    #[test]
+    fn a_confirmable_separate_response_is_acknowledged() {
+        let separate = [0x44, 0x45, 0x12, 0x34, 1, 2, 3, 4];
+        assert!(parse_header(&separate).unwrap().needs_acknowledgement());
+        assert_eq!(empty_acknowledgement(0x1234), [0x60, 0x00, 0x12, 0x34]);
+        let echoed_request = GetRequest::new("/").with_identity(1, [1; 4]);
+        assert!(!parse_header(&echoed_request).unwrap().needs_acknowledgement());
     }
 
     #[test]

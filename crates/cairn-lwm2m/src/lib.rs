@@ -1,3 +1,19 @@
 //! LwM2M data model and content formats: paths, nodes, object models and the
-//! encodings of the OMA LwM2M Technical Specification (Core, §7).
+//! encodings of the OMA LwM2M Technical Specification (Core 1.2, §6 and §7).
+//!
+//! Everything here is sans-IO: the codecs take and return bytes, the operations map to
+//! and from plain CoAP request and response parts.
 #![forbid(unsafe_code)]
+
+pub mod model;
+pub mod node;
+pub mod path;
+pub mod value;
+
+pub use model::{ModelLookup, NoModels, ObjectModel, Operations, ResourceModel, Version};
+pub use node::{
+    LwM2mNode, LwM2mObject, LwM2mObjectInstance, LwM2mResource, LwM2mResourceInstance, NodeError,
+    ResourceValue,
+};
+pub use path::{LwM2mPath, PathError};
+pub use value::{ObjectLink, ResourceType, Value, ValueError};

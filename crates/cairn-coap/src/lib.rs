@@ -6,5 +6,6 @@
 #![forbid(unsafe_code)]
 
 pub mod content_format;
+pub mod link_format;
 
 pub use content_format::ContentFormat;

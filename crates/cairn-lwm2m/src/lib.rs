@@ -5,9 +5,12 @@
 //! and from plain CoAP request and response parts.
 #![forbid(unsafe_code)]
 
+pub mod builtin;
+pub mod ddf;
 pub mod model;
 pub mod node;
 pub mod path;
+pub mod registry;
 pub mod value;
 
 pub use model::{ModelLookup, NoModels, ObjectModel, Operations, ResourceModel, Version};

@@ -83,3 +83,79 @@ fn load_dir_loads_the_registry() {
     assert!(loaded > 100 && history > 100, "{loaded} + {history}");
     assert!(registry.get(3, cairn_lwm2m::Version::V1_0).is_some());
 }
+
+#[test]
+fn built_in_models_match_the_registry() {
+    let Some(dir) = registry_dir() else { return };
+    let mut published = ModelRegistry::new();
+    published.load_dir(&dir).expect("registry loads");
+    published
+        .load_dir(&dir.join("version_history"))
+        .expect("history loads");
+    let built_in = ModelRegistry::with_core_models();
+    assert!(built_in.len() >= 13);
+    let mut mismatches = Vec::new();
+    for model in built_in.iter() {
+        let Some(reference) = published.get(model.id, model.version) else {
+            mismatches.push(format!(
+                "/{} v{}: not in the registry",
+                model.id, model.version
+            ));
+            continue;
+        };
+        let head = |m: &cairn_lwm2m::ObjectModel| {
+            (
+                collapse(&m.name),
+                m.urn.clone(),
+                m.lwm2m_version,
+                m.multiple,
+                m.mandatory,
+            )
+        };
+        if head(model) != head(reference) {
+            mismatches.push(format!(
+                "/{} v{}: object attributes differ",
+                model.id, model.version
+            ));
+        }
+        let ids: Vec<u16> = model.resources.keys().copied().collect();
+        let reference_ids: Vec<u16> = reference.resources.keys().copied().collect();
+        if ids != reference_ids {
+            mismatches.push(format!(
+                "/{} v{}: resource ids {ids:?} != {reference_ids:?}",
+                model.id, model.version
+            ));
+        }
+        for (id, resource) in &model.resources {
+            let Some(expected) = reference.resources.get(id) else {
+                continue;
+            };
+            let key = |r: &cairn_lwm2m::ResourceModel| {
+                (
+                    collapse(&r.name),
+                    r.operations,
+                    r.multiple,
+                    r.mandatory,
+                    r.resource_type,
+                    collapse(&r.range_enumeration),
+                    collapse(&r.units),
+                )
+            };
+            if key(resource) != key(expected) {
+                mismatches.push(format!(
+                    "/{}/{id} v{}: {:?} != {:?}",
+                    model.id,
+                    model.version,
+                    key(resource),
+                    key(expected)
+                ));
+            }
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+/// Names in the published files sometimes carry doubled spaces; compare words.
+fn collapse(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod builtin;
+pub mod content;
 pub mod ddf;
 pub mod model;
 pub mod node;

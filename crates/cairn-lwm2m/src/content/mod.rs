@@ -34,7 +34,7 @@ use cairn_coap::ContentFormat;
 use thiserror::Error;
 
 use crate::model::ModelLookup;
-use crate::node::{LwM2mNode, LwM2mResource, LwM2mResourceInstance, NodeError};
+use crate::node::{LwM2mNode, LwM2mResource, LwM2mResourceInstance, NodeError, ResourceValue};
 use crate::path::{LwM2mPath, PathError};
 use crate::value::{ResourceType, Value, ValueError};
 
@@ -161,10 +161,41 @@ fn conform<'a>(
     path: &LwM2mPath,
     models: &dyn ModelLookup,
 ) -> Result<Cow<'a, LwM2mNode>, CodecError> {
-    if path.object_id().and_then(|o| models.object(o)).is_none() {
+    let Some(o) = path.object_id() else {
+        return Ok(Cow::Borrowed(node));
+    };
+    if models.object(o).is_none() {
         return Ok(Cow::Borrowed(node));
     }
-    Ok(Cow::Owned(assemble(path, node.flatten(path), models)?))
+    let mut node = node.clone();
+    let convert = |r: u16, value: &mut Value| -> Result<(), CodecError> {
+        let resource_path = LwM2mPath::Resource(o, 0, r);
+        *value = typed(&resource_path, value.clone(), models)?;
+        Ok(())
+    };
+    let convert_resource = |resource: &mut LwM2mResource| -> Result<(), CodecError> {
+        match &mut resource.value {
+            ResourceValue::Single(value) => convert(resource.id, value),
+            ResourceValue::Multiple(values) => values
+                .values_mut()
+                .try_for_each(|v| convert(resource.id, v)),
+        }
+    };
+    match (&mut node, path.resource_id()) {
+        (LwM2mNode::Object(object), _) => object
+            .instances
+            .values_mut()
+            .flat_map(|i| i.resources.values_mut())
+            .try_for_each(convert_resource)?,
+        (LwM2mNode::ObjectInstance(instance), _) => instance
+            .resources
+            .values_mut()
+            .try_for_each(convert_resource)?,
+        (LwM2mNode::Resource(resource), _) => convert_resource(resource)?,
+        (LwM2mNode::ResourceInstance(ri), Some(r)) => convert(r, &mut ri.value)?,
+        (LwM2mNode::ResourceInstance(_), None) => {}
+    }
+    Ok(Cow::Owned(node))
 }
 
 /// Decodes a payload in `format` as the node at `path`.
@@ -311,7 +342,7 @@ pub fn decode_paths(payload: &[u8], format: ContentFormat) -> Result<Vec<LwM2mPa
 fn single_value<'a>(node: &'a LwM2mNode, format: &'static str) -> Result<&'a Value, CodecError> {
     match node {
         LwM2mNode::Resource(LwM2mResource {
-            value: crate::node::ResourceValue::Single(value),
+            value: ResourceValue::Single(value),
             ..
         })
         | LwM2mNode::ResourceInstance(LwM2mResourceInstance { value, .. }) => Ok(value),
@@ -379,7 +410,7 @@ fn assemble(
 pub(crate) mod tests {
     use super::*;
     use crate::model::NoModels;
-    use crate::node::{LwM2mObject, LwM2mObjectInstance, ResourceValue};
+    use crate::node::{LwM2mObject, LwM2mObjectInstance};
     use crate::registry::ModelRegistry;
     use crate::value::ObjectLink;
     use proptest::prelude::*;
@@ -612,6 +643,107 @@ pub(crate) mod tests {
         ));
     }
 
+    /// Flat formats cannot express a multiple-instance resource without instances.
+    fn drop_empty_multiple(node: LwM2mNode) -> LwM2mNode {
+        match node {
+            LwM2mNode::ObjectInstance(mut instance) => {
+                instance
+                    .resources
+                    .retain(|_, r| !matches!(&r.value, ResourceValue::Multiple(m) if m.is_empty()));
+                LwM2mNode::ObjectInstance(instance)
+            }
+            other => other,
+        }
+    }
+
+    fn value_of(ty: ResourceType) -> BoxedStrategy<Value> {
+        match ty {
+            ResourceType::Integer => any::<i64>().prop_map(Value::Integer).boxed(),
+            ResourceType::Time => any::<i64>().prop_map(Value::Time).boxed(),
+            ResourceType::UnsignedInteger => any::<u64>().prop_map(Value::UnsignedInteger).boxed(),
+            ResourceType::Float => (proptest::num::f64::NORMAL | proptest::num::f64::ZERO)
+                .prop_map(Value::Float)
+                .boxed(),
+            ResourceType::Boolean => any::<bool>().prop_map(Value::Boolean).boxed(),
+            ResourceType::Opaque => proptest::collection::vec(any::<u8>(), 0..24)
+                .prop_map(Value::Opaque)
+                .boxed(),
+            ResourceType::Objlnk => (any::<u16>(), any::<u16>())
+                .prop_map(|(object_id, instance_id)| {
+                    Value::Objlnk(ObjectLink {
+                        object_id,
+                        instance_id,
+                    })
+                })
+                .boxed(),
+            ResourceType::Corelnk => "[ -~]{0,16}".prop_map(Value::Corelnk).boxed(),
+            ResourceType::String | ResourceType::None => {
+                "\\PC{0,16}".prop_map(Value::String).boxed()
+            }
+        }
+    }
+
+    const TYPES: [ResourceType; 9] = [
+        ResourceType::String,
+        ResourceType::Integer,
+        ResourceType::UnsignedInteger,
+        ResourceType::Float,
+        ResourceType::Boolean,
+        ResourceType::Opaque,
+        ResourceType::Time,
+        ResourceType::Objlnk,
+        ResourceType::Corelnk,
+    ];
+
+    /// An object instance of object 42000 with resources of random types and
+    /// multiplicity, and the model that declares them.
+    fn instance_with_model() -> impl Strategy<Value = (LwM2mObjectInstance, ModelRegistry)> {
+        proptest::collection::btree_map(0u16..300, (0usize..9, any::<bool>()), 1..8)
+            .prop_flat_map(|shape| {
+                let resources: Vec<BoxedStrategy<LwM2mResource>> = shape
+                    .iter()
+                    .map(|(id, (ty, multiple))| {
+                        let id = *id;
+                        let values = value_of(TYPES[*ty]);
+                        if *multiple {
+                            proptest::collection::btree_map(0u16..1000, values, 0..4)
+                                .prop_map(move |m| LwM2mResource::multiple(id, m))
+                                .boxed()
+                        } else {
+                            values
+                                .prop_map(move |v| LwM2mResource::single(id, v))
+                                .boxed()
+                        }
+                    })
+                    .collect();
+                (resources, Just(shape))
+            })
+            .prop_map(|(resources, shape)| {
+                let mut model = crate::builtin::core_models().remove(0);
+                model.id = 42000;
+                model.resources = shape
+                    .iter()
+                    .map(|(id, (ty, multiple))| {
+                        let resource = crate::model::ResourceModel {
+                            id: *id,
+                            name: String::new(),
+                            operations: crate::model::Operations::RW,
+                            multiple: *multiple,
+                            mandatory: false,
+                            resource_type: TYPES[*ty],
+                            range_enumeration: String::new(),
+                            units: String::new(),
+                            description: String::new(),
+                        };
+                        (*id, resource)
+                    })
+                    .collect();
+                let mut registry = ModelRegistry::new();
+                registry.add(model);
+                (LwM2mObjectInstance::new(0, resources), registry)
+            })
+    }
+
     proptest! {
         #[test]
         fn no_decoder_panics(bytes in proptest::collection::vec(any::<u8>(), 0..160), which in 0usize..10) {
@@ -622,6 +754,27 @@ pub(crate) mod tests {
             }
             let _ = decode_records(&bytes, format, &models);
             let _ = decode_paths(&bytes, format);
+        }
+
+        #[test]
+        fn every_structured_format_round_trips((instance, models) in instance_with_model()) {
+            let path = LwM2mPath::ObjectInstance(42000, 0);
+            let node = LwM2mNode::ObjectInstance(instance);
+            for format in [
+                ContentFormat::LWM2M_TLV,
+                ContentFormat::LWM2M_JSON,
+                ContentFormat::SENML_JSON,
+                ContentFormat::SENML_CBOR,
+                ContentFormat::LWM2M_CBOR,
+            ] {
+                let bytes = encode(&node, &path, format, &models).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let decoded = decode(&bytes, format, &path, &models).map_err(|e| TestCaseError::fail(format!("{format:?}: {e}")))?;
+                let mut expected = node.clone();
+                if format != ContentFormat::LWM2M_TLV {
+                    expected = drop_empty_multiple(expected);
+                }
+                prop_assert_eq!(decoded, expected, "{:?}", format);
+            }
         }
     }
 }

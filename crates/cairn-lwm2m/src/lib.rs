@@ -5,6 +5,7 @@
 //! and from plain CoAP request and response parts.
 #![forbid(unsafe_code)]
 
+pub mod attributes;
 pub mod builtin;
 pub mod content;
 pub mod ddf;

@@ -19,6 +19,7 @@
 //! the format carries is kept (TLV and octet-stream values stay opaque, text stays text).
 
 pub mod cbor;
+pub mod link;
 pub mod lwm2m_cbor;
 pub mod lwm2m_json;
 pub mod senml;

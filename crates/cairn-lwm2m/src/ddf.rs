@@ -271,6 +271,7 @@ fn mandatory(ctx: &Ctx, node: Node) -> Result<bool, DdfError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     const MINIMAL: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <LWM2M xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
@@ -368,5 +369,22 @@ mod tests {
         assert!(matches!(parse_ddf(bomb), Err(DdfError::Xml(_))));
         let huge = " ".repeat(MAX_DDF_LEN + 1);
         assert!(matches!(parse_ddf(&huge), Err(DdfError::TooLarge(_))));
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_on_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse_ddf_bytes(&bytes);
+        }
+
+        #[test]
+        fn never_panics_on_mutated_definitions(cut in 0usize..1400, insert in "[<>/a-zA-Z0-9 \"=&;]{0,12}") {
+            let mut text = MINIMAL.to_owned();
+            let at = cut.min(text.len());
+            if text.is_char_boundary(at) {
+                text.insert_str(at, &insert);
+            }
+            let _ = parse_ddf(&text);
+        }
     }
 }

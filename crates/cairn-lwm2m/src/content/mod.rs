@@ -155,6 +155,27 @@ pub fn encode(
     }
 }
 
+/// Does every value of the node already have its model type (or no model)?
+fn already_typed(node: &LwM2mNode, path: &LwM2mPath, o: u16, models: &dyn ModelLookup) -> bool {
+    let fits = |r: u16, value: &Value| {
+        model_type(&LwM2mPath::Resource(o, 0, r), models)
+            .is_none_or(|ty| ty == value.resource_type())
+    };
+    let resource_fits = |resource: &LwM2mResource| match &resource.value {
+        ResourceValue::Single(value) => fits(resource.id, value),
+        ResourceValue::Multiple(values) => values.values().all(|v| fits(resource.id, v)),
+    };
+    match node {
+        LwM2mNode::Object(object) => object
+            .instances
+            .values()
+            .all(|i| i.resources.values().all(resource_fits)),
+        LwM2mNode::ObjectInstance(instance) => instance.resources.values().all(resource_fits),
+        LwM2mNode::Resource(resource) => resource_fits(resource),
+        LwM2mNode::ResourceInstance(ri) => path.resource_id().is_none_or(|r| fits(r, &ri.value)),
+    }
+}
+
 /// The node with every value converted to its model type (borrowed when there is no
 /// model for the object).
 fn conform<'a>(
@@ -165,7 +186,7 @@ fn conform<'a>(
     let Some(o) = path.object_id() else {
         return Ok(Cow::Borrowed(node));
     };
-    if models.object(o).is_none() {
+    if models.object(o).is_none() || already_typed(node, path, o, models) {
         return Ok(Cow::Borrowed(node));
     }
     let mut node = node.clone();
@@ -311,6 +332,47 @@ pub fn decode_records(
     records
         .into_iter()
         .map(|(path, value)| Ok((path, typed(&path, value, models)?)))
+        .collect()
+}
+
+/// A value of a Send or notification payload with the time it was taken.
+#[derive(Clone, PartialEq, Debug)]
+pub struct TimestampedRecord {
+    /// Resolved SenML time (base time + time), if the payload has one.
+    pub time: Option<f64>,
+    /// Resource or resource instance path.
+    pub path: LwM2mPath,
+    /// Typed value.
+    pub value: Value,
+}
+
+/// Decodes a SenML payload as a time series (Send with several timestamps per path, Core
+/// §6.4.3), keeping every record in payload order.
+pub fn decode_timestamped(
+    payload: &[u8],
+    format: ContentFormat,
+    models: &dyn ModelLookup,
+) -> Result<Vec<TimestampedRecord>, CodecError> {
+    let records = match format {
+        ContentFormat::SENML_JSON => senml_json::decode(payload)?,
+        ContentFormat::SENML_CBOR => senml_cbor::decode(payload)?,
+        other => return Err(CodecError::UnsupportedFormat(other)),
+    };
+    records
+        .into_iter()
+        .enumerate()
+        .map(|(index, record)| {
+            let value = record.value.ok_or_else(|| CodecError::Record {
+                format: "SenML",
+                index,
+                what: format!("no value for {}", record.path),
+            })?;
+            Ok(TimestampedRecord {
+                time: record.time,
+                path: record.path,
+                value: typed(&record.path, value, models)?,
+            })
+        })
         .collect()
 }
 
@@ -619,6 +681,20 @@ pub(crate) mod tests {
             records,
             vec![(LwM2mPath::Resource(3303, 0, 5700), Value::Float(21.0))]
         );
+    }
+
+    #[test]
+    fn encoding_converts_values_to_the_model_type() {
+        let models = ModelRegistry::with_core_models();
+        let path = LwM2mPath::Resource(3303, 0, 5700);
+        let node = LwM2mNode::Resource(LwM2mResource::single(5700, Value::Integer(20)));
+        let tlv = encode(&node, &path, ContentFormat::LWM2M_TLV, &models).expect("encodes");
+        assert_eq!(tlv, [0xE4, 0x16, 0x44, 0x41, 0xA0, 0x00, 0x00]);
+        let wrong = LwM2mNode::Resource(LwM2mResource::single(5700, Value::String("warm".into())));
+        assert!(matches!(
+            encode(&wrong, &path, ContentFormat::LWM2M_TLV, &models),
+            Err(CodecError::Value { .. })
+        ));
     }
 
     #[test]

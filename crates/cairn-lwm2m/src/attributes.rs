@@ -540,7 +540,56 @@ mod tests {
         assert_eq!(current.to_queries(), ["pmax=60", "gt=5"]);
     }
 
+    fn attribute_strategy() -> impl Strategy<Value = (AttributeName, Option<AttributeValue>)> {
+        let value = prop_oneof![
+            (0usize..7, any::<u32>()).prop_map(|(i, v)| {
+                let names = [
+                    AttributeName::Pmin,
+                    AttributeName::Pmax,
+                    AttributeName::Epmin,
+                    AttributeName::Epmax,
+                    AttributeName::Hqmax,
+                    AttributeName::Dim,
+                    AttributeName::Ssid,
+                ];
+                (names[i], AttributeValue::Unsigned(u64::from(v)))
+            }),
+            (0usize..3, -1e6f64..1e6).prop_map(|(i, v)| {
+                let names = [AttributeName::Gt, AttributeName::Lt, AttributeName::St];
+                (names[i], AttributeValue::Float(v))
+            }),
+            (any::<bool>(), any::<bool>()).prop_map(|(edge, v)| {
+                let name = if edge {
+                    AttributeName::Edge
+                } else {
+                    AttributeName::Con
+                };
+                (name, AttributeValue::Boolean(v))
+            }),
+            (any::<u8>(), any::<u8>()).prop_map(|(major, minor)| (
+                AttributeName::Ver,
+                AttributeValue::Version(Version::new(major, minor))
+            )),
+        ];
+        (value, any::<bool>()).prop_map(|((name, value), unset)| (name, (!unset).then_some(value)))
+    }
+
     proptest! {
+        #[test]
+        fn queries_round_trip(entries in proptest::collection::vec(attribute_strategy(), 0..8)) {
+            let mut set = AttributeSet::new();
+            for (name, value) in entries {
+                set = match value {
+                    Some(value) => set.with(name, value),
+                    None => set.with_unset(name),
+                };
+            }
+            prop_assert_eq!(AttributeSet::from_queries(&set.to_queries()), Ok(set.clone()));
+            let params = set.to_link_params();
+            let values_only = AttributeSet::from_link_params(&params).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert!(values_only.iter().all(|(name, value)| value == set.get(name)));
+        }
+
         #[test]
         fn never_panics(queries in proptest::collection::vec("[a-z]{0,6}(=[-+.0-9a-z]{0,8})?", 0..6)) {
             if let Ok(set) = AttributeSet::from_queries(&queries) {

@@ -119,7 +119,36 @@ mod tests {
         ));
     }
 
+    fn entry_strategy() -> impl Strategy<Value = DiscoverEntry> {
+        let path = proptest::collection::vec(0u16..=crate::path::MAX_ID, 1..=4)
+            .prop_map(|ids| LwM2mPath::from_ids(&ids).unwrap_or(LwM2mPath::Root));
+        let attributes = (
+            proptest::option::of(any::<u32>()),
+            proptest::option::of(-1e9f64..1e9),
+            proptest::option::of(any::<u8>()),
+        )
+            .prop_map(|(pmin, gt, dim)| {
+                let mut set = AttributeSet::new();
+                if let Some(v) = pmin {
+                    set = set.with(AttributeName::Pmin, AttributeValue::Unsigned(u64::from(v)));
+                }
+                if let Some(v) = gt {
+                    set = set.with(AttributeName::Gt, AttributeValue::Float(v));
+                }
+                if let Some(v) = dim {
+                    set = set.with(AttributeName::Dim, AttributeValue::Unsigned(u64::from(v)));
+                }
+                set
+            });
+        (path, attributes).prop_map(|(path, attributes)| DiscoverEntry { path, attributes })
+    }
+
     proptest! {
+        #[test]
+        fn round_trips(entries in proptest::collection::vec(entry_strategy(), 0..8)) {
+            prop_assert_eq!(decode_discover(&encode_discover(&entries)), Ok(entries));
+        }
+
         #[test]
         fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..96)) {
             let _ = decode_discover(&bytes);

@@ -368,6 +368,27 @@ pub fn decode(
                 o, i, &entries, models,
             )?)),
         },
+        LwM2mPath::Resource(o, _, r)
+            if !entries.is_empty()
+                && entries.iter().all(|e| e.kind == TlvKind::ResourceInstance) =>
+        {
+            // Some clients send the instances of a multiple resource without the
+            // enclosing multiple-resource entry.
+            let ty = model_type(&LwM2mPath::Resource(o, 0, r), models);
+            let mut values = BTreeMap::new();
+            for entry in &entries {
+                if values
+                    .insert(entry.id, read_value(entry.value, ty, entry.offset)?)
+                    .is_some()
+                {
+                    return Err(duplicate(entry));
+                }
+            }
+            Ok(LwM2mNode::Resource(LwM2mResource {
+                id: r,
+                value: ResourceValue::Multiple(values),
+            }))
+        }
         LwM2mPath::Resource(o, i, r) => {
             let instance = decode_resources(o, i, &entries, models)?;
             let mut resources = instance.resources;
@@ -532,6 +553,15 @@ mod tests {
             instance.resources[&9].value,
             ResourceValue::Single(Value::Opaque(vec![0x64]))
         );
+    }
+
+    #[test]
+    fn accepts_unwrapped_resource_instances() {
+        let models = ModelRegistry::with_core_models();
+        let unwrapped = [0x41, 0x00, 0x01, 0x41, 0x01, 0x05];
+        let node = decode(&unwrapped, &LwM2mPath::Resource(3, 0, 6), &models).expect("valid");
+        let expected = LwM2mResource::multiple(6, [(0, Value::Integer(1)), (1, Value::Integer(5))]);
+        assert_eq!(node, LwM2mNode::Resource(expected));
     }
 
     #[test]

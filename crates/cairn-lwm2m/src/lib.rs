@@ -8,6 +8,7 @@
 pub mod attributes;
 pub mod builtin;
 pub mod coap;
+pub mod coap_message;
 pub mod content;
 pub mod ddf;
 pub mod model;

@@ -1,0 +1,342 @@
+//! The server over real sockets on 127.0.0.1: a device written here with the CoAP transport
+//! registers over DTLS-PSK and answers device-management requests; identities are checked.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_coap::{Code, Config, ContentFormat, Message, OptionNumber};
+use cairn_dtls::{ClientConfig, Psk};
+use cairn_lwm2m::node::{LwM2mNode, LwM2mObjectInstance, LwM2mResource};
+use cairn_lwm2m::{LwM2mPath, ModelRegistry, Value, WriteMode};
+use cairn_server::{
+    LwM2mServer, SecurityInfo, SecurityRegistry, ServerConfig, ServerError, ServerEvent,
+};
+use cairn_transport::{CoapEndpoint, Reply, Request, Security};
+
+const KEY: &[u8] = b"0123456789abcdef";
+
+fn device_instance(manufacturer: &str) -> LwM2mObjectInstance {
+    LwM2mObjectInstance::new(
+        0,
+        [
+            LwM2mResource::single(0, Value::String(manufacturer.into())),
+            LwM2mResource::single(1, Value::String("Model 7".into())),
+            LwM2mResource::single(2, Value::String("SN-0001".into())),
+            LwM2mResource::single(3, Value::String("1.0.3".into())),
+            LwM2mResource::multiple(6, [(0, Value::Integer(1)), (1, Value::Integer(5))]),
+            LwM2mResource::single(9, Value::Integer(87)),
+            LwM2mResource::multiple(11, [(0, Value::Integer(0))]),
+            LwM2mResource::single(13, Value::Time(1_790_000_000)),
+            LwM2mResource::single(16, Value::String("U".into())),
+        ],
+    )
+}
+
+/// A minimal device: the Device object (/3/0), readable in any format asked for, writable,
+/// with an executable reboot (/3/0/4).
+#[derive(Default)]
+struct Device {
+    manufacturer: Mutex<String>,
+    reboots: Mutex<u32>,
+}
+
+impl Device {
+    fn handle(&self, request: &Request) -> Reply {
+        let models = ModelRegistry::with_core_models();
+        let message = &request.message;
+        let path = message.uri_path();
+        let node = LwM2mNode::ObjectInstance(device_instance(&self.manufacturer.lock().unwrap()));
+        match (message.code, path.as_str()) {
+            (Code::GET, "/3/0") => {
+                let format = message
+                    .options
+                    .get_uint(OptionNumber::ACCEPT)
+                    .map_or(ContentFormat::LWM2M_TLV, |v| ContentFormat(v as u16));
+                let target = LwM2mPath::ObjectInstance(3, 0);
+                match cairn_lwm2m::encode(&node, &target, format, &models) {
+                    Ok(payload) => {
+                        let mut response = Message::response(Code::CONTENT);
+                        response.set_content_format(format);
+                        response.payload = payload;
+                        Reply::Ready(response)
+                    }
+                    Err(_) => Reply::Ready(Message::response(Code::NOT_ACCEPTABLE)),
+                }
+            }
+            (Code::PUT | Code::POST, "/3/0/0") => {
+                let format = message
+                    .content_format()
+                    .unwrap_or(ContentFormat::TEXT_PLAIN);
+                let target = LwM2mPath::Resource(3, 0, 0);
+                match cairn_lwm2m::decode(&message.payload, format, &target, &models) {
+                    Ok(LwM2mNode::Resource(LwM2mResource {
+                        value: cairn_lwm2m::node::ResourceValue::Single(Value::String(s)),
+                        ..
+                    })) => {
+                        *self.manufacturer.lock().unwrap() = s;
+                        Reply::Ready(Message::response(Code::CHANGED))
+                    }
+                    _ => Reply::Ready(Message::response(Code::BAD_REQUEST)),
+                }
+            }
+            (Code::POST, "/3/0/4") => {
+                *self.reboots.lock().unwrap() += 1;
+                Reply::Ready(Message::response(Code::CHANGED))
+            }
+            _ => Reply::Ready(Message::response(Code::NOT_FOUND)),
+        }
+    }
+}
+
+async fn start_server() -> LwM2mServer {
+    let mut security = SecurityRegistry::default();
+    security
+        .insert(SecurityInfo::psk("dev-1", "identity-1", KEY.to_vec()))
+        .unwrap();
+    security
+        .insert(SecurityInfo::psk(
+            "dev-2",
+            "identity-2",
+            b"another-key-0002".to_vec(),
+        ))
+        .unwrap();
+    security.insert(SecurityInfo::no_sec("plain-1")).unwrap();
+    let config = ServerConfig {
+        coap_listen: Some("127.0.0.1:0".parse().unwrap()),
+        dtls_listen: Some("127.0.0.1:0".parse().unwrap()),
+        request_timeout: Duration::from_secs(10),
+        ..ServerConfig::default()
+    };
+    LwM2mServer::start(config, security).await.unwrap()
+}
+
+async fn device_endpoint(
+    server: SocketAddr,
+    identity: &str,
+    key: &[u8],
+    device: Arc<Device>,
+) -> CoapEndpoint {
+    let security = Security::DtlsClient {
+        config: ClientConfig::new(identity, Psk::new(key.to_vec())),
+        server,
+    };
+    let handler = move |request: &Request| device.handle(request);
+    CoapEndpoint::bind_secured(
+        "127.0.0.1:0".parse().unwrap(),
+        Config::default(),
+        security,
+        Some(Arc::new(handler)),
+    )
+    .await
+    .unwrap()
+}
+
+fn register_message(endpoint: &str, lifetime: u32) -> Message {
+    let mut message = Message::request(Code::POST);
+    message.set_uri_path("/rd");
+    for query in [
+        format!("ep={endpoint}"),
+        format!("lt={lifetime}"),
+        "lwm2m=1.1".into(),
+        "b=U".into(),
+    ] {
+        message
+            .options
+            .push(OptionNumber::URI_QUERY, query.into_bytes());
+    }
+    message.set_content_format(ContentFormat::LINK_FORMAT);
+    message.payload = b"</>;rt=\"oma.lwm2m\";ct=\"60 110 112 11542 11543\",</1/0>,</3/0>".to_vec();
+    message
+}
+
+#[tokio::test]
+async fn device_registers_over_dtls_and_is_managed() {
+    let server = start_server().await;
+    let mut events = server.events();
+    let (_, dtls) = server.local_addrs();
+    let device = Arc::new(Device {
+        manufacturer: Mutex::new("Cairn Devices".into()),
+        ..Device::default()
+    });
+    let endpoint = device_endpoint(dtls.unwrap(), "identity-1", KEY, device.clone()).await;
+
+    let response = endpoint
+        .request(dtls.unwrap(), register_message("dev-1", 300))
+        .await
+        .unwrap();
+    assert_eq!(response.code, Code::CREATED);
+    let location: Vec<_> = response
+        .options
+        .get_all(OptionNumber::LOCATION_PATH)
+        .collect();
+    assert_eq!(location[0], b"rd");
+    let registration = server.registration("dev-1").unwrap();
+    assert_eq!(location[1], registration.id.as_bytes());
+    assert_eq!(registration.identity.as_deref(), Some("identity-1"));
+    assert!(
+        matches!(events.recv().await.unwrap(), ServerEvent::Registered(r) if r.endpoint == "dev-1")
+    );
+
+    // Read /3/0 in every structured format.
+    for format in [
+        ContentFormat::LWM2M_TLV,
+        ContentFormat::SENML_JSON,
+        ContentFormat::SENML_CBOR,
+        ContentFormat::LWM2M_CBOR,
+        ContentFormat::LWM2M_JSON,
+    ] {
+        let node = server
+            .read("dev-1", LwM2mPath::ObjectInstance(3, 0), Some(format))
+            .await
+            .unwrap();
+        let LwM2mNode::ObjectInstance(instance) = node else {
+            panic!("{format:?}: {node:?}")
+        };
+        assert_eq!(
+            instance.resources[&0],
+            LwM2mResource::single(0, Value::String("Cairn Devices".into())),
+            "{format:?}"
+        );
+        assert_eq!(
+            instance.resources[&9],
+            LwM2mResource::single(9, Value::Integer(87)),
+            "{format:?}"
+        );
+    }
+
+    // Write the manufacturer, read it back; execute reboot.
+    let written = LwM2mNode::Resource(LwM2mResource::single(0, Value::String("Renamed".into())));
+    server
+        .write(
+            "dev-1",
+            LwM2mPath::Resource(3, 0, 0),
+            WriteMode::Replace,
+            written,
+            Some(ContentFormat::TEXT_PLAIN),
+        )
+        .await
+        .unwrap();
+    let node = server
+        .read("dev-1", LwM2mPath::ObjectInstance(3, 0), None)
+        .await
+        .unwrap();
+    let LwM2mNode::ObjectInstance(instance) = node else {
+        panic!()
+    };
+    assert_eq!(
+        instance.resources[&0],
+        LwM2mResource::single(0, Value::String("Renamed".into()))
+    );
+    server
+        .execute("dev-1", LwM2mPath::Resource(3, 0, 4), Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(*device.reboots.lock().unwrap(), 1);
+
+    // An error from the device comes back typed.
+    let error = server
+        .read("dev-1", LwM2mPath::ObjectInstance(5, 0), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ServerError::Device { code, .. } if code.to_string() == "4.04"),
+        "{error}"
+    );
+
+    // De-register.
+    let mut deregister = Message::request(Code::DELETE);
+    deregister.set_uri_path(&format!("/rd/{}", registration.id));
+    let response = endpoint.request(dtls.unwrap(), deregister).await.unwrap();
+    assert_eq!(response.code, Code::DELETED);
+    assert!(server.registration("dev-1").is_none());
+    let error = server
+        .read("dev-1", LwM2mPath::ObjectInstance(3, 0), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, ServerError::UnknownEndpoint(_)));
+}
+
+#[tokio::test]
+async fn endpoint_name_must_match_the_dtls_identity() {
+    let server = start_server().await;
+    let (coap, dtls) = server.local_addrs();
+    let device = Arc::new(Device::default());
+    let endpoint = device_endpoint(dtls.unwrap(), "identity-1", KEY, device.clone()).await;
+    // identity-1 belongs to dev-1: registering as dev-2 is forbidden.
+    let response = endpoint
+        .request(dtls.unwrap(), register_message("dev-2", 300))
+        .await
+        .unwrap();
+    assert_eq!(response.code, Code::FORBIDDEN);
+    assert!(server.registration("dev-2").is_none());
+
+    // Unsecured registration: refused for a PSK endpoint, allowed for a NoSec one.
+    let plain = CoapEndpoint::bind("127.0.0.1:0".parse().unwrap(), Config::default(), None)
+        .await
+        .unwrap();
+    let response = plain
+        .request(coap.unwrap(), register_message("dev-1", 300))
+        .await
+        .unwrap();
+    assert_eq!(response.code, Code::FORBIDDEN);
+    let response = plain
+        .request(coap.unwrap(), register_message("plain-1", 300))
+        .await
+        .unwrap();
+    assert_eq!(response.code, Code::CREATED);
+    assert!(!server.registration("plain-1").unwrap().secure);
+
+    // Absurd lifetimes and malformed queries are refused clearly.
+    let response = plain
+        .request(coap.unwrap(), register_message("plain-1", 0))
+        .await
+        .unwrap();
+    assert_eq!(response.code, Code::BAD_REQUEST);
+    let mut bad = register_message("plain-1", 60);
+    bad.options
+        .push(OptionNumber::URI_QUERY, b"lt=notanumber".to_vec());
+    let response = plain.request(coap.unwrap(), bad).await.unwrap();
+    assert_eq!(response.code, Code::BAD_REQUEST);
+
+    // Updating someone else's registration is forbidden.
+    let id = server.registration("plain-1").unwrap().id;
+    let mut update = Message::request(Code::POST);
+    update.set_uri_path(&format!("/rd/{id}"));
+    let response = endpoint.request(dtls.unwrap(), update).await.unwrap();
+    assert_eq!(response.code, Code::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn registrations_expire_after_their_lifetime() {
+    let mut security = SecurityRegistry::default();
+    security.insert(SecurityInfo::no_sec("short")).unwrap();
+    let config = ServerConfig {
+        coap_listen: Some("127.0.0.1:0".parse().unwrap()),
+        dtls_listen: None,
+        expiry_grace: Duration::ZERO,
+        ..ServerConfig::default()
+    };
+    let server = LwM2mServer::start(config, security).await.unwrap();
+    let mut events = server.events();
+    let (coap, _) = server.local_addrs();
+    let plain = CoapEndpoint::bind("127.0.0.1:0".parse().unwrap(), Config::default(), None)
+        .await
+        .unwrap();
+    let response = plain
+        .request(coap.unwrap(), register_message("short", 1))
+        .await
+        .unwrap();
+    assert_eq!(response.code, Code::CREATED);
+    let expired = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(ServerEvent::Expired(registration)) = events.recv().await {
+                return registration;
+            }
+        }
+    })
+    .await
+    .expect("the registration expires");
+    assert_eq!(expired.endpoint, "short");
+    assert!(server.registration("short").is_none());
+}

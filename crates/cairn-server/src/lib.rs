@@ -571,10 +571,7 @@ impl Inner {
         path: LwM2mPath,
         accept: Option<cairn_coap::ContentFormat>,
     ) -> Result<(LwM2mNode, Notifications), ServerError> {
-        let request = ServerRequest::Observe {
-            path,
-            accept,
-        };
+        let request = ServerRequest::Observe { path, accept };
         request.validate()?;
         let registration = self.reachable(endpoint).await?;
         let models = self

@@ -80,6 +80,12 @@ impl Device {
                     _ => Reply::Ready(Message::response(Code::BAD_REQUEST)),
                 }
             }
+            (Code::GET, "/3/0/9") => {
+                let mut response = Message::response(Code::CONTENT);
+                response.set_content_format(ContentFormat::TEXT_PLAIN);
+                response.payload = b"87".to_vec();
+                Reply::Ready(response)
+            }
             (Code::POST, "/3/0/4") => {
                 *self.reboots.lock().unwrap() += 1;
                 Reply::Ready(Message::response(Code::CHANGED))
@@ -339,4 +345,168 @@ async fn registrations_expire_after_their_lifetime() {
     .expect("the registration expires");
     assert_eq!(expired.endpoint, "short");
     assert!(server.registration("short").is_none());
+}
+
+fn battery(level: i64) -> Message {
+    let mut response = Message::response(Code::CONTENT);
+    response.set_content_format(ContentFormat::TEXT_PLAIN);
+    response.payload = level.to_string().into_bytes();
+    response
+}
+
+#[tokio::test]
+async fn observe_notifications_and_send_reach_the_server() {
+    let server = start_server().await;
+    let mut events = server.events();
+    let (_, dtls) = server.local_addrs();
+    let dtls = dtls.unwrap();
+    let device = Arc::new(Device::default());
+    let endpoint = device_endpoint(dtls, "identity-1", KEY, device).await;
+    assert_eq!(
+        endpoint
+            .request(dtls, register_message("dev-1", 300))
+            .await
+            .unwrap()
+            .code,
+        Code::CREATED
+    );
+
+    let (first, mut notifications) = server
+        .observe("dev-1", LwM2mPath::Resource(3, 0, 9), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        first,
+        LwM2mNode::Resource(LwM2mResource::single(9, Value::Integer(87)))
+    );
+    for level in [80, 75] {
+        assert_eq!(endpoint.notify("/3/0/9", battery(level)).await.unwrap(), 1);
+        let node = tokio::time::timeout(Duration::from_secs(5), notifications.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            node,
+            LwM2mNode::Resource(LwM2mResource::single(9, Value::Integer(level)))
+        );
+    }
+    // Cancelling deregisters on the device: later notifications reach nobody.
+    notifications.cancel();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while endpoint.notify("/3/0/9", battery(1)).await.unwrap() != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the device still has the observer"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Send (/dp) with SenML CBOR.
+    let record = cairn_lwm2m::encode(
+        &LwM2mNode::Resource(LwM2mResource::single(9, Value::Integer(42))),
+        &LwM2mPath::Resource(3, 0, 9),
+        ContentFormat::SENML_CBOR,
+        &ModelRegistry::with_core_models(),
+    )
+    .unwrap();
+    let mut send = Message::request(Code::POST);
+    send.set_uri_path("/dp");
+    send.set_content_format(ContentFormat::SENML_CBOR);
+    send.payload = record;
+    assert_eq!(
+        endpoint.request(dtls, send).await.unwrap().code,
+        Code::CHANGED
+    );
+    let sent = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(ServerEvent::Send { endpoint, nodes }) = events.recv().await {
+                return (endpoint, nodes);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(sent.0, "dev-1");
+    assert_eq!(
+        sent.1.get(&LwM2mPath::Resource(3, 0, 9)),
+        Some(&LwM2mNode::Resource(LwM2mResource::single(
+            9,
+            Value::Integer(42)
+        )))
+    );
+}
+
+#[tokio::test]
+async fn queued_request_is_delivered_when_the_device_wakes() {
+    let mut security = SecurityRegistry::default();
+    security
+        .insert(SecurityInfo::psk("sleepy", "identity-s", KEY.to_vec()))
+        .unwrap();
+    let config = ServerConfig {
+        coap_listen: None,
+        dtls_listen: Some("127.0.0.1:0".parse().unwrap()),
+        awake_window: Duration::from_millis(300),
+        ..ServerConfig::default()
+    };
+    let server = LwM2mServer::start(config, security).await.unwrap();
+    let mut events = server.events();
+    let (_, dtls) = server.local_addrs();
+    let dtls = dtls.unwrap();
+    let device = Arc::new(Device {
+        manufacturer: Mutex::new("Sleepy".into()),
+        ..Device::default()
+    });
+    let endpoint = device_endpoint(dtls, "identity-s", KEY, device).await;
+    let mut register = register_message("sleepy", 300);
+    register
+        .options
+        .push(OptionNumber::URI_QUERY, b"Q".to_vec());
+    assert_eq!(
+        endpoint.request(dtls, register).await.unwrap().code,
+        Code::CREATED
+    );
+    assert!(server.registration("sleepy").unwrap().queue_mode);
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reader = server.clone();
+    let read = tokio::spawn(async move {
+        reader
+            .read("sleepy", LwM2mPath::ObjectInstance(3, 0), None)
+            .await
+    });
+    let queued = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(ServerEvent::RequestQueued { endpoint }) = events.recv().await {
+                return endpoint;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(queued, "sleepy");
+    assert!(
+        !read.is_finished(),
+        "the request waits while the device sleeps"
+    );
+
+    // The device wakes with an Update; the queued read goes out.
+    let id = server.registration("sleepy").unwrap().id;
+    let mut update = Message::request(Code::POST);
+    update.set_uri_path(&format!("/rd/{id}"));
+    assert_eq!(
+        endpoint.request(dtls, update).await.unwrap().code,
+        Code::CHANGED
+    );
+    let node = tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let LwM2mNode::ObjectInstance(instance) = node else {
+        panic!()
+    };
+    assert_eq!(
+        instance.resources[&0],
+        LwM2mResource::single(0, Value::String("Sleepy".into()))
+    );
 }

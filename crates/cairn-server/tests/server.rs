@@ -510,3 +510,74 @@ async fn queued_request_is_delivered_when_the_device_wakes() {
         LwM2mResource::single(0, Value::String("Sleepy".into()))
     );
 }
+
+/// libcoap's client (a CoAP/DTLS stack we did not write) registers a hand-written endpoint.
+#[tokio::test]
+async fn libcoap_client_registers_over_dtls_psk() {
+    let client = [
+        "/usr/bin/coap-client-openssl",
+        "/usr/local/bin/coap-client-openssl",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).is_file())
+    .expect(
+        "coap-client-openssl is not installed: run scripts/setup.sh (Debian package libcoap3-bin)",
+    );
+    let server = start_server().await;
+    let (_, dtls) = server.local_addrs();
+    let uri = format!(
+        "coaps://127.0.0.1:{}/rd?ep=dev-2&lt=120&lwm2m=1.1&b=U",
+        dtls.unwrap().port()
+    );
+    let output = tokio::process::Command::new(client)
+        .args([
+            "-m",
+            "post",
+            "-u",
+            "identity-2",
+            "-k",
+            "another-key-0002",
+            "-t",
+            "40",
+            "-e",
+            "</1/0>,</3/0>",
+        ])
+        .args(["-B", "10", &uri])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let registration = server
+        .registration("dev-2")
+        .expect("libcoap's registration is known");
+    assert_eq!(registration.identity.as_deref(), Some("identity-2"));
+    assert_eq!(registration.lifetime, 120);
+    assert_eq!(registration.objects.len(), 2);
+
+    // The same stack with the wrong key gets no registration.
+    let output = tokio::process::Command::new(client)
+        .args([
+            "-m",
+            "post",
+            "-u",
+            "identity-2",
+            "-k",
+            "wrong-key",
+            "-e",
+            "</3/0>",
+            "-B",
+            "3",
+        ])
+        .arg(uri.replace("dev-2", "dev-1"))
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let _ = output;
+    assert!(server.registration("dev-1").is_none());
+}

@@ -24,13 +24,14 @@ use cairn_lwm2m::{
     ModelRegistry, OperationError, ResponseCode, ResponseContent, ServerRequest, WriteMode,
 };
 use cairn_transport::{CoapEndpoint, Observation, Reply, Request, Security, TransportError};
-use rand::{RngCore, SeedableRng};
 use tokio::sync::{Notify, broadcast, mpsc};
 
-pub use registration::{Registration, Registry};
-pub use security::{
-    SecurityError, SecurityInfo, SecurityMode, SecurityRegistry, SecurityResolver, SecuritySummary,
+pub use cairn_store::{
+    EmbeddedStore, ObservationStore, PeerIdentity, Registration, RegistrationStore, SecurityInfo,
+    SecurityInfoSummary, SecurityMode, SecurityStore, StoreError,
 };
+pub use registration::Registry;
+pub use security::StorePskResolver;
 
 /// Server settings.
 #[derive(Clone)]
@@ -118,6 +119,8 @@ pub enum ServerError {
     Message(#[from] MessageError),
     #[error(transparent)]
     Transport(#[from] TransportError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
     #[error("cannot bind {address}: {source}")]
     Bind {
         address: SocketAddr,
@@ -125,15 +128,36 @@ pub enum ServerError {
     },
 }
 
+/// Where the server keeps what must survive a restart.
+#[derive(Clone)]
+pub struct Stores {
+    pub registrations: Arc<dyn RegistrationStore>,
+    pub security: Arc<dyn SecurityStore>,
+    pub observations: Arc<dyn ObservationStore>,
+    /// Synchronous PSK lookups for the DTLS handshake.
+    pub psk_resolver: Arc<dyn cairn_dtls::PskResolver>,
+}
+
+impl Stores {
+    /// Everything in one embedded store.
+    pub fn embedded(store: EmbeddedStore) -> Stores {
+        Stores {
+            registrations: Arc::new(store.clone()),
+            security: Arc::new(store.clone()),
+            observations: Arc::new(store.clone()),
+            psk_resolver: Arc::new(StorePskResolver(store)),
+        }
+    }
+}
+
 struct Inner {
     config: ServerConfig,
     registry: RwLock<Registry>,
-    security: Arc<RwLock<SecurityRegistry>>,
+    stores: Stores,
     events: broadcast::Sender<ServerEvent>,
     coap: Option<CoapEndpoint>,
     dtls: Option<CoapEndpoint>,
     wake: Mutex<HashMap<String, Arc<Notify>>>,
-    rng: Mutex<rand::rngs::StdRng>,
 }
 
 /// A running LwM2M server.
@@ -151,11 +175,8 @@ fn unix_millis() -> u64 {
 
 impl LwM2mServer {
     /// Binds the device sockets and starts serving.
-    pub async fn start(
-        config: ServerConfig,
-        security: SecurityRegistry,
-    ) -> Result<Self, ServerError> {
-        let security = Arc::new(RwLock::new(security));
+    pub async fn start(config: ServerConfig, stores: Stores) -> Result<Self, ServerError> {
+        let registry = load_registrations(&*stores.registrations).await?;
         let (events, _) = broadcast::channel(4096);
         let slot: Arc<std::sync::OnceLock<std::sync::Weak<Inner>>> =
             Arc::new(std::sync::OnceLock::new());
@@ -176,8 +197,7 @@ impl LwM2mServer {
         };
         let dtls = match config.dtls_listen {
             Some(address) => {
-                let dtls_config =
-                    cairn_dtls::ServerConfig::new(Arc::new(SecurityResolver(security.clone())));
+                let dtls_config = cairn_dtls::ServerConfig::new(stores.psk_resolver.clone());
                 Some(
                     CoapEndpoint::bind_secured(
                         address,
@@ -193,13 +213,12 @@ impl LwM2mServer {
         };
         let inner = Arc::new(Inner {
             config,
-            registry: RwLock::new(Registry::default()),
-            security,
+            registry: RwLock::new(registry),
+            stores,
             events,
             coap,
             dtls,
             wake: Mutex::new(HashMap::new()),
-            rng: Mutex::new(rand::rngs::StdRng::from_os_rng()),
         });
         let _ = slot.set(Arc::downgrade(&inner));
         tokio::spawn(expire_registrations(Arc::downgrade(&inner)));
@@ -235,29 +254,40 @@ impl LwM2mServer {
             .cloned()
     }
 
-    pub fn add_security(&self, info: SecurityInfo) -> Result<(), SecurityError> {
-        self.inner
-            .security
-            .write()
-            .map_err(|_| SecurityError::EmptyEndpoint)?
-            .insert(info)
+    /// Adds or replaces the security information of an endpoint (durably).
+    pub async fn add_security(&self, info: SecurityInfo) -> Result<(), ServerError> {
+        self.inner.stores.security.put_security_info(info).await?;
+        Ok(())
     }
 
-    pub fn remove_security(&self, endpoint: &str) -> bool {
-        self.inner
+    /// Removes an endpoint's security information; `false` if it had none.
+    pub async fn remove_security(&self, endpoint: &str) -> Result<bool, ServerError> {
+        Ok(self
+            .inner
+            .stores
             .security
-            .write()
-            .ok()
-            .and_then(|mut s| s.remove(endpoint))
-            .is_some()
+            .remove_security_info(endpoint)
+            .await?
+            .is_some())
     }
 
-    pub fn security_summaries(&self) -> Vec<SecuritySummary> {
-        self.inner
-            .security
-            .read()
-            .map(|s| s.summaries())
-            .unwrap_or_default()
+    /// Every endpoint's security information, without secrets.
+    pub async fn security_summaries(&self) -> Result<Vec<SecurityInfoSummary>, ServerError> {
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .inner
+                .stores
+                .security
+                .list_security_summaries(after.as_deref(), 500)
+                .await?;
+            all.extend(page.items);
+            match page.next_cursor {
+                Some(cursor) => after = Some(cursor),
+                None => return Ok(all),
+            }
+        }
     }
 
     pub fn models(&self) -> &ModelRegistry {
@@ -439,7 +469,7 @@ impl LwM2mServer {
         let registration = self
             .registration(endpoint)
             .ok_or_else(|| ServerError::UnknownEndpoint(endpoint.into()))?;
-        Ok(preferred_format(registration.lwm2m_version))
+        Ok(preferred_format(registration::lwm2m_version(&registration)))
     }
 
     /// Stops the device sockets.
@@ -511,7 +541,7 @@ impl Inner {
     }
 
     fn socket(&self, registration: &Registration) -> Result<&CoapEndpoint, ServerError> {
-        let socket = if registration.secure {
+        let socket = if registration::is_secure(registration) {
             self.dtls.as_ref()
         } else {
             self.coap.as_ref()
@@ -531,7 +561,8 @@ impl Inner {
                 .ok()
                 .and_then(|r| r.by_endpoint(endpoint).cloned())
                 .ok_or_else(|| ServerError::UnknownEndpoint(endpoint.into()))?;
-            let awake_until = registration.updated_at + self.config.awake_window.as_millis() as u64;
+            let awake_until =
+                registration.last_update_ms + self.config.awake_window.as_millis() as u64;
             if !registration.queue_mode || unix_millis() < awake_until {
                 return Ok(registration);
             }
@@ -554,13 +585,14 @@ impl Inner {
         let models = self
             .config
             .models
-            .for_versions(&registration.object_versions());
+            .for_versions(&registration::object_versions(&registration));
         let message = request.to_coap(&models)?.to_message();
         let socket = self.socket(&registration)?;
         let timeout = self.config.request_timeout;
-        let response = tokio::time::timeout(timeout, socket.request(registration.address, message))
-            .await
-            .map_err(|_| ServerError::Timeout(timeout))??;
+        let response =
+            tokio::time::timeout(timeout, socket.request(registration.peer_address, message))
+                .await
+                .map_err(|_| ServerError::Timeout(timeout))??;
         let coap = CoapResponse::from_message(&response)?;
         Ok(request.decode_response(&coap, &models)?)
     }
@@ -577,12 +609,12 @@ impl Inner {
         let models = self
             .config
             .models
-            .for_versions(&registration.object_versions());
+            .for_versions(&registration::object_versions(&registration));
         let message = request.to_coap(&models)?.to_message();
         let socket = self.socket(&registration)?;
         let timeout = self.config.request_timeout;
         let (first, observation) =
-            tokio::time::timeout(timeout, socket.observe(registration.address, message))
+            tokio::time::timeout(timeout, socket.observe(registration.peer_address, message))
                 .await
                 .map_err(|_| ServerError::Timeout(timeout))??;
         let response = request.decode_response(&CoapResponse::from_message(&first)?, &models)?;
@@ -620,22 +652,28 @@ impl Inner {
             }
             Err(error) => return error_message(ResponseCode::BAD_REQUEST, &error.to_string()),
         };
-        let identity = request
-            .identity
-            .as_deref()
-            .map(|i| String::from_utf8_lossy(i).into_owned());
+        let identity = match request.identity.as_deref() {
+            Some(identity) => PeerIdentity::Psk(identity.to_vec()),
+            None => PeerIdentity::Unsecured,
+        };
         let result = match operation {
             ClientRequest::Register {
                 endpoint,
                 lwm2m_version,
                 parameters,
-            } => self.register(request.peer, identity, endpoint, lwm2m_version, parameters),
+            } => {
+                self.register(request.peer, identity, endpoint, lwm2m_version, parameters)
+                    .await
+            }
             ClientRequest::Update {
                 location,
                 parameters,
-            } => self.update(request.peer, identity, &location, parameters),
-            ClientRequest::Deregister { location } => self.deregister(identity, &location),
-            ClientRequest::Send { nodes, .. } => self.receive_send(request.peer, identity, nodes),
+            } => {
+                self.update(request.peer, &identity, &location, parameters)
+                    .await
+            }
+            ClientRequest::Deregister { location } => self.deregister(&identity, &location).await,
+            ClientRequest::Send { nodes, .. } => self.receive_send(request.peer, &identity, nodes),
             ClientRequest::BootstrapRequest { .. } => Err((
                 ResponseCode::NOT_FOUND,
                 "this is not a bootstrap server".into(),
@@ -649,101 +687,107 @@ impl Inner {
 
     /// The endpoint name must be the one the authenticated identity belongs to; without DTLS,
     /// the endpoint must have been allowed to register unsecured.
-    fn authorize(
-        &self,
-        endpoint: &str,
-        identity: Option<&str>,
-    ) -> Result<(), (ResponseCode, String)> {
-        let security = self
-            .security
-            .read()
-            .map_err(|_| (ResponseCode::INTERNAL_SERVER_ERROR, String::new()))?;
-        let allowed = match identity {
-            Some(identity) => security.endpoint_of(identity.as_bytes()) == Some(endpoint),
-            None => matches!(
-                security.get(endpoint).map(|i| &i.mode),
-                Some(SecurityMode::NoSec)
-            ),
+    async fn authorize(&self, endpoint: &str, identity: &PeerIdentity) -> Result<(), Refusal> {
+        let security = &self.stores.security;
+        let (allowed, why) = match identity {
+            PeerIdentity::Psk(identity) => {
+                let info = security
+                    .get_security_info_by_psk_identity(identity)
+                    .await
+                    .map_err(store_refusal)?;
+                (
+                    info.is_some_and(|info| info.endpoint == endpoint),
+                    "the endpoint name does not belong to this DTLS identity",
+                )
+            }
+            PeerIdentity::Unsecured => {
+                let info = security
+                    .get_security_info(endpoint)
+                    .await
+                    .map_err(store_refusal)?;
+                (
+                    info.is_some_and(|info| matches!(info.mode, SecurityMode::NoSec)),
+                    "unsecured registration is not allowed for this endpoint",
+                )
+            }
+            PeerIdentity::Rpk(_) | PeerIdentity::X509(_) => {
+                (false, "this security mode is not served here")
+            }
         };
         if allowed {
             Ok(())
-        } else if identity.is_some() {
-            Err((
-                ResponseCode::FORBIDDEN,
-                "the endpoint name does not belong to this DTLS identity".into(),
-            ))
+        } else {
+            Err((ResponseCode::FORBIDDEN, why.into()))
+        }
+    }
+
+    fn check_lifetime(&self, lifetime: u32) -> Result<(), Refusal> {
+        let (min, max) = self.config.lifetime_range;
+        if (min..=max).contains(&lifetime) {
+            Ok(())
         } else {
             Err((
-                ResponseCode::FORBIDDEN,
-                "unsecured registration is not allowed for this endpoint".into(),
+                ResponseCode::BAD_REQUEST,
+                format!("lifetime {lifetime} s is outside {min}..={max} s"),
             ))
         }
     }
 
-    fn register(
+    async fn register(
         &self,
         peer: SocketAddr,
-        identity: Option<String>,
+        identity: PeerIdentity,
         endpoint: String,
         lwm2m_version: Option<Version>,
         parameters: cairn_lwm2m::RegistrationParameters,
-    ) -> Result<Message, (ResponseCode, String)> {
-        self.authorize(&endpoint, identity.as_deref())?;
+    ) -> Result<Message, Refusal> {
+        self.authorize(&endpoint, &identity).await?;
         let lifetime = parameters
             .lifetime
             .unwrap_or(registration::DEFAULT_LIFETIME);
-        let (min, max) = self.config.lifetime_range;
-        if !(min..=max).contains(&lifetime) {
-            return Err((
-                ResponseCode::BAD_REQUEST,
-                format!("lifetime {lifetime} s is outside {min}..={max} s"),
-            ));
+        self.check_lifetime(lifetime)?;
+        {
+            let registry = self.registry.read().map_err(|_| internal())?;
+            if registry.len() >= self.config.max_registrations
+                && registry.by_endpoint(&endpoint).is_none()
+            {
+                return Err((
+                    ResponseCode::SERVICE_UNAVAILABLE,
+                    "registration limit reached".into(),
+                ));
+            }
         }
         let now = unix_millis();
-        let mut registry = self
-            .registry
-            .write()
-            .map_err(|_| (ResponseCode::INTERNAL_SERVER_ERROR, String::new()))?;
-        if registry.len() >= self.config.max_registrations
-            && registry.by_endpoint(&endpoint).is_none()
-        {
-            return Err((
-                ResponseCode::SERVICE_UNAVAILABLE,
-                "registration limit reached".into(),
-            ));
-        }
-        let id = loop {
-            let random = self
-                .rng
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .next_u64();
-            let id = registration::new_registration_id(random);
-            if registry.get(&id).is_none() {
-                break id;
-            }
-        };
-        let registration = Registration {
-            id: id.clone(),
+        let objects = parameters.objects.unwrap_or_default();
+        let record = Registration {
+            id: cairn_store::random_id().map_err(store_refusal)?,
             endpoint,
-            lifetime,
-            lwm2m_version: lwm2m_version.unwrap_or(Version::V1_0),
+            lifetime_s: lifetime,
+            lwm2m_version: lwm2m_version.unwrap_or(Version::V1_0).to_string(),
             binding: parameters.binding.unwrap_or_else(|| "U".into()),
             queue_mode: parameters.queue_mode,
-            sms: parameters.sms,
-            objects: parameters.objects.unwrap_or_default(),
-            alternate_path: parameters.alternate_path,
-            address: peer,
-            secure: identity.is_some(),
+            sms_number: parameters.sms,
+            object_links: registration::object_links(&objects),
+            object_paths: objects.iter().map(|o| o.path.to_string()).collect(),
+            peer_address: peer,
             identity,
-            registered_at: now,
-            updated_at: now,
+            registered_at_ms: now,
+            last_update_ms: now,
         };
-        registry.insert(registration.clone());
-        drop(registry);
-        tracing::info!(endpoint = %registration.endpoint, id = %registration.id, %peer, "registered");
-        self.waker(&registration.endpoint).notify_waiters();
-        self.publish(ServerEvent::Registered(registration));
+        // Durable before the device hears 2.01.
+        self.stores
+            .registrations
+            .add_registration(record.clone())
+            .await
+            .map_err(store_refusal)?;
+        self.registry
+            .write()
+            .map_err(|_| internal())?
+            .insert(record.clone());
+        tracing::info!(endpoint = %record.endpoint, id = %record.id, %peer, "registered");
+        self.waker(&record.endpoint).notify_waiters();
+        let id = record.id.clone();
+        self.publish(ServerEvent::Registered(record));
         let mut response = Message::response(Code::CREATED);
         response
             .options
@@ -757,21 +801,17 @@ impl Inner {
     /// The registration a location (`rd/{id}`) names, if the caller is its owner.
     fn owned_registration(
         &self,
-        identity: Option<&str>,
+        identity: &PeerIdentity,
         location: &[String],
-    ) -> Result<Registration, (ResponseCode, String)> {
+    ) -> Result<Registration, Refusal> {
+        let not_found = || (ResponseCode::NOT_FOUND, "no such registration".to_string());
         let id = match location {
             [rd, id] if rd == "rd" => id,
-            _ => return Err((ResponseCode::NOT_FOUND, "no such registration".into())),
+            _ => return Err(not_found()),
         };
-        let registry = self
-            .registry
-            .read()
-            .map_err(|_| (ResponseCode::INTERNAL_SERVER_ERROR, String::new()))?;
-        let registration = registry
-            .get(id)
-            .ok_or((ResponseCode::NOT_FOUND, "no such registration".into()))?;
-        if registration.identity.as_deref() != identity {
+        let registry = self.registry.read().map_err(|_| internal())?;
+        let registration = registry.get(id).ok_or_else(not_found)?;
+        if registration.identity != *identity {
             return Err((
                 ResponseCode::FORBIDDEN,
                 "the registration belongs to another identity".into(),
@@ -780,48 +820,66 @@ impl Inner {
         Ok(registration.clone())
     }
 
-    fn update(
+    async fn update(
         &self,
         peer: SocketAddr,
-        identity: Option<String>,
+        identity: &PeerIdentity,
         location: &[String],
         parameters: cairn_lwm2m::RegistrationParameters,
-    ) -> Result<Message, (ResponseCode, String)> {
-        let registration = self.owned_registration(identity.as_deref(), location)?;
+    ) -> Result<Message, Refusal> {
+        let registration = self.owned_registration(identity, location)?;
         if let Some(lifetime) = parameters.lifetime {
-            let (min, max) = self.config.lifetime_range;
-            if !(min..=max).contains(&lifetime) {
-                return Err((
-                    ResponseCode::BAD_REQUEST,
-                    format!("lifetime {lifetime} s is outside {min}..={max} s"),
-                ));
-            }
+            self.check_lifetime(lifetime)?;
         }
-        let now = unix_millis();
+        let update = cairn_store::RegistrationUpdate {
+            registration_id: registration.id.clone(),
+            lifetime_s: parameters.lifetime,
+            binding: parameters.binding,
+            sms_number: parameters.sms,
+            object_links: parameters.objects.map(|objects| {
+                (
+                    registration::object_links(&objects),
+                    objects.iter().map(|o| o.path.to_string()).collect(),
+                )
+            }),
+            peer_address: peer,
+            updated_at_ms: unix_millis(),
+        };
         let updated = self
-            .registry
+            .stores
+            .registrations
+            .update_registration(update)
+            .await
+            .map_err(store_refusal)?
+            .ok_or((ResponseCode::NOT_FOUND, "no such registration".to_string()))?
+            .updated;
+        self.registry
             .write()
-            .map_err(|_| (ResponseCode::INTERNAL_SERVER_ERROR, String::new()))?
-            .update(&registration.id, |r| r.apply_update(parameters, peer, now))
-            .ok_or((ResponseCode::NOT_FOUND, "no such registration".into()))?;
+            .map_err(|_| internal())?
+            .insert(updated.clone());
         tracing::debug!(endpoint = %updated.endpoint, "registration updated");
         self.waker(&updated.endpoint).notify_waiters();
         self.publish(ServerEvent::Updated(updated));
         Ok(Message::response(Code::CHANGED))
     }
 
-    fn deregister(
+    async fn deregister(
         &self,
-        identity: Option<String>,
+        identity: &PeerIdentity,
         location: &[String],
-    ) -> Result<Message, (ResponseCode, String)> {
-        let registration = self.owned_registration(identity.as_deref(), location)?;
+    ) -> Result<Message, Refusal> {
+        let registration = self.owned_registration(identity, location)?;
+        self.stores
+            .registrations
+            .remove_registration(&registration.id)
+            .await
+            .map_err(store_refusal)?;
         let removed = self
             .registry
             .write()
-            .map_err(|_| (ResponseCode::INTERNAL_SERVER_ERROR, String::new()))?
+            .map_err(|_| internal())?
             .remove(&registration.id)
-            .ok_or((ResponseCode::NOT_FOUND, "no such registration".into()))?;
+            .unwrap_or(registration);
         tracing::info!(endpoint = %removed.endpoint, "deregistered");
         self.publish(ServerEvent::Deregistered(removed));
         Ok(Message::response(Code::DELETED))
@@ -830,24 +888,52 @@ impl Inner {
     fn receive_send(
         &self,
         peer: SocketAddr,
-        identity: Option<String>,
+        identity: &PeerIdentity,
         nodes: BTreeMap<LwM2mPath, LwM2mNode>,
-    ) -> Result<Message, (ResponseCode, String)> {
-        let registry = self
-            .registry
-            .read()
-            .map_err(|_| (ResponseCode::INTERNAL_SERVER_ERROR, String::new()))?;
+    ) -> Result<Message, Refusal> {
+        let registry = self.registry.read().map_err(|_| internal())?;
         let registration = registry
             .by_address(peer)
-            .filter(|r| r.identity == identity)
+            .filter(|r| r.identity == *identity)
             .ok_or((
                 ResponseCode::FORBIDDEN,
-                "Send from a client that is not registered".into(),
+                "Send from a client that is not registered".to_string(),
             ))?;
         let endpoint = registration.endpoint.clone();
         drop(registry);
         self.publish(ServerEvent::Send { endpoint, nodes });
         Ok(Message::response(Code::CHANGED))
+    }
+}
+
+/// A refusal to a device: the response code and a diagnostic payload.
+type Refusal = (ResponseCode, String);
+
+fn internal() -> Refusal {
+    (ResponseCode::INTERNAL_SERVER_ERROR, String::new())
+}
+
+fn store_refusal(error: StoreError) -> Refusal {
+    tracing::error!(%error, "store failure");
+    (
+        ResponseCode::INTERNAL_SERVER_ERROR,
+        "storage unavailable".into(),
+    )
+}
+
+/// Every registration in the store, at start.
+async fn load_registrations(store: &dyn RegistrationStore) -> Result<Registry, ServerError> {
+    let mut registry = Registry::default();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.list_registrations(after.as_deref(), 1000).await?;
+        for registration in page.items {
+            registry.insert(registration);
+        }
+        match page.next_cursor {
+            Some(cursor) => after = Some(cursor),
+            None => return Ok(registry),
+        }
     }
 }
 
@@ -884,7 +970,7 @@ async fn forward_notifications(
             .ok()
             .and_then(|r| r.by_endpoint(&endpoint).cloned());
         let versions = registration
-            .map(|r| r.object_versions())
+            .map(|r| registration::object_versions(&r))
             .unwrap_or_default();
         let models = inner.config.models.for_versions(&versions);
         let decoded = CoapResponse::from_message(&message)
@@ -914,18 +1000,20 @@ async fn expire_registrations(inner: std::sync::Weak<Inner>) {
             return;
         };
         let now = unix_millis();
-        let expired = {
-            let Ok(mut registry) = inner.registry.write() else {
-                return;
-            };
-            let ids = registry.expired(now, inner.config.expiry_grace);
-            ids.iter()
-                .filter_map(|id| registry.remove(id))
-                .collect::<Vec<_>>()
+        let expired = match inner.registry.read() {
+            Ok(registry) => registry.expired(now, inner.config.expiry_grace),
+            Err(_) => return,
         };
-        for registration in expired {
-            tracing::info!(endpoint = %registration.endpoint, "registration expired");
-            inner.publish(ServerEvent::Expired(registration));
+        for id in expired {
+            if let Err(error) = inner.stores.registrations.remove_registration(&id).await {
+                tracing::error!(%error, "cannot remove an expired registration");
+                continue;
+            }
+            let removed = inner.registry.write().ok().and_then(|mut r| r.remove(&id));
+            if let Some(registration) = removed {
+                tracing::info!(endpoint = %registration.endpoint, "registration expired");
+                inner.publish(ServerEvent::Expired(registration));
+            }
         }
     }
 }

@@ -1,82 +1,73 @@
-//! Registrations (LwM2M Core 1.2 §6.2, Client Registration Interface): what a Register
-//! creates, what an Update changes, and the in-memory index by id, endpoint and address.
+//! Registrations (LwM2M Core 1.2 §6.2, Client Registration Interface): the in-memory index of
+//! the store's registration records by id, endpoint and address, and what the server derives
+//! from a record (object versions, security).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use cairn_coap::link_format;
+use cairn_lwm2m::LwM2mPath;
 use cairn_lwm2m::model::Version;
-use cairn_lwm2m::{RegisteredObject, RegistrationParameters};
+use cairn_store::{PeerIdentity, Registration};
 
 /// Lifetime when the client gives none (Core §6.2.1: 86400 s).
 pub const DEFAULT_LIFETIME: u32 = 86_400;
 
-/// A registered client.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Registration {
-    /// Registration id, the last segment of the location `/rd/{id}`.
-    pub id: String,
-    pub endpoint: String,
-    /// Seconds.
-    pub lifetime: u32,
-    pub lwm2m_version: Version,
-    pub binding: String,
-    pub queue_mode: bool,
-    pub sms: Option<String>,
-    pub objects: Vec<RegisteredObject>,
-    pub alternate_path: Option<String>,
-    /// Where the client's datagrams come from (updated on Update and on DTLS CID moves).
-    pub address: SocketAddr,
-    /// Whether it registered over DTLS.
-    pub secure: bool,
-    /// The DTLS identity it authenticated with.
-    pub identity: Option<String>,
-    /// Unix milliseconds.
-    pub registered_at: u64,
-    /// Unix milliseconds of the last Register or Update.
-    pub updated_at: u64,
+/// The object versions a registration declared (`</3>;ver=1.1`), for choosing models.
+pub fn object_versions(registration: &Registration) -> BTreeMap<u16, Version> {
+    let Ok(links) = link_format::parse(&registration.object_links) else {
+        return BTreeMap::new();
+    };
+    let mut versions = BTreeMap::new();
+    for link in &links {
+        let Some(object) = link
+            .target
+            .parse::<LwM2mPath>()
+            .ok()
+            .and_then(|p| p.object_id())
+        else {
+            continue;
+        };
+        let declared = link
+            .attribute("ver")
+            .flatten()
+            .and_then(|v| v.trim_matches('"').parse().ok());
+        match declared {
+            Some(version) => {
+                versions.insert(object, version);
+            }
+            None => {
+                versions.entry(object).or_insert(Version::V1_0);
+            }
+        }
+    }
+    versions
 }
 
-impl Registration {
-    /// Unix milliseconds after which the registration has expired.
-    pub fn expires_at(&self) -> u64 {
-        self.updated_at
-            .saturating_add(u64::from(self.lifetime) * 1000)
-    }
+/// The objects of a registration as CoRE link format (`</3>;ver=1.1,</3/0>`), as stored.
+pub fn object_links(objects: &[cairn_lwm2m::RegisteredObject]) -> String {
+    let links: Vec<link_format::Link> = objects
+        .iter()
+        .map(|object| {
+            let link = link_format::Link::new(object.path.to_string());
+            match object.version {
+                Some(version) => link.with("ver", Some(version.to_string())),
+                None => link,
+            }
+        })
+        .collect();
+    link_format::emit(&links)
+}
 
-    /// The object versions the client declared, for choosing models.
-    pub fn object_versions(&self) -> BTreeMap<u16, Version> {
-        self.objects
-            .iter()
-            .filter_map(|o| Some((o.path.object_id()?, o.version.unwrap_or(Version::V1_0))))
-            .collect()
-    }
+/// The LwM2M version of a registration (1.0 when unreadable).
+pub fn lwm2m_version(registration: &Registration) -> Version {
+    registration.lwm2m_version.parse().unwrap_or(Version::V1_0)
+}
 
-    /// Applies the parameters of an Update (Core §6.2.2): only what is present changes.
-    pub fn apply_update(
-        &mut self,
-        parameters: RegistrationParameters,
-        address: SocketAddr,
-        now: u64,
-    ) {
-        if let Some(lifetime) = parameters.lifetime {
-            self.lifetime = lifetime;
-        }
-        if let Some(binding) = parameters.binding {
-            self.binding = binding;
-        }
-        if parameters.sms.is_some() {
-            self.sms = parameters.sms;
-        }
-        if let Some(objects) = parameters.objects {
-            self.objects = objects;
-        }
-        if parameters.queue_mode {
-            self.queue_mode = true;
-        }
-        self.address = address;
-        self.updated_at = now;
-    }
+/// Whether the registration came over DTLS.
+pub fn is_secure(registration: &Registration) -> bool {
+    !matches!(registration.identity, PeerIdentity::Unsecured)
 }
 
 /// Registrations indexed by id, endpoint name and address.
@@ -98,7 +89,7 @@ impl Registry {
         self.id_of_endpoint
             .insert(registration.endpoint.clone(), registration.id.clone());
         self.id_of_address
-            .insert(registration.address, registration.id.clone());
+            .insert(registration.peer_address, registration.id.clone());
         self.by_id.insert(registration.id.clone(), registration);
         previous
     }
@@ -114,40 +105,16 @@ impl Registry {
         }
         if self
             .id_of_address
-            .get(&registration.address)
+            .get(&registration.peer_address)
             .is_some_and(|i| i == id)
         {
-            self.id_of_address.remove(&registration.address);
+            self.id_of_address.remove(&registration.peer_address);
         }
         Some(registration)
     }
 
     pub fn get(&self, id: &str) -> Option<&Registration> {
         self.by_id.get(id)
-    }
-
-    /// Changes a registration in place, keeping the address index right.
-    pub fn update(
-        &mut self,
-        id: &str,
-        change: impl FnOnce(&mut Registration),
-    ) -> Option<Registration> {
-        let registration = self.by_id.get_mut(id)?;
-        let old_address = registration.address;
-        change(registration);
-        let registration = registration.clone();
-        if registration.address != old_address {
-            if self
-                .id_of_address
-                .get(&old_address)
-                .is_some_and(|i| i == id)
-            {
-                self.id_of_address.remove(&old_address);
-            }
-            self.id_of_address
-                .insert(registration.address, id.to_owned());
-        }
-        Some(registration)
     }
 
     pub fn by_endpoint(&self, endpoint: &str) -> Option<&Registration> {
@@ -177,40 +144,31 @@ impl Registry {
         let grace = grace.as_millis() as u64;
         self.by_id
             .values()
-            .filter(|r| r.expires_at().saturating_add(grace) < now)
+            .filter(|r| r.expires_at_ms().saturating_add(grace) < now)
             .map(|r| r.id.clone())
             .collect()
     }
-}
-
-/// A fresh registration id: 12 characters of an unambiguous alphabet, 60 bits of randomness.
-pub fn new_registration_id(random: u64) -> String {
-    const ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
-    (0..12)
-        .map(|i| ALPHABET[((random >> (i * 5)) & 31) as usize] as char)
-        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn registration(id: &str, endpoint: &str, port: u16) -> Registration {
+    pub(crate) fn registration(id: &str, endpoint: &str, port: u16) -> Registration {
         Registration {
             id: id.into(),
             endpoint: endpoint.into(),
-            lifetime: 60,
-            lwm2m_version: Version::V1_0,
+            lifetime_s: 60,
+            lwm2m_version: "1.1".into(),
             binding: "U".into(),
             queue_mode: false,
-            sms: None,
-            objects: Vec::new(),
-            alternate_path: None,
-            address: SocketAddr::from(([127, 0, 0, 1], port)),
-            secure: true,
-            identity: None,
-            registered_at: 1_000,
-            updated_at: 1_000,
+            sms_number: None,
+            object_links: "</1/0>,</3>;ver=1.1,</3/0>".into(),
+            object_paths: vec!["/1/0".into(), "/3".into(), "/3/0".into()],
+            peer_address: SocketAddr::from(([127, 0, 0, 1], port)),
+            identity: PeerIdentity::Psk(b"id".to_vec()),
+            registered_at_ms: 1_000,
+            last_update_ms: 1_000,
         }
     }
 
@@ -230,32 +188,18 @@ mod tests {
     }
 
     #[test]
-    fn expiry_and_address_changes() {
+    fn expiry_versions_and_security() {
         let mut registry = Registry::default();
-        registry.insert(registration("a", "dev", 1));
+        let record = registration("a", "dev", 1);
+        assert_eq!(object_versions(&record).get(&3), Some(&Version::V1_1));
+        assert_eq!(object_versions(&record).get(&1), Some(&Version::V1_0));
+        assert_eq!(lwm2m_version(&record), Version::V1_1);
+        assert!(is_secure(&record));
+        registry.insert(record);
         assert!(registry.expired(61_000, Duration::ZERO).is_empty());
         assert_eq!(
             registry.expired(61_001, Duration::ZERO),
             vec!["a".to_string()]
         );
-        registry.update("a", |r| r.address = SocketAddr::from(([127, 0, 0, 1], 9)));
-        assert_eq!(
-            registry
-                .by_address(SocketAddr::from(([127, 0, 0, 1], 9)))
-                .unwrap()
-                .id,
-            "a"
-        );
-        assert!(
-            registry
-                .by_address(SocketAddr::from(([127, 0, 0, 1], 1)))
-                .is_none()
-        );
-    }
-
-    #[test]
-    fn registration_ids_differ() {
-        assert_eq!(new_registration_id(0).len(), 12);
-        assert_ne!(new_registration_id(1), new_registration_id(2));
     }
 }

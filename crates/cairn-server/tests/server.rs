@@ -10,8 +10,10 @@ use cairn_dtls::{ClientConfig, Psk};
 use cairn_lwm2m::node::{LwM2mNode, LwM2mObjectInstance, LwM2mResource};
 use cairn_lwm2m::{LwM2mPath, ModelRegistry, Value, WriteMode};
 use cairn_server::{
-    LwM2mServer, SecurityInfo, SecurityRegistry, ServerConfig, ServerError, ServerEvent,
+    EmbeddedStore, LwM2mServer, PeerIdentity, SecurityInfo, SecurityMode, SecurityStore,
+    ServerConfig, ServerError, ServerEvent, Stores,
 };
+use cairn_store::{MasterKey, MasterKeySource, SecretBytes};
 use cairn_transport::{CoapEndpoint, Reply, Request, Security};
 
 const KEY: &[u8] = b"0123456789abcdef";
@@ -95,26 +97,55 @@ impl Device {
     }
 }
 
-async fn start_server() -> LwM2mServer {
-    let mut security = SecurityRegistry::default();
-    security
-        .insert(SecurityInfo::psk("dev-1", "identity-1", KEY.to_vec()))
-        .unwrap();
-    security
-        .insert(SecurityInfo::psk(
-            "dev-2",
-            "identity-2",
-            b"another-key-0002".to_vec(),
-        ))
-        .unwrap();
-    security.insert(SecurityInfo::no_sec("plain-1")).unwrap();
+fn psk(endpoint: &str, identity: &str, key: &[u8]) -> SecurityInfo {
+    SecurityInfo {
+        endpoint: endpoint.into(),
+        mode: SecurityMode::Psk {
+            identity: identity.as_bytes().to_vec(),
+            key: SecretBytes::new(key.to_vec()),
+        },
+        created_at_ms: 0,
+    }
+}
+
+fn no_sec(endpoint: &str) -> SecurityInfo {
+    SecurityInfo {
+        endpoint: endpoint.into(),
+        mode: SecurityMode::NoSec,
+        created_at_ms: 0,
+    }
+}
+
+/// A fresh store in a temporary directory (kept alive by the returned guard).
+async fn store_with(infos: Vec<SecurityInfo>) -> (tempfile::TempDir, EmbeddedStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::from_bytes(&[7; 32]);
+    let store = EmbeddedStore::open_with(dir.path(), MasterKeySource::Key(key)).unwrap();
+    for info in infos {
+        store.put_security_info(info).await.unwrap();
+    }
+    (dir, store)
+}
+
+async fn start_server() -> (tempfile::TempDir, LwM2mServer) {
+    let (dir, store) = store_with(vec![
+        psk("dev-1", "identity-1", KEY),
+        psk("dev-2", "identity-2", b"another-key-0002"),
+        no_sec("plain-1"),
+    ])
+    .await;
     let config = ServerConfig {
         coap_listen: Some("127.0.0.1:0".parse().unwrap()),
         dtls_listen: Some("127.0.0.1:0".parse().unwrap()),
         request_timeout: Duration::from_secs(10),
         ..ServerConfig::default()
     };
-    LwM2mServer::start(config, security).await.unwrap()
+    (
+        dir,
+        LwM2mServer::start(config, Stores::embedded(store))
+            .await
+            .unwrap(),
+    )
 }
 
 async fn device_endpoint(
@@ -158,7 +189,7 @@ fn register_message(endpoint: &str, lifetime: u32) -> Message {
 
 #[tokio::test]
 async fn device_registers_over_dtls_and_is_managed() {
-    let server = start_server().await;
+    let (_dir, server) = start_server().await;
     let mut events = server.events();
     let (_, dtls) = server.local_addrs();
     let device = Arc::new(Device {
@@ -179,7 +210,10 @@ async fn device_registers_over_dtls_and_is_managed() {
     assert_eq!(location[0], b"rd");
     let registration = server.registration("dev-1").unwrap();
     assert_eq!(location[1], registration.id.as_bytes());
-    assert_eq!(registration.identity.as_deref(), Some("identity-1"));
+    assert_eq!(
+        registration.identity,
+        PeerIdentity::Psk(b"identity-1".to_vec())
+    );
     assert!(
         matches!(events.recv().await.unwrap(), ServerEvent::Registered(r) if r.endpoint == "dev-1")
     );
@@ -265,7 +299,7 @@ async fn device_registers_over_dtls_and_is_managed() {
 
 #[tokio::test]
 async fn endpoint_name_must_match_the_dtls_identity() {
-    let server = start_server().await;
+    let (_dir, server) = start_server().await;
     let (coap, dtls) = server.local_addrs();
     let device = Arc::new(Device::default());
     let endpoint = device_endpoint(dtls.unwrap(), "identity-1", KEY, device.clone()).await;
@@ -291,7 +325,10 @@ async fn endpoint_name_must_match_the_dtls_identity() {
         .await
         .unwrap();
     assert_eq!(response.code, Code::CREATED);
-    assert!(!server.registration("plain-1").unwrap().secure);
+    assert_eq!(
+        server.registration("plain-1").unwrap().identity,
+        PeerIdentity::Unsecured
+    );
 
     // Absurd lifetimes and malformed queries are refused clearly.
     let response = plain
@@ -315,15 +352,16 @@ async fn endpoint_name_must_match_the_dtls_identity() {
 
 #[tokio::test]
 async fn registrations_expire_after_their_lifetime() {
-    let mut security = SecurityRegistry::default();
-    security.insert(SecurityInfo::no_sec("short")).unwrap();
+    let (_dir, store) = store_with(vec![no_sec("short")]).await;
     let config = ServerConfig {
         coap_listen: Some("127.0.0.1:0".parse().unwrap()),
         dtls_listen: None,
         expiry_grace: Duration::ZERO,
         ..ServerConfig::default()
     };
-    let server = LwM2mServer::start(config, security).await.unwrap();
+    let server = LwM2mServer::start(config, Stores::embedded(store))
+        .await
+        .unwrap();
     let mut events = server.events();
     let (coap, _) = server.local_addrs();
     let plain = CoapEndpoint::bind("127.0.0.1:0".parse().unwrap(), Config::default(), None)
@@ -356,7 +394,7 @@ fn battery(level: i64) -> Message {
 
 #[tokio::test]
 async fn observe_notifications_and_send_reach_the_server() {
-    let server = start_server().await;
+    let (_dir, server) = start_server().await;
     let mut events = server.events();
     let (_, dtls) = server.local_addrs();
     let dtls = dtls.unwrap();
@@ -438,17 +476,16 @@ async fn observe_notifications_and_send_reach_the_server() {
 
 #[tokio::test]
 async fn queued_request_is_delivered_when_the_device_wakes() {
-    let mut security = SecurityRegistry::default();
-    security
-        .insert(SecurityInfo::psk("sleepy", "identity-s", KEY.to_vec()))
-        .unwrap();
+    let (_dir, store) = store_with(vec![psk("sleepy", "identity-s", KEY)]).await;
     let config = ServerConfig {
         coap_listen: None,
         dtls_listen: Some("127.0.0.1:0".parse().unwrap()),
         awake_window: Duration::from_millis(300),
         ..ServerConfig::default()
     };
-    let server = LwM2mServer::start(config, security).await.unwrap();
+    let server = LwM2mServer::start(config, Stores::embedded(store))
+        .await
+        .unwrap();
     let mut events = server.events();
     let (_, dtls) = server.local_addrs();
     let dtls = dtls.unwrap();
@@ -523,7 +560,7 @@ async fn libcoap_client_registers_over_dtls_psk() {
     .expect(
         "coap-client-openssl is not installed: run scripts/setup.sh (Debian package libcoap3-bin)",
     );
-    let server = start_server().await;
+    let (_dir, server) = start_server().await;
     let (_, dtls) = server.local_addrs();
     let uri = format!(
         "coaps://127.0.0.1:{}/rd?ep=dev-2&lt=120&lwm2m=1.1&b=U",
@@ -555,9 +592,15 @@ async fn libcoap_client_registers_over_dtls_psk() {
     let registration = server
         .registration("dev-2")
         .expect("libcoap's registration is known");
-    assert_eq!(registration.identity.as_deref(), Some("identity-2"));
-    assert_eq!(registration.lifetime, 120);
-    assert_eq!(registration.objects.len(), 2);
+    assert_eq!(
+        registration.identity,
+        PeerIdentity::Psk(b"identity-2".to_vec())
+    );
+    assert_eq!(registration.lifetime_s, 120);
+    assert_eq!(
+        registration.object_paths,
+        vec!["/1/0".to_string(), "/3/0".to_string()]
+    );
 
     // The same stack with the wrong key gets no registration.
     let output = tokio::process::Command::new(client)

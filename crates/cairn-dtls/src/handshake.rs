@@ -269,6 +269,11 @@ impl Handshake {
         }
     }
 
+    /// The client random of this handshake.
+    pub fn client_random(&self) -> &[u8; 32] {
+        &self.client_random
+    }
+
     /// Name of the current state.
     pub fn state_name(&self) -> &'static str {
         self.state.name()

@@ -254,8 +254,17 @@ impl ServerEndpoint {
                 return;
             }
         }
+        let hello_random = client_hello_random(datagram);
         match self.peers.get(&from) {
-            Some(Connection::Established(_)) if starts_with_client_hello(datagram) => {
+            // A ClientHello on an established session, or a new one (another random) during a
+            // handshake, is a client that restarted: it goes through the cookie exchange and
+            // replaces the old connection only with a valid cookie (RFC 6347 §4.2.8).
+            Some(Connection::Established(_)) if hello_random.is_some() => {
+                self.stateless(now, from, datagram);
+            }
+            Some(Connection::Handshaking(handshake))
+                if hello_random.is_some_and(|random| random != *handshake.client_random()) =>
+            {
                 self.stateless(now, from, datagram);
             }
             Some(_) => self.drive(now, from, from, datagram),
@@ -409,10 +418,10 @@ impl ServerEndpoint {
 
     fn remove(&mut self, peer: SocketAddr, reason: CloseReason) {
         if let Some(connection) = self.peers.remove(&peer) {
-            if let Some(session) = connection.session() {
-                self.cids.remove(&session.cid_in());
+            let cid = connection.cid_in();
+            if self.cids.get(&cid) == Some(&peer) {
+                self.cids.remove(&cid);
             }
-            self.cids.retain(|_, owner| *owner != peer);
             self.handshaking.remove(&peer);
             self.events.push_back(Event::Closed { peer, reason });
         }
@@ -440,8 +449,9 @@ impl ServerEndpoint {
         let Some(connection) = self.peers.remove(&old) else {
             return old;
         };
-        if let Some(session) = connection.session() {
-            self.cids.insert(session.cid_in(), new);
+        let cid = connection.cid_in();
+        if !cid.is_empty() {
+            self.cids.insert(cid, new);
         }
         self.peers.insert(new, connection);
         self.events.push_back(Event::PeerMoved { old, new });
@@ -556,11 +566,15 @@ impl ServerEndpoint {
     }
 }
 
-fn starts_with_client_hello(datagram: &[u8]) -> bool {
-    let Some(record) = Records::new(datagram, 0).next() else {
-        return false;
-    };
-    record.epoch == 0
-        && record.content_type == ContentType::Handshake
-        && record.fragment.first() == Some(&HandshakeType::ClientHello.to_u8())
+/// The client random of a ClientHello starting the datagram in epoch 0.
+fn client_hello_random(datagram: &[u8]) -> Option<[u8; 32]> {
+    let record = Records::new(datagram, 0).next()?;
+    if record.epoch != 0 || record.content_type != ContentType::Handshake {
+        return None;
+    }
+    let fragment = Fragment::parse(&mut Reader::new(record.fragment)).ok()?;
+    if fragment.msg_type != HandshakeType::ClientHello || fragment.offset != 0 {
+        return None;
+    }
+    fragment.body.get(2..34)?.try_into().ok()
 }

@@ -10,6 +10,7 @@
 use crate::Error;
 use crate::cid::ConnectionId;
 use crate::codec::Reader;
+use crate::endpoint::DEFAULT_MTU;
 use crate::error::{AlertDescription, AlertLevel, CloseReason};
 use crate::flight::{FlightItem, RecordWriter, write_flight};
 use crate::handshake::Role;
@@ -181,7 +182,7 @@ impl Session {
                             body: flight.verify_data.to_vec(),
                         },
                     ];
-                    if let Ok(datagrams) = write_flight(&mut self.writer, &items, 1200) {
+                    if let Ok(datagrams) = write_flight(&mut self.writer, &items, DEFAULT_MTU) {
                         transmit.extend(datagrams);
                     }
                 }

@@ -257,7 +257,13 @@ fn openssl_s_client_against_our_server_ccm() {
     run_s_client_against_our_server("PSK-AES128-CCM");
 }
 
-fn run_our_client_against_s_server(cipher: &str, suite: cairn_dtls::CipherSuite) {
+/// Connects our client to one `openssl s_server` `rounds` times (closing in between) and
+/// returns, per round, whether the session was resumed.
+fn our_client_against_s_server(
+    cipher: &str,
+    suite: cairn_dtls::CipherSuite,
+    rounds: usize,
+) -> Vec<bool> {
     require_openssl();
     let port = UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -290,57 +296,83 @@ fn run_our_client_against_s_server(cipher: &str, suite: cairn_dtls::CipherSuite)
     config.cipher_suites = vec![suite];
     let mut client = ClientEndpoint::new(config, rng(12), server).unwrap();
     let start = Instant::now();
-    client.connect(start.elapsed()).unwrap();
-    let mut connected = false;
-    let mut received = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline && !received.ends_with(b"\n") {
+    let mut resumed_per_round = Vec::new();
+    for round in 0..rounds {
+        client.connect(start.elapsed()).unwrap();
+        let mut resumed = None;
+        let mut received = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline && !received.ends_with(b"\n") {
+            while let Some(transmit) = client.poll_transmit() {
+                socket
+                    .send_to(&transmit.payload, transmit.destination)
+                    .unwrap();
+            }
+            pump(&socket, |from, datagram| {
+                client.handle(start.elapsed(), from, datagram)
+            });
+            client.handle_timeout(start.elapsed());
+            while let Some(event) = client.poll_event() {
+                match event {
+                    Event::Connected { resumed: was, .. } => {
+                        resumed = Some(was);
+                        let line = format!("hello from cairn {round}\n");
+                        client
+                            .send(start.elapsed(), server, line.as_bytes())
+                            .unwrap();
+                        stdin.write_all(b"hello from openssl\n").unwrap();
+                        stdin.flush().unwrap();
+                    }
+                    Event::ApplicationData { data, .. } => received.extend_from_slice(&data),
+                    Event::Closed { reason, .. } => {
+                        panic!("closed: {reason:?}\n{}", output.lock().unwrap())
+                    }
+                    Event::PeerMoved { .. } => {}
+                }
+            }
+        }
         while let Some(transmit) = client.poll_transmit() {
             socket
                 .send_to(&transmit.payload, transmit.destination)
                 .unwrap();
         }
-        pump(&socket, |from, datagram| {
-            client.handle(start.elapsed(), from, datagram)
-        });
-        client.handle_timeout(start.elapsed());
-        while let Some(event) = client.poll_event() {
-            match event {
-                Event::Connected { .. } => {
-                    connected = true;
-                    client
-                        .send(start.elapsed(), server, b"hello from cairn\n")
-                        .unwrap();
-                    stdin.write_all(b"hello from openssl\n").unwrap();
-                    stdin.flush().unwrap();
-                }
-                Event::ApplicationData { data, .. } => received.extend_from_slice(&data),
-                Event::Closed { reason, .. } => {
-                    panic!("closed: {reason:?}\n{}", output.lock().unwrap())
-                }
-                Event::PeerMoved { .. } => {}
-            }
+        let line = format!("hello from cairn {round}");
+        let got_ours = wait_for(&output, &line, Duration::from_secs(5));
+        client.close(server);
+        while let Some(transmit) = client.poll_transmit() {
+            let _ = socket.send_to(&transmit.payload, transmit.destination);
         }
-    }
-    while let Some(transmit) = client.poll_transmit() {
-        socket
-            .send_to(&transmit.payload, transmit.destination)
-            .unwrap();
-    }
-    let got_ours = wait_for(&output, "hello from cairn", Duration::from_secs(5));
-    client.close(server);
-    while let Some(transmit) = client.poll_transmit() {
-        let _ = socket.send_to(&transmit.payload, transmit.destination);
+        while client.poll_event().is_some() {}
+        let text = output.lock().unwrap().clone();
+        assert!(
+            resumed.is_some(),
+            "round {round}: no handshake; s_server said:\n{text}"
+        );
+        assert_eq!(received, b"hello from openssl\n", "s_server said:\n{text}");
+        assert!(got_ours, "s_server did not print our data:\n{text}");
+        assert!(text.contains(cipher), "{text}");
+        resumed_per_round.push(resumed.unwrap_or(false));
+        // s_server goes back to accepting after close_notify.
+        std::thread::sleep(Duration::from_millis(300));
     }
     drop(stdin);
-    std::thread::sleep(Duration::from_millis(200));
     let _ = child.kill();
     let _ = child.wait();
-    let text = output.lock().unwrap().clone();
-    assert!(connected, "no handshake; s_server said:\n{text}");
-    assert_eq!(received, b"hello from openssl\n", "s_server said:\n{text}");
-    assert!(got_ours, "s_server did not print our data:\n{text}");
-    assert!(text.contains(cipher), "{text}");
+    resumed_per_round
+}
+
+fn run_our_client_against_s_server(cipher: &str, suite: cairn_dtls::CipherSuite) {
+    assert_eq!(our_client_against_s_server(cipher, suite, 1), [false]);
+}
+
+#[test]
+fn our_client_resumes_a_session_with_openssl_s_server() {
+    let rounds = our_client_against_s_server(
+        "PSK-AES128-CCM8",
+        cairn_dtls::CipherSuite::PskWithAes128Ccm8,
+        2,
+    );
+    assert_eq!(rounds, [false, true]);
 }
 
 #[test]

@@ -459,3 +459,26 @@ fn unknown_content_types_and_epochs_are_ignored() {
     assert!(link.server.session(link.client_addr).is_some());
     let _ = ContentType::Tls12Cid;
 }
+
+#[test]
+fn peer_table_is_capped_by_max_peers() {
+    let mut config = server_config();
+    config.max_peers = 2;
+    let mut server = server(config);
+    for n in 0..5u16 {
+        let from = client_addr(600 + n);
+        let flight3 = cookie_round(&mut server, from);
+        server.handle(Duration::ZERO, from, &flight3);
+        drain(&mut server);
+    }
+    assert_eq!(server.peer_count(), 2);
+    // The handshakes time out and free their slots; then an honest client gets in.
+    let mut now = Duration::ZERO;
+    while let Some(deadline) = server.poll_timeout() {
+        now = deadline;
+        server.handle_timeout(now);
+        drain(&mut server);
+    }
+    assert_eq!(server.peer_count(), 0);
+    serves_honest_client(server, now);
+}

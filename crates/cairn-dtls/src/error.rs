@@ -144,6 +144,9 @@ pub enum Error {
     /// The peer's Finished verify data did not match.
     #[error("Finished verify data mismatch")]
     DecryptError,
+    /// The peer does not speak DTLS 1.2.
+    #[error("peer does not speak DTLS 1.2")]
+    ProtocolVersion,
     /// No cipher suite in common.
     #[error("no cipher suite in common")]
     NoCommonCipherSuite,
@@ -184,6 +187,7 @@ impl Error {
             Self::Invalid { .. } => Some(AlertDescription::IllegalParameter),
             Self::UnexpectedMessage { .. } => Some(AlertDescription::UnexpectedMessage),
             Self::DecryptError => Some(AlertDescription::DecryptError),
+            Self::ProtocolVersion => Some(AlertDescription::ProtocolVersion),
             Self::NoCommonCipherSuite => Some(AlertDescription::HandshakeFailure),
             Self::UnknownPskIdentity => Some(AlertDescription::UnknownPskIdentity),
             Self::RenegotiationRefused => Some(AlertDescription::NoRenegotiation),

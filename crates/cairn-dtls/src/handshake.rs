@@ -181,6 +181,8 @@ pub enum State {
     ExpectFinished(ExpectFinished),
     /// A message was refused; the handshake is over.
     Failed,
+    /// The handshake completed; the session took over.
+    Complete,
 }
 
 impl State {
@@ -192,6 +194,7 @@ impl State {
             Self::ExpectChangeCipherSpec(_) => "ExpectChangeCipherSpec",
             Self::ExpectFinished(_) => "ExpectFinished",
             Self::Failed => "Failed",
+            Self::Complete => "Complete",
         }
     }
 }
@@ -338,10 +341,9 @@ impl Handshake {
         record_seq: u64,
     ) -> Result<Self, Error> {
         let hello = ClientHello::parse(&hello_message.body)?;
+        // DTLS versions count down: 0xFEFD is 1.2, 0xFEFF is 1.0.
         if hello.version > DTLS_1_2 {
-            return Err(Error::Invalid {
-                what: "client_version older than DTLS 1.2",
-            });
+            return Err(Error::ProtocolVersion);
         }
         if !hello.compression_methods.contains(&0) {
             return Err(Error::Invalid {
@@ -668,9 +670,7 @@ impl Handshake {
     ) -> Result<(State, Progress), Error> {
         let hello = ServerHello::parse(body)?;
         if hello.version != DTLS_1_2 {
-            return Err(Error::Invalid {
-                what: "server_version",
-            });
+            return Err(Error::ProtocolVersion);
         }
         let suite = CipherSuite::from_code(hello.cipher_suite)
             .filter(|suite| state.hello.cipher_suites.contains(&suite.code()))
@@ -852,6 +852,6 @@ impl Handshake {
             resumed: secrets.resumed,
             resumable,
         };
-        Ok((State::Failed, Progress::Complete(Box::new(completed))))
+        Ok((State::Complete, Progress::Complete(Box::new(completed))))
     }
 }

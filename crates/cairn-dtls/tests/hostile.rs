@@ -482,3 +482,35 @@ fn peer_table_is_capped_by_max_peers() {
     assert_eq!(server.peer_count(), 0);
     serves_honest_client(server, now);
 }
+
+#[test]
+fn dtls_1_0_only_client_and_no_common_suite_are_refused_statelessly() {
+    let mut server = server(server_config());
+    let from = attacker();
+    let first = client_hello(Vec::new());
+    server.handle(Duration::ZERO, from, &client_hello_datagram(&first, 0));
+    let (transmits, _) = drain(&mut server);
+    let hvr = Records::new(&transmits[0], 0).next().unwrap();
+    let cookie = hvr.fragment[12 + 3..].to_vec();
+    for (version, suites, alert) in [
+        (0xFEFFu16, vec![0xC0A8u16], 70u8),
+        (0xFEFD, vec![0x002F], 40),
+    ] {
+        let mut hello = client_hello(cookie.clone());
+        hello.version = version;
+        hello.cipher_suites = suites;
+        // The cookie covers the version and suites: get a matching one first.
+        let mut probe = hello.clone();
+        probe.cookie.clear();
+        server.handle(Duration::ZERO, from, &client_hello_datagram(&probe, 0));
+        let (transmits, _) = drain(&mut server);
+        let hvr = Records::new(&transmits[0], 0).next().unwrap();
+        hello.cookie = hvr.fragment[12 + 3..].to_vec();
+        server.handle(Duration::ZERO, from, &client_hello_datagram(&hello, 1));
+        let (transmits, _) = drain(&mut server);
+        assert_eq!(transmits.len(), 1);
+        assert_eq!(transmits[0][0], 21, "alert record");
+        assert_eq!(transmits[0][13..], [2, alert]);
+        assert_eq!(server.peer_count(), 0);
+    }
+}

@@ -95,6 +95,20 @@ pub struct ServerEnv<'a> {
     pub issue_session_id: bool,
 }
 
+/// What a client offers.
+pub struct ClientParams<'a> {
+    /// PSK identity.
+    pub identity: Vec<u8>,
+    /// The key.
+    pub psk: Psk,
+    /// Suites in order of preference.
+    pub suites: &'a [CipherSuite],
+    /// The CID to receive with, when the `connection_id` extension is offered.
+    pub cid: Option<ConnectionId>,
+    /// A session to resume.
+    pub offered: Option<ResumableSession>,
+}
+
 /// The result of feeding a handshake.
 #[derive(Debug)]
 pub enum Progress {
@@ -282,18 +296,20 @@ impl Handshake {
         self.state.name()
     }
 
-    /// Starts a client handshake; the first flight is returned as datagrams.
-    #[allow(clippy::too_many_arguments)]
+    /// Starts a client handshake; the first flight waits in [`Handshake::take_outgoing`].
     pub fn client_start(
         now: Duration,
         limits: Limits,
         rng: &mut dyn CryptoRng,
-        identity: Vec<u8>,
-        psk: Psk,
-        suites: &[CipherSuite],
-        cid: Option<ConnectionId>,
-        offered: Option<ResumableSession>,
+        params: ClientParams<'_>,
     ) -> Result<Self, Error> {
+        let ClientParams {
+            identity,
+            psk,
+            suites,
+            cid,
+            offered,
+        } = params;
         let mut random = [0u8; 32];
         rng.fill_bytes(&mut random);
         let mut cipher_suites: Vec<u16> = suites.iter().map(|suite| suite.code()).collect();
@@ -331,7 +347,8 @@ impl Handshake {
         Ok(handshake)
     }
 
-    /// Starts a server handshake from a ClientHello whose cookie was verified.
+    /// Starts a server handshake from a ClientHello whose cookie was verified; flight 4 (or the
+    /// abbreviated flight) waits in [`Handshake::take_outgoing`].
     pub fn server_start(
         now: Duration,
         limits: Limits,

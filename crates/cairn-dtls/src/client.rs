@@ -140,6 +140,11 @@ impl ClientEndpoint {
         matches!(self.connection, Some(Connection::Established(_)))
     }
 
+    /// Bytes one application data record adds to its plaintext, once connected.
+    pub fn record_overhead(&self) -> Option<usize> {
+        Some(self.connection.as_ref()?.session()?.record_overhead())
+    }
+
     /// The server's address.
     pub fn server(&self) -> SocketAddr {
         self.server

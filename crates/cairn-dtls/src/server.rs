@@ -226,6 +226,12 @@ impl ServerEndpoint {
         })
     }
 
+    /// Bytes one application data record to `peer` adds to its plaintext (see
+    /// [`crate::session::Session::record_overhead`]).
+    pub fn record_overhead(&self, peer: SocketAddr) -> Option<usize> {
+        Some(self.peers.get(&peer)?.session()?.record_overhead())
+    }
+
     /// Bytes held per established session: the connection record itself plus its heap, and
     /// the peer-table entry (for capacity planning; hash table slack is not counted).
     pub fn session_bytes(&self, peer: SocketAddr) -> Option<usize> {

@@ -87,6 +87,12 @@ impl Session {
         self.cid_in
     }
 
+    /// Bytes one application data record adds to its plaintext (header, explicit nonce, tag,
+    /// CID and inner content type): the largest `send` for a path MTU is `mtu - overhead`.
+    pub fn record_overhead(&self) -> usize {
+        self.writer.overhead(1)
+    }
+
     /// Heap bytes owned by the session (for memory accounting).
     pub fn heap_bytes(&self) -> usize {
         self.identity.len()

@@ -99,6 +99,10 @@ fn main() {
         "size_of::<Session>(): {}",
         std::mem::size_of::<cairn_dtls::session::Session>()
     );
+    println!(
+        "size_of::<Handshake>() (boxed, per peer while handshaking): {}",
+        std::mem::size_of::<cairn_dtls::handshake::Handshake>()
+    );
     record_throughput(&mut server, peers[0]);
 }
 

@@ -291,11 +291,6 @@ impl Handshake {
         &self.client_random
     }
 
-    /// Name of the current state.
-    pub fn state_name(&self) -> &'static str {
-        self.state.name()
-    }
-
     /// Starts a client handshake; the first flight waits in [`Handshake::take_outgoing`].
     pub fn client_start(
         now: Duration,

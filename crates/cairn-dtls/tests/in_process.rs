@@ -348,3 +348,21 @@ fn configs_and_endpoints_do_not_print_keys() {
     assert!(!printed.contains("48, 49, 50, 51"), "{printed}");
     assert!(printed.contains("Psk(16 bytes)"));
 }
+
+#[test]
+fn forgotten_session_means_a_full_handshake() {
+    let mut link = connected(server_config(), client_config());
+    link.client.close(server_addr());
+    link.run(link.now);
+    link.client.forget_session();
+    link.server_events.clear();
+    link.client_events.clear();
+    link.client.connect(link.now).unwrap();
+    link.run(link.now + Duration::from_secs(10));
+    assert!(
+        link.client_events
+            .iter()
+            .any(|event| matches!(event, Event::Connected { resumed: false, .. }))
+    );
+    exchange(&mut link);
+}

@@ -1,5 +1,6 @@
 //! Measures memory per established idle PSK session for 10,000 in-process sessions:
-//! `cargo run --release -p cairn-dtls --example session_memory [COUNT]`.
+//! `cargo run --release -p cairn-dtls --example session_memory [COUNT] [cache]`; with `cache`
+//! every session is also kept in the resumption cache.
 //!
 //! Prints the structural figure (peer-table entry + session heap + CID entry, from
 //! `ServerEndpoint::session_bytes`) and the growth of the resident set (Linux `/proc`), which
@@ -44,7 +45,12 @@ fn main() {
         length: 8,
         node_prefix: vec![1],
     });
-    config.session_cache_size = 0;
+    let with_cache = std::env::args().nth(2).as_deref() == Some("cache");
+    config.session_cache_size = if with_cache { count as usize } else { 0 };
+    println!(
+        "resumption cache: {}",
+        if with_cache { "on" } else { "off" }
+    );
     let mut server =
         ServerEndpoint::new(config, Box::new(StdRng::seed_from_u64(1)), Duration::ZERO).unwrap();
     let before = resident_bytes();

@@ -20,7 +20,7 @@ use crate::cookie::CookieJar;
 use crate::crypto::CipherSuite;
 use crate::endpoint::{
     DEFAULT_MAX_HANDSHAKE_MESSAGE, DEFAULT_MAX_RETRANSMISSIONS, DEFAULT_MTU, Event, PskResolver,
-    Transmit, min_deadline,
+    Transmit,
 };
 use crate::error::{AlertDescription, AlertLevel, CloseReason};
 use crate::handshake::{Handshake, Limits, ResumableSession, ServerEnv};
@@ -153,7 +153,9 @@ pub struct ServerEndpoint {
     rng: Box<dyn CryptoRng + Send>,
     cookies: CookieJar,
     peers: HashMap<SocketAddr, Connection>,
-    handshaking: BTreeSet<SocketAddr>,
+    /// Handshaking peers and their retransmission deadlines, mirrored in `timers`.
+    handshaking: HashMap<SocketAddr, Option<Duration>>,
+    timers: BTreeSet<(Duration, SocketAddr)>,
     cids: HashMap<ConnectionId, SocketAddr>,
     cache: SessionCache,
     transmits: VecDeque<Transmit>,
@@ -184,7 +186,8 @@ impl ServerEndpoint {
             rng,
             cookies,
             peers: HashMap::new(),
-            handshaking: BTreeSet::new(),
+            handshaking: HashMap::new(),
+            timers: BTreeSet::new(),
             cids: HashMap::new(),
             cache: SessionCache::default(),
             transmits: VecDeque::new(),
@@ -402,7 +405,7 @@ impl ServerEndpoint {
                 }
                 self.peers
                     .insert(from, Connection::Handshaking(Box::new(handshake)));
-                self.handshaking.insert(from);
+                self.sync_timer(from);
             }
             Err(error) => {
                 let description = error.alert().unwrap_or(AlertDescription::HandshakeFailure);
@@ -428,8 +431,22 @@ impl ServerEndpoint {
             if self.cids.get(&cid) == Some(&peer) {
                 self.cids.remove(&cid);
             }
-            self.handshaking.remove(&peer);
+            self.sync_timer(peer);
             self.events.push_back(Event::Closed { peer, reason });
+        }
+    }
+
+    /// Brings `handshaking` and `timers` in line with the peer's connection.
+    fn sync_timer(&mut self, peer: SocketAddr) {
+        if let Some(Some(old)) = self.handshaking.remove(&peer) {
+            self.timers.remove(&(old, peer));
+        }
+        if let Some(Connection::Handshaking(handshake)) = self.peers.get(&peer) {
+            let deadline = handshake.deadline();
+            self.handshaking.insert(peer, deadline);
+            if let Some(deadline) = deadline {
+                self.timers.insert((deadline, peer));
+            }
         }
     }
 
@@ -478,7 +495,6 @@ impl ServerEndpoint {
                     resumed,
                     resumable,
                 } => {
-                    self.handshaking.remove(&peer);
                     if let Some(session) = resumable {
                         self.cache.insert(session, self.config.session_cache_size);
                     }
@@ -497,29 +513,21 @@ impl ServerEndpoint {
         if self.peers.get(&peer).is_some_and(Connection::is_closed) {
             self.remove(peer, CloseReason::LocalClosed);
         }
+        self.sync_timer(peer);
     }
 
     /// The next instant `handle_timeout` must be called at, if any.
     pub fn poll_timeout(&self) -> Option<Duration> {
-        min_deadline(
-            self.handshaking
-                .iter()
-                .map(|peer| self.peers.get(peer).and_then(Connection::deadline)),
-        )
+        self.timers.first().map(|(deadline, _)| *deadline)
     }
 
     /// Retransmits flights whose timers expired and ends handshakes that ran out of them.
     pub fn handle_timeout(&mut self, now: Duration) {
         let due: Vec<SocketAddr> = self
-            .handshaking
+            .timers
             .iter()
-            .copied()
-            .filter(|peer| {
-                self.peers
-                    .get(peer)
-                    .and_then(Connection::deadline)
-                    .is_some_and(|deadline| deadline <= now)
-            })
+            .take_while(|(deadline, _)| *deadline <= now)
+            .map(|(_, peer)| *peer)
             .collect();
         for peer in due {
             let Some(connection) = self.peers.get_mut(&peer) else {

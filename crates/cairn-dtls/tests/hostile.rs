@@ -514,3 +514,37 @@ fn dtls_1_0_only_client_and_no_common_suite_are_refused_statelessly() {
         assert_eq!(server.peer_count(), 0);
     }
 }
+
+#[test]
+fn timers_of_many_half_open_handshakes_fire_in_order_and_expire() {
+    let mut server = server(server_config());
+    for n in 0..200u16 {
+        let from = client_addr(700 + n);
+        let at = Duration::from_millis(u64::from(n) * 10);
+        let first = client_hello(Vec::new());
+        server.handle(at, from, &client_hello_datagram(&first, 0));
+        let (transmits, _) = drain(&mut server);
+        let hvr = Records::new(&transmits[0], 0).next().unwrap();
+        let cookie = hvr.fragment[12 + 3..].to_vec();
+        server.handle(at, from, &client_hello_datagram(&client_hello(cookie), 1));
+        drain(&mut server);
+    }
+    assert_eq!(server.handshake_count(), 200);
+    assert_eq!(server.poll_timeout(), Some(Duration::from_secs(1)));
+    server.handle_timeout(Duration::from_millis(1_005));
+    let (transmits, _) = drain(&mut server);
+    assert_eq!(transmits.len(), 1, "only the first handshake is due");
+    assert_eq!(server.poll_timeout(), Some(Duration::from_millis(1_010)));
+    let mut now = Duration::ZERO;
+    let mut closed = 0;
+    while let Some(deadline) = server.poll_timeout() {
+        assert!(deadline >= now, "timers go forward");
+        now = deadline;
+        server.handle_timeout(now);
+        let (_, events) = drain(&mut server);
+        closed += events.len();
+    }
+    assert_eq!(closed, 200);
+    assert_eq!(server.peer_count(), 0);
+    assert_eq!(server.handshake_count(), 0);
+}

@@ -138,6 +138,15 @@ impl SessionCache {
     }
 }
 
+impl SessionCache {
+    fn forget_identity(&mut self, identity: &[u8]) {
+        self.sessions
+            .retain(|_, session| session.identity != identity);
+        let sessions = &self.sessions;
+        self.order.retain(|id| sessions.contains_key(id));
+    }
+}
+
 /// Read-only facts about an established session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionInfo {
@@ -246,6 +255,12 @@ impl ServerEndpoint {
             core::mem::size_of::<(ConnectionId, SocketAddr)>()
         };
         Some(core::mem::size_of::<(SocketAddr, Connection)>() + session.heap_bytes() + cid_entry)
+    }
+
+    /// Drops the cached sessions of `identity` so that it cannot resume them, e.g. after its key
+    /// was changed or revoked. Established sessions are not touched: `close` them as needed.
+    pub fn forget_sessions_of(&mut self, identity: &[u8]) {
+        self.cache.forget_identity(identity);
     }
 
     /// Handles a datagram from `from`.

@@ -366,3 +366,21 @@ fn forgotten_session_means_a_full_handshake() {
     );
     exchange(&mut link);
 }
+
+#[test]
+fn server_can_forget_the_sessions_of_an_identity() {
+    let mut link = connected(server_config(), client_config());
+    link.client.close(server_addr());
+    link.run(link.now);
+    link.server.forget_sessions_of(IDENTITY);
+    link.server_events.clear();
+    link.client_events.clear();
+    link.client.connect(link.now).unwrap();
+    link.run(link.now + Duration::from_secs(10));
+    assert!(
+        link.server_events
+            .iter()
+            .any(|event| matches!(event, Event::Connected { resumed: false, .. }))
+    );
+    exchange(&mut link);
+}

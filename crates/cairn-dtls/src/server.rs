@@ -3,7 +3,9 @@
 //!
 //! No state is kept for a client before it returns a valid cookie: a ClientHello without one
 //! is answered with a HelloVerifyRequest no larger than the ClientHello itself, computed from
-//! the rotating secret in [`crate::cookie`].
+//! the rotating secret in [`crate::cookie`]. Because nothing is buffered for an unverified
+//! client, a ClientHello must arrive unfragmented (a PSK ClientHello is far below any MTU);
+//! later messages may be fragmented.
 
 use core::net::SocketAddr;
 use core::time::Duration;

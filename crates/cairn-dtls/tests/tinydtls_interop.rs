@@ -3,10 +3,8 @@
 //! answered with a hand-built CoAP 2.05 response (RFC 7252 §3), and from our client to an
 //! aiocoap server on tinydtls.
 //!
-//! Needs a Python venv with `aiocoap` and `DTLSSocket` (see /work/shared/INTEROP.md); its path
-//! comes from `CAIRN_TINYDTLS_VENV` (default `/opt/tinydtls-venv`). The test is ignored by
-//! default because CI does not install that venv yet; run it with `--ignored`. When the venv is
-//! missing it fails and says so.
+//! Needs the Python venv with `aiocoap` and `DTLSSocket` that scripts/setup.sh makes in `.venv`
+//! (or the one `CAIRN_PYTHON_VENV` names). When the venv is missing the test fails and says so.
 
 mod common;
 
@@ -19,12 +17,13 @@ use cairn_dtls::{Event, ServerEndpoint};
 use common::*;
 
 fn venv_binary(name: &str) -> PathBuf {
-    let venv = std::env::var("CAIRN_TINYDTLS_VENV").unwrap_or_else(|_| "/opt/tinydtls-venv".into());
+    let venv = std::env::var("CAIRN_PYTHON_VENV")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../.venv").to_owned());
     let client = PathBuf::from(venv).join("bin").join(name);
     assert!(
         client.exists(),
         "{} is missing: create the venv with `python3 -m venv V && V/bin/pip install aiocoap DTLSSocket` \
-         and point CAIRN_TINYDTLS_VENV at it",
+         or run scripts/setup.sh, which makes .venv; CAIRN_PYTHON_VENV points elsewhere",
         client.display()
     );
     client
@@ -44,7 +43,6 @@ fn coap_response(request: &[u8], payload: &[u8]) -> Option<Vec<u8>> {
 }
 
 #[test]
-#[ignore = "needs the aiocoap + DTLSSocket (tinydtls) venv; run with --ignored"]
 fn tinydtls_client_against_our_server() {
     let client = venv_binary("aiocoap-client");
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -151,7 +149,6 @@ fn coap_get_hello() -> Vec<u8> {
 }
 
 #[test]
-#[ignore = "needs the aiocoap + DTLSSocket (tinydtls) venv; run with --ignored"]
 fn our_client_against_tinydtls_server() {
     let python = venv_binary("python3");
     let port = loop {

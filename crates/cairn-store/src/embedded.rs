@@ -810,8 +810,7 @@ where
     };
     let mut items = Vec::new();
     let mut last_key = None;
-    let mut taken = 0;
-    for entry in range {
+    for (taken, entry) in range.enumerate() {
         let (key, value) = entry?;
         if taken == limit {
             return Ok(Page {
@@ -819,7 +818,6 @@ where
                 next_cursor: last_key,
             });
         }
-        taken += 1;
         last_key = Some(key.value().to_owned());
         if let Some(item) = convert(key.value(), value.value())? {
             items.push(item);
@@ -829,4 +827,78 @@ where
         items,
         next_cursor: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::DecodeError;
+
+    fn store(dir: &Path) -> EmbeddedStore {
+        let key = MasterKey::from_bytes(&[1; 32]);
+        EmbeddedStore::open_with(dir, MasterKeySource::Key(key)).unwrap()
+    }
+
+    fn put_raw(
+        store: &EmbeddedStore,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: &[u8],
+    ) {
+        store
+            .inner
+            .write(|_, txn| {
+                txn.open_table(table)?.insert(key, value)?;
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn corrupted_records_read_as_typed_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        put_raw(&store, REGISTRATIONS, "bad", &[1, 0xff, 0x00]);
+        put_raw(&store, OBSERVATIONS, "bad", &[]);
+        put_raw(&store, SECURITY, "bad", &[2, 0x80]);
+        assert!(matches!(
+            store.get_registration("bad").await,
+            Err(StoreError::Decode(DecodeError::Malformed { .. }))
+        ));
+        assert!(matches!(
+            store.get_observation("bad").await,
+            Err(StoreError::Decode(DecodeError::Empty { .. }))
+        ));
+        assert!(matches!(
+            store.get_security_info("bad").await,
+            Err(StoreError::Decode(DecodeError::UnsupportedVersion {
+                version: 2,
+                ..
+            }))
+        ));
+        assert!(store.list_security_summaries(None, 10).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_sealed_bootstrap_config_moved_to_another_endpoint_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        store
+            .put_blob(BlobKind::BootstrapConfig, "a", b"credentials".to_vec())
+            .await
+            .unwrap();
+        let sealed = store
+            .inner
+            .read(|_, txn| {
+                let table = txn.open_table(blob_table(BlobKind::BootstrapConfig))?;
+                Ok(table.get("a")?.map(|v| v.value().to_vec()))
+            })
+            .unwrap()
+            .unwrap();
+        put_raw(&store, blob_table(BlobKind::BootstrapConfig), "b", &sealed);
+        assert!(matches!(
+            store.get_blob(BlobKind::BootstrapConfig, "b").await,
+            Err(StoreError::SecretTampered { .. })
+        ));
+    }
 }

@@ -62,7 +62,7 @@ impl fmt::Debug for SecretBytes {
 
 /// The 256-bit key that encrypts secrets at rest.
 pub struct MasterKey {
-    cipher: Aes256Gcm,
+    cipher: Box<Aes256Gcm>,
 }
 
 impl fmt::Debug for MasterKey {
@@ -75,7 +75,7 @@ impl MasterKey {
     /// A key from its 32 bytes.
     pub fn from_bytes(bytes: &[u8; 32]) -> Self {
         Self {
-            cipher: Aes256Gcm::new(bytes.into()),
+            cipher: Box::new(Aes256Gcm::new(bytes.into())),
         }
     }
 

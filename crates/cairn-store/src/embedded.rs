@@ -153,6 +153,17 @@ impl EmbeddedStore {
         }))
     }
 
+    /// Stores many security infos in one transaction (provisioning a fleet's credentials):
+    /// all or none. Blocking: call it from a blocking context (a CLI, `spawn_blocking`).
+    pub fn import_security_infos_blocking(&self, infos: &[SecurityInfo]) -> Result<(), StoreError> {
+        self.inner.write(|inner, txn| {
+            for info in infos {
+                inner.put_security_info(txn, info)?;
+            }
+            Ok(())
+        })
+    }
+
     fn write<T, F>(&self, operation: F) -> StoreFuture<'static, T>
     where
         T: Send + 'static,

@@ -7,7 +7,7 @@
 //! Writes end in an `fsync`, so they run on tokio's blocking pool (`spawn_blocking`). Reads do
 //! not touch the disk's write path: a read transaction is an MVCC snapshot that never waits for a
 //! writer, and a lookup is a few B-tree pages already in the page cache. They run inline on the
-//! caller's task; `cargo bench -p cairn-store` measures them in microseconds (BENCHMARKS.md),
+//! caller's task (when the method is called; the returned future is already complete); `cargo bench -p cairn-store` measures them in microseconds (BENCHMARKS.md),
 //! cheaper than the hand-off to another thread would be. The DTLS handshake, whose PSK resolver
 //! is synchronous, can call [`EmbeddedStore::psk_key_blocking`] directly.
 //!
@@ -640,7 +640,7 @@ impl Inner {
             .ok_or_else(|| StoreError::SecretTampered {
                 record: format!("{} entry {key:?}", kind.name()),
             })?;
-        Ok(Some(secret.expose().to_vec()))
+        Ok(Some(secret.into_vec()))
     }
 
     fn blob_keys(

@@ -137,8 +137,8 @@ pub struct SecurityInfoSummary {
     pub mode: SecurityModeKind,
     /// The PSK identity (lossy UTF-8) or the expected X.509 common name.
     pub identity: Option<String>,
-    /// `sha256:` and the first 8 bytes of the SHA-256 of the key material, in hex: the PSK, the
-    /// public key DER, or the expected certificate fingerprint.
+    /// `sha256:` and the first 8 bytes, in hex, of the SHA-256 of the PSK or of the public key
+    /// DER, or of the expected certificate fingerprint itself.
     pub key_fingerprint: Option<String>,
     /// When the security info was created (Unix milliseconds).
     pub created_at_ms: u64,
@@ -179,9 +179,13 @@ pub fn random_id() -> Result<String, StoreError> {
 
 /// `sha256:` and the first 8 bytes of SHA-256(`material`) in hex.
 pub fn fingerprint(material: &[u8]) -> String {
-    let digest = Sha256::digest(material);
+    digest_prefix(&Sha256::digest(material))
+}
+
+/// `sha256:` and the first 8 bytes of a SHA-256 digest in hex.
+fn digest_prefix(digest: &[u8]) -> String {
     let mut text = String::from("sha256:");
-    for byte in &digest[..8] {
+    for byte in digest.iter().take(8) {
         text.push_str(&format!("{byte:02x}"));
     }
     text
@@ -488,7 +492,7 @@ fn summarize(wire: WireSecurityInfo) -> SecurityInfoSummary {
             (SecurityModeKind::X509, Some(common_name), None)
         }
         WireSecurityMode::X509Fingerprint { sha256 } => {
-            (SecurityModeKind::X509, None, Some(fingerprint(&sha256)))
+            (SecurityModeKind::X509, None, Some(digest_prefix(&sha256)))
         }
         WireSecurityMode::NoSec => (SecurityModeKind::NoSec, None, None),
     };
@@ -620,6 +624,14 @@ pub(crate) mod tests {
             assert_eq!(decode_security_info(&bytes, &key()).unwrap(), info);
             assert!(decode_security_summary(&bytes).is_ok());
         }
+        let info = SecurityInfo {
+            endpoint: "ep".to_owned(),
+            mode: SecurityMode::X509(X509Expectation::Fingerprint([0xab; 32])),
+            created_at_ms: 1,
+        };
+        let bytes = encode_security_info(&info, &key()).unwrap();
+        let summary = decode_security_summary(&bytes).unwrap();
+        assert_eq!(summary.key_fingerprint.unwrap(), "sha256:abababababababab");
     }
 
     #[test]

@@ -43,6 +43,11 @@ impl SecretBytes {
         &self.0
     }
 
+    /// The bytes, moved out without a copy; the caller takes over wiping them.
+    pub(crate) fn into_vec(mut self) -> Vec<u8> {
+        std::mem::take(&mut *self.0)
+    }
+
     /// The number of bytes.
     pub fn len(&self) -> usize {
         self.0.len()

@@ -435,3 +435,62 @@ fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
         }
     }
 }
+
+#[test]
+fn the_store_is_send_and_sync_and_its_traits_are_object_safe() {
+    fn assert_send_sync<T: Send + Sync + Clone + 'static>() {}
+    assert_send_sync::<cairn_store::EmbeddedStore>();
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let registrations: Arc<dyn RegistrationStore> = Arc::new(store.clone());
+    let security: Arc<dyn SecurityStore> = Arc::new(store.clone());
+    let observations: Arc<dyn ObservationStore> = Arc::new(store.clone());
+    let blobs: Arc<dyn BlobStore> = Arc::new(store);
+    fn assert_shareable<T: Send + Sync + ?Sized>(_: &T) {}
+    assert_shareable(&*registrations);
+    assert_shareable(&*security);
+    assert_shareable(&*observations);
+    assert_shareable(&*blobs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_and_readers_from_many_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let endpoint = format!("ep{i}");
+            store
+                .add_registration(registration(&endpoint, &format!("id{i}"), i))
+                .await
+                .unwrap();
+            store
+                .put_security_info(psk_info(&endpoint, &format!("identity{i}"), b"k"))
+                .await
+                .unwrap();
+            assert!(
+                store
+                    .get_registration_by_endpoint(&endpoint)
+                    .await
+                    .unwrap()
+                    .is_some()
+            );
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let page = store.list_registrations(None, 100).await.unwrap();
+    assert_eq!(page.items.len(), 32);
+    for i in 0..32 {
+        let identity = format!("identity{i}");
+        let info = store
+            .get_security_info_by_psk_identity(identity.as_bytes())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.endpoint, format!("ep{i}"));
+    }
+}

@@ -87,3 +87,56 @@ fn a_missing_key_file_for_an_existing_database_is_refused() {
         "no new key is made for an existing database"
     );
 }
+
+const CHILD_DIR_ENV: &str = "CAIRN_STORE_ENV_KEY_CHILD_DIR";
+
+/// Run as a child by the test below: opens the store with the key from `CAIRN_MASTER_KEY` and
+/// prints the outcome.
+#[test]
+fn env_key_child() {
+    let Some(dir) = std::env::var_os(CHILD_DIR_ENV) else {
+        return;
+    };
+    match EmbeddedStore::open(std::path::Path::new(&dir)) {
+        Ok(_) => println!("outcome: opened"),
+        Err(error) => println!("outcome: {error}"),
+    }
+}
+
+fn open_in_child_with_env_key(dir: &std::path::Path, key: &str) -> String {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["env_key_child", "--exact", "--nocapture"])
+        .env(CHILD_DIR_ENV, dir)
+        .env(cairn_store::secret::MASTER_KEY_ENV, key)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("outcome: "))
+        .unwrap_or_else(|| panic!("no outcome in {stdout:?}"))
+        .to_owned()
+}
+
+#[test]
+fn the_master_key_from_the_environment_opens_and_guards_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_hex = "42".repeat(32);
+    assert_eq!(open_in_child_with_env_key(dir.path(), &key_hex), "opened");
+    assert!(
+        !dir.path()
+            .join(cairn_store::secret::MASTER_KEY_FILE)
+            .exists(),
+        "no key file when the key comes from the environment"
+    );
+    // The environment key is the one `common::KEY` holds: the database opens with it directly.
+    drop(open(dir.path()));
+
+    let wrong = open_in_child_with_env_key(dir.path(), &"17".repeat(32));
+    assert!(wrong.contains("does not match"), "{wrong}");
+    let malformed = open_in_child_with_env_key(dir.path(), "not-a-key");
+    assert!(
+        malformed.contains("not 64 hexadecimal digits"),
+        "{malformed}"
+    );
+}

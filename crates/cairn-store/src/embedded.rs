@@ -4,7 +4,8 @@
 //! [`Durability::Immediate`] is on disk when it returns, so every write that returns `Ok` survives
 //! a crash or a `SIGKILL`. Each store operation is one transaction.
 //!
-//! Writes end in an `fsync`, so they run on tokio's blocking pool (`spawn_blocking`). Reads do
+//! Writes end in an `fsync`, so they run on tokio's blocking pool (`spawn_blocking`); a write
+//! whose future is dropped after it started still runs to its commit. Reads do
 //! not touch the disk's write path: a read transaction is an MVCC snapshot that never waits for a
 //! writer, and a lookup is a few B-tree pages already in the page cache. They run inline on the
 //! caller's task (when the method is called; the returned future is already complete); `cargo bench -p cairn-store` measures them in microseconds (BENCHMARKS.md),
@@ -113,7 +114,16 @@ impl EmbeddedStore {
         let master_key = match source {
             MasterKeySource::Key(key) => key,
             MasterKeySource::EnvironmentOrFile => {
-                let env_value = std::env::var(MASTER_KEY_ENV).ok().map(Zeroizing::new);
+                let env_value = match std::env::var(MASTER_KEY_ENV) {
+                    Ok(value) => Some(Zeroizing::new(value)),
+                    Err(std::env::VarError::NotPresent) => None,
+                    Err(std::env::VarError::NotUnicode(_)) => {
+                        return Err(MasterKeyError::Malformed {
+                            source_name: MASTER_KEY_ENV.to_owned(),
+                        }
+                        .into());
+                    }
+                };
                 resolve_master_key(
                     &data_dir,
                     env_value.as_deref().map(String::as_str),

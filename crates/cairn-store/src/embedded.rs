@@ -412,6 +412,28 @@ impl Inner {
         Ok(expired)
     }
 
+    fn remove_expired(
+        &self,
+        txn: &WriteTransaction,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Deregistration>, StoreError> {
+        let ids = {
+            let expiry = txn.open_table(REGISTRATION_EXPIRY)?;
+            let mut ids = Vec::new();
+            for entry in expiry.range(..(now_ms, ""))?.take(limit) {
+                let (key, _) = entry?;
+                ids.push(key.value().1.to_owned());
+            }
+            ids
+        };
+        let mut removed = Vec::with_capacity(ids.len());
+        for id in ids {
+            removed.extend(self.remove_registration(txn, &id)?);
+        }
+        Ok(removed)
+    }
+
     // ---- security ----
 
     fn put_security_info(
@@ -714,6 +736,14 @@ impl RegistrationStore for EmbeddedStore {
         limit: usize,
     ) -> StoreFuture<'_, Vec<Registration>> {
         self.read(|inner, txn| inner.expired_before(txn, now_ms, limit))
+    }
+
+    fn remove_expired_registrations(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<Deregistration>> {
+        self.write(move |inner, txn| inner.remove_expired(txn, now_ms, limit))
     }
 }
 

@@ -38,6 +38,9 @@ enum Operation {
     CancelAll {
         id: u8,
     },
+    Sweep {
+        now: u64,
+    },
 }
 
 fn operation() -> impl Strategy<Value = Operation> {
@@ -53,6 +56,7 @@ fn operation() -> impl Strategy<Value = Operation> {
         (0..6u8, 0..8u8).prop_map(|(observation, id)| Operation::Observe { observation, id }),
         (0..6u8).prop_map(|observation| Operation::Cancel { observation }),
         (0..8u8).prop_map(|id| Operation::CancelAll { id }),
+        (0..200_000u64).prop_map(|now| Operation::Sweep { now }),
     ]
 }
 
@@ -163,6 +167,23 @@ async fn apply(store: &EmbeddedStore, model: &mut Model, operation: Operation) {
             let before = model.observations.len();
             model.observations.retain(|_, owner| *owner != id);
             assert_eq!(removed.len(), before - model.observations.len());
+        }
+        Operation::Sweep { now } => {
+            let swept = store.remove_expired_registrations(now, 100).await.unwrap();
+            let expired: Vec<String> = model
+                .registrations
+                .values()
+                .filter(|r| r.expires_at_ms() < now)
+                .map(|r| r.id.clone())
+                .collect();
+            let mut expected: Vec<_> = expired.iter().filter_map(|id| model.remove(id)).collect();
+            let mut swept: Vec<_> = swept
+                .into_iter()
+                .map(|d| (d.registration, d.observations.len()))
+                .collect();
+            swept.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+            expected.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+            assert_eq!(swept, expected);
         }
     }
 }

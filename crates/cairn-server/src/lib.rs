@@ -999,21 +999,28 @@ async fn expire_registrations(inner: std::sync::Weak<Inner>) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        let now = unix_millis();
-        let expired = match inner.registry.read() {
-            Ok(registry) => registry.expired(now, inner.config.expiry_grace),
-            Err(_) => return,
-        };
-        for id in expired {
-            if let Err(error) = inner.stores.registrations.remove_registration(&id).await {
-                tracing::error!(%error, "cannot remove an expired registration");
+        let cutoff = unix_millis().saturating_sub(inner.config.expiry_grace.as_millis() as u64);
+        // The store checks expiry in the same transaction as the removal, so a device that
+        // updates at this moment is not removed.
+        let expired = match inner
+            .stores
+            .registrations
+            .remove_expired_registrations(cutoff, 1000)
+            .await
+        {
+            Ok(expired) => expired,
+            Err(error) => {
+                tracing::error!(%error, "cannot remove expired registrations");
                 continue;
             }
-            let removed = inner.registry.write().ok().and_then(|mut r| r.remove(&id));
-            if let Some(registration) = removed {
-                tracing::info!(endpoint = %registration.endpoint, "registration expired");
-                inner.publish(ServerEvent::Expired(registration));
+        };
+        for ended in expired {
+            let registration = ended.registration;
+            if let Ok(mut registry) = inner.registry.write() {
+                registry.remove(&registration.id);
             }
+            tracing::info!(endpoint = %registration.endpoint, "registration expired");
+            inner.publish(ServerEvent::Expired(registration));
         }
     }
 }

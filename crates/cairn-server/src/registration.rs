@@ -184,11 +184,9 @@ mod tests {
         assert_eq!(object_versions(&record).get(&1), Some(&Version::V1_0));
         assert_eq!(lwm2m_version(&record), Version::V1_1);
         assert!(is_secure(&record));
+        assert_eq!(record.expires_at_ms(), 61_000);
         registry.insert(record);
-        assert!(registry.expired(61_000, Duration::ZERO).is_empty());
-        assert_eq!(
-            registry.expired(61_001, Duration::ZERO),
-            vec!["a".to_string()]
-        );
+        let address = SocketAddr::from(([127, 0, 0, 1], 1));
+        assert_eq!(registry.by_address(address).unwrap().id, "a");
     }
 }

@@ -1639,6 +1639,51 @@ impl Endpoint {
         }
     }
 
+    /// The token of a request of ours (to persist an observation).
+    pub fn request_token(&self, id: RequestId) -> Option<Token> {
+        self.requests.get(&id).map(|r| r.token)
+    }
+
+    /// Takes over an observation established earlier (e.g. before a restart): notifications
+    /// from `peer` with `token` are accepted as [`Event::Response`] of the returned request,
+    /// which `template` describes (the original GET, for cancelling). Nothing is sent.
+    pub fn resume_observation(
+        &mut self,
+        now: Duration,
+        peer: SocketAddr,
+        token: Token,
+        mut template: Message,
+    ) -> Result<RequestId, EndpointError> {
+        if !template.code.is_request() {
+            return Err(EndpointError::NotARequest(template.code));
+        }
+        self.peer_mut(now, peer)
+            .ok_or(EndpointError::TooManyPeers)?;
+        if let Some(previous) = self.tokens.get(&(peer, token)).copied() {
+            self.finish_request(previous);
+        }
+        let id = RequestId(self.next_id());
+        template.token = token;
+        template.options.set_uint(OptionNumber::OBSERVE, 0);
+        self.requests.insert(
+            id,
+            ClientRequest {
+                peer,
+                token,
+                template,
+                body: Vec::new(),
+                block1_offset: 0,
+                block1_szx: self.block_szx,
+                block2_body: Vec::new(),
+                observing: true,
+                last_notification: None,
+                sent: true,
+            },
+        );
+        self.tokens.insert((peer, token), id);
+        Ok(id)
+    }
+
     /// Stops a request. For an observation, `deregister` sends a GET with Observe = 1
     /// (RFC 7641 §3.6); otherwise later notifications are answered with Reset.
     pub fn cancel(

@@ -634,3 +634,45 @@ mod hostile {
         }
     }
 }
+
+#[test]
+fn a_resumed_observation_receives_notifications() {
+    let mut net = Net::default();
+    let mut request = Message::request(Code::GET);
+    request.set_uri_path("/time");
+    request.options.set_uint(OptionNumber::OBSERVE, 0);
+    let id = net
+        .client
+        .request(net.now, addr(SERVER), request.clone())
+        .unwrap();
+    let token = net.client.request_token(id).unwrap();
+    net.pump(|_| false);
+    net.answer_all(b"t0");
+    net.pump(|_| false);
+    assert_eq!(responses(&net.client_events()).len(), 1);
+
+    // A new client endpoint (a restarted process) takes the observation over by its token.
+    net.client = Endpoint::new(Config::default(), 5);
+    let resumed = net
+        .client
+        .resume_observation(net.now, addr(SERVER), token, request)
+        .unwrap();
+    let observation = net.server.observers("/time")[0];
+    let mut notification = Message::response(Code::CONTENT);
+    notification.payload = b"t1".to_vec();
+    net.server
+        .notify(net.now, observation, notification)
+        .unwrap();
+    net.pump(|_| false);
+    let got = responses(&net.client_events());
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].0, got[0].1.payload.as_slice()),
+        (resumed, b"t1".as_slice())
+    );
+    assert_eq!(
+        net.server.observers("/time"),
+        vec![observation],
+        "no Reset: the observation lives on"
+    );
+}

@@ -624,3 +624,93 @@ async fn libcoap_client_registers_over_dtls_psk() {
     let _ = output;
     assert!(server.registration("dev-1").is_none());
 }
+
+#[tokio::test]
+async fn registration_and_observation_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        let key = MasterKey::from_bytes(&[9; 32]);
+        EmbeddedStore::open_with(dir.path(), MasterKeySource::Key(key))
+    };
+    let store = open().unwrap();
+    store.put_security_info(no_sec("plain-obs")).await.unwrap();
+    let config = ServerConfig {
+        coap_listen: Some("127.0.0.1:0".parse().unwrap()),
+        dtls_listen: None,
+        ..ServerConfig::default()
+    };
+    let server = LwM2mServer::start(config.clone(), Stores::embedded(store))
+        .await
+        .unwrap();
+    let address = server.local_addrs().0.unwrap();
+    let device = Arc::new(Device::default());
+    let handler = move |request: &Request| device.handle(request);
+    let endpoint = CoapEndpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        Config::default(),
+        Some(Arc::new(handler)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        endpoint
+            .request(address, register_message("plain-obs", 300))
+            .await
+            .unwrap()
+            .code,
+        Code::CREATED
+    );
+    let (_, mut notifications) = server
+        .observe("plain-obs", LwM2mPath::Resource(3, 0, 9), None)
+        .await
+        .unwrap();
+    endpoint.notify("/3/0/9", battery(80)).await.unwrap();
+    let node = tokio::time::timeout(Duration::from_secs(5), notifications.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        node,
+        LwM2mNode::Resource(LwM2mResource::single(9, Value::Integer(80)))
+    );
+
+    // Stop the server and start a new one on the same store and address.
+    server.shutdown().await;
+    drop(notifications);
+    drop(server);
+    let store = loop {
+        match open() {
+            Ok(store) => break store,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let config = ServerConfig {
+        coap_listen: Some(address),
+        ..config
+    };
+    let server = LwM2mServer::start(config, Stores::embedded(store))
+        .await
+        .unwrap();
+    assert!(
+        server.registration("plain-obs").is_some(),
+        "the registration is restored"
+    );
+    let mut events = server.events();
+
+    // The device keeps notifying the token it was given before the restart.
+    endpoint.notify("/3/0/9", battery(70)).await.unwrap();
+    let (endpoint_name, node) = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(ServerEvent::Notification { endpoint, node, .. }) = events.recv().await {
+                return (endpoint, node);
+            }
+        }
+    })
+    .await
+    .expect("the restored observation delivers notifications");
+    assert_eq!(endpoint_name, "plain-obs");
+    assert_eq!(
+        node,
+        LwM2mNode::Resource(LwM2mResource::single(9, Value::Integer(70)))
+    );
+}

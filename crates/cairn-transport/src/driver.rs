@@ -265,7 +265,8 @@ impl Driver {
                 rest,
             } => {
                 let observing = message.observe().is_some() && message.code.is_success();
-                let _ = first.send(Ok((id, message)));
+                let token = self.endpoint.request_token(id);
+                let _ = first.send(Ok((id, token, message)));
                 if observing {
                     self.sinks
                         .insert(id, ResponseSink::Stream { first: None, rest });
@@ -311,6 +312,20 @@ impl Driver {
             Command::Cancel { id, deregister } => {
                 self.sinks.remove(&id);
                 let _ = self.endpoint.cancel(now, id, deregister);
+            }
+            Command::Resume {
+                peer,
+                token,
+                message,
+                rest,
+                done,
+            } => {
+                let resumed = self.endpoint.resume_observation(now, peer, token, message);
+                if let Ok(id) = resumed {
+                    self.sinks
+                        .insert(id, ResponseSink::Stream { first: None, rest });
+                }
+                let _ = done.send(resumed.map_err(TransportError::Endpoint));
             }
             Command::Respond { exchange, response } => {
                 if let Err(error) = self.endpoint.respond(now, exchange, response) {

@@ -714,3 +714,97 @@ async fn registration_and_observation_survive_a_restart() {
         LwM2mNode::Resource(LwM2mResource::single(9, Value::Integer(70)))
     );
 }
+
+#[tokio::test]
+async fn hostile_registrations_are_refused_and_nothing_stored_is_lost() {
+    let (_dir, server) = start_server().await;
+    let (coap, _) = server.local_addrs();
+    let coap = coap.unwrap();
+    let plain = CoapEndpoint::bind("127.0.0.1:0".parse().unwrap(), Config::default(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        plain
+            .request(coap, register_message("plain-1", 300))
+            .await
+            .unwrap()
+            .code,
+        Code::CREATED
+    );
+    let stored = server.registration("plain-1").unwrap();
+
+    // A 2 MB link-format payload: refused by the block-wise layer's limit (4.13).
+    let big_sender = CoapEndpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        Config {
+            max_body_size: 4 << 20,
+            ..Config::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let mut huge = register_message("plain-1", 300);
+    huge.payload = "</3/0>,".repeat(300_000).into_bytes();
+    let response = big_sender.request(coap, huge).await.unwrap();
+    assert_eq!(response.code, Code::REQUEST_ENTITY_TOO_LARGE);
+
+    // A flood of registrations for endpoints nobody allowed: all refused.
+    let mut flood = Vec::new();
+    for i in 0..200 {
+        let endpoint = CoapEndpoint::bind("127.0.0.1:0".parse().unwrap(), Config::default(), None)
+            .await
+            .unwrap();
+        flood.push(tokio::spawn(async move {
+            endpoint
+                .request(coap, register_message(&format!("intruder-{i}"), 300))
+                .await
+                .map(|m| m.code)
+        }));
+    }
+    for task in flood {
+        assert_eq!(task.await.unwrap().unwrap(), Code::FORBIDDEN);
+    }
+
+    // Unknown objects and odd links are data, not errors; garbage links are a clear 4.00.
+    let mut odd = register_message("plain-1", 300);
+    odd.payload = b"</65000/0>,</3/0>".to_vec();
+    assert_eq!(plain.request(coap, odd).await.unwrap().code, Code::CREATED);
+    let mut garbage = register_message("plain-1", 300);
+    garbage.payload = b"<<<not a link".to_vec();
+    let response = plain.request(coap, garbage).await.unwrap();
+    assert_eq!(
+        response.code,
+        Code::BAD_REQUEST,
+        "{}",
+        String::from_utf8_lossy(&response.payload)
+    );
+
+    // Two registrations of one endpoint racing: exactly one survives, and it is consistent.
+    let a = CoapEndpoint::bind("127.0.0.1:0".parse().unwrap(), Config::default(), None)
+        .await
+        .unwrap();
+    let b = CoapEndpoint::bind("127.0.0.1:0".parse().unwrap(), Config::default(), None)
+        .await
+        .unwrap();
+    let (ra, rb) = tokio::join!(
+        a.request(coap, register_message("plain-1", 300)),
+        b.request(coap, register_message("plain-1", 300))
+    );
+    assert_eq!(
+        (ra.unwrap().code, rb.unwrap().code),
+        (Code::CREATED, Code::CREATED)
+    );
+    let survivors: Vec<_> = server
+        .registrations()
+        .into_iter()
+        .filter(|r| r.endpoint == "plain-1")
+        .collect();
+    assert_eq!(survivors.len(), 1);
+    assert_ne!(
+        survivors[0].id, stored.id,
+        "the older registration was replaced"
+    );
+    // The server still serves the honest device.
+    assert!(server.registration("plain-1").is_some());
+}

@@ -183,12 +183,7 @@ impl LwM2mServer {
         let slot: Arc<std::sync::OnceLock<std::sync::Weak<Inner>>> =
             Arc::new(std::sync::OnceLock::new());
         let handler_slot = slot.clone();
-        let handler: Arc<dyn cairn_transport::Handler> = Arc::new(move |request: &Request| {
-            match handler_slot.get().and_then(std::sync::Weak::upgrade) {
-                Some(inner) => Reply::Pending(Box::pin(inner.handle_client(request.clone()))),
-                None => Reply::Ready(Message::response(Code::SERVICE_UNAVAILABLE)),
-            }
-        });
+        let handler: Arc<dyn cairn_transport::Handler> = Arc::new(DeviceHandler(handler_slot));
         let coap = match config.coap_listen {
             Some(address) => Some(
                 CoapEndpoint::bind(address, config.coap.clone(), Some(handler.clone()))
@@ -199,7 +194,12 @@ impl LwM2mServer {
         };
         let dtls = match config.dtls_listen {
             Some(address) => {
-                let dtls_config = cairn_dtls::ServerConfig::new(stores.psk_resolver.clone());
+                let mut dtls_config = cairn_dtls::ServerConfig::new(stores.psk_resolver.clone());
+                // Connection IDs keep a device's session when its NAT mapping changes.
+                dtls_config.connection_id = Some(cairn_dtls::CidConfig {
+                    length: 8,
+                    node_prefix: Vec::new(),
+                });
                 Some(
                     CoapEndpoint::bind_secured(
                         address,
@@ -483,6 +483,38 @@ impl LwM2mServer {
             .store(true, std::sync::atomic::Ordering::SeqCst);
         for endpoint in self.inner.coap.iter().chain(self.inner.dtls.iter()) {
             endpoint.shutdown().await;
+        }
+    }
+}
+
+/// The device-facing request handler of both sockets.
+struct DeviceHandler(Arc<std::sync::OnceLock<std::sync::Weak<Inner>>>);
+
+impl DeviceHandler {
+    fn inner(&self) -> Option<Arc<Inner>> {
+        self.0.get().and_then(std::sync::Weak::upgrade)
+    }
+}
+
+impl cairn_transport::Handler for DeviceHandler {
+    fn handle(&self, request: &Request) -> Reply {
+        match self.inner() {
+            Some(inner) => Reply::Pending(Box::pin(inner.handle_client(request.clone()))),
+            None => Reply::Ready(Message::response(Code::SERVICE_UNAVAILABLE)),
+        }
+    }
+
+    fn peer_moved(&self, old: SocketAddr, new: SocketAddr) {
+        let Some(inner) = self.inner() else {
+            return;
+        };
+        let Ok(mut registry) = inner.registry.write() else {
+            return;
+        };
+        if let Some(mut registration) = registry.by_address(old).cloned() {
+            tracing::info!(endpoint = %registration.endpoint, %old, %new, "device address changed");
+            registration.peer_address = new;
+            registry.insert(registration);
         }
     }
 }

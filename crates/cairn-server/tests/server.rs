@@ -808,3 +808,143 @@ async fn hostile_registrations_are_refused_and_nothing_stored_is_lost() {
     // The server still serves the honest device.
     assert!(server.registration("plain-1").is_some());
 }
+
+/// A NAT in front of a device: it forwards datagrams between the device and the server from
+/// a public socket, which [`Nat::rebind`] replaces (a new public port, the old one closed).
+struct Nat {
+    device_side: Arc<tokio::net::UdpSocket>,
+    server: SocketAddr,
+    public: Arc<Mutex<(Arc<tokio::net::UdpSocket>, tokio::task::JoinHandle<()>)>>,
+    device: Arc<Mutex<Option<SocketAddr>>>,
+}
+
+impl Nat {
+    async fn new(server: SocketAddr) -> Nat {
+        let device_side = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let device = Arc::new(Mutex::new(None));
+        let public = Nat::open_public(device_side.clone(), device.clone()).await;
+        let nat = Nat {
+            device_side,
+            server,
+            public: Arc::new(Mutex::new(public)),
+            device,
+        };
+        let (device_side, public, device, server) = (
+            nat.device_side.clone(),
+            nat.public.clone(),
+            nat.device.clone(),
+            nat.server,
+        );
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; 65536];
+            while let Ok((len, from)) = device_side.recv_from(&mut buffer).await {
+                *device.lock().unwrap() = Some(from);
+                let socket = public.lock().unwrap().0.clone();
+                let _ = socket.send_to(&buffer[..len], server).await;
+            }
+        });
+        nat
+    }
+
+    async fn open_public(
+        device_side: Arc<tokio::net::UdpSocket>,
+        device: Arc<Mutex<Option<SocketAddr>>>,
+    ) -> (Arc<tokio::net::UdpSocket>, tokio::task::JoinHandle<()>) {
+        let socket = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let inbound = socket.clone();
+        let task = tokio::spawn(async move {
+            let mut buffer = vec![0u8; 65536];
+            while let Ok((len, _)) = inbound.recv_from(&mut buffer).await {
+                let target = *device.lock().unwrap();
+                if let Some(target) = target {
+                    let _ = device_side.send_to(&buffer[..len], target).await;
+                }
+            }
+        });
+        (socket, task)
+    }
+
+    fn device_side(&self) -> SocketAddr {
+        self.device_side.local_addr().unwrap()
+    }
+
+    fn public_address(&self) -> SocketAddr {
+        self.public.lock().unwrap().0.local_addr().unwrap()
+    }
+
+    /// A new public port; datagrams to the old one are lost from now on.
+    async fn rebind(&self) {
+        let fresh = Nat::open_public(self.device_side.clone(), self.device.clone()).await;
+        let (_, old_task) = std::mem::replace(&mut *self.public.lock().unwrap(), fresh);
+        old_task.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_device_behind_a_changing_nat_keeps_its_registration() {
+    let (_dir, server) = start_server().await;
+    let (_, dtls) = server.local_addrs();
+    let nat = Nat::new(dtls.unwrap()).await;
+    let device = Arc::new(Device {
+        manufacturer: Mutex::new("Roaming".into()),
+        ..Device::default()
+    });
+    let mut config = ClientConfig::new("identity-1", Psk::new(KEY.to_vec()));
+    config.connection_id = Some(Vec::new());
+    let security = Security::DtlsClient {
+        config,
+        server: nat.device_side(),
+    };
+    let handler = move |request: &Request| device.handle(request);
+    let endpoint = CoapEndpoint::bind_secured(
+        "127.0.0.1:0".parse().unwrap(),
+        Config::default(),
+        security,
+        Some(Arc::new(handler)),
+    )
+    .await
+    .unwrap();
+    let via_nat = nat.device_side();
+    assert_eq!(
+        endpoint
+            .request(via_nat, register_message("dev-1", 300))
+            .await
+            .unwrap()
+            .code,
+        Code::CREATED
+    );
+    let first = server.registration("dev-1").unwrap();
+    assert_eq!(first.peer_address, nat.public_address());
+    server
+        .read("dev-1", LwM2mPath::ObjectInstance(3, 0), None)
+        .await
+        .unwrap();
+
+    // The NAT maps the device to a new public port; its next Update arrives from there.
+    nat.rebind().await;
+    let mut update = Message::request(Code::POST);
+    update.set_uri_path(&format!("/rd/{}", first.id));
+    assert_eq!(
+        endpoint.request(via_nat, update).await.unwrap().code,
+        Code::CHANGED
+    );
+    let moved = server.registration("dev-1").unwrap();
+    assert_eq!(moved.id, first.id, "same registration");
+    assert_eq!(
+        moved.peer_address,
+        nat.public_address(),
+        "the server follows the device"
+    );
+    assert_ne!(moved.peer_address, first.peer_address);
+    let node = server
+        .read("dev-1", LwM2mPath::ObjectInstance(3, 0), None)
+        .await
+        .unwrap();
+    let LwM2mNode::ObjectInstance(instance) = node else {
+        panic!()
+    };
+    assert_eq!(
+        instance.resources[&0],
+        LwM2mResource::single(0, Value::String("Roaming".into()))
+    );
+}

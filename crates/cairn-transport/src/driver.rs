@@ -66,7 +66,7 @@ impl Driver {
             state,
             endpoint: Endpoint::new(config, u64::from_ne_bytes(seed)),
             layer: Layer::new(security, Duration::ZERO)?,
-            identities: Identities::new(),
+            identities: Identities::default(),
             handler,
             commands,
             loopback,
@@ -188,6 +188,11 @@ impl Driver {
     }
 
     fn process_events(&mut self) {
+        for (old, new) in std::mem::take(&mut self.identities.moved) {
+            if let Some(handler) = &self.handler {
+                handler.peer_moved(old, new);
+            }
+        }
         while let Some(event) = self.endpoint.poll_event() {
             match event {
                 Event::Request {

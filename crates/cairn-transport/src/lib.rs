@@ -51,6 +51,12 @@ impl From<Message> for Reply {
 /// Serves requests. Called on the socket's task: do slow work in [`Reply::Pending`].
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, request: &Request) -> Reply;
+
+    /// A peer with a DTLS connection ID now sends from `new` (NAT rebinding, RFC 9146 §6);
+    /// requests to it must go to `new` from now on.
+    fn peer_moved(&self, old: SocketAddr, new: SocketAddr) {
+        let _ = (old, new);
+    }
 }
 
 impl<F> Handler for F

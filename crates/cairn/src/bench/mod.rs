@@ -1,10 +1,39 @@
 //! `cairn bench ...`: benchmarks that run Cairn and a real peer side by side.
 
-use clap::Args;
+mod coap;
+mod cpu;
+mod echo;
+mod load;
+mod message;
+mod server;
+
+use std::net::SocketAddr;
+
+use clap::{Args, Subcommand};
 
 #[derive(Debug, Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
 
-pub fn run(_args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not yet available")
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// CoAP GET throughput, latency and server CPU per request: Cairn's server beside
+    /// libcoap's `coap-server-notls` and a raw UDP echo, each in its own process.
+    Coap(coap::CoapBenchArgs),
+    /// The raw UDP echo server that `bench coap` measures as its baseline.
+    #[command(hide = true)]
+    EchoServer {
+        /// Address to listen on, e.g. 127.0.0.1:5683.
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.command {
+        BenchCommand::Coap(args) => coap::run(args),
+        BenchCommand::EchoServer { listen } => echo::serve(listen),
+    }
 }

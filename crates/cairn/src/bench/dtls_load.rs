@@ -3,11 +3,11 @@
 //! one thread, each over its own UDP socket, all behind one `epoll` (`mio`).
 //!
 //! Three loads:
-//! - **handshakes**: each client runs full PSK handshakes one after the other: a new
-//!   session (cookie exchange included, RFC 6347 §4.2.1), one confirmable GET, then
-//!   close_notify. Every handshake comes from a fresh socket, so the server sees a new
-//!   address each time; source addresses rotate over 127.0.0.2–127.0.0.201 so that
-//!   ephemeral ports are not reused soon;
+//! - **handshakes**: each client runs full PSK handshakes one after the other from its
+//!   socket, one session at a time: a new session (cookie exchange included, RFC 6347
+//!   §4.2.1, no resumption), one confirmable GET, then close_notify. A client whose
+//!   handshake fails takes a new socket; source addresses rotate over
+//!   127.0.0.2–127.0.0.201;
 //! - **requests**: each client keeps one session and several confirmable GETs in flight
 //!   (closed loop, as in `cairn bench coap`), read with `recvmmsg` and written with
 //!   `sendmmsg`;
@@ -298,7 +298,8 @@ impl Handshaker {
         })
     }
 
-    /// Starts a full handshake from a new socket bound to `local`.
+    /// Starts a full handshake, from the current socket or, without one, from a new
+    /// socket bound to `local`.
     fn start(
         &mut self,
         registry: &Registry,
@@ -306,9 +307,11 @@ impl Handshaker {
         now: Instant,
         clock: Clock,
     ) -> anyhow::Result<()> {
-        self.socket = None;
-        let mut socket = open_socket(local, self.endpoint.server())?;
-        registry.register(&mut socket, Token(self.index), Interest::READABLE)?;
+        if self.socket.is_none() {
+            let mut socket = open_socket(local, self.endpoint.server())?;
+            registry.register(&mut socket, Token(self.index), Interest::READABLE)?;
+            self.socket = Some(socket);
+        }
         while self.endpoint.poll_event().is_some() {}
         self.outbox.queue.clear();
         self.endpoint.forget_session();
@@ -317,7 +320,6 @@ impl Handshaker {
             .map_err(|error| anyhow::anyhow!("cannot start a handshake: {error}"))?;
         self.sent_token = None;
         self.started = now;
-        self.socket = Some(socket);
         self.send()?;
         Ok(())
     }
@@ -410,14 +412,19 @@ impl Handshaker {
         }
     }
 
-    /// Ends the current session: close_notify when asked, then the socket is closed.
-    fn finish(&mut self, close_notify: bool) -> io::Result<()> {
-        if close_notify {
+    /// Ends the current session. A session that did its GET is closed with close_notify
+    /// and its socket kept for the next handshake (one session per socket at a time, so
+    /// the server sees no more addresses than there are clients). Otherwise the socket is
+    /// closed: a held session stays on the server, and a failed handshake's address is not
+    /// used again.
+    fn finish(&mut self, outcome: Outcome) -> io::Result<()> {
+        if outcome == Outcome::Done && self.after_connect == AfterConnect::RequestAndClose {
             self.endpoint.close(self.endpoint.server());
-            self.send()?;
+            self.send()
+        } else {
+            self.socket = None;
+            Ok(())
         }
-        self.socket = None;
-        Ok(())
     }
 }
 
@@ -509,11 +516,11 @@ pub fn run_handshakes(
                 Outcome::Running => continue,
                 Outcome::Done => {
                     tally.completed += u64::from(measuring);
-                    handshaker.finish(true).with_context(talking)?;
+                    handshaker.finish(Outcome::Done).with_context(talking)?;
                 }
                 Outcome::Failed => {
                     tally.failures += u64::from(measuring);
-                    handshaker.finish(false).with_context(talking)?;
+                    handshaker.finish(outcome).with_context(talking)?;
                 }
             }
             handshaker
@@ -563,7 +570,7 @@ pub fn probe(
         }
         match outcome {
             Outcome::Running => {}
-            Outcome::Done => return handshaker.finish(true).map_err(Into::into),
+            Outcome::Done => return handshaker.finish(Outcome::Done).map_err(Into::into),
             Outcome::Failed => bail!(
                 "the {} server did not complete a DTLS-PSK handshake (TLS_PSK_WITH_AES_128_CCM_8) and a GET on {dtls} \
                  within {} s",
@@ -703,7 +710,7 @@ pub fn hold_sessions(
                 }
                 Outcome::Failed => held.failures += 1,
             }
-            handshaker.finish(false).with_context(talking)?;
+            handshaker.finish(outcome).with_context(talking)?;
             running -= 1;
             let wanted = held.established + running < count;
             if wanted

@@ -612,6 +612,15 @@ impl HeldAddresses {
     }
 }
 
+/// A key table without keys, to read the server's default settings.
+struct NoKeys;
+
+impl cairn_dtls::PskResolver for NoKeys {
+    fn key(&self, _identity: &[u8]) -> Option<Psk> {
+        None
+    }
+}
+
 /// What holding sessions achieved.
 #[derive(Debug, Clone, Copy)]
 pub struct Held {
@@ -666,9 +675,11 @@ pub fn hold_sessions(
         let now = Instant::now();
         if now.saturating_duration_since(last_progress) >= HOLD_STALL {
             bail!(
-                "the {name} server established no session for {} s ({} established so far)",
+                "the {name} server established no session for {} s ({} established so far; \
+                 `cairn coap serve` keeps at most {} DTLS peers)",
                 HOLD_STALL.as_secs(),
-                held.established
+                held.established,
+                cairn_dtls::ServerConfig::new(std::sync::Arc::new(NoKeys)).max_peers
             );
         }
         let mut ended = Vec::new();

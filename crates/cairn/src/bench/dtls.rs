@@ -45,6 +45,11 @@ pub struct DtlsBenchArgs {
     /// Warm-up before each measured window, in seconds.
     #[arg(long, default_value_t = 1.0, value_parser = non_negative_seconds)]
     warmup: f64,
+    /// Split each measurement into this many rounds that alternate between the servers
+    /// (`--seconds` in all per server), so that other work on the machine weighs on
+    /// both alike.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
+    rounds: u16,
     /// Clients running handshakes back to back (libcoap allows 100 handshakes at once).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
     handshake_clients: u16,
@@ -157,7 +162,6 @@ fn free_port_pair() -> anyhow::Result<SocketAddr> {
 
 /// A server under test with its DTLS address.
 struct Running {
-    target: Target,
     process: ServerProcess,
     dtls: SocketAddr,
 }
@@ -176,8 +180,9 @@ pub fn run(args: DtlsBenchArgs) -> anyhow::Result<()> {
         .collect();
     let timing = Timing {
         warmup: Duration::from_secs_f64(args.warmup),
-        measured: Duration::from_secs_f64(args.seconds),
+        measured: Duration::from_secs_f64(args.seconds / f64::from(args.rounds)),
     };
+    let rounds = usize::from(args.rounds);
     let credentials = Credentials {
         identity: PSK_IDENTITY.into(),
         key: PSK_KEY.into(),
@@ -197,18 +202,15 @@ pub fn run(args: DtlsBenchArgs) -> anyhow::Result<()> {
             let (mut process, dtls) = target.spawn()?;
             process.wait_until_ready(&request, &stop)?;
             dtls_load::probe(&mut process, dtls, &credentials, &request, &stop)?;
-            Ok(Running {
-                target,
-                process,
-                dtls,
-            })
+            Ok(Running { process, dtls })
         };
         servers.push(start().with_context(|| leave_out_hint(target, &targets))?);
     }
     warn_if_busy();
     println!(
-        "DTLS 1.2 PSK (TLS_PSK_WITH_AES_128_CCM_8), CoAP GET {}, on 127.0.0.1; {} s warm-up + {} s measured per run",
-        args.path, args.warmup, args.seconds
+        "DTLS 1.2 PSK (TLS_PSK_WITH_AES_128_CCM_8), CoAP GET {}, on 127.0.0.1; \
+         {} s measured per server and run, in {} round(s) with {} s warm-up each",
+        args.path, args.seconds, args.rounds, args.warmup
     );
     let mut figures: Vec<(Target, Figures)> = targets
         .iter()
@@ -220,18 +222,24 @@ pub fn run(args: DtlsBenchArgs) -> anyhow::Result<()> {
         args.handshake_clients
     );
     print_header("handshakes/s");
-    for (server, (_, figures)) in servers.iter_mut().zip(&mut figures) {
-        let window = dtls_load::run_handshakes(
-            &mut server.process,
-            server.dtls,
-            &credentials,
-            &request,
-            usize::from(args.handshake_clients),
-            timing,
-            &stop,
-        )?;
-        print_row(server.target, &window);
-        figures.handshakes = Some(window);
+    for _ in 0..rounds {
+        for (server, (_, figures)) in servers.iter_mut().zip(&mut figures) {
+            let window = dtls_load::run_handshakes(
+                &mut server.process,
+                server.dtls,
+                &credentials,
+                &request,
+                usize::from(args.handshake_clients),
+                timing,
+                &stop,
+            )?;
+            figures.handshakes = Some(Window::merge(figures.handshakes.take(), window));
+        }
+    }
+    for (target, figures) in &figures {
+        if let Some(window) = &figures.handshakes {
+            print_row(*target, window);
+        }
     }
 
     println!(
@@ -239,27 +247,34 @@ pub fn run(args: DtlsBenchArgs) -> anyhow::Result<()> {
         args.clients, args.in_flight
     );
     print_header("requests/s");
-    for (server, (_, figures)) in servers.iter_mut().zip(&mut figures) {
-        let window = dtls_load::run_requests(
-            &mut server.process,
-            server.dtls,
-            &credentials,
-            &request,
-            usize::from(args.clients),
-            usize::from(args.in_flight),
-            timing,
-            &stop,
-        )?;
-        print_row(server.target, &window);
+    for _ in 0..rounds {
+        for (server, (_, figures)) in servers.iter_mut().zip(&mut figures) {
+            let window = dtls_load::run_requests(
+                &mut server.process,
+                server.dtls,
+                &credentials,
+                &request,
+                usize::from(args.clients),
+                usize::from(args.in_flight),
+                timing,
+                &stop,
+            )?;
+            figures.requests = Some(Window::merge(figures.requests.take(), window));
+        }
+    }
+    for (target, figures) in &figures {
+        let Some(window) = &figures.requests else {
+            continue;
+        };
+        print_row(*target, window);
         if window.unexpected_answers > 0 {
             eprintln!(
                 "warning: {} answers from {} were not 2.xx (does it serve {}?)",
                 window.unexpected_answers,
-                server.target.name(),
+                target.name(),
                 args.path
             );
         }
-        figures.requests = Some(window);
     }
     println!(
         "(CPU figures are per handshake or per request; server cores is the server's CPU time over the window)"

@@ -97,6 +97,21 @@ impl Window {
     pub fn server_cores(&self) -> f64 {
         self.server_cpu.as_secs_f64() / self.length.as_secs_f64()
     }
+
+    /// `earlier` and `later` as one window: lengths, counts and CPU times added up.
+    pub fn merge(earlier: Option<Window>, later: Window) -> Window {
+        let Some(earlier) = earlier else {
+            return later;
+        };
+        Window {
+            length: earlier.length + later.length,
+            completed: earlier.completed + later.completed,
+            failures: earlier.failures + later.failures,
+            unexpected_answers: earlier.unexpected_answers + later.unexpected_answers,
+            server_cpu: earlier.server_cpu + later.server_cpu,
+            generator_cpu: earlier.generator_cpu + later.generator_cpu,
+        }
+    }
 }
 
 fn per_unit_us(cpu: Duration, units: u64) -> Option<f64> {

@@ -1081,3 +1081,57 @@ pub fn run_requests(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_addresses_are_distinct_and_move_to_the_next_host() {
+        let mut addresses = HeldAddresses::new();
+        let first = addresses.next().unwrap();
+        assert_eq!(first, SocketAddr::from(([127, 0, 0, 2], 10_000)));
+        let per_host = usize::from(HELD_PORTS.end() - HELD_PORTS.start()) + 1;
+        let last_of_first_host = (1..per_host).map(|_| addresses.next().unwrap()).last();
+        assert_eq!(
+            last_of_first_host,
+            Some(SocketAddr::from(([127, 0, 0, 2], 65_000)))
+        );
+        assert_eq!(
+            addresses.next(),
+            Some(SocketAddr::from(([127, 0, 0, 3], 10_000)))
+        );
+    }
+
+    #[test]
+    fn held_addresses_run_out_after_127_0_0_254() {
+        let mut addresses = HeldAddresses {
+            host: 254,
+            port: *HELD_PORTS.end(),
+        };
+        assert_eq!(
+            addresses.next(),
+            Some(SocketAddr::from(([127, 0, 0, 254], 65_000)))
+        );
+        assert_eq!(addresses.next(), None);
+    }
+
+    #[test]
+    fn merged_windows_add_up() {
+        let window = |completed, millis| Window {
+            length: Duration::from_secs(1),
+            completed,
+            failures: 1,
+            unexpected_answers: 0,
+            server_cpu: Duration::from_millis(millis),
+            generator_cpu: Duration::from_millis(millis),
+        };
+        let merged = Window::merge(Some(window(1_000, 100)), window(3_000, 300));
+        assert_eq!(merged.completed, 4_000);
+        assert_eq!(merged.failures, 2);
+        assert_eq!(merged.per_second(), 2_000.0);
+        assert_eq!(merged.server_cpu_us(), Some(100.0));
+        assert!((merged.server_cores() - 0.2).abs() < 1e-9);
+        assert_eq!(Window::merge(None, window(5, 1)).completed, 5);
+    }
+}

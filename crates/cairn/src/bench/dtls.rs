@@ -62,6 +62,10 @@ pub struct DtlsBenchArgs {
     /// Idle sessions held in one Cairn server to measure memory per session (0 skips it).
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     sessions: u32,
+    /// Also measure libcoap's memory per idle session, with as many sessions (printed,
+    /// not in the RESULT line).
+    #[arg(long)]
+    libcoap_memory: bool,
     /// Measure only these servers (repeat the option or separate with commas).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Target>,
@@ -283,6 +287,7 @@ pub fn run(args: DtlsBenchArgs) -> anyhow::Result<()> {
 
     let bytes_per_session = if args.sessions > 0 && targets.contains(&Target::Cairn) {
         Some(measure_session_memory(
+            Target::Cairn,
             args.sessions as usize,
             &credentials,
             &request,
@@ -291,20 +296,32 @@ pub fn run(args: DtlsBenchArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    if args.sessions > 0 && args.libcoap_memory && targets.contains(&Target::Libcoap) {
+        let sessions = args.sessions as usize;
+        if let Err(error) =
+            measure_session_memory(Target::Libcoap, sessions, &credentials, &request, &stop)
+        {
+            eprintln!("warning: libcoap's memory per session not measured: {error:#}");
+        }
+    }
     println!("{}", result_line(&figures, bytes_per_session));
     Ok(())
 }
 
-/// Holds `sessions` idle sessions in a fresh Cairn server; returns the growth of its
+/// Holds `sessions` idle sessions in a fresh `target` server; returns the growth of its
 /// resident set per session.
 fn measure_session_memory(
+    target: Target,
     sessions: usize,
     credentials: &Credentials,
     request: &GetRequest,
     stop: &AtomicBool,
 ) -> anyhow::Result<f64> {
-    println!("\nMemory per idle session, {sessions} sessions in a fresh cairn server:");
-    let (mut process, dtls) = Target::Cairn.spawn()?;
+    println!(
+        "\nMemory per idle session, {sessions} sessions in a fresh {} server:",
+        target.name()
+    );
+    let (mut process, dtls) = target.spawn()?;
     process.wait_until_ready(request, stop)?;
     std::thread::sleep(SETTLE);
     let before = resident_bytes(process.pid())?;
@@ -313,7 +330,10 @@ fn measure_session_memory(
     process.ensure_running()?;
     let after = resident_bytes(process.pid())?;
     if held.established == 0 {
-        bail!("no session could be established with the cairn server");
+        bail!(
+            "no session could be established with the {} server",
+            target.name()
+        );
     }
     let per_session = after.saturating_sub(before) as f64 / held.established as f64;
     println!(

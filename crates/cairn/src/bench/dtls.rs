@@ -23,7 +23,7 @@ use clap::{Args, ValueEnum};
 use super::coap::{
     format_option, non_negative_seconds, positive_seconds, stop_on_signal, warn_if_busy,
 };
-use super::dtls_load::{self, Credentials, Held, Timing, Window};
+use super::dtls_load::{self, Credentials, Held, RequestLoad, Timing, Window};
 use super::message::GetRequest;
 use super::server::{ServerProcess, find_in_path, free_loopback_address};
 
@@ -258,8 +258,10 @@ pub fn run(args: DtlsBenchArgs) -> anyhow::Result<()> {
                 server.dtls,
                 &credentials,
                 &request,
-                usize::from(args.clients),
-                usize::from(args.in_flight),
+                RequestLoad {
+                    clients: usize::from(args.clients),
+                    in_flight: usize::from(args.in_flight),
+                },
                 timing,
                 &stop,
             )?;

@@ -1000,20 +1000,26 @@ impl SessionClient {
     }
 }
 
-/// Runs GETs over `clients` long-lived sessions with the DTLS server at `dtls`, each with
-/// `in_flight` requests outstanding: warm-up (which includes the handshakes), then the
-/// measured window.
-#[allow(clippy::too_many_arguments)]
+/// The shape of the GET load: sessions and requests in flight on each.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLoad {
+    pub clients: usize,
+    pub in_flight: usize,
+}
+
+/// Runs GETs over `load.clients` long-lived sessions with the DTLS server at `dtls`, each
+/// with `load.in_flight` requests outstanding: warm-up (which includes the handshakes),
+/// then the measured window.
 pub fn run_requests(
     server: &mut ServerProcess,
     dtls: SocketAddr,
     credentials: &Credentials,
     request: &GetRequest,
-    clients: usize,
-    in_flight: usize,
+    load: RequestLoad,
     timing: Timing,
     stop: &AtomicBool,
 ) -> anyhow::Result<Window> {
+    let RequestLoad { clients, in_flight } = load;
     let name = server.name();
     let talking = move || format!("sending GETs over DTLS to the {name} server at {dtls}");
     let clock = Clock(Instant::now());

@@ -190,7 +190,6 @@ impl ClientCore {
         for session in &mut self.servers {
             for observation in &mut session.observations {
                 if observation.path.starts_with(path) || path.starts_with(&observation.path) {
-                    observation.dirty = true;
                     observation.next_check = observation.next_check.min(now);
                 }
             }
@@ -212,10 +211,10 @@ impl ClientCore {
         }
         let mut nodes = BTreeMap::new();
         for path in paths {
-            let node = self
-                .tree
-                .read(path)
-                .map_err(|source| ClientError::Object { path: *path, source })?;
+            let node = self.tree.read(path).map_err(|source| ClientError::Object {
+                path: *path,
+                source,
+            })?;
             nodes.insert(*path, node);
         }
         let request = ClientRequest::Send {
@@ -358,7 +357,12 @@ impl ClientCore {
     }
 
     /// Answers a request from `server` (Device Management and Information Reporting).
-    pub fn serve(&mut self, now: Duration, server: ServerId, request: &CoapRequest) -> CoapResponse {
+    pub fn serve(
+        &mut self,
+        now: Duration,
+        server: ServerId,
+        request: &CoapRequest,
+    ) -> CoapResponse {
         if server.0 >= self.servers.len() {
             return CoapResponse::new(ResponseCode::UNAUTHORIZED);
         }
@@ -395,7 +399,9 @@ impl ClientCore {
                 content(node, format)
             }
             ServerRequest::Discover { path } => {
-                let links = self.tree.discover(path, &self.servers[server.0].attributes)?;
+                let links = self
+                    .tree
+                    .discover(path, &self.servers[server.0].attributes)?;
                 Lwm2mResponse::with_content(
                     ResponseCode::CONTENT,
                     ResponseContent::Links(links),
@@ -410,14 +416,18 @@ impl ClientCore {
                 Lwm2mResponse::empty(changed)
             }
             ServerRequest::WriteAttributes { path, attributes } => {
-                let model = path
-                    .resource_id()
-                    .and_then(|r| cairn_lwm2m::ModelLookup::resource(&self.tree, path.object_id()?, r));
+                let model = path.resource_id().and_then(|r| {
+                    cairn_lwm2m::ModelLookup::resource(&self.tree, path.object_id()?, r)
+                });
                 attributes
                     .validate_write(path, model)
                     .map_err(|e| ObjectError::BadRequest(e.to_string()))?;
                 let session = &mut self.servers[server.0];
-                session.attributes.entry(*path).or_default().apply(attributes);
+                session
+                    .attributes
+                    .entry(*path)
+                    .or_default()
+                    .apply(attributes);
                 for observation in &mut session.observations {
                     if observation.path.starts_with(path) {
                         observation.next_check = now;
@@ -431,11 +441,16 @@ impl ClientCore {
                 }
                 Lwm2mResponse::empty(changed)
             }
-            ServerRequest::Create { path, instances, .. } => {
+            ServerRequest::Create {
+                path, instances, ..
+            } => {
                 let created = self.tree.create(path, instances.clone())?;
                 self.objects_changed();
                 let location = match created.as_slice() {
-                    [one] => vec![path.object_id().unwrap_or_default().to_string(), one.to_string()],
+                    [one] => vec![
+                        path.object_id().unwrap_or_default().to_string(),
+                        one.to_string(),
+                    ],
                     _ => Vec::new(),
                 };
                 Lwm2mResponse::with_content(
@@ -472,7 +487,8 @@ impl ClientCore {
             }
             ServerRequest::WriteComposite { nodes, .. } => {
                 for (path, node) in nodes {
-                    self.tree.write(path, WriteMode::PartialUpdate, node.clone())?;
+                    self.tree
+                        .write(path, WriteMode::PartialUpdate, node.clone())?;
                     self.after_write(now, path);
                 }
                 Lwm2mResponse::empty(changed)
@@ -499,7 +515,8 @@ impl ClientCore {
                 let format = self.format_for(*accept)?;
                 content(self.tree.read(path)?, format)
             }
-            ServerRequest::ObserveComposite { .. } | ServerRequest::CancelObserveComposite { .. } => {
+            ServerRequest::ObserveComposite { .. }
+            | ServerRequest::CancelObserveComposite { .. } => {
                 return Ok(Lwm2mResponse::error(
                     ResponseCode::NOT_IMPLEMENTED,
                     Some("Observe-Composite is not supported (#7)".into()),

@@ -164,8 +164,7 @@ impl Client {
                 address: connection.address,
             });
             let endpoint =
-                CoapEndpoint::bind_secured(local, connection.coap, security, Some(handler))
-                    .await?;
+                CoapEndpoint::bind_secured(local, connection.coap, security, Some(handler)).await?;
             servers.push(Connected {
                 endpoint: Arc::new(endpoint),
                 address: connection.address,

@@ -5,6 +5,7 @@
 //! Handlers work on typed nodes of `cairn-lwm2m`; the [`crate::ObjectTree`] checks paths
 //! and the operations the object model allows before it calls them, and encodes the result.
 
+use std::any::Any;
 use std::collections::BTreeMap;
 
 use cairn_lwm2m::operations::ExecuteArgument;
@@ -66,11 +67,23 @@ pub enum ClientAction {
     },
 }
 
+/// Lets the application reach its own handler type in an [`crate::ObjectTree`].
+pub trait AsAny: Any {
+    /// `self` as `Any`.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+impl<T: Any> AsAny for T {
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
 /// One LwM2M object hosted by a client.
 ///
 /// Read returns every readable resource of an instance; the tree narrows it to the path
 /// requested. The default write, execute, create and delete refuse with 4.05.
-pub trait ObjectHandler: Send {
+pub trait ObjectHandler: Send + AsAny {
     /// The object id.
     fn object_id(&self) -> u16;
 

@@ -110,8 +110,6 @@ pub struct Observation {
     pub last_sent: Duration,
     /// When to evaluate next.
     pub next_check: Duration,
-    /// A change was signalled since the last evaluation.
-    pub dirty: bool,
 }
 
 impl Observation {
@@ -123,7 +121,6 @@ impl Observation {
             last_value: value,
             last_sent: now,
             next_check: now,
-            dirty: false,
         }
     }
 
@@ -155,7 +152,6 @@ impl Observation {
             self.last_value = current.clone();
             self.last_sent = now;
         }
-        self.dirty = false;
         let mut next = now + period;
         if let Some(pmax) = attributes.pmax {
             next = next.min(self.last_sent + pmax);
@@ -209,7 +205,8 @@ mod tests {
             ..NotificationAttributes::default()
         };
         let path = LwM2mPath::Resource(3, 0, 9);
-        let mut observation = Observation::new(path, ContentFormat::TEXT_PLAIN, integer(1), seconds(0));
+        let mut observation =
+            Observation::new(path, ContentFormat::TEXT_PLAIN, integer(1), seconds(0));
         assert!(!observation.evaluate(seconds(5), &integer(2), &attributes, seconds(1)));
         assert_eq!(observation.next_check, seconds(10));
         assert!(observation.evaluate(seconds(10), &integer(2), &attributes, seconds(1)));

@@ -42,9 +42,7 @@ impl RetryPolicy {
     /// The delay before attempt `attempt + 1`, after `attempt` failures (from 1).
     pub fn delay(&self, failures: u32) -> Duration {
         let exponent = failures.saturating_sub(1).min(30);
-        self.initial
-            .saturating_mul(1u32 << exponent)
-            .min(self.max)
+        self.initial.saturating_mul(1u32 << exponent).min(self.max)
     }
 }
 
@@ -312,7 +310,8 @@ impl Registration {
                     || self.objects_changed
                     || self.lifetime_changed;
                 if due {
-                    let (location, expires_at, failures) = (location.clone(), *expires_at, *failures);
+                    let (location, expires_at, failures) =
+                        (location.clone(), *expires_at, *failures);
                     self.update(location, expires_at, failures);
                 } else if self.settings.queue_mode
                     && !self.asleep

@@ -16,6 +16,9 @@ use cairn_lwm2m::{
 use crate::object::{ClientAction, ObjectError, ObjectHandler};
 use crate::objects::{ids, server_resources};
 
+/// The OSCORE object, which like Security only a Bootstrap-Server may access.
+const OSCORE: u16 = 21;
+
 /// The objects of one client, by object id, with the models that type their resources.
 pub struct ObjectTree {
     models: Arc<ModelRegistry>,
@@ -64,9 +67,11 @@ impl ObjectTree {
         self.objects.insert(handler.object_id(), Box::new(handler));
     }
 
-    /// An object's handler.
-    pub fn object_mut(&mut self, id: u16) -> Option<&mut (dyn ObjectHandler + 'static)> {
-        self.objects.get_mut(&id).map(|b| b.as_mut())
+    /// An object's handler, as the application's own type (e.g. [`crate::objects::DeviceObject`]
+    /// to set the battery level; then call [`crate::ClientCore::changed`]).
+    pub fn object_mut<T: ObjectHandler>(&mut self, id: u16) -> Option<&mut T> {
+        let handler = self.objects.get_mut(&id)?;
+        (**handler).as_any_mut().downcast_mut::<T>()
     }
 
     /// The objects and instances of the registration payload (Core §6.2.1): every object
@@ -74,7 +79,7 @@ impl ObjectTree {
     pub fn registered_objects(&self) -> Vec<RegisteredObject> {
         let mut out = Vec::new();
         for (id, handler) in &self.objects {
-            if matches!(*id, ids::SECURITY | 21) {
+            if matches!(*id, ids::SECURITY | OSCORE) {
                 continue;
             }
             let version = self
@@ -97,6 +102,10 @@ impl ObjectTree {
     }
 
     fn handler(&self, object_id: u16) -> Result<&dyn ObjectHandler, ObjectError> {
+        if matches!(object_id, ids::SECURITY | OSCORE) {
+            // Only a Bootstrap-Server may touch credentials (Core §6.3).
+            return Err(ObjectError::Unauthorized);
+        }
         self.objects
             .get(&object_id)
             .map(|b| b.as_ref())
@@ -104,6 +113,9 @@ impl ObjectTree {
     }
 
     fn handler_mut(&mut self, object_id: u16) -> Result<&mut dyn ObjectHandler, ObjectError> {
+        if matches!(object_id, ids::SECURITY | OSCORE) {
+            return Err(ObjectError::Unauthorized);
+        }
         self.objects
             .get_mut(&object_id)
             .map(|b| b.as_mut() as &mut dyn ObjectHandler)
@@ -179,7 +191,10 @@ impl ObjectTree {
         let mut entries = Vec::new();
         if let LwM2mPath::Object(_) = path {
             let mut own = attributes_of(*path);
-            if let Some(model) = self.object(object_id).filter(|m| m.version != Version::V1_0) {
+            if let Some(model) = self
+                .object(object_id)
+                .filter(|m| m.version != Version::V1_0)
+            {
                 own = own.with(AttributeName::Ver, AttributeValue::Version(model.version));
             }
             entries.push(DiscoverEntry {
@@ -307,10 +322,7 @@ impl ObjectTree {
     /// Deletes the instance at `path` (Core §6.3.7).
     pub fn delete(&mut self, path: &LwM2mPath) -> Result<(), ObjectError> {
         match *path {
-            LwM2mPath::ObjectInstance(o, i) if o != ids::SECURITY => {
-                self.handler_mut(o)?.delete(i)
-            }
-            LwM2mPath::ObjectInstance(..) => Err(ObjectError::Unauthorized),
+            LwM2mPath::ObjectInstance(o, i) => self.handler_mut(o)?.delete(i),
             _ => Err(ObjectError::MethodNotAllowed),
         }
     }

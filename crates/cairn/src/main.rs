@@ -1,7 +1,9 @@
 //! `cairn`: the command-line entry point.
 
 mod bench;
+mod client_cmd;
 mod coap_cmd;
+mod fleet_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +27,10 @@ enum Command {
     Coap(coap_cmd::CoapArgs),
     /// Benchmarks against real peers.
     Bench(bench::BenchArgs),
+    /// An LwM2M device that registers with a server until Ctrl-C.
+    Client(client_cmd::ClientArgs),
+    /// Many simulated LwM2M devices in one process.
+    Fleet(fleet_cmd::FleetArgs),
 }
 
 fn init_logging(filter: Option<&str>, json: bool) {
@@ -49,5 +55,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Coap(args) => coap_cmd::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Client(args) => client_cmd::run(args),
+        Command::Fleet(args) => fleet_cmd::run(args),
     }
 }

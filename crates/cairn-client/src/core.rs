@@ -366,9 +366,7 @@ impl ClientCore {
         if server.0 >= self.servers.len() {
             return CoapResponse::new(ResponseCode::UNAUTHORIZED);
         }
-        if self.servers[server.0].registration.settings().queue_mode {
-            self.servers[server.0].registration.wake();
-        }
+        self.servers[server.0].registration.touch(now);
         let operation = match ServerRequest::from_coap(request, &self.tree) {
             Ok(operation) => operation,
             Err(error) => return request_error(&error),

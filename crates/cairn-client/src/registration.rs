@@ -413,6 +413,15 @@ impl Registration {
         }
     }
 
+    /// Queue mode: a request from the server arrived, so the client is awake for another
+    /// awake period.
+    pub fn touch(&mut self, now: Duration) {
+        if self.settings.queue_mode && self.is_registered() {
+            self.asleep = false;
+            self.awake_until = Some(now + self.settings.awake_time);
+        }
+    }
+
     /// Changes the lifetime; the next Update carries it.
     pub fn set_lifetime(&mut self, lifetime: u32) {
         if lifetime != self.settings.lifetime {
@@ -515,11 +524,9 @@ impl Registration {
 
     fn registered(&mut self, now: Duration, location: Vec<String>) {
         let latency = now.saturating_sub(self.first_attempt.take().unwrap_or(now));
-        self.events.push_back(RegistrationEvent::Registered {
-            location: location.clone(),
-            latency,
-        });
-        self.set_registered(now, location, 0);
+        self.set_registered(now, location.clone(), 0);
+        self.events
+            .push_back(RegistrationEvent::Registered { location, latency });
     }
 
     fn set_registered(&mut self, now: Duration, location: Vec<String>, failures: u32) {

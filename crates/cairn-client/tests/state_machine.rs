@@ -254,9 +254,10 @@ fn queue_mode_sleeps_and_wakes_with_an_update() {
     core.handle_timeout(seconds(30));
     assert!(events(&mut core).contains(&RegistrationEvent::Sleeping));
     assert!(core.registration(server).unwrap().is_asleep());
-    // Observed value changes while asleep: the client wakes with an Update.
+    // A server request keeps the client awake for another period.
+    let path = LwM2mPath::Resource(3, 0, 9);
     let observe = ServerRequest::Observe {
-        path: LwM2mPath::Resource(3, 0, 9),
+        path,
         accept: Some(ContentFormat::TEXT_PLAIN),
     };
     let response = core.serve(
@@ -265,7 +266,18 @@ fn queue_mode_sleeps_and_wakes_with_an_update() {
         &observe.to_coap(core.objects()).unwrap(),
     );
     assert_eq!(response.code, ResponseCode::CONTENT);
-    core.handle_timeout(seconds(40));
+    assert!(!core.registration(server).unwrap().is_asleep());
+    core.handle_timeout(seconds(61));
+    assert!(core.registration(server).unwrap().is_asleep());
+    // An observed value changes while asleep: the client wakes with an Update.
+    core.objects_mut()
+        .object_mut::<DeviceObject>(3)
+        .unwrap()
+        .set_battery_level(50);
+    core.changed(seconds(70), &path);
+    let notification = core.poll_notification(seconds(70)).expect("a notification");
+    assert_eq!(notification.response.payload, b"50");
+    core.handle_timeout(seconds(70));
     let update = core.poll_request().expect("an Update wakes the client");
     assert!(matches!(update.request, ClientRequest::Update { .. }));
 

@@ -498,3 +498,156 @@ fn observations_follow_pmin_pmax_and_steps() {
     serve(&mut core, server, seconds(61), &cancel);
     assert!(core.poll_notification(seconds(200)).is_none());
 }
+
+#[test]
+fn sends_values_with_senml_cbor() {
+    let (mut core, server) = client(60, Version::V1_1, false);
+    assert!(
+        core.send(server, &[LwM2mPath::Resource(3, 0, 9)]).is_err(),
+        "not registered yet"
+    );
+    register(&mut core, Duration::ZERO);
+    core.send(
+        server,
+        &[LwM2mPath::Resource(3, 0, 9), LwM2mPath::Resource(3, 0, 13)],
+    )
+    .unwrap();
+    let send = core.poll_request().expect("Send");
+    assert_eq!(send.coap.path, vec!["dp"]);
+    assert_eq!(send.coap.content_format, Some(ContentFormat::SENML_CBOR));
+    let ClientRequest::Send { nodes, .. } =
+        ClientRequest::from_coap(&send.coap, core.objects()).unwrap()
+    else {
+        panic!("a Send");
+    };
+    assert_eq!(
+        nodes[&LwM2mPath::Resource(3, 0, 9)],
+        LwM2mNode::Resource(LwM2mResource::single(9, Value::Integer(100)))
+    );
+    core.handle_response(seconds(1), send.token, code(ResponseCode::CHANGED));
+    let completed: Vec<Event> = std::iter::from_fn(|| core.poll_event())
+        .filter(|e| matches!(e, Event::SendCompleted { .. }))
+        .collect();
+    assert_eq!(
+        completed,
+        vec![Event::SendCompleted {
+            server,
+            result: Ok(ResponseCode::CHANGED)
+        }]
+    );
+    let (mut old, server) = client(60, Version::V1_0, false);
+    register(&mut old, Duration::ZERO);
+    assert!(old.send(server, &[LwM2mPath::Resource(3, 0, 9)]).is_err());
+}
+
+#[test]
+fn several_servers_register_independently() {
+    let models = Arc::new(ModelRegistry::with_core_models());
+    let instance = |instance: u16, short_server_id: u16| ServerInstance {
+        instance,
+        short_server_id,
+        lifetime: 60,
+        binding: "U".into(),
+        default_pmin: None,
+        default_pmax: None,
+    };
+    let tree = standard_tree(
+        models,
+        Version::V1_1,
+        SecurityObject::new(),
+        &[instance(0, 1), instance(1, 2)],
+        DeviceObject::new(DeviceInfo::default(), clock),
+        &Connectivity::default(),
+    );
+    let mut core = ClientCore::new(tree);
+    let first = core.add_server(1, RegistrationSettings::new("multi"));
+    let second = core.add_server(2, RegistrationSettings::new("multi"));
+    core.handle_timeout(Duration::ZERO);
+    let a = core.poll_request().unwrap();
+    let b = core.poll_request().unwrap();
+    assert_eq!((a.server, b.server), (first, second));
+    core.handle_response(Duration::ZERO, a.token, created(&["rd", "a"]));
+    core.handle_response(Duration::ZERO, b.token, Err(RequestFailure::Timeout));
+    assert!(matches!(
+        state(&core, first),
+        RegistrationState::Registered { .. }
+    ));
+    assert!(matches!(
+        state(&core, second),
+        RegistrationState::Backoff { .. }
+    ));
+
+    // Disable (/1/0/4) de-registers from server 1 only.
+    let disable = ServerRequest::Execute {
+        path: LwM2mPath::Resource(1, 0, 4),
+        arguments: vec![],
+    };
+    assert_eq!(
+        serve(&mut core, first, seconds(1), &disable).code,
+        ResponseCode::CHANGED
+    );
+    let delete = core.poll_request().expect("De-register");
+    assert_eq!(delete.server, first);
+    assert!(matches!(delete.request, ClientRequest::Deregister { .. }));
+    core.handle_response(seconds(1), delete.token, code(ResponseCode::DELETED));
+    assert_eq!(state(&core, first), RegistrationState::Deregistered);
+    let retry = request(&mut core, seconds(5));
+    assert_eq!(retry.server, second);
+}
+
+#[test]
+fn create_and_delete_update_the_registration() {
+    let (mut core, server) = client(600, Version::V1_1, false);
+    register(&mut core, Duration::ZERO);
+    let entry = cairn_lwm2m::LwM2mObjectInstance::new(
+        0,
+        [
+            LwM2mResource::single(0, Value::Integer(3)),
+            LwM2mResource::single(1, Value::Integer(0)),
+            LwM2mResource::single(3, Value::Integer(1)),
+        ],
+    );
+    let create = ServerRequest::Create {
+        path: LwM2mPath::Object(2),
+        format: ContentFormat::LWM2M_TLV,
+        instances: vec![entry],
+    };
+    let response = serve(&mut core, server, seconds(1), &create);
+    assert_eq!(response.code, ResponseCode::CREATED);
+    assert_eq!(response.location_path, vec!["2", "0"]);
+    let update = request(&mut core, seconds(1));
+    let payload = String::from_utf8(update.coap.payload.clone()).unwrap();
+    assert!(payload.contains("</2/0>"), "{payload}");
+    core.handle_response(seconds(1), update.token, code(ResponseCode::CHANGED));
+
+    let composite = ServerRequest::ReadComposite {
+        paths: vec![LwM2mPath::Resource(2, 0, 3), LwM2mPath::Resource(3, 0, 0)],
+        format: ContentFormat::SENML_CBOR,
+        accept: Some(ContentFormat::SENML_JSON),
+    };
+    let response = serve(&mut core, server, seconds(2), &composite);
+    assert_eq!(response.code, ResponseCode::CONTENT);
+    let text = String::from_utf8(response.payload).unwrap();
+    assert!(text.contains("/2/0/3") && text.contains("Cairn"), "{text}");
+
+    let delete = ServerRequest::Delete {
+        path: LwM2mPath::ObjectInstance(2, 0),
+    };
+    assert_eq!(
+        serve(&mut core, server, seconds(3), &delete).code,
+        ResponseCode::DELETED
+    );
+    let update = request(&mut core, seconds(3));
+    let payload = String::from_utf8(update.coap.payload.clone()).unwrap();
+    assert!(
+        !payload.contains("</2/0>") && payload.contains("</2>"),
+        "{payload}"
+    );
+    let delete_device = ServerRequest::Delete {
+        path: LwM2mPath::ObjectInstance(3, 0),
+    };
+    assert_eq!(
+        serve(&mut core, server, seconds(4), &delete_device).code,
+        ResponseCode::METHOD_NOT_ALLOWED
+    );
+}

@@ -19,10 +19,12 @@ use cairn_coap::{CoapUri, Config};
 use cairn_dtls::Psk;
 use cairn_lwm2m::{ModelRegistry, Version};
 use clap::Args;
+use zeroize::Zeroizing;
 
-/// A pre-shared key given as hexadecimal digits; `Debug` shows only its length.
+/// A pre-shared key given as hexadecimal digits; zeroized on drop, `Debug` shows only its
+/// length.
 #[derive(Clone)]
-pub struct PskKey(pub Vec<u8>);
+pub struct PskKey(pub Zeroizing<Vec<u8>>);
 
 impl std::fmt::Debug for PskKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -44,7 +46,7 @@ impl FromStr for PskKey {
                 u8::from_str_radix(pair, 16).with_context(|| format!("invalid hex digits {pair:?}"))
             })
             .collect::<anyhow::Result<Vec<u8>>>()?;
-        Ok(PskKey(bytes))
+        Ok(PskKey(Zeroizing::new(bytes)))
     }
 }
 
@@ -94,7 +96,7 @@ pub struct DeviceSetup {
     pub serial: String,
     pub server_uri: String,
     pub address: SocketAddr,
-    pub psk: Option<(Vec<u8>, Vec<u8>)>,
+    pub psk: Option<(Vec<u8>, Zeroizing<Vec<u8>>)>,
     pub lifetime: u32,
     pub lwm2m_version: Version,
     pub queue_mode: bool,
@@ -109,7 +111,7 @@ pub async fn build_client(
     const SHORT_SERVER_ID: u16 = 1;
     let mut security = SecurityObject::new();
     let (mode, identity, key) = match &setup.psk {
-        Some((identity, key)) => (SecurityMode::PreSharedKey, identity.clone(), key.clone()),
+        Some((identity, key)) => (SecurityMode::PreSharedKey, identity.clone(), key.to_vec()),
         None => (SecurityMode::NoSec, Vec::new(), Vec::new()),
     };
     security.add_server(&setup.server_uri, mode, identity, key, SHORT_SERVER_ID);
@@ -145,7 +147,9 @@ pub async fn build_client(
     let connection = ServerConnection {
         short_server_id: SHORT_SERVER_ID,
         address: setup.address,
-        psk: setup.psk.map(|(identity, key)| (identity, Psk::new(key))),
+        psk: setup
+            .psk
+            .map(|(identity, key)| (identity, Psk::new(key.to_vec()))),
         settings,
         coap: Config::default(),
     };

@@ -20,6 +20,7 @@ use cairn_lwm2m::{ModelRegistry, Version};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::watch;
+use zeroize::Zeroizing;
 
 use crate::client_cmd::{DeviceSetup, PskKey, build_client, resolve_server};
 
@@ -60,7 +61,7 @@ pub struct FleetArgs {
 /// One device of the fleet.
 struct Device {
     endpoint: String,
-    psk: Option<(Vec<u8>, Vec<u8>)>,
+    psk: Option<(Vec<u8>, Zeroizing<Vec<u8>>)>,
 }
 
 /// Reads `endpoint,identity,hexkey` lines; errors name the line, never the key.
@@ -316,7 +317,11 @@ mod tests {
         let devices = read_psk_file(&path).unwrap();
         assert_eq!(devices.len(), 2);
         assert_eq!(devices[1].endpoint, "d2");
-        assert_eq!(devices[1].psk, Some((b"id2".to_vec(), vec![1, 2])));
+        let (identity, key) = devices[1].psk.as_ref().unwrap();
+        assert_eq!(
+            (identity.as_slice(), key.as_slice()),
+            (&b"id2"[..], &[1u8, 2][..])
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -5,6 +5,7 @@
 //! Management operation on it is answered 4.01. The secret key never appears in `Debug`.
 
 use cairn_lwm2m::{LwM2mObjectInstance, LwM2mResource, Value};
+use zeroize::Zeroizing;
 
 use crate::object::{ObjectError, ObjectHandler};
 use crate::objects::ids;
@@ -33,7 +34,7 @@ struct Account {
     uri: String,
     mode: SecurityMode,
     identity: Vec<u8>,
-    secret_key: Vec<u8>,
+    secret_key: Zeroizing<Vec<u8>>,
     short_server_id: u16,
 }
 
@@ -71,7 +72,7 @@ impl SecurityObject {
             uri: uri.into(),
             mode,
             identity: identity.into(),
-            secret_key: secret_key.into(),
+            secret_key: Zeroizing::new(secret_key.into()),
             short_server_id,
         });
     }
@@ -86,7 +87,7 @@ impl SecurityObject {
                 LwM2mResource::single(1, Value::Boolean(false)),
                 LwM2mResource::single(2, Value::Integer(account.mode.value())),
                 LwM2mResource::single(3, Value::Opaque(account.identity.clone())),
-                LwM2mResource::single(5, Value::Opaque(account.secret_key.clone())),
+                LwM2mResource::single(5, Value::Opaque(account.secret_key.to_vec())),
                 LwM2mResource::single(10, Value::Integer(i64::from(account.short_server_id))),
             ],
         ))

@@ -101,6 +101,7 @@ pub struct DeviceSetup {
     pub lwm2m_version: Version,
     pub queue_mode: bool,
     pub retry: RetryPolicy,
+    pub coap: Config,
 }
 
 /// Builds a client with the standard objects for `setup`.
@@ -151,7 +152,7 @@ pub async fn build_client(
             .psk
             .map(|(identity, key)| (identity, Psk::new(key.to_vec()))),
         settings,
-        coap: Config::default(),
+        coap: setup.coap,
     };
     Client::bind(ClientCore::new(tree), vec![connection])
         .await
@@ -184,6 +185,7 @@ async fn client_command(args: ClientArgs) -> anyhow::Result<()> {
         lwm2m_version: args.lwm2m_version,
         queue_mode: args.queue_mode,
         retry: RetryPolicy::default(),
+        coap: Config::default(),
     };
     let client = build_client(setup, Arc::new(ModelRegistry::with_core_models())).await?;
     eprintln!(

@@ -414,6 +414,10 @@ impl ClientCore {
                 Lwm2mResponse::empty(changed)
             }
             ServerRequest::WriteAttributes { path, attributes } => {
+                if path.depth() <= 3 {
+                    // The target must exist (and be accessible).
+                    self.tree.discover(path, &BTreeMap::new())?;
+                }
                 let model = path.resource_id().and_then(|r| {
                     cairn_lwm2m::ModelLookup::resource(&self.tree, path.object_id()?, r)
                 });

@@ -439,6 +439,14 @@ fn writes_execute_discover_and_attributes() {
         serve(&mut core, server, seconds(5), &attributes).code,
         ResponseCode::CHANGED
     );
+    let missing = ServerRequest::WriteAttributes {
+        path: LwM2mPath::ObjectInstance(3, 7),
+        attributes: AttributeSet::new().with(AttributeName::Pmin, AttributeValue::Unsigned(10)),
+    };
+    assert_eq!(
+        serve(&mut core, server, seconds(5), &missing).code,
+        ResponseCode::NOT_FOUND
+    );
     let discover = ServerRequest::Discover {
         path: LwM2mPath::ObjectInstance(3, 0),
     };

@@ -299,53 +299,47 @@ impl ClientCore {
     /// The next notification due at `now`.
     pub fn poll_notification(&mut self, now: Duration) -> Option<Notification> {
         let period = self.evaluation_period;
-        for index in 0..self.servers.len() {
-            let attributes: Vec<NotificationAttributes> = {
-                let session = &self.servers[index];
-                if !session.registration.is_registered() {
-                    continue;
+        loop {
+            // Each evaluation moves the observation's next check past `now`, so this ends.
+            let (index, position) = self
+                .servers
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.registration.is_registered())
+                .find_map(|(i, s)| {
+                    let due = s.observations.iter().position(|o| o.next_check <= now)?;
+                    Some((i, due))
+                })?;
+            let path = self.servers[index].observations[position].path;
+            let attributes = self.attributes_for(&self.servers[index], &path);
+            let server = ServerId(index);
+            let current = match self.tree.read(&path) {
+                Ok(current) => current,
+                Err(error) => {
+                    self.servers[index].observations.remove(position);
+                    return Some(Notification {
+                        server,
+                        path: uri_path(&path),
+                        response: CoapResponse::new(error.code()),
+                    });
                 }
-                session
-                    .observations
-                    .iter()
-                    .map(|o| self.attributes_for(session, &o.path))
-                    .collect()
             };
             let session = &mut self.servers[index];
-            for (position, attributes) in attributes.iter().enumerate() {
-                let observation = &mut session.observations[position];
-                if observation.next_check > now {
-                    continue;
-                }
-                let path = observation.path;
-                let current = match self.tree.read(&path) {
-                    Ok(current) => current,
-                    Err(error) => {
-                        session.observations.remove(position);
-                        return Some(Notification {
-                            server: ServerId(index),
-                            path: uri_path(&path),
-                            response: CoapResponse::new(error.code()),
-                        });
-                    }
-                };
-                if !observation.evaluate(now, &current, attributes, period) {
-                    continue;
-                }
-                if session.registration.is_asleep() {
-                    // Queue mode: wake with an Update; the notification follows.
-                    session.registration.wake();
-                }
-                let format = observation.format;
-                let response = encode_content(&self.tree, &path, current, format);
-                return Some(Notification {
-                    server: ServerId(index),
-                    path: uri_path(&path),
-                    response,
-                });
+            let observation = &mut session.observations[position];
+            if !observation.evaluate(now, &current, &attributes, period) {
+                continue;
             }
+            let format = observation.format;
+            if session.registration.is_asleep() {
+                // Queue mode: wake with an Update; the notification follows.
+                session.registration.wake();
+            }
+            return Some(Notification {
+                server,
+                path: uri_path(&path),
+                response: encode_content(&self.tree, &path, current, format),
+            });
         }
-        None
     }
 
     /// The transport has no observer left for `path` (the server cancelled with Reset or

@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use cairn_client::{Event, RegistrationEvent, RetryPolicy};
+use cairn_client::{ClientHandle, Event, RegistrationEvent, RetryPolicy, ServerId};
 use cairn_coap::Config;
-use cairn_lwm2m::{ModelRegistry, Version};
+use cairn_lwm2m::{LwM2mPath, ModelRegistry, Version};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::watch;
@@ -56,6 +56,10 @@ pub struct FleetArgs {
     /// 47 × ACK_TIMEOUT.
     #[arg(long, default_value_t = 2000)]
     ack_timeout_ms: u64,
+    /// Every device reports its battery level and clock with Send (`/dp`, SenML CBOR)
+    /// this often, in seconds, once registered.
+    #[arg(long)]
+    send_interval: Option<u64>,
     /// Seconds to stay registered after the summary (default: until Ctrl-C).
     #[arg(long)]
     hold: Option<u64>,
@@ -224,6 +228,13 @@ async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
                 continue;
             }
         };
+        if let Some(seconds) = args.send_interval {
+            tokio::spawn(report_periodically(
+                client.handle(),
+                Duration::from_secs(seconds.max(1)),
+                stopped.clone(),
+            ));
+        }
         let tally = Arc::clone(&tally);
         let progress = progress.clone();
         let mut stopped = stopped.clone();
@@ -290,6 +301,26 @@ async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
     }
     eprintln!("done");
     Ok(())
+}
+
+/// Sends the battery level and the clock every `interval` until the fleet stops.
+async fn report_periodically(
+    client: ClientHandle,
+    interval: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let paths = [LwM2mPath::Resource(3, 0, 9), LwM2mPath::Resource(3, 0, 13)];
+    let mut ticks = tokio::time::interval(interval);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {
+                // Not registered (yet, or any more): skip this report.
+                let _ = client.send(ServerId(0), &paths);
+            }
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+    }
 }
 
 fn summary(tally: &Tally, total: usize) {

@@ -114,7 +114,9 @@ fn fleet_registers_and_deregisters_over_plain_coap() {
             "--rate",
             "500",
             "--hold",
-            "0",
+            "2",
+            "--send-interval",
+            "1",
         ]),
         LIMIT,
     );
@@ -125,6 +127,8 @@ fn fleet_registers_and_deregisters_over_plain_coap() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("registered: 20"), "{stdout}");
+    let sends = registrar.count(|r| matches!(r, ClientRequest::Send { .. }));
+    assert!(sends >= 20, "{sends} Send requests");
     assert!(stdout.contains("failed:     0"), "{stdout}");
     assert!(stdout.contains("p99"), "{stdout}");
     assert_eq!(registrar.registers(), 20);

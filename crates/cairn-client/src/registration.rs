@@ -13,9 +13,21 @@ use std::collections::VecDeque;
 use std::mem;
 use std::time::Duration;
 
+use cairn_coap::ContentFormat;
 use cairn_lwm2m::{
     ClientRequest, CoapResponse, RegisteredObject, RegistrationParameters, ResponseCode, Version,
 };
+
+/// The data formats a client of LwM2M 1.1 and later announces with `ct` on the
+/// `rt="oma.lwm2m"` link of its registration (Core 1.2 §6.2.1.1); text/plain, opaque and
+/// CBOR single values are always supported.
+const CONTENT_FORMATS: [ContentFormat; 5] = [
+    ContentFormat::SENML_CBOR,
+    ContentFormat::SENML_JSON,
+    ContentFormat::LWM2M_CBOR,
+    ContentFormat::LWM2M_TLV,
+    ContentFormat::LWM2M_JSON,
+];
 
 /// How failed Register (and Update) requests are retried.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -488,6 +500,11 @@ impl Registration {
             }),
             queue_mode: full && self.settings.queue_mode && !queue_in_binding,
             objects: (full || self.objects_changed).then(|| self.objects.clone()),
+            content_formats: if (full || self.objects_changed) && !queue_in_binding {
+                CONTENT_FORMATS.to_vec()
+            } else {
+                Vec::new()
+            },
             ..RegistrationParameters::default()
         }
     }

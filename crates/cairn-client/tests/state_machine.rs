@@ -113,6 +113,16 @@ fn registers_with_the_endpoint_lifetime_and_objects() {
         !payload.contains("</0/"),
         "Security is not registered: {payload}"
     );
+    assert!(payload.starts_with("</>;rt=\"oma.lwm2m\";ct="), "{payload}");
+    let parsed = ClientRequest::from_coap(coap, &cairn_lwm2m::NoModels).unwrap();
+    let ClientRequest::Register { parameters, .. } = parsed else {
+        panic!("a Register");
+    };
+    assert!(
+        parameters
+            .content_formats
+            .contains(&ContentFormat::SENML_CBOR)
+    );
     assert!(core.poll_request().is_none(), "one request at a time");
 
     core.handle_response(seconds(1), register.token, created(&["rd", "a1"]));

@@ -19,6 +19,7 @@ use cairn_lwm2m::{
     ResponseCode, ServerRequest, Version, WriteMode,
 };
 
+use crate::access::{self, Right};
 use crate::error::ClientError;
 use crate::object::{ClientAction, ObjectError};
 use crate::objects::{ids, server_resources};
@@ -383,6 +384,7 @@ impl ClientCore {
         operation: &ServerRequest,
     ) -> Result<Lwm2mResponse, ObjectError> {
         let changed = ResponseCode::CHANGED;
+        self.check_access(server, operation)?;
         Ok(match operation {
             ServerRequest::Read { path, accept } => {
                 let format = self.format_for(*accept)?;
@@ -519,6 +521,33 @@ impl ClientCore {
                 ));
             }
         })
+    }
+
+    fn check_access(&self, server: ServerId, operation: &ServerRequest) -> Result<(), ObjectError> {
+        let short_server_id = self.servers[server.0].short_server_id;
+        let count = self.servers.len();
+        let check = |path: &LwM2mPath, right| {
+            access::check(&self.tree, count, short_server_id, path, right)
+        };
+        match operation {
+            ServerRequest::Read { path, .. }
+            | ServerRequest::Discover { path }
+            | ServerRequest::WriteAttributes { path, .. }
+            | ServerRequest::Observe { path, .. }
+            | ServerRequest::CancelObservation { path, .. } => check(path, Right::Read),
+            ServerRequest::Write { path, .. } => check(path, Right::Write),
+            ServerRequest::Execute { path, .. } => check(path, Right::Execute),
+            ServerRequest::Create { path, .. } => check(path, Right::Create),
+            ServerRequest::Delete { path } => check(path, Right::Delete),
+            ServerRequest::ReadComposite { paths, .. } => {
+                paths.iter().try_for_each(|p| check(p, Right::Read))
+            }
+            ServerRequest::WriteComposite { nodes, .. } => {
+                nodes.keys().try_for_each(|p| check(p, Right::Write))
+            }
+            ServerRequest::ObserveComposite { .. }
+            | ServerRequest::CancelObserveComposite { .. } => Ok(()),
+        }
     }
 
     /// The format of a Read or Observe response: the Accept if it is a data format,

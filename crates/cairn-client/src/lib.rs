@@ -11,6 +11,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod access;
 mod core;
 mod error;
 pub mod object;

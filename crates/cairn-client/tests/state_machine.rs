@@ -669,3 +669,77 @@ fn create_and_delete_update_the_registration() {
         ResponseCode::METHOD_NOT_ALLOWED
     );
 }
+
+#[test]
+fn access_control_arbitrates_between_servers() {
+    use cairn_client::objects::{AccessControlEntry, access_control_object};
+    let models = Arc::new(ModelRegistry::with_core_models());
+    let instance = |instance: u16, short_server_id: u16| ServerInstance {
+        instance,
+        short_server_id,
+        lifetime: 60,
+        binding: "U".into(),
+        default_pmin: None,
+        default_pmax: None,
+    };
+    let mut tree = standard_tree(
+        models,
+        Version::V1_1,
+        SecurityObject::new(),
+        &[instance(0, 1), instance(1, 2)],
+        DeviceObject::new(DeviceInfo::default(), clock),
+        &Connectivity::default(),
+    );
+    // Server 1 owns the Device object instance; server 2 may only read it.
+    tree.add(access_control_object(&[AccessControlEntry {
+        object_id: 3,
+        instance_id: 0,
+        acl: vec![(2, 1)],
+        owner: 1,
+    }]));
+    let mut core = ClientCore::new(tree);
+    let owner = core.add_server(1, RegistrationSettings::new("acl"));
+    let reader = core.add_server(2, RegistrationSettings::new("acl"));
+    let read = ServerRequest::Read {
+        path: LwM2mPath::Resource(3, 0, 0),
+        accept: Some(ContentFormat::TEXT_PLAIN),
+    };
+    let reboot = ServerRequest::Execute {
+        path: LwM2mPath::Resource(3, 0, 4),
+        arguments: vec![],
+    };
+    assert_eq!(
+        serve(&mut core, reader, seconds(0), &read).code,
+        ResponseCode::CONTENT
+    );
+    assert_eq!(
+        serve(&mut core, reader, seconds(0), &reboot).code,
+        ResponseCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        serve(&mut core, owner, seconds(0), &reboot).code,
+        ResponseCode::CHANGED
+    );
+    // No entry for the Connectivity Monitoring instance: nobody may read it.
+    let connectivity = ServerRequest::Read {
+        path: LwM2mPath::ObjectInstance(4, 0),
+        accept: None,
+    };
+    assert_eq!(
+        serve(&mut core, owner, seconds(0), &connectivity).code,
+        ResponseCode::UNAUTHORIZED
+    );
+    // Each server reaches its own Server object instance only.
+    let trigger = |instance| ServerRequest::Execute {
+        path: LwM2mPath::Resource(1, instance, 8),
+        arguments: vec![],
+    };
+    assert_eq!(
+        serve(&mut core, reader, seconds(0), &trigger(1)).code,
+        ResponseCode::CHANGED
+    );
+    assert_eq!(
+        serve(&mut core, reader, seconds(0), &trigger(0)).code,
+        ResponseCode::UNAUTHORIZED
+    );
+}

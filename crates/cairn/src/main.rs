@@ -3,9 +3,9 @@
 mod bench;
 mod client_cmd;
 mod coap_cmd;
+mod fleet_cmd;
 mod hex;
 mod server_cmd;
-mod fleet_cmd;
 
 use clap::{Parser, Subcommand};
 

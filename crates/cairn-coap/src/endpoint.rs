@@ -585,7 +585,12 @@ impl Endpoint {
             .outgoing
             .iter()
             .position(|o| o.message_id == message_id)?;
-        Some(state.outgoing.swap_remove(index))
+        let outgoing = state.outgoing.swap_remove(index);
+        if state.outgoing.is_empty() {
+            // Most peers have one exchange at a time: give the memory back between them.
+            state.outgoing = Vec::new();
+        }
+        Some(outgoing)
     }
 
     fn handle_empty_ack(

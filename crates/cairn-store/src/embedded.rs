@@ -70,6 +70,9 @@ fn blob_context(kind: BlobKind, key: &str) -> Vec<u8> {
     context
 }
 
+/// Bytes of redb's own page cache.
+const CACHE_BYTES: usize = 16 << 20;
+
 /// The embedded store. Cheap to clone; all clones share one database.
 #[derive(Clone)]
 pub struct EmbeddedStore {
@@ -131,7 +134,11 @@ impl EmbeddedStore {
                 )?
             }
         };
-        let db = Database::create(&path)?;
+        // redb's page cache would grow to 1 GiB by default; hot pages (indexes, recent
+        // registrations) fit in far less, and the rest is a read from the OS page cache.
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)?;
         let inner = Inner {
             db,
             master_key,

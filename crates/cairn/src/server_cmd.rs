@@ -184,6 +184,12 @@ enum DeviceCommand {
     Add(AddArgs),
     /// List devices (identities and key fingerprints, never keys).
     List,
+    /// Add many PSK devices at once from a file of `endpoint,identity,hexkey` lines
+    /// (`#` starts a comment), in one durable commit.
+    Import {
+        #[arg(long)]
+        psk_file: PathBuf,
+    },
     /// Remove a device's security information.
     Remove {
         #[arg(long)]
@@ -206,6 +212,50 @@ struct AddArgs {
     /// Allow this endpoint to register without DTLS.
     #[arg(long)]
     no_sec: bool,
+}
+
+/// Reads `endpoint,identity,hexkey` lines; errors name the line, never the key.
+fn read_psk_file(path: &Path) -> anyhow::Result<Vec<SecurityInfo>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let created_at_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut infos = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        let [endpoint, identity, key] = fields[..] else {
+            bail!(
+                "{}:{}: expected endpoint,identity,hexkey",
+                path.display(),
+                number + 1
+            );
+        };
+        let key = crate::hex::decode(key)
+            .ok()
+            .filter(|k| k.len() >= 16)
+            .with_context(|| {
+                format!(
+                    "{}:{}: the key must be at least 16 bytes of hex",
+                    path.display(),
+                    number + 1
+                )
+            })?;
+        infos.push(SecurityInfo {
+            endpoint: endpoint.to_owned(),
+            mode: SecurityMode::Psk {
+                identity: identity.as_bytes().to_vec(),
+                key: SecretBytes::new(key),
+            },
+            created_at_ms,
+        });
+    }
+    Ok(infos)
 }
 
 impl std::fmt::Debug for AddArgs {
@@ -284,6 +334,12 @@ pub fn run_device(args: DeviceArgs) -> anyhow::Result<()> {
                         None => break,
                     }
                 }
+            }
+            DeviceCommand::Import { psk_file } => {
+                let infos = read_psk_file(&psk_file)?;
+                let count = infos.len();
+                store.import_security_infos_blocking(&infos)?;
+                println!("imported {count} devices");
             }
             DeviceCommand::Remove { endpoint } => {
                 match store.remove_security_info(&endpoint).await? {

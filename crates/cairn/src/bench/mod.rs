@@ -6,6 +6,7 @@ mod dtls;
 mod dtls_load;
 mod echo;
 mod load;
+mod lwm2m;
 mod message;
 mod server;
 
@@ -27,6 +28,9 @@ enum BenchCommand {
     /// CoAP over DTLS-PSK: handshakes/s, GETs/s over long-lived sessions and server CPU per
     /// unit, Cairn's server beside libcoap's `coap-server-openssl`; memory per idle session.
     Dtls(dtls::DtlsBenchArgs),
+    /// LwM2M: registrations/s of simulated devices over new DTLS-PSK sessions, memory per
+    /// registered device with one observation each, and Read round trips/s.
+    Lwm2m(lwm2m::Lwm2mBenchArgs),
     /// The raw UDP echo server that `bench coap` measures as its baseline.
     #[command(hide = true)]
     EchoServer {
@@ -40,6 +44,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Coap(args) => coap::run(args),
         BenchCommand::Dtls(args) => dtls::run(args),
+        BenchCommand::Lwm2m(args) => lwm2m::run(args),
         BenchCommand::EchoServer { listen } => echo::serve(listen),
     }
 }

@@ -99,7 +99,10 @@ impl ClientEndpoint {
             });
         }
         if config.certificate.is_none()
-            && config.cipher_suites.iter().any(|suite| suite.is_ecdhe_ecdsa())
+            && config
+                .cipher_suites
+                .iter()
+                .any(|suite| suite.is_ecdhe_ecdsa())
         {
             return Err(Error::Config {
                 what: "ECDHE-ECDSA suites without a certificate configuration",

@@ -215,14 +215,10 @@ pub fn aead_open(
                 tag.as_slice().into(),
             )
         }
-        CipherSuite::EcdheEcdsaWithAes128GcmSha256 => {
-            <Aes128Gcm as aes_gcm::KeyInit>::new(key.into()).decrypt_in_place_detached(
-                nonce,
-                aad,
-                buffer,
-                tag.as_slice().into(),
-            )
-        }
+        CipherSuite::EcdheEcdsaWithAes128GcmSha256 => <Aes128Gcm as aes_gcm::KeyInit>::new(
+            key.into(),
+        )
+        .decrypt_in_place_detached(nonce, aad, buffer, tag.as_slice().into()),
     };
     opened.map_err(|_| {
         buffer.zeroize();

@@ -239,9 +239,10 @@ impl CertificateError {
             Self::Malformed | Self::BadSignature | Self::NameMismatch => {
                 AlertDescription::BadCertificate
             }
-            Self::ChainTooLong | Self::UnsupportedKey | Self::WrongUsage | Self::UnsupportedType => {
-                AlertDescription::UnsupportedCertificate
-            }
+            Self::ChainTooLong
+            | Self::UnsupportedKey
+            | Self::WrongUsage
+            | Self::UnsupportedType => AlertDescription::UnsupportedCertificate,
             Self::Expired | Self::NotYetValid => AlertDescription::CertificateExpired,
             Self::UnknownIssuer => AlertDescription::UnknownCa,
             Self::Revoked => AlertDescription::CertificateRevoked,

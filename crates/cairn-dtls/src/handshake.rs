@@ -41,9 +41,7 @@ use crate::message::{
     ClientHello, EMPTY_RENEGOTIATION_INFO_SCSV, HandshakeType, HelloExtensions, HelloVerifyRequest,
     ServerHello, encode_psk_identity, parse_finished, parse_psk_identity, whole_message,
 };
-use crate::pki::{
-    ClientCertificateConfig, PeerVerifier, ServerCertificateConfig, VerifiedPeer,
-};
+use crate::pki::{ClientCertificateConfig, PeerVerifier, ServerCertificateConfig, VerifiedPeer};
 use crate::reassembly::{Message, Reassembler};
 use crate::record::{ContentType, DTLS_1_2, Protection, Record, ReplayWindow};
 use crate::session::{FinalFlight, Session};
@@ -757,20 +755,18 @@ impl Handshake {
             (State::ClientExpectServerKeyExchange(state), HandshakeType::ServerKeyExchange) => {
                 self.client_ecdhe_server_key_exchange(state, &message.body)?
             }
-            (
-                State::ClientExpectEcdheServerHelloDone(state),
-                HandshakeType::CertificateRequest,
-            ) => self.client_certificate_request(state, &message.body)?,
+            (State::ClientExpectEcdheServerHelloDone(state), HandshakeType::CertificateRequest) => {
+                self.client_certificate_request(state, &message.body)?
+            }
             (State::ClientExpectEcdheServerHelloDone(state), HandshakeType::ServerHelloDone) => {
                 self.client_ecdhe_server_hello_done(now, state, &message.body)?
             }
             (State::ServerExpectCertificate(state), HandshakeType::Certificate) => {
                 self.server_certificate(state, &message.body)?
             }
-            (
-                State::ServerExpectCertificateVerify(state),
-                HandshakeType::CertificateVerify,
-            ) => self.server_certificate_verify(state, &message.body, &hash_before)?,
+            (State::ServerExpectCertificateVerify(state), HandshakeType::CertificateVerify) => {
+                self.server_certificate_verify(state, &message.body, &hash_before)?
+            }
             (State::ExpectFinished(state), HandshakeType::Finished) => {
                 self.finished(now, state, &message.body, &hash_before)?
             }

@@ -292,8 +292,10 @@ impl HelloExtensions {
                     extensions.connection_id = Some(data.vec8("connection_id")?.to_vec());
                 }
                 EXT_SUPPORTED_GROUPS if direction == Direction::ClientHello => {
-                    extensions.supported_groups =
-                        Some(u16_list(data.vec16("supported_groups")?, "supported_groups")?);
+                    extensions.supported_groups = Some(u16_list(
+                        data.vec16("supported_groups")?,
+                        "supported_groups",
+                    )?);
                 }
                 EXT_EC_POINT_FORMATS => {
                     extensions.ec_point_formats = Some(data.vec8("ec_point_formats")?.to_vec());
@@ -608,7 +610,10 @@ pub fn encode_certificate(certificates: &[Vec<u8>], raw_public_key: bool) -> Vec
     let mut list = Vec::new();
     for certificate in certificates {
         if !raw_public_key {
-            put_u24(&mut list, u32::try_from(certificate.len()).unwrap_or(u32::MAX));
+            put_u24(
+                &mut list,
+                u32::try_from(certificate.len()).unwrap_or(u32::MAX),
+            );
         }
         list.extend_from_slice(certificate);
     }

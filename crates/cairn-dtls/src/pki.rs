@@ -217,7 +217,8 @@ impl X509Verifier {
 
     /// Adds a DER CRL. Once any CRL is loaded, every certificate of a chain is checked.
     pub fn add_crl_der(&mut self, der: &[u8]) -> Result<(), CertificateError> {
-        let crl = OwnedCertRevocationList::from_der(der).map_err(|_| CertificateError::Malformed)?;
+        let crl =
+            OwnedCertRevocationList::from_der(der).map_err(|_| CertificateError::Malformed)?;
         self.crls.push(crl.into());
         Ok(())
     }
@@ -239,7 +240,9 @@ impl X509Verifier {
 
     /// Validates at a fixed time (seconds since the Unix epoch) instead of the system clock.
     pub fn at_time(mut self, unix_seconds: u64) -> Self {
-        self.time = Some(UnixTime::since_unix_epoch(Duration::from_secs(unix_seconds)));
+        self.time = Some(UnixTime::since_unix_epoch(Duration::from_secs(
+            unix_seconds,
+        )));
         self
     }
 

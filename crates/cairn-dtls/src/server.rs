@@ -26,10 +26,10 @@ use crate::endpoint::{
 };
 use crate::error::{AlertDescription, AlertLevel, CloseReason};
 use crate::handshake::{Handshake, Limits, ResumableSession, ServerEnv};
-use crate::pki::ServerCertificateConfig;
 use crate::message::{
     ClientHello, Fragment, HandshakeType, HelloVerifyRequest, put_fragment_header,
 };
+use crate::pki::ServerCertificateConfig;
 use crate::reassembly::Message;
 use crate::record::{self, ContentType, DTLS_1_0, Records};
 

@@ -25,10 +25,10 @@ use sha2::{Digest, Sha256};
 
 use super::{
     ClientExpectCertificate, ClientExpectEcdheServerHelloDone, ClientExpectServerHello,
-    ClientExpectServerKeyExchange, ExpectChangeCipherSpec, Handshake, Progress, Secrets,
-    ServerEnv, ServerExpectCertificate, ServerExpectCertificateVerify,
-    ServerExpectClientKeyExchange, State,
+    ClientExpectServerKeyExchange, ExpectChangeCipherSpec, Handshake, Progress, Secrets, ServerEnv,
+    ServerExpectCertificate, ServerExpectCertificateVerify, ServerExpectClientKeyExchange, State,
 };
+use crate::Error;
 use crate::crypto::{self, CipherSuite, EphemeralKey};
 use crate::error::CertificateError;
 use crate::message::{
@@ -42,7 +42,6 @@ use crate::pki::{
     ClientCertificateConfig, MAX_CHAIN_LEN, PeerRole, PeerVerifier, ServerCertificateConfig,
     VerifiedPeer,
 };
-use crate::Error;
 
 type Step = Result<(State, Progress), Error>;
 
@@ -95,9 +94,10 @@ impl ServerOffer {
     pub(super) fn negotiate(hello: &ClientHello, env: &ServerEnv<'_>) -> Option<Self> {
         let config = env.certificate.as_ref()?;
         let extensions = &hello.extensions;
-        let offers_suite = hello.cipher_suites.iter().any(|code| {
-            CipherSuite::from_code(*code).is_some_and(CipherSuite::is_ecdhe_ecdsa)
-        });
+        let offers_suite = hello
+            .cipher_suites
+            .iter()
+            .any(|code| CipherSuite::from_code(*code).is_some_and(CipherSuite::is_ecdhe_ecdsa));
         let lacks = |list: &Option<Vec<u16>>, value: u16| {
             list.as_ref().is_some_and(|list| !list.contains(&value))
         };
@@ -260,7 +260,11 @@ impl Handshake {
         self.queue(HandshakeType::ServerHelloDone, Vec::new());
     }
 
-    pub(super) fn server_certificate(&mut self, state: ServerExpectCertificate, body: &[u8]) -> Step {
+    pub(super) fn server_certificate(
+        &mut self,
+        state: ServerExpectCertificate,
+        body: &[u8],
+    ) -> Step {
         let certificates = parse_certificate(body, state.client_raw_public_key, MAX_CHAIN_LEN)
             .map_err(chain_limit)?;
         let client = verify_peer(
@@ -273,7 +277,10 @@ impl Handshake {
             session_id: state.session_id,
             ecdhe: Some((state.ephemeral, Some(client))),
         };
-        Ok((State::ServerExpectClientKeyExchange(next), Progress::Continue))
+        Ok((
+            State::ServerExpectClientKeyExchange(next),
+            Progress::Continue,
+        ))
     }
 
     pub(super) fn server_ecdhe_client_key_exchange(
@@ -301,11 +308,13 @@ impl Handshake {
             answer_with_finished: true,
         };
         let next = match client_point {
-            Some(client_point) => State::ServerExpectCertificateVerify(ServerExpectCertificateVerify {
-                secrets,
-                pending_read,
-                client_point,
-            }),
+            Some(client_point) => {
+                State::ServerExpectCertificateVerify(ServerExpectCertificateVerify {
+                    secrets,
+                    pending_read,
+                    client_point,
+                })
+            }
             None => State::ExpectChangeCipherSpec(ExpectChangeCipherSpec {
                 secrets,
                 pending_read,
@@ -372,7 +381,11 @@ impl Handshake {
         Ok((State::ClientExpectCertificate(next), Progress::Continue))
     }
 
-    pub(super) fn client_certificate(&mut self, state: ClientExpectCertificate, body: &[u8]) -> Step {
+    pub(super) fn client_certificate(
+        &mut self,
+        state: ClientExpectCertificate,
+        body: &[u8],
+    ) -> Step {
         let certificates = parse_certificate(body, state.server_raw_public_key, MAX_CHAIN_LEN)
             .map_err(chain_limit)?;
         let role = PeerRole::Server(state.config.server_name.as_deref());
@@ -389,7 +402,10 @@ impl Handshake {
             client_raw_public_key: state.client_raw_public_key,
             server,
         };
-        Ok((State::ClientExpectServerKeyExchange(next), Progress::Continue))
+        Ok((
+            State::ClientExpectServerKeyExchange(next),
+            Progress::Continue,
+        ))
     }
 
     pub(super) fn client_ecdhe_server_key_exchange(
@@ -419,7 +435,10 @@ impl Handshake {
             server_point: exchange.point,
             certificate_requested: false,
         };
-        Ok((State::ClientExpectEcdheServerHelloDone(next), Progress::Continue))
+        Ok((
+            State::ClientExpectEcdheServerHelloDone(next),
+            Progress::Continue,
+        ))
     }
 
     pub(super) fn client_certificate_request(
@@ -435,7 +454,10 @@ impl Handshake {
             });
         }
         state.certificate_requested = true;
-        Ok((State::ClientExpectEcdheServerHelloDone(state), Progress::Continue))
+        Ok((
+            State::ClientExpectEcdheServerHelloDone(state),
+            Progress::Continue,
+        ))
     }
 
     pub(super) fn client_ecdhe_server_hello_done(

@@ -601,3 +601,40 @@ fn invalid_curve_point_in_client_key_exchange_is_refused() {
         Some(AlertDescription::IllegalParameter)
     );
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// A mutated or truncated datagram anywhere in a mutual X.509 handshake never panics either
+    /// side, and a handshake that still completes names the real device.
+    #[test]
+    fn mutated_certificate_handshakes_never_panic(
+        target in 0usize..12,
+        position in proptest::prelude::any::<proptest::sample::Index>(),
+        value in proptest::prelude::any::<u8>(),
+        truncate in proptest::prelude::any::<bool>(),
+    ) {
+        let pki = pki();
+        let mut count = 0;
+        let rewrite: Rewrite = Box::new(move |_, mut datagram| {
+            if count == target && !datagram.is_empty() {
+                let at = position.index(datagram.len());
+                if truncate {
+                    datagram.truncate(at);
+                } else {
+                    datagram[at] ^= value | 1;
+                }
+            }
+            count += 1;
+            datagram
+        });
+        let (server_events, _, _, _) = run(
+            server_config(&pki, true),
+            client_config(&pki, Some(pki.device.clone())),
+            rewrite,
+        );
+        if let Some(identity) = connected_identity(&server_events) {
+            proptest::prop_assert_eq!(identity, b"urn:imei:350000000000001".to_vec());
+        }
+    }
+}

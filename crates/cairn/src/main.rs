@@ -3,6 +3,7 @@
 mod bench;
 mod coap_cmd;
 mod hex;
+mod keys_cmd;
 mod server_cmd;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +32,8 @@ enum Command {
     Device(server_cmd::DeviceArgs),
     /// Benchmarks against real peers.
     Bench(bench::BenchArgs),
+    /// ECDSA P-256 keys and a certificate authority for the certificate modes.
+    Keys(keys_cmd::KeysArgs),
 }
 
 fn init_logging(filter: Option<&str>, json: bool) {
@@ -58,5 +61,6 @@ fn main() -> anyhow::Result<()> {
         Command::Server(args) => server_cmd::run_server(args),
         Command::Device(args) => server_cmd::run_device(args),
         Command::Bench(args) => bench::run(args),
+        Command::Keys(args) => keys_cmd::run(args),
     }
 }

@@ -86,7 +86,7 @@ pub use crypto::{CipherSuite, Psk};
 pub use endpoint::{Event, PskResolver, Transmit};
 pub use error::{AlertDescription, AlertLevel, CertificateError, CloseReason, Error};
 pub use pki::{
-    ClientCertificateConfig, Credentials, PeerVerifier, PrivateKey, RawPublicKeyResolver,
-    RawPublicKeys, RevocationPolicy, ServerCertificateConfig, X509Verifier,
+    CertificateUsage, ClientCertificateConfig, Credentials, PeerVerifier, PrivateKey,
+    RawPublicKeyResolver, RawPublicKeys, RevocationPolicy, ServerCertificateConfig, X509Verifier,
 };
 pub use server::{CidConfig, ServerConfig, ServerEndpoint, SessionInfo};

@@ -165,12 +165,29 @@ pub enum RevocationPolicy {
     SoftFail,
 }
 
+/// The LwM2M Security object's Certificate Usage (resource 15, after RFC 6698 §2.1.1): how
+/// the certificate provisioned for a server constrains the chain the server presents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CertificateUsage {
+    /// 0: the chain validates against the trust store and contains the given CA certificate.
+    CaConstraint,
+    /// 1: the chain validates against the trust store and ends in the given certificate.
+    ServiceCertificateConstraint,
+    /// 2: the given certificate is the only trust anchor.
+    TrustAnchorAssertion,
+    /// 3 (the LwM2M default): the server presents exactly the given certificate; no chain
+    /// validation.
+    #[default]
+    DomainIssuedCertificate,
+}
+
 /// Validates X.509 chains against trust anchors, with optional CRLs.
 pub struct X509Verifier {
     anchors: Vec<TrustAnchor<'static>>,
     crls: Vec<CertRevocationList<'static>>,
     revocation: RevocationPolicy,
     time: Option<UnixTime>,
+    usage: Option<(CertificateUsage, Vec<u8>)>,
 }
 
 impl core::fmt::Debug for X509Verifier {
@@ -203,7 +220,39 @@ impl X509Verifier {
             crls: Vec::new(),
             revocation: RevocationPolicy::HardFail,
             time: None,
+            usage: None,
         })
+    }
+
+    /// A verifier for an LwM2M server provisioned with `server_certificate` (DER) and a
+    /// Certificate Usage; `trust_store` holds the extra trust anchors usages 0 and 1 validate
+    /// against.
+    pub fn for_lwm2m_server(
+        usage: CertificateUsage,
+        server_certificate: Vec<u8>,
+        trust_store: &[Vec<u8>],
+    ) -> Result<Self, CertificateError> {
+        let mut roots = match usage {
+            CertificateUsage::TrustAnchorAssertion | CertificateUsage::DomainIssuedCertificate => {
+                Vec::new()
+            }
+            CertificateUsage::CaConstraint | CertificateUsage::ServiceCertificateConstraint => {
+                trust_store.to_vec()
+            }
+        };
+        if matches!(
+            usage,
+            CertificateUsage::TrustAnchorAssertion | CertificateUsage::CaConstraint
+        ) {
+            roots.push(server_certificate.clone());
+        }
+        if roots.is_empty() {
+            // Usage 3 validates no chain; the pinned certificate stands in as the anchor list.
+            roots.push(server_certificate.clone());
+        }
+        let mut verifier = Self::new(&roots)?;
+        verifier.usage = Some((usage, server_certificate));
+        Ok(verifier)
     }
 
     /// A verifier trusting every certificate in PEM contents.
@@ -264,6 +313,12 @@ impl X509Verifier {
             .iter()
             .map(|cert| CertificateDer::from(cert.as_slice()))
             .collect();
+        if let Some((CertificateUsage::DomainIssuedCertificate, pinned)) = &self.usage {
+            if end_entity_der.as_ref() != pinned.as_slice() {
+                return Err(CertificateError::UnknownIssuer);
+            }
+            return pinned_peer(pinned);
+        }
         let end_entity =
             EndEntityCert::try_from(&end_entity_der).map_err(|_| CertificateError::Malformed)?;
         let time = self.time.unwrap_or_else(UnixTime::now);
@@ -293,7 +348,7 @@ impl X509Verifier {
                         .build()
                 })
         };
-        end_entity
+        let path = end_entity
             .verify_for_usage(
                 &[&ECDSA_P256_SHA256],
                 &self.anchors,
@@ -304,6 +359,27 @@ impl X509Verifier {
                 None,
             )
             .map_err(map_webpki_error)?;
+        match &self.usage {
+            Some((CertificateUsage::ServiceCertificateConstraint, given))
+                if end_entity_der.as_ref() != given.as_slice() =>
+            {
+                return Err(CertificateError::UnknownIssuer);
+            }
+            Some((CertificateUsage::CaConstraint, given)) => {
+                let given_der = CertificateDer::from(given.as_slice());
+                let given_anchor = webpki::anchor_from_trusted_cert(&given_der)
+                    .map_err(|_| CertificateError::Malformed)?;
+                let in_chain = path
+                    .intermediate_certificates()
+                    .any(|cert| cert.der().as_ref() == given.as_slice());
+                if !in_chain
+                    && path.anchor().subject_public_key_info != given_anchor.subject_public_key_info
+                {
+                    return Err(CertificateError::UnknownIssuer);
+                }
+            }
+            _ => {}
+        }
         let (_, certificate) = X509Certificate::from_der(end_entity_der.as_ref())
             .map_err(|_| CertificateError::Malformed)?;
         if let Ok(Some(key_usage)) = certificate.key_usage() {
@@ -436,6 +512,24 @@ pub struct ClientCertificateConfig {
     /// The name the server's certificate must carry (subject alternative name or common
     /// name); `None` skips the name check.
     pub server_name: Option<String>,
+}
+
+/// The identity and key of a pinned certificate (Certificate Usage 3).
+fn pinned_peer(der: &[u8]) -> Result<VerifiedPeer, CertificateError> {
+    let (_, certificate) =
+        X509Certificate::from_der(der).map_err(|_| CertificateError::Malformed)?;
+    let identity = certificate
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|name| name.as_str().ok())
+        .unwrap_or_default()
+        .as_bytes()
+        .to_vec();
+    Ok(VerifiedPeer {
+        identity,
+        public_point: p256_point_of(certificate.public_key())?,
+    })
 }
 
 fn p256_point_of(info: &SubjectPublicKeyInfo<'_>) -> Result<Vec<u8>, CertificateError> {

@@ -638,3 +638,97 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn connection_ids_work_in_certificate_mode() {
+    let pki = pki();
+    let mut server = server_config(&pki, true);
+    server.connection_id = Some(cairn_dtls::CidConfig {
+        length: 6,
+        node_prefix: vec![1],
+    });
+    let mut client = client_config(&pki, Some(pki.device.clone()));
+    client.connection_id = Some(Vec::new());
+    let (server_events, _, mut server, mut client) = run(server, client, no_rewrite());
+    assert!(connected_identity(&server_events).is_some());
+    let info = server.session(client_addr(1)).unwrap();
+    assert_eq!(info.connection_id.len(), 6);
+    exchange(&mut server, &mut client);
+}
+
+/// Runs a server-only handshake where the client verifies with an LwM2M Certificate Usage.
+fn lwm2m_usage_connects(
+    pki: &Pki,
+    usage: cairn_dtls::CertificateUsage,
+    given: &[u8],
+    trust_store: &[Vec<u8>],
+) -> Result<(), Option<AlertDescription>> {
+    let verifier = X509Verifier::for_lwm2m_server(usage, given.to_vec(), trust_store).unwrap();
+    let client = ClientConfig::with_certificate(ClientCertificateConfig {
+        credentials: None,
+        server_auth: PeerVerifier::x509(verifier),
+        server_name: None,
+    });
+    let (_, client_events, _, _) = run(server_config(pki, false), client, no_rewrite());
+    match connected_identity(&client_events) {
+        Some(_) => Ok(()),
+        None => Err(local_alert(&client_events)),
+    }
+}
+
+#[test]
+fn lwm2m_certificate_usages() {
+    use cairn_dtls::CertificateUsage as Usage;
+    let pki = pki();
+    let server_cert = pki.server.chain[0].clone();
+    let other_cert = pki.ca.issue(Leaf::new("other", 40)).cert_der;
+    let other_ca = TestCa::new("Other CA");
+    let store = std::slice::from_ref(&pki.ca.cert_der);
+    let unknown_ca = Err(Some(AlertDescription::UnknownCa));
+
+    assert_eq!(
+        lwm2m_usage_connects(&pki, Usage::DomainIssuedCertificate, &server_cert, &[]),
+        Ok(())
+    );
+    assert_eq!(
+        lwm2m_usage_connects(&pki, Usage::DomainIssuedCertificate, &other_cert, &[]),
+        unknown_ca
+    );
+
+    assert_eq!(
+        lwm2m_usage_connects(&pki, Usage::TrustAnchorAssertion, &pki.ca.cert_der, &[]),
+        Ok(())
+    );
+    assert_eq!(
+        lwm2m_usage_connects(&pki, Usage::TrustAnchorAssertion, &other_ca.cert_der, store),
+        unknown_ca
+    );
+
+    assert_eq!(
+        lwm2m_usage_connects(
+            &pki,
+            Usage::ServiceCertificateConstraint,
+            &server_cert,
+            store
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        lwm2m_usage_connects(
+            &pki,
+            Usage::ServiceCertificateConstraint,
+            &other_cert,
+            store
+        ),
+        unknown_ca
+    );
+
+    assert_eq!(
+        lwm2m_usage_connects(&pki, Usage::CaConstraint, &pki.ca.cert_der, &[]),
+        Ok(())
+    );
+    assert_eq!(
+        lwm2m_usage_connects(&pki, Usage::CaConstraint, &other_ca.cert_der, store),
+        unknown_ca
+    );
+}

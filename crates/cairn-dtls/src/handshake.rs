@@ -1,6 +1,6 @@
 //! The handshake as explicit state types (RFC 6347 §4.2, RFC 5246 §7.3–7.4): PSK (RFC 4279
 //! §2) here, ECDHE-ECDSA with certificates or raw public keys (RFC 8422, RFC 7250) in
-//! [`certificate`].
+//! `handshake/certificate.rs`.
 //!
 //! Full handshake (RFC 6347 §4.2.4, flights 1–6):
 //!

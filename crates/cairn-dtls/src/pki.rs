@@ -296,7 +296,7 @@ impl X509Verifier {
     }
 
     /// Validates `chain` (DER, end entity first) for a TLS server (`server_name` checked against
-    /// the subject alternative names or the common name) or a TLS client, and returns the end
+    /// the subject alternative names, or the common name when there are none) or a TLS client, and returns the end
     /// entity's identity (its common name) and public point.
     pub fn verify(
         &self,
@@ -402,7 +402,12 @@ impl X509Verifier {
                         .verify_is_valid_for_subject_name(&server_name)
                         .is_ok()
                 });
-            if !by_san && common_name != name {
+            // The common name counts only in a certificate without subject alternative names
+            // (RFC 6125 §6.4.4).
+            let has_san = certificate
+                .subject_alternative_name()
+                .is_ok_and(|san| san.is_some());
+            if !by_san && (has_san || common_name != name) {
                 return Err(CertificateError::NameMismatch);
             }
         }

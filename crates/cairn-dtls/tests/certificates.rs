@@ -417,6 +417,37 @@ fn client_refuses_a_server_with_the_wrong_name_or_an_untrusted_issuer() {
         local_alert(&client_events),
         Some(AlertDescription::BadCertificate)
     );
+    // A common name that matches does not count when the subject alternative names do not.
+    let mut named = Leaf::new("other.example.net", 50);
+    named.dns_names = vec![SERVER_NAME.to_string()];
+    let server = ServerConfig::with_certificate(ServerCertificateConfig {
+        credentials: credentials(&pki.ca.issue(named)),
+        client_auth: None,
+    });
+    let mut client = client_config(&pki, None);
+    if let Some(config) = client.certificate.as_mut() {
+        Arc::make_mut(config).server_name = Some("other.example.net".to_string());
+    }
+    let (_, client_events, _, _) = run(server, client, no_rewrite());
+    assert_eq!(
+        local_alert(&client_events),
+        Some(AlertDescription::BadCertificate)
+    );
+    let mut cn_only = Leaf::new("cn-only.example.net", 51);
+    cn_only.dns_names = Vec::new();
+    let server = ServerConfig::with_certificate(ServerCertificateConfig {
+        credentials: credentials(&pki.ca.issue(cn_only)),
+        client_auth: None,
+    });
+    let mut client = client_config(&pki, None);
+    if let Some(config) = client.certificate.as_mut() {
+        Arc::make_mut(config).server_name = Some("cn-only.example.net".to_string());
+    }
+    let (_, client_events, _, _) = run(server, client, no_rewrite());
+    assert!(
+        connected_identity(&client_events).is_some(),
+        "{client_events:?}"
+    );
     let other = TestCa::new("Other CA");
     let client = ClientConfig::with_certificate(ClientCertificateConfig {
         credentials: None,

@@ -147,6 +147,14 @@ impl RawPublicKeys {
     pub fn insert(&mut self, subject_public_key_info: Vec<u8>, identity: Vec<u8>) {
         self.0.insert(subject_public_key_info, identity);
     }
+
+    /// Adds a key from PEM contents (`PUBLIC KEY`, as `cairn keys gen-ec --public` writes it).
+    pub fn insert_pem(&mut self, pem: &[u8], identity: Vec<u8>) -> Result<(), CertificateError> {
+        let der = rustls_pki_types::SubjectPublicKeyInfoDer::from_pem_slice(pem)
+            .map_err(|_| CertificateError::Malformed)?;
+        self.insert(der.as_ref().to_vec(), identity);
+        Ok(())
+    }
 }
 
 impl RawPublicKeyResolver for RawPublicKeys {
@@ -631,6 +639,21 @@ mod tests {
         let key = PrivateKey::generate(&mut rng);
         let mut table = RawPublicKeys::new();
         table.insert(key.subject_public_key_info(), b"device-7".to_vec());
+        let pem = format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                key.subject_public_key_info()
+            )
+        );
+        let mut from_pem = RawPublicKeys::new();
+        from_pem
+            .insert_pem(pem.as_bytes(), b"device-7".to_vec())
+            .unwrap();
+        assert_eq!(
+            from_pem.identity(&key.subject_public_key_info()),
+            Some(b"device-7".to_vec())
+        );
         let verifier = PeerVerifier::raw_public_keys(Arc::new(table));
         let peer = verifier
             .verify_raw_public_key(&key.subject_public_key_info())

@@ -10,8 +10,10 @@
 //! - ECDHE on secp256r1 (RFC 8422 §5.10: the premaster secret is the x-coordinate) and
 //!   ECDSA/SHA-256 signatures in DER (RFC 8422 §5.4).
 //!
-//! The primitives come from RustCrypto (`ccm`, `aes`, `aes-gcm`, `hmac`, `sha2`, `p256`);
-//! nothing here implements one. Secrets are zeroized on drop and never printed by `Debug`.
+//! The primitives come from RustCrypto (`ccm`, `aes`, `aes-gcm`, `hmac`, `sha2`, `p256`), and
+//! P-256 from `aws-lc-rs` with the `aws-lc-rs` feature (servers); nothing here implements one.
+//! Points are always parsed by [`parse_p256_point`] first, so both backends refuse the same
+//! inputs. Secrets are zeroized on drop and never printed by `Debug`.
 
 use aes::Aes128;
 use aes_gcm::Aes128Gcm;
@@ -404,7 +406,10 @@ pub fn random_p256_secret(rng: &mut dyn rand_core::CryptoRng) -> p256::SecretKey
 
 /// An ephemeral ECDHE key pair on secp256r1; the private half is zeroized on drop.
 pub struct EphemeralKey {
+    #[cfg(not(feature = "aws-lc-rs"))]
     private: p256::SecretKey,
+    #[cfg(feature = "aws-lc-rs")]
+    private: aws_lc_rs::agreement::PrivateKey,
 }
 
 impl core::fmt::Debug for EphemeralKey {
@@ -415,6 +420,7 @@ impl core::fmt::Debug for EphemeralKey {
 
 impl EphemeralKey {
     /// A fresh key pair.
+    #[cfg(not(feature = "aws-lc-rs"))]
     pub fn generate(rng: &mut dyn rand_core::CryptoRng) -> Self {
         Self {
             private: random_p256_secret(rng),
@@ -422,17 +428,73 @@ impl EphemeralKey {
     }
 
     /// The public point, uncompressed.
+    #[cfg(not(feature = "aws-lc-rs"))]
     pub fn public_point(&self) -> Vec<u8> {
         self.private.public_key().to_sec1_bytes().to_vec()
     }
 
     /// The premaster secret shared with the peer's point.
+    #[cfg(not(feature = "aws-lc-rs"))]
     pub fn agree(&self, peer_point: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
         p256_shared_secret(&self.private, peer_point)
+    }
+
+    /// A fresh key pair.
+    #[cfg(feature = "aws-lc-rs")]
+    pub fn generate(rng: &mut dyn rand_core::CryptoRng) -> Self {
+        use aws_lc_rs::agreement::{ECDH_P256, PrivateKey};
+        loop {
+            let secret = random_p256_secret(rng);
+            let bytes = Zeroizing::new(secret.to_bytes());
+            if let Ok(private) = PrivateKey::from_private_key(&ECDH_P256, bytes.as_slice()) {
+                return Self { private };
+            }
+        }
+    }
+
+    /// The public point, uncompressed.
+    #[cfg(feature = "aws-lc-rs")]
+    pub fn public_point(&self) -> Vec<u8> {
+        self.private
+            .compute_public_key()
+            .map(|point| point.as_ref().to_vec())
+            .unwrap_or_default()
+    }
+
+    /// The premaster secret shared with the peer's point.
+    #[cfg(feature = "aws-lc-rs")]
+    pub fn agree(&self, peer_point: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
+        use aws_lc_rs::agreement::{ECDH_P256, UnparsedPublicKey, agree};
+        parse_p256_point(peer_point)?;
+        let invalid = Error::Invalid {
+            what: "ECDH point not on secp256r1",
+        };
+        agree(
+            &self.private,
+            UnparsedPublicKey::new(&ECDH_P256, peer_point),
+            invalid,
+            |secret| Ok(Zeroizing::new(secret.to_vec())),
+        )
     }
 }
 
 /// Verifies a DER ECDSA signature over a SHA-256 digest with a secp256r1 public point.
+#[cfg(feature = "aws-lc-rs")]
+pub fn verify_p256_sha256_prehash(
+    public_point: &[u8],
+    digest: &[u8; 32],
+    der_signature: &[u8],
+) -> Result<(), Error> {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
+    let digest = aws_lc_rs::digest::Digest::import_less_safe(digest, &aws_lc_rs::digest::SHA256)
+        .map_err(|_| Error::BadSignature)?;
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, public_point)
+        .verify_digest(&digest, der_signature)
+        .map_err(|_| Error::BadSignature)
+}
+
+/// Verifies a DER ECDSA signature over a SHA-256 digest with a secp256r1 public point.
+#[cfg(not(feature = "aws-lc-rs"))]
 pub fn verify_p256_sha256_prehash(
     public_point: &[u8],
     digest: &[u8; 32],
@@ -531,6 +593,26 @@ mod tests {
             key.open(suite, &explicit, b"aad", &mut buffer).unwrap();
             assert_eq!(buffer, b"hello");
         }
+    }
+
+    #[test]
+    fn ephemeral_keys_agree_and_refuse_bad_points() {
+        let mut rng = rand::rng();
+        let (a, b) = (
+            EphemeralKey::generate(&mut rng),
+            EphemeralKey::generate(&mut rng),
+        );
+        let shared = a.agree(&b.public_point()).unwrap();
+        assert_eq!(
+            shared.as_slice(),
+            b.agree(&a.public_point()).unwrap().as_slice()
+        );
+        assert_eq!(shared.len(), 32);
+        let mut off_curve = a.public_point();
+        off_curve[64] ^= 1;
+        assert!(b.agree(&off_curve).is_err());
+        assert!(b.agree(&off_curve[..33]).is_err());
+        assert_eq!(format!("{a:?}"), "EphemeralKey(..)");
     }
 
     #[test]

@@ -35,9 +35,14 @@ const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
 /// OID of secp256r1 (RFC 5480 §2.1.1.1).
 const OID_SECP256R1: &str = "1.2.840.10045.3.1.7";
 
-/// An ECDSA secp256r1 private key. Zeroized on drop; `Debug` prints nothing of it.
+/// An ECDSA secp256r1 private key. Zeroized on drop; `Debug` prints nothing of it. With the
+/// `aws-lc-rs` feature, signatures are made by `aws-lc-rs` from the same key.
 #[derive(Clone)]
-pub struct PrivateKey(SigningKey);
+pub struct PrivateKey {
+    key: SigningKey,
+    #[cfg(feature = "aws-lc-rs")]
+    signer: Arc<aws_lc_rs::signature::EcdsaKeyPair>,
+}
 
 impl core::fmt::Debug for PrivateKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -46,19 +51,44 @@ impl core::fmt::Debug for PrivateKey {
 }
 
 impl PrivateKey {
+    #[cfg(not(feature = "aws-lc-rs"))]
+    fn wrap(key: SigningKey) -> Result<Self, CertificateError> {
+        Ok(Self { key })
+    }
+
+    #[cfg(feature = "aws-lc-rs")]
+    fn wrap(key: SigningKey) -> Result<Self, CertificateError> {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+        use p256::pkcs8::EncodePrivateKey;
+        let pkcs8 = key
+            .to_pkcs8_der()
+            .map_err(|_| CertificateError::UnsupportedKey)?;
+        let signer = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_bytes())
+            .map_err(|_| CertificateError::UnsupportedKey)?;
+        Ok(Self {
+            key,
+            signer: Arc::new(signer),
+        })
+    }
+
     /// A fresh random key.
     pub fn generate(rng: &mut dyn rand_core::CryptoRng) -> Self {
-        Self(SigningKey::from(crypto::random_p256_secret(rng)))
+        loop {
+            // Every valid scalar converts; the loop only satisfies the types.
+            if let Ok(key) = Self::wrap(SigningKey::from(crypto::random_p256_secret(rng))) {
+                return key;
+            }
+        }
     }
 
     /// Reads a PKCS#8 or SEC1 DER key.
     pub fn from_der(der: &[u8]) -> Result<Self, CertificateError> {
         if let Ok(key) = SigningKey::from_pkcs8_der(der) {
-            return Ok(Self(key));
+            return Self::wrap(key);
         }
-        p256::SecretKey::from_sec1_der(der)
-            .map(|key| Self(SigningKey::from(key)))
-            .map_err(|_| CertificateError::UnsupportedKey)
+        let key =
+            p256::SecretKey::from_sec1_der(der).map_err(|_| CertificateError::UnsupportedKey)?;
+        Self::wrap(SigningKey::from(key))
     }
 
     /// Reads the first private key of a PEM file's contents (`PRIVATE KEY` or `EC PRIVATE KEY`).
@@ -69,12 +99,12 @@ impl PrivateKey {
 
     /// The public key as an uncompressed point.
     pub fn public_point(&self) -> Vec<u8> {
-        self.0.verifying_key().to_sec1_bytes().to_vec()
+        self.key.verifying_key().to_sec1_bytes().to_vec()
     }
 
     /// The public key as a DER `SubjectPublicKeyInfo` (the raw public key of RFC 7250).
     pub fn subject_public_key_info(&self) -> Vec<u8> {
-        self.0
+        self.key
             .verifying_key()
             .to_public_key_der()
             .map(|document| document.as_bytes().to_vec())
@@ -82,11 +112,22 @@ impl PrivateKey {
     }
 
     /// A DER ECDSA signature over a SHA-256 digest.
+    #[cfg(not(feature = "aws-lc-rs"))]
     pub fn sign_prehash(&self, digest: &[u8; 32]) -> Vec<u8> {
         use p256::ecdsa::signature::hazmat::PrehashSigner;
-        let signature: Result<p256::ecdsa::Signature, _> = self.0.sign_prehash(digest);
+        let signature: Result<p256::ecdsa::Signature, _> = self.key.sign_prehash(digest);
         signature
             .map(|signature| signature.to_der().as_bytes().to_vec())
+            .unwrap_or_default()
+    }
+
+    /// A DER ECDSA signature over a SHA-256 digest.
+    #[cfg(feature = "aws-lc-rs")]
+    pub fn sign_prehash(&self, digest: &[u8; 32]) -> Vec<u8> {
+        use aws_lc_rs::digest::{Digest, SHA256};
+        Digest::import_less_safe(digest, &SHA256)
+            .and_then(|digest| self.signer.sign_digest(&digest))
+            .map(|signature| signature.as_ref().to_vec())
             .unwrap_or_default()
     }
 }

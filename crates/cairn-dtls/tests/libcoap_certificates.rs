@@ -88,6 +88,17 @@ fn coap_response(request: &[u8], payload: &[u8]) -> Option<Vec<u8>> {
     Some(response)
 }
 
+/// A port P such that P (CoAP) and P + 1 (DTLS) are both free on loopback now.
+fn free_port_pair() -> u16 {
+    loop {
+        let first = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = first.local_addr().unwrap().port();
+        if port < u16::MAX && UdpSocket::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
 #[test]
 fn libcoap_client_with_certificate_against_our_server() {
     require("coap-client-openssl");
@@ -168,12 +179,7 @@ fn libcoap_client_with_certificate_against_our_server() {
 fn our_client_with_certificate_against_libcoap_server() {
     require("coap-server-openssl");
     let files = Files::new("server");
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        & !1;
+    let port = free_port_pair();
     let mut child = Command::new("coap-server-openssl")
         .args(["-A", "127.0.0.1", "-p", &port.to_string()])
         .args([

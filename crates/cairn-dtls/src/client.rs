@@ -4,6 +4,7 @@
 use core::net::SocketAddr;
 use core::time::Duration;
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use rand_core::CryptoRng;
 
@@ -16,6 +17,7 @@ use crate::endpoint::{
 };
 use crate::error::{AlertDescription, AlertLevel, CloseReason};
 use crate::handshake::{ClientParams, Handshake, Limits, ResumableSession};
+use crate::pki::ClientCertificateConfig;
 
 /// Client settings.
 #[derive(Debug, Clone)]
@@ -35,19 +37,31 @@ pub struct ClientConfig {
     pub max_retransmissions: u8,
     /// Largest handshake message reassembled.
     pub max_handshake_message: usize,
+    /// Certificate mode (ECDHE-ECDSA suites), when set.
+    pub certificate: Option<Arc<ClientCertificateConfig>>,
 }
 
 impl ClientConfig {
-    /// Defaults: both CCM suites (CCM-8 first), no CID.
+    /// Defaults: both PSK CCM suites (CCM-8 first), no CID.
     pub fn new(identity: impl Into<Vec<u8>>, psk: Psk) -> Self {
         Self {
             identity: identity.into(),
             psk,
-            cipher_suites: CipherSuite::ALL.to_vec(),
+            cipher_suites: CipherSuite::PSK.to_vec(),
             connection_id: None,
             mtu: DEFAULT_MTU,
             max_retransmissions: DEFAULT_MAX_RETRANSMISSIONS,
             max_handshake_message: DEFAULT_MAX_HANDSHAKE_MESSAGE,
+            certificate: None,
+        }
+    }
+
+    /// A client in certificate mode: the ECDHE-ECDSA suites (CCM-8 first), no PSK.
+    pub fn with_certificate(certificate: ClientCertificateConfig) -> Self {
+        Self {
+            cipher_suites: CipherSuite::ECDHE_ECDSA.to_vec(),
+            certificate: Some(Arc::new(certificate)),
+            ..Self::new(Vec::new(), Psk::new(Vec::new()))
         }
     }
 }
@@ -84,6 +98,16 @@ impl ClientEndpoint {
                 what: "no cipher suite",
             });
         }
+        if config.certificate.is_none()
+            && config
+                .cipher_suites
+                .iter()
+                .any(|suite| suite.is_ecdhe_ecdsa())
+        {
+            return Err(Error::Config {
+                what: "ECDHE-ECDSA suites without a certificate configuration",
+            });
+        }
         if let Some(cid) = &config.connection_id {
             ConnectionId::new(cid).map_err(|_| Error::Config {
                 what: "CID longer than 32 bytes",
@@ -118,6 +142,7 @@ impl ClientEndpoint {
             suites: &self.config.cipher_suites,
             cid,
             offered: self.resumable.clone(),
+            certificate: self.config.certificate.clone(),
         };
         let mut handshake = Handshake::client_start(now, limits, &mut *self.rng, params)?;
         for payload in handshake.take_outgoing() {

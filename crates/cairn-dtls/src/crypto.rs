@@ -6,11 +6,17 @@
 //! - The TLS 1.2 PRF with P_SHA256 (RFC 5246 §5), the master secret (RFC 5246 §8.1), the
 //!   extended master secret (RFC 7627 §4) and the key block (RFC 5246 §6.3).
 //! - The PSK premaster secret (RFC 4279 §2).
+//! - AES-128-GCM record protection (RFC 5288 §3) with the same nonce layout.
+//! - ECDHE on secp256r1 (RFC 8422 §5.10: the premaster secret is the x-coordinate) and
+//!   ECDSA/SHA-256 signatures in DER (RFC 8422 §5.4).
 //!
-//! The primitives come from RustCrypto (`ccm`, `aes`, `hmac`, `sha2`); nothing here implements
-//! one. Secrets are zeroized on drop and never printed by `Debug`.
+//! The primitives come from RustCrypto (`ccm`, `aes`, `aes-gcm`, `hmac`, `sha2`, `p256`), and
+//! P-256 from `aws-lc-rs` with the `aws-lc-rs` feature (servers); nothing here implements one.
+//! Points are always parsed by [`parse_p256_point`] first, so both backends refuse the same
+//! inputs. Secrets are zeroized on drop and never printed by `Debug`.
 
 use aes::Aes128;
+use aes_gcm::Aes128Gcm;
 use ccm::aead::AeadInPlace;
 use ccm::consts::{U8, U12, U16};
 use ccm::{Ccm, KeyInit};
@@ -34,18 +40,47 @@ pub enum CipherSuite {
     PskWithAes128Ccm8,
     /// TLS_PSK_WITH_AES_128_CCM (RFC 6655).
     PskWithAes128Ccm,
+    /// TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8 (RFC 7251), mandatory for LwM2M certificate modes.
+    EcdheEcdsaWithAes128Ccm8,
+    /// TLS_ECDHE_ECDSA_WITH_AES_128_CCM (RFC 7251).
+    EcdheEcdsaWithAes128Ccm,
+    /// TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 (RFC 5289).
+    EcdheEcdsaWithAes128GcmSha256,
 }
 
 impl CipherSuite {
     /// All suites, in the default order of preference.
-    pub const ALL: [CipherSuite; 2] = [Self::PskWithAes128Ccm8, Self::PskWithAes128Ccm];
+    pub const ALL: [CipherSuite; 5] = [
+        Self::PskWithAes128Ccm8,
+        Self::PskWithAes128Ccm,
+        Self::EcdheEcdsaWithAes128Ccm8,
+        Self::EcdheEcdsaWithAes128Ccm,
+        Self::EcdheEcdsaWithAes128GcmSha256,
+    ];
+    /// The PSK suites, CCM-8 first.
+    pub const PSK: [CipherSuite; 2] = [Self::PskWithAes128Ccm8, Self::PskWithAes128Ccm];
+    /// The ECDHE-ECDSA suites, CCM-8 first.
+    pub const ECDHE_ECDSA: [CipherSuite; 3] = [
+        Self::EcdheEcdsaWithAes128Ccm8,
+        Self::EcdheEcdsaWithAes128Ccm,
+        Self::EcdheEcdsaWithAes128GcmSha256,
+    ];
 
     /// The IANA code point.
     pub fn code(self) -> u16 {
         match self {
             Self::PskWithAes128Ccm8 => 0xC0A8,
             Self::PskWithAes128Ccm => 0xC0A4,
+            Self::EcdheEcdsaWithAes128Ccm8 => 0xC0AE,
+            Self::EcdheEcdsaWithAes128Ccm => 0xC0AC,
+            Self::EcdheEcdsaWithAes128GcmSha256 => 0xC02B,
         }
+    }
+
+    /// Whether the key exchange is ECDHE with ECDSA authentication (certificates or raw public
+    /// keys) rather than a pre-shared key.
+    pub fn is_ecdhe_ecdsa(self) -> bool {
+        Self::ECDHE_ECDSA.contains(&self)
     }
 
     /// The suite with this code point, if this engine speaks it.
@@ -56,8 +91,10 @@ impl CipherSuite {
     /// Length of the authentication tag.
     pub fn tag_len(self) -> usize {
         match self {
-            Self::PskWithAes128Ccm8 => 8,
-            Self::PskWithAes128Ccm => 16,
+            Self::PskWithAes128Ccm8 | Self::EcdheEcdsaWithAes128Ccm8 => 8,
+            Self::PskWithAes128Ccm
+            | Self::EcdheEcdsaWithAes128Ccm
+            | Self::EcdheEcdsaWithAes128GcmSha256 => 16,
         }
     }
 
@@ -119,7 +156,8 @@ impl TrafficKey {
     }
 }
 
-/// AES-128-CCM encryption with the suite's tag length and a 12-byte nonce; appends the tag.
+/// AES-128-CCM or AES-128-GCM encryption with the suite's tag length and a 12-byte nonce;
+/// appends the tag.
 pub fn aead_seal(
     suite: CipherSuite,
     key: &[u8; 16],
@@ -129,17 +167,26 @@ pub fn aead_seal(
 ) -> Result<(), Error> {
     let nonce = ccm::Nonce::<U12>::from_slice(nonce);
     let sealed = match suite {
-        CipherSuite::PskWithAes128Ccm8 => Ccm::<Aes128, U8, U12>::new(key.into())
-            .encrypt_in_place_detached(nonce, aad, buffer)
-            .map(|tag| buffer.extend_from_slice(&tag)),
-        CipherSuite::PskWithAes128Ccm => Ccm::<Aes128, U16, U12>::new(key.into())
-            .encrypt_in_place_detached(nonce, aad, buffer)
-            .map(|tag| buffer.extend_from_slice(&tag)),
+        CipherSuite::PskWithAes128Ccm8 | CipherSuite::EcdheEcdsaWithAes128Ccm8 => {
+            Ccm::<Aes128, U8, U12>::new(key.into())
+                .encrypt_in_place_detached(nonce, aad, buffer)
+                .map(|tag| buffer.extend_from_slice(&tag))
+        }
+        CipherSuite::PskWithAes128Ccm | CipherSuite::EcdheEcdsaWithAes128Ccm => {
+            Ccm::<Aes128, U16, U12>::new(key.into())
+                .encrypt_in_place_detached(nonce, aad, buffer)
+                .map(|tag| buffer.extend_from_slice(&tag))
+        }
+        CipherSuite::EcdheEcdsaWithAes128GcmSha256 => {
+            <Aes128Gcm as aes_gcm::KeyInit>::new(key.into())
+                .encrypt_in_place_detached(nonce, aad, buffer)
+                .map(|tag| buffer.extend_from_slice(&tag))
+        }
     };
     sealed.map_err(|_| Error::RecordOverflow)
 }
 
-/// AES-128-CCM decryption; `buffer` holds ciphertext then tag, and holds the plaintext on success.
+/// AES-128-CCM or AES-128-GCM decryption; `buffer` holds ciphertext then tag, and holds the plaintext on success.
 pub fn aead_open(
     suite: CipherSuite,
     key: &[u8; 16],
@@ -154,10 +201,26 @@ pub fn aead_open(
     let tag = buffer.split_off(body_len);
     let nonce = ccm::Nonce::<U12>::from_slice(nonce);
     let opened = match suite {
-        CipherSuite::PskWithAes128Ccm8 => Ccm::<Aes128, U8, U12>::new(key.into())
-            .decrypt_in_place_detached(nonce, aad, buffer, tag.as_slice().into()),
-        CipherSuite::PskWithAes128Ccm => Ccm::<Aes128, U16, U12>::new(key.into())
-            .decrypt_in_place_detached(nonce, aad, buffer, tag.as_slice().into()),
+        CipherSuite::PskWithAes128Ccm8 | CipherSuite::EcdheEcdsaWithAes128Ccm8 => {
+            Ccm::<Aes128, U8, U12>::new(key.into()).decrypt_in_place_detached(
+                nonce,
+                aad,
+                buffer,
+                tag.as_slice().into(),
+            )
+        }
+        CipherSuite::PskWithAes128Ccm | CipherSuite::EcdheEcdsaWithAes128Ccm => {
+            Ccm::<Aes128, U16, U12>::new(key.into()).decrypt_in_place_detached(
+                nonce,
+                aad,
+                buffer,
+                tag.as_slice().into(),
+            )
+        }
+        CipherSuite::EcdheEcdsaWithAes128GcmSha256 => <Aes128Gcm as aes_gcm::KeyInit>::new(
+            key.into(),
+        )
+        .decrypt_in_place_detached(nonce, aad, buffer, tag.as_slice().into()),
     };
     opened.map_err(|_| {
         buffer.zeroize();
@@ -302,6 +365,161 @@ impl Psk {
     }
 }
 
+/// Length of an uncompressed secp256r1 point (RFC 8422 §5.4.1).
+pub const P256_POINT_LEN: usize = 65;
+
+/// Parses a peer's secp256r1 point: only the uncompressed form (RFC 8422 §5.1.2) of a point on
+/// the curve that is not the identity is accepted, which refuses invalid-curve points.
+pub fn parse_p256_point(point: &[u8]) -> Result<p256::PublicKey, Error> {
+    if point.len() != P256_POINT_LEN || point[0] != 4 {
+        return Err(Error::Invalid {
+            what: "ECDH point encoding",
+        });
+    }
+    p256::PublicKey::from_sec1_bytes(point).map_err(|_| Error::Invalid {
+        what: "ECDH point not on secp256r1",
+    })
+}
+
+/// ECDH on secp256r1 with a static or ephemeral private key: the x-coordinate of the shared
+/// point (RFC 8422 §5.10).
+pub fn p256_shared_secret(
+    private: &p256::SecretKey,
+    peer_point: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, Error> {
+    let peer = parse_p256_point(peer_point)?;
+    let shared = p256::ecdh::diffie_hellman(private.to_nonzero_scalar(), peer.as_affine());
+    Ok(Zeroizing::new(shared.raw_secret_bytes().to_vec()))
+}
+
+/// A uniformly random secp256r1 private key: 32 random bytes, drawn again in the negligible
+/// case that they are zero or not below the group order.
+pub fn random_p256_secret(rng: &mut dyn rand_core::CryptoRng) -> p256::SecretKey {
+    loop {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(bytes.as_mut_slice());
+        if let Ok(key) = p256::SecretKey::from_slice(bytes.as_slice()) {
+            return key;
+        }
+    }
+}
+
+/// An ephemeral ECDHE key pair on secp256r1; the private half is zeroized on drop.
+pub struct EphemeralKey {
+    #[cfg(not(feature = "aws-lc-rs"))]
+    private: p256::SecretKey,
+    #[cfg(feature = "aws-lc-rs")]
+    private: aws_lc_rs::agreement::PrivateKey,
+}
+
+impl core::fmt::Debug for EphemeralKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("EphemeralKey(..)")
+    }
+}
+
+impl EphemeralKey {
+    /// A fresh key pair.
+    #[cfg(not(feature = "aws-lc-rs"))]
+    pub fn generate(rng: &mut dyn rand_core::CryptoRng) -> Self {
+        Self {
+            private: random_p256_secret(rng),
+        }
+    }
+
+    /// The public point, uncompressed.
+    #[cfg(not(feature = "aws-lc-rs"))]
+    pub fn public_point(&self) -> Vec<u8> {
+        self.private.public_key().to_sec1_bytes().to_vec()
+    }
+
+    /// The premaster secret shared with the peer's point.
+    #[cfg(not(feature = "aws-lc-rs"))]
+    pub fn agree(&self, peer_point: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
+        p256_shared_secret(&self.private, peer_point)
+    }
+
+    /// A fresh key pair.
+    #[cfg(feature = "aws-lc-rs")]
+    pub fn generate(rng: &mut dyn rand_core::CryptoRng) -> Self {
+        use aws_lc_rs::agreement::{ECDH_P256, PrivateKey};
+        loop {
+            let secret = random_p256_secret(rng);
+            let bytes = Zeroizing::new(secret.to_bytes());
+            if let Ok(private) = PrivateKey::from_private_key(&ECDH_P256, bytes.as_slice()) {
+                return Self { private };
+            }
+        }
+    }
+
+    /// The public point, uncompressed.
+    #[cfg(feature = "aws-lc-rs")]
+    pub fn public_point(&self) -> Vec<u8> {
+        self.private
+            .compute_public_key()
+            .map(|point| point.as_ref().to_vec())
+            .unwrap_or_default()
+    }
+
+    /// The premaster secret shared with the peer's point.
+    #[cfg(feature = "aws-lc-rs")]
+    pub fn agree(&self, peer_point: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
+        use aws_lc_rs::agreement::{ECDH_P256, UnparsedPublicKey, agree};
+        parse_p256_point(peer_point)?;
+        let invalid = Error::Invalid {
+            what: "ECDH point not on secp256r1",
+        };
+        agree(
+            &self.private,
+            UnparsedPublicKey::new(&ECDH_P256, peer_point),
+            invalid,
+            |secret| Ok(Zeroizing::new(secret.to_vec())),
+        )
+    }
+}
+
+/// Verifies a DER ECDSA signature over a SHA-256 digest with a secp256r1 public point.
+#[cfg(feature = "aws-lc-rs")]
+pub fn verify_p256_sha256_prehash(
+    public_point: &[u8],
+    digest: &[u8; 32],
+    der_signature: &[u8],
+) -> Result<(), Error> {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
+    let digest = aws_lc_rs::digest::Digest::import_less_safe(digest, &aws_lc_rs::digest::SHA256)
+        .map_err(|_| Error::BadSignature)?;
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, public_point)
+        .verify_digest(&digest, der_signature)
+        .map_err(|_| Error::BadSignature)
+}
+
+/// Verifies a DER ECDSA signature over a SHA-256 digest with a secp256r1 public point.
+#[cfg(not(feature = "aws-lc-rs"))]
+pub fn verify_p256_sha256_prehash(
+    public_point: &[u8],
+    digest: &[u8; 32],
+    der_signature: &[u8],
+) -> Result<(), Error> {
+    use p256::ecdsa::signature::hazmat::PrehashVerifier;
+    let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(public_point)
+        .map_err(|_| Error::BadSignature)?;
+    let signature =
+        p256::ecdsa::Signature::from_der(der_signature).map_err(|_| Error::BadSignature)?;
+    key.verify_prehash(digest, &signature)
+        .map_err(|_| Error::BadSignature)
+}
+
+/// Verifies a DER ECDSA/SHA-256 signature over `message` with a secp256r1 public point.
+pub fn verify_p256_sha256(
+    public_point: &[u8],
+    message: &[u8],
+    der_signature: &[u8],
+) -> Result<(), Error> {
+    use sha2::Digest;
+    let digest: [u8; 32] = Sha256::digest(message).into();
+    verify_p256_sha256_prehash(public_point, &digest, der_signature)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,6 +593,26 @@ mod tests {
             key.open(suite, &explicit, b"aad", &mut buffer).unwrap();
             assert_eq!(buffer, b"hello");
         }
+    }
+
+    #[test]
+    fn ephemeral_keys_agree_and_refuse_bad_points() {
+        let mut rng = rand::rng();
+        let (a, b) = (
+            EphemeralKey::generate(&mut rng),
+            EphemeralKey::generate(&mut rng),
+        );
+        let shared = a.agree(&b.public_point()).unwrap();
+        assert_eq!(
+            shared.as_slice(),
+            b.agree(&a.public_point()).unwrap().as_slice()
+        );
+        assert_eq!(shared.len(), 32);
+        let mut off_curve = a.public_point();
+        off_curve[64] ^= 1;
+        assert!(b.agree(&off_curve).is_err());
+        assert!(b.agree(&off_curve[..33]).is_err());
+        assert_eq!(format!("{a:?}"), "EphemeralKey(..)");
     }
 
     #[test]

@@ -176,6 +176,81 @@ pub enum Error {
     /// The peer sent a fatal alert.
     #[error("peer sent fatal alert {0:?}")]
     PeerAlert(AlertDescription),
+    /// A ServerKeyExchange or CertificateVerify signature did not verify.
+    #[error("bad signature")]
+    BadSignature,
+    /// The peer's certificate or raw public key was refused.
+    #[error("certificate refused: {0}")]
+    Certificate(CertificateError),
+}
+
+/// Why a peer's certificate chain or raw public key was refused.
+#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateError {
+    /// The peer sent no certificate although one is required.
+    #[error("no certificate")]
+    Missing,
+    /// A certificate could not be parsed.
+    #[error("malformed certificate")]
+    Malformed,
+    /// The chain is longer than this engine accepts.
+    #[error("certificate chain too long")]
+    ChainTooLong,
+    /// The key is not an ECDSA secp256r1 key.
+    #[error("unsupported public key")]
+    UnsupportedKey,
+    /// A certificate has expired.
+    #[error("certificate expired")]
+    Expired,
+    /// A certificate is not valid yet.
+    #[error("certificate not valid yet")]
+    NotYetValid,
+    /// The chain does not lead to a trust anchor.
+    #[error("unknown issuer")]
+    UnknownIssuer,
+    /// A certificate signature in the chain is wrong.
+    #[error("bad signature in the chain")]
+    BadSignature,
+    /// A certificate was revoked by a CRL.
+    #[error("certificate revoked")]
+    Revoked,
+    /// No CRL tells the status of a certificate, or a CRL is stale (hard-fail policy).
+    #[error("revocation status unknown")]
+    RevocationStatusUnknown,
+    /// Key usage, extended key usage or basic constraints do not allow this use.
+    #[error("certificate not allowed for this use")]
+    WrongUsage,
+    /// The certificate does not name the expected server.
+    #[error("certificate does not match the server name")]
+    NameMismatch,
+    /// The raw public key is not known.
+    #[error("unknown raw public key")]
+    UnknownRawPublicKey,
+    /// The certificate type was not negotiated or is not supported.
+    #[error("unsupported certificate type")]
+    UnsupportedType,
+}
+
+impl CertificateError {
+    /// The alert a refusal is answered with (RFC 5246 §7.2.2).
+    pub fn alert(self) -> AlertDescription {
+        match self {
+            Self::Missing => AlertDescription::HandshakeFailure,
+            Self::Malformed | Self::BadSignature | Self::NameMismatch => {
+                AlertDescription::BadCertificate
+            }
+            Self::ChainTooLong
+            | Self::UnsupportedKey
+            | Self::WrongUsage
+            | Self::UnsupportedType => AlertDescription::UnsupportedCertificate,
+            Self::Expired | Self::NotYetValid => AlertDescription::CertificateExpired,
+            Self::UnknownIssuer => AlertDescription::UnknownCa,
+            Self::Revoked => AlertDescription::CertificateRevoked,
+            Self::RevocationStatusUnknown | Self::UnknownRawPublicKey => {
+                AlertDescription::CertificateUnknown
+            }
+        }
+    }
 }
 
 impl Error {
@@ -192,6 +267,8 @@ impl Error {
             Self::RenegotiationRefused => Some(AlertDescription::NoRenegotiation),
             Self::RecordOverflow => Some(AlertDescription::RecordOverflow),
             Self::Limit { .. } => Some(AlertDescription::InternalError),
+            Self::BadSignature => Some(AlertDescription::DecryptError),
+            Self::Certificate(error) => Some(error.alert()),
             Self::BadRecordMac
             | Self::Replay
             | Self::NotConnected

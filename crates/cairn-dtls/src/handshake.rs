@@ -1,4 +1,6 @@
-//! The PSK handshake as explicit state types (RFC 6347 §4.2, RFC 5246 §7.3–7.4, RFC 4279 §2).
+//! The handshake as explicit state types (RFC 6347 §4.2, RFC 5246 §7.3–7.4): PSK (RFC 4279
+//! §2) here, ECDHE-ECDSA with certificates or raw public keys (RFC 8422, RFC 7250) in
+//! `handshake/certificate.rs`.
 //!
 //! Full handshake (RFC 6347 §4.2.4, flights 1–6):
 //!
@@ -23,19 +25,23 @@
 //! offer it, `renegotiation_info` (RFC 5746) is answered on the initial handshake, and the
 //! `connection_id` extension (RFC 9146 §3) is negotiated when configured.
 
+mod certificate;
+
 use core::time::Duration;
+use std::sync::Arc;
 
 use rand_core::CryptoRng;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::cid::ConnectionId;
-use crate::crypto::{CipherSuite, KeyBlock, MasterSecret, Psk};
+use crate::crypto::{CipherSuite, EphemeralKey, KeyBlock, MasterSecret, Psk};
 use crate::flight::{FlightItem, RecordWriter, RetransmitTimer, write_flight};
 use crate::message::{
     ClientHello, EMPTY_RENEGOTIATION_INFO_SCSV, HandshakeType, HelloExtensions, HelloVerifyRequest,
     ServerHello, encode_psk_identity, parse_finished, parse_psk_identity, whole_message,
 };
+use crate::pki::{ClientCertificateConfig, PeerVerifier, ServerCertificateConfig, VerifiedPeer};
 use crate::reassembly::{Message, Reassembler};
 use crate::record::{ContentType, DTLS_1_2, Protection, Record, ReplayWindow};
 use crate::session::{FinalFlight, Session};
@@ -93,6 +99,8 @@ pub struct ServerEnv<'a> {
     pub resumable: Option<ResumableSession>,
     /// Whether completed sessions are cached for resumption (then a session ID is issued).
     pub issue_session_id: bool,
+    /// The certificate mode, when ECDHE-ECDSA suites are enabled.
+    pub certificate: Option<Arc<ServerCertificateConfig>>,
 }
 
 /// What a client offers.
@@ -107,6 +115,8 @@ pub struct ClientParams<'a> {
     pub cid: Option<ConnectionId>,
     /// A session to resume.
     pub offered: Option<ResumableSession>,
+    /// The certificate mode, when ECDHE-ECDSA suites are offered.
+    pub certificate: Option<Arc<ClientCertificateConfig>>,
 }
 
 /// The result of feeding a handshake.
@@ -139,6 +149,8 @@ pub struct ClientExpectServerHello {
     identity: Vec<u8>,
     offered: Option<ResumableSession>,
     hello_verify_requests: u8,
+    certificate: Option<Arc<ClientCertificateConfig>>,
+    ephemeral: Option<EphemeralKey>,
 }
 
 /// Client: got ServerHello of a full handshake, waiting for ServerHelloDone.
@@ -153,6 +165,60 @@ pub struct ClientExpectServerHelloDone {
 #[derive(Debug)]
 pub struct ServerExpectClientKeyExchange {
     session_id: Vec<u8>,
+    /// The ECDHE key and the authenticated client (if a certificate was requested).
+    ecdhe: Option<(EphemeralKey, Option<VerifiedPeer>)>,
+}
+
+/// Client (ECDHE-ECDSA): got ServerHello, waiting for the server's Certificate.
+#[derive(Debug)]
+pub struct ClientExpectCertificate {
+    session_id: Vec<u8>,
+    config: Arc<ClientCertificateConfig>,
+    ephemeral: EphemeralKey,
+    server_raw_public_key: bool,
+    client_raw_public_key: bool,
+}
+
+/// Client (ECDHE-ECDSA): the server is authenticated, waiting for its ServerKeyExchange.
+#[derive(Debug)]
+pub struct ClientExpectServerKeyExchange {
+    session_id: Vec<u8>,
+    config: Arc<ClientCertificateConfig>,
+    ephemeral: EphemeralKey,
+    client_raw_public_key: bool,
+    server: VerifiedPeer,
+}
+
+/// Client (ECDHE-ECDSA): waiting for CertificateRequest or ServerHelloDone.
+#[derive(Debug)]
+pub struct ClientExpectEcdheServerHelloDone {
+    session_id: Vec<u8>,
+    config: Arc<ClientCertificateConfig>,
+    ephemeral: EphemeralKey,
+    client_raw_public_key: bool,
+    server: VerifiedPeer,
+    server_point: Vec<u8>,
+    certificate_requested: bool,
+}
+
+/// Server (ECDHE-ECDSA, mutual authentication): waiting for the client's Certificate.
+#[derive(Debug)]
+pub struct ServerExpectCertificate {
+    session_id: Vec<u8>,
+    ephemeral: EphemeralKey,
+    verifier: PeerVerifier,
+    client_raw_public_key: bool,
+}
+
+/// Server (ECDHE-ECDSA, mutual authentication): keys are derived, waiting for the
+/// CertificateVerify that proves the client holds its certificate's key. Nothing else is
+/// accepted here: a certificate without CertificateVerify never completes a handshake
+/// (CVE-2022-29222).
+#[derive(Debug)]
+pub struct ServerExpectCertificateVerify {
+    secrets: Secrets,
+    pending_read: Protection,
+    client_point: Vec<u8>,
 }
 
 /// Either side: keys are derived, waiting for the peer's ChangeCipherSpec.
@@ -189,6 +255,16 @@ pub enum State {
     ClientExpectServerHelloDone(ClientExpectServerHelloDone),
     /// See [`ServerExpectClientKeyExchange`].
     ServerExpectClientKeyExchange(ServerExpectClientKeyExchange),
+    /// See [`ClientExpectCertificate`].
+    ClientExpectCertificate(ClientExpectCertificate),
+    /// See [`ClientExpectServerKeyExchange`].
+    ClientExpectServerKeyExchange(ClientExpectServerKeyExchange),
+    /// See [`ClientExpectEcdheServerHelloDone`].
+    ClientExpectEcdheServerHelloDone(ClientExpectEcdheServerHelloDone),
+    /// See [`ServerExpectCertificate`].
+    ServerExpectCertificate(ServerExpectCertificate),
+    /// See [`ServerExpectCertificateVerify`].
+    ServerExpectCertificateVerify(ServerExpectCertificateVerify),
     /// See [`ExpectChangeCipherSpec`].
     ExpectChangeCipherSpec(ExpectChangeCipherSpec),
     /// See [`ExpectFinished`].
@@ -205,6 +281,11 @@ impl State {
             Self::ClientExpectServerHello(_) => "ClientExpectServerHello",
             Self::ClientExpectServerHelloDone(_) => "ClientExpectServerHelloDone",
             Self::ServerExpectClientKeyExchange(_) => "ServerExpectClientKeyExchange",
+            Self::ClientExpectCertificate(_) => "ClientExpectCertificate",
+            Self::ClientExpectServerKeyExchange(_) => "ClientExpectServerKeyExchange",
+            Self::ClientExpectEcdheServerHelloDone(_) => "ClientExpectEcdheServerHelloDone",
+            Self::ServerExpectCertificate(_) => "ServerExpectCertificate",
+            Self::ServerExpectCertificateVerify(_) => "ServerExpectCertificateVerify",
             Self::ExpectChangeCipherSpec(_) => "ExpectChangeCipherSpec",
             Self::ExpectFinished(_) => "ExpectFinished",
             Self::Failed => "Failed",
@@ -226,8 +307,11 @@ fn message_name(msg_type: HandshakeType) -> &'static str {
         HandshakeType::ClientHello => "ClientHello",
         HandshakeType::ServerHello => "ServerHello",
         HandshakeType::HelloVerifyRequest => "HelloVerifyRequest",
+        HandshakeType::Certificate => "Certificate",
         HandshakeType::ServerKeyExchange => "ServerKeyExchange",
+        HandshakeType::CertificateRequest => "CertificateRequest",
         HandshakeType::ServerHelloDone => "ServerHelloDone",
+        HandshakeType::CertificateVerify => "CertificateVerify",
         HandshakeType::ClientKeyExchange => "ClientKeyExchange",
         HandshakeType::Finished => "Finished",
         HandshakeType::Unknown(_) => "unknown handshake message",
@@ -304,6 +388,7 @@ impl Handshake {
             suites,
             cid,
             offered,
+            certificate,
         } = params;
         let mut random = [0u8; 32];
         rng.fill_bytes(&mut random);
@@ -323,6 +408,7 @@ impl Handshake {
                 extended_master_secret: true,
                 renegotiation_info: None,
                 connection_id: cid.map(|cid| cid.as_bytes().to_vec()),
+                ..certificate::client_hello_extensions(suites, certificate.as_deref())
             },
         };
         let state = State::ClientExpectServerHello(ClientExpectServerHello {
@@ -331,6 +417,10 @@ impl Handshake {
             identity,
             offered,
             hello_verify_requests: 0,
+            ephemeral: certificate
+                .is_some()
+                .then(|| EphemeralKey::generate(&mut *rng)),
+            certificate,
         });
         let mut handshake = Self::new(Role::Client, limits, state, 0, 0);
         handshake.client_random = random;
@@ -362,11 +452,15 @@ impl Handshake {
                 what: "compression_methods without null",
             });
         }
+        let certificate_offer = certificate::ServerOffer::negotiate(&hello, env);
         let suite = env
             .suites
             .iter()
             .copied()
-            .find(|suite| hello.cipher_suites.contains(&suite.code()))
+            .find(|suite| {
+                hello.cipher_suites.contains(&suite.code())
+                    && (!suite.is_ecdhe_ecdsa() || certificate_offer.is_some())
+            })
             .ok_or(Error::NoCommonCipherSuite)?;
         let secure_renegotiation = hello.cipher_suites.contains(&EMPTY_RENEGOTIATION_INFO_SCSV)
             || hello.extensions.renegotiation_info.is_some();
@@ -426,6 +520,11 @@ impl Handshake {
                 extended_master_secret: handshake.extended_master_secret,
                 renegotiation_info: secure_renegotiation.then(Vec::new),
                 connection_id: cid_extension,
+                ..certificate_offer
+                    .as_ref()
+                    .filter(|_| resumable.is_none() && handshake.suite.is_ecdhe_ecdsa())
+                    .map(certificate::ServerOffer::server_hello_extensions)
+                    .unwrap_or_default()
             },
         };
         let mut body = Vec::new();
@@ -448,6 +547,12 @@ impl Handshake {
                     pending_read,
                 });
             }
+            None if handshake.suite.is_ecdhe_ecdsa() => {
+                let (offer, config) = certificate_offer
+                    .zip(env.certificate.clone())
+                    .ok_or(Error::NoCommonCipherSuite)?;
+                handshake.server_ecdhe_flight(rng, &offer, &config, session_id);
+            }
             None => {
                 if let Some(hint) = env.identity_hint {
                     handshake.queue(HandshakeType::ServerKeyExchange, encode_psk_identity(hint));
@@ -456,6 +561,7 @@ impl Handshake {
                 handshake.state =
                     State::ServerExpectClientKeyExchange(ServerExpectClientKeyExchange {
                         session_id,
+                        ecdhe: None,
                     });
             }
         }
@@ -634,9 +740,32 @@ impl Handshake {
             (State::ClientExpectServerHelloDone(state), HandshakeType::ServerHelloDone) => {
                 self.client_server_hello_done(now, state, &message.body)?
             }
+            (State::ServerExpectClientKeyExchange(state), HandshakeType::ClientKeyExchange)
+                if state.ecdhe.is_some() =>
+            {
+                self.server_ecdhe_client_key_exchange(state, &message.body)?
+            }
             (State::ServerExpectClientKeyExchange(state), HandshakeType::ClientKeyExchange) => {
                 let resolver = resolver.ok_or(Error::UnknownPskIdentity)?;
                 self.server_client_key_exchange(state, &message.body, resolver)?
+            }
+            (State::ClientExpectCertificate(state), HandshakeType::Certificate) => {
+                self.client_certificate(state, &message.body)?
+            }
+            (State::ClientExpectServerKeyExchange(state), HandshakeType::ServerKeyExchange) => {
+                self.client_ecdhe_server_key_exchange(state, &message.body)?
+            }
+            (State::ClientExpectEcdheServerHelloDone(state), HandshakeType::CertificateRequest) => {
+                self.client_certificate_request(state, &message.body)?
+            }
+            (State::ClientExpectEcdheServerHelloDone(state), HandshakeType::ServerHelloDone) => {
+                self.client_ecdhe_server_hello_done(now, state, &message.body)?
+            }
+            (State::ServerExpectCertificate(state), HandshakeType::Certificate) => {
+                self.server_certificate(state, &message.body)?
+            }
+            (State::ServerExpectCertificateVerify(state), HandshakeType::CertificateVerify) => {
+                self.server_certificate_verify(state, &message.body, &hash_before)?
             }
             (State::ExpectFinished(state), HandshakeType::Finished) => {
                 self.finished(now, state, &message.body, &hash_before)?
@@ -713,10 +842,13 @@ impl Handshake {
         self.suite = suite;
         self.server_random = hello.random;
         self.extended_master_secret = hello.extensions.extended_master_secret;
-        let resumed = state.offered.filter(|offered| {
+        let resumed = state.offered.clone().filter(|offered| {
             !hello.session_id.is_empty() && offered.session_id == hello.session_id
         });
         let Some(offered) = resumed else {
+            if suite.is_ecdhe_ecdsa() {
+                return self.client_ecdhe_server_hello(state, &hello);
+            }
             let next = ClientExpectServerHelloDone {
                 psk: state.psk,
                 identity: state.identity,
@@ -747,10 +879,13 @@ impl Handshake {
     }
 
     fn derive_master(&self, psk: &Psk) -> MasterSecret {
-        let premaster = psk.premaster_secret();
+        self.derive_master_from(&psk.premaster_secret())
+    }
+
+    fn derive_master_from(&self, premaster: &[u8]) -> MasterSecret {
         let session_hash = self.transcript_hash();
         MasterSecret::derive(
-            &premaster,
+            premaster,
             &self.client_random,
             &self.server_random,
             self.extended_master_secret.then_some(&session_hash),

@@ -1,5 +1,6 @@
 //! Sans-IO DTLS 1.2 engine (RFC 6347) with pre-shared keys (RFC 4279, RFC 6655 AES-CCM
-//! suites) and connection IDs (RFC 9146).
+//! suites), ECDHE-ECDSA on secp256r1 with X.509 certificates or raw public keys (RFC 8422,
+//! RFC 7251, RFC 7250; see [`pki`]) and connection IDs (RFC 9146).
 //!
 //! Two endpoints in the shape of `quinn-proto`: [`ServerEndpoint`] (many peers on one socket,
 //! found by address or by connection ID) and [`ClientEndpoint`] (one session). Neither touches
@@ -73,6 +74,7 @@ mod error;
 pub mod flight;
 pub mod handshake;
 pub mod message;
+pub mod pki;
 pub mod reassembly;
 pub mod record;
 mod server;
@@ -82,5 +84,9 @@ pub use cid::ConnectionId;
 pub use client::{ClientConfig, ClientEndpoint};
 pub use crypto::{CipherSuite, Psk};
 pub use endpoint::{Event, PskResolver, Transmit};
-pub use error::{AlertDescription, AlertLevel, CloseReason, Error};
+pub use error::{AlertDescription, AlertLevel, CertificateError, CloseReason, Error};
+pub use pki::{
+    CertificateUsage, ClientCertificateConfig, Credentials, PeerVerifier, PrivateKey,
+    RawPublicKeyResolver, RawPublicKeys, RevocationPolicy, ServerCertificateConfig, X509Verifier,
+};
 pub use server::{CidConfig, ServerConfig, ServerEndpoint, SessionInfo};

@@ -29,6 +29,7 @@ use crate::handshake::{Handshake, Limits, ResumableSession, ServerEnv};
 use crate::message::{
     ClientHello, Fragment, HandshakeType, HelloVerifyRequest, put_fragment_header,
 };
+use crate::pki::ServerCertificateConfig;
 use crate::reassembly::Message;
 use crate::record::{self, ContentType, DTLS_1_0, Records};
 
@@ -62,6 +63,8 @@ pub struct ServerConfig {
     pub max_retransmissions: u8,
     /// Sessions kept for resumption (0 turns resumption off).
     pub session_cache_size: usize,
+    /// Certificate mode (ECDHE-ECDSA suites), when set.
+    pub certificate: Option<Arc<ServerCertificateConfig>>,
 }
 
 impl core::fmt::Debug for ServerConfig {
@@ -75,23 +78,35 @@ impl core::fmt::Debug for ServerConfig {
             .field("mtu", &self.mtu)
             .field("max_retransmissions", &self.max_retransmissions)
             .field("session_cache_size", &self.session_cache_size)
+            .field("certificate", &self.certificate)
             .finish_non_exhaustive()
     }
 }
 
 impl ServerConfig {
-    /// Defaults: both CCM suites (CCM-8 first), no hint, no CID, 100 000 peers.
+    /// Defaults: both PSK CCM suites (CCM-8 first), no hint, no CID, 100 000 peers.
     pub fn new(psk_resolver: Arc<dyn PskResolver>) -> Self {
         Self {
             psk_resolver,
             identity_hint: None,
-            cipher_suites: CipherSuite::ALL.to_vec(),
+            cipher_suites: CipherSuite::PSK.to_vec(),
             connection_id: None,
             max_peers: 100_000,
             max_handshake_message: DEFAULT_MAX_HANDSHAKE_MESSAGE,
             mtu: DEFAULT_MTU,
             max_retransmissions: DEFAULT_MAX_RETRANSMISSIONS,
             session_cache_size: 1024,
+            certificate: None,
+        }
+    }
+
+    /// A server in certificate mode only: the ECDHE-ECDSA suites (CCM-8 first), no PSK.
+    /// Add PSK suites to `cipher_suites` and a `psk_resolver` to serve both modes.
+    pub fn with_certificate(certificate: ServerCertificateConfig) -> Self {
+        Self {
+            cipher_suites: CipherSuite::ECDHE_ECDSA.to_vec(),
+            certificate: Some(Arc::new(certificate)),
+            ..Self::new(Arc::new(NoPsk))
         }
     }
 
@@ -99,6 +114,11 @@ impl ServerConfig {
         if self.cipher_suites.is_empty() {
             return Err(Error::Config {
                 what: "no cipher suite",
+            });
+        }
+        if self.certificate.is_none() && self.cipher_suites.iter().all(|s| s.is_ecdhe_ecdsa()) {
+            return Err(Error::Config {
+                what: "ECDHE-ECDSA suites without a certificate configuration",
             });
         }
         if let Some(cid) = &self.connection_id {
@@ -114,6 +134,15 @@ impl ServerConfig {
             });
         }
         Ok(())
+    }
+}
+
+/// The PSK resolver of a certificate-only server: knows no identity.
+struct NoPsk;
+
+impl PskResolver for NoPsk {
+    fn key(&self, _identity: &[u8]) -> Option<crate::Psk> {
+        None
     }
 }
 
@@ -404,6 +433,7 @@ impl ServerEndpoint {
             cid,
             resumable: self.cache.sessions.get(&hello.session_id).cloned(),
             issue_session_id: self.config.session_cache_size > 0,
+            certificate: self.config.certificate.clone(),
         };
         let limits = self.limits();
         match Handshake::server_start(now, limits, &mut *self.rng, &env, message, record_seq) {

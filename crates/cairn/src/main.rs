@@ -5,6 +5,7 @@ mod client_cmd;
 mod coap_cmd;
 mod fleet_cmd;
 mod hex;
+mod keys_cmd;
 mod server_cmd;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,8 @@ enum Command {
     Client(client_cmd::ClientArgs),
     /// Many simulated LwM2M devices in one process.
     Fleet(fleet_cmd::FleetArgs),
+    /// ECDSA P-256 keys and a certificate authority for the certificate modes.
+    Keys(keys_cmd::KeysArgs),
 }
 
 fn init_logging(filter: Option<&str>, json: bool) {
@@ -66,5 +69,6 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Client(args) => client_cmd::run(args),
         Command::Fleet(args) => fleet_cmd::run(args),
+        Command::Keys(args) => keys_cmd::run(args),
     }
 }

@@ -2,6 +2,8 @@
 //! network with a fake clock that can drop datagrams.
 #![allow(dead_code)]
 
+pub mod certs;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -240,6 +240,29 @@ fn stop_on_signal() -> anyhow::Result<Arc<AtomicBool>> {
 mod tests {
     use super::*;
 
+    /// The generator against a real peer: libcoap's server (scripts/setup.sh installs it).
+    #[test]
+    fn measures_libcoap() {
+        let mut server = Target::Libcoap.spawn().expect("coap-server-notls (run scripts/setup.sh)");
+        let stop = AtomicBool::new(false);
+        let spec = LoadSpec {
+            request: GetRequest::new("/"),
+            clients: 4,
+            in_flight: 2,
+            warmup: Duration::from_millis(50),
+            measured: Duration::from_millis(300),
+        };
+        server.wait_until_ready(&spec.request, &stop).unwrap();
+        let measurement = load::run(&spec, &mut server, &stop).unwrap();
+        assert!(measurement.answers > 100, "{measurement:?}");
+        assert_eq!(measurement.unexpected_answers, 0);
+        assert!(measurement.server_cpu > Duration::ZERO);
+        assert!(measurement.latency_us(50.0).unwrap() <= measurement.latency_us(99.0).unwrap());
+        let line = result_line(&[(Target::Libcoap, measurement)]);
+        assert!(line.starts_with("RESULT coap_get cairn_rps=NA libcoap_rps="), "{line}");
+        assert!(line.ends_with("ratio_libcoap=NA"), "{line}");
+    }
+
     #[test]
     fn result_line_marks_what_was_not_measured() {
         assert_eq!(

@@ -352,3 +352,40 @@ pub fn run(spec: &LoadSpec, server: &mut ServerProcess, stop: &AtomicBool) -> an
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measurement(latencies_ns: Vec<u32>, answers: u64) -> Measurement {
+        Measurement {
+            window: Duration::from_secs(2),
+            answers,
+            unexpected_answers: 0,
+            timeouts: 0,
+            latencies_ns,
+            server_cpu: Duration::from_millis(500),
+            generator_cpu: Duration::from_millis(250),
+        }
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let measured = measurement((1..=100).map(|us| us * 1000).collect(), 100);
+        assert_eq!(measured.latency_us(50.0), Some(50.0));
+        assert_eq!(measured.latency_us(99.0), Some(99.0));
+        assert_eq!(measured.latency_us(100.0), Some(100.0));
+        assert_eq!(measured.latency_us(0.0), Some(1.0));
+        assert_eq!(measurement(Vec::new(), 0).latency_us(50.0), None);
+    }
+
+    #[test]
+    fn rates_are_per_answer_and_per_second() {
+        let measured = measurement(vec![1000; 1000], 1000);
+        assert_eq!(measured.requests_per_second(), 500.0);
+        assert_eq!(measured.server_cpu_per_request_us(), Some(500.0));
+        assert_eq!(measured.generator_cpu_per_request_us(), Some(250.0));
+        assert_eq!(measured.server_cores(), 0.25);
+        assert_eq!(measurement(Vec::new(), 0).server_cpu_per_request_us(), None);
+    }
+}

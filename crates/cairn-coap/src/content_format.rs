@@ -113,7 +113,10 @@ mod tests {
     #[test]
     fn registered_numbers_have_media_types() {
         assert_eq!(ContentFormat::LWM2M_TLV.value(), 11542);
-        assert_eq!(ContentFormat(40).media_type(), Some("application/link-format"));
+        assert_eq!(
+            ContentFormat(40).media_type(),
+            Some("application/link-format")
+        );
         assert_eq!(ContentFormat(65000).media_type(), None);
     }
 }

@@ -150,15 +150,28 @@ pub enum ObservationEnd {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     /// A complete request; answer it with [`Endpoint::respond`].
-    Request { id: ExchangeId, peer: SocketAddr, message: Message, observe: ObserveRequest },
+    Request {
+        id: ExchangeId,
+        peer: SocketAddr,
+        message: Message,
+        observe: ObserveRequest,
+    },
     /// A complete response, or a fresh notification of an observe request.
-    Response { id: RequestId, peer: SocketAddr, message: Message },
+    Response {
+        id: RequestId,
+        peer: SocketAddr,
+        message: Message,
+    },
     /// A request of ours failed; no further events come for it.
     RequestFailed { id: RequestId, error: RequestError },
     /// A ping of ours was answered.
     Pong { id: RequestId },
     /// An observation of this endpoint's resources ended.
-    ObservationEnded { id: ObservationId, peer: SocketAddr, reason: ObservationEnd },
+    ObservationEnded {
+        id: ObservationId,
+        peer: SocketAddr,
+        reason: ObservationEnd,
+    },
 }
 
 /// What a GET asked of observe (RFC 7641 §2).
@@ -183,7 +196,6 @@ const EMPTY_ACK_LEN: usize = 4;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerKind {
     Retransmit(SocketAddr, u16),
-    PiggybackWindow(ExchangeId),
     ResponseTimeout(RequestId),
     Sweep,
 }
@@ -260,7 +272,10 @@ impl Peer {
     }
 
     fn in_flight_requests(&self) -> usize {
-        self.outgoing.iter().filter(|o| matches!(o.purpose, ConPurpose::Request(_) | ConPurpose::Ping(_))).count()
+        self.outgoing
+            .iter()
+            .filter(|o| matches!(o.purpose, ConPurpose::Request(_) | ConPurpose::Ping(_)))
+            .count()
     }
 
     fn is_idle(&self, now: Duration) -> bool {
@@ -337,6 +352,8 @@ pub struct Endpoint {
     next_id: u64,
     peers: HashMap<SocketAddr, Peer>,
     timers: BinaryHeap<Reverse<(Duration, TimerKind)>>,
+    /// Piggyback windows end in arrival order, so a queue serves them without a heap.
+    piggyback_deadlines: VecDeque<(Duration, ExchangeId)>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     exchanges: HashMap<ExchangeId, ServerExchange>,
@@ -358,6 +375,7 @@ impl Endpoint {
             next_id: 1,
             peers: HashMap::new(),
             timers: BinaryHeap::new(),
+            piggyback_deadlines: VecDeque::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             exchanges: HashMap::new(),
@@ -388,7 +406,15 @@ impl Endpoint {
 
     /// The earliest time at which [`Endpoint::handle_timeout`] has work to do.
     pub fn poll_timeout(&self) -> Option<Duration> {
-        self.timers.peek().map(|Reverse((deadline, _))| *deadline)
+        let timer = self.timers.peek().map(|Reverse((deadline, _))| *deadline);
+        let piggyback = self
+            .piggyback_deadlines
+            .front()
+            .map(|(deadline, _)| *deadline);
+        match (timer, piggyback) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn next_id(&mut self) -> u64 {
@@ -402,7 +428,10 @@ impl Endpoint {
     }
 
     fn send(&mut self, destination: SocketAddr, payload: Vec<u8>) {
-        self.transmits.push_back(Transmit { destination, payload });
+        self.transmits.push_back(Transmit {
+            destination,
+            payload,
+        });
     }
 
     fn initial_timeout(&mut self) -> Duration {
@@ -410,7 +439,11 @@ impl Endpoint {
         let base = self.config.ack_timeout;
         let max = base * num / den.max(1);
         let spread = max.saturating_sub(base).as_nanos() as u64;
-        let jitter = if spread == 0 { 0 } else { self.rng.next() % spread };
+        let jitter = if spread == 0 {
+            0
+        } else {
+            self.rng.next() % spread
+        };
         base + Duration::from_nanos(jitter)
     }
 
@@ -449,7 +482,11 @@ impl Endpoint {
             });
             let idle = peer.is_idle(now);
             if idle {
-                freed += peer.representations.iter().map(|r| r.response.payload.len()).sum::<usize>();
+                freed += peer
+                    .representations
+                    .iter()
+                    .map(|r| r.response.payload.len())
+                    .sum::<usize>();
             }
             !idle
         });
@@ -483,7 +520,9 @@ impl Endpoint {
                 Disposition::Accepted
             }
             (MessageType::NonConfirmable, Code::EMPTY) => Disposition::Ignored,
-            (MessageType::Acknowledgement, Code::EMPTY) => self.handle_empty_ack(now, peer, message.message_id),
+            (MessageType::Acknowledgement, Code::EMPTY) => {
+                self.handle_empty_ack(now, peer, message.message_id)
+            }
             (MessageType::Reset, _) => self.handle_reset(now, peer, message.message_id),
             (_, code) if code.is_request() => self.handle_request(now, peer, message),
             (_, code) if code.is_response() => self.handle_response(now, peer, message),
@@ -503,11 +542,19 @@ impl Endpoint {
 
     fn take_outgoing(&mut self, peer: SocketAddr, message_id: u16) -> Option<OutgoingCon> {
         let state = self.peers.get_mut(&peer)?;
-        let index = state.outgoing.iter().position(|o| o.message_id == message_id)?;
+        let index = state
+            .outgoing
+            .iter()
+            .position(|o| o.message_id == message_id)?;
         Some(state.outgoing.swap_remove(index))
     }
 
-    fn handle_empty_ack(&mut self, now: Duration, peer: SocketAddr, message_id: u16) -> Disposition {
+    fn handle_empty_ack(
+        &mut self,
+        now: Duration,
+        peer: SocketAddr,
+        message_id: u16,
+    ) -> Disposition {
         let Some(outgoing) = self.take_outgoing(peer, message_id) else {
             return Disposition::Ignored;
         };
@@ -543,11 +590,11 @@ impl Endpoint {
         }
         // A Reset may answer a non-confirmable notification (RFC 7641 §3.6).
         let observation = self.peers.get(&peer).and_then(|state| {
-            state
-                .observations
-                .iter()
-                .copied()
-                .find(|id| self.observations.get(id).is_some_and(|o| o.last_message_id == message_id))
+            state.observations.iter().copied().find(|id| {
+                self.observations
+                    .get(id)
+                    .is_some_and(|o| o.last_message_id == message_id)
+            })
         });
         match observation {
             Some(id) => {
@@ -560,7 +607,12 @@ impl Endpoint {
 
     /// Looks `message_id` up in the duplicate cache; records it when new.
     /// Returns `true` for a duplicate (already answered from the cache).
-    fn deduplicate(&mut self, now: Duration, peer: SocketAddr, message: &Message) -> Result<bool, ()> {
+    fn deduplicate(
+        &mut self,
+        now: Duration,
+        peer: SocketAddr,
+        message: &Message,
+    ) -> Result<bool, ()> {
         let lifetime = self.config.exchange_lifetime;
         let capacity = self.config.dedup_capacity_per_peer.max(1);
         let Some(state) = self.peer_mut(now, peer) else {
@@ -569,7 +621,11 @@ impl Endpoint {
         while state.dedup.front().is_some_and(|d| d.expires <= now) {
             state.dedup.pop_front();
         }
-        if let Some(entry) = state.dedup.iter().find(|d| d.message_id == message.message_id) {
+        if let Some(entry) = state
+            .dedup
+            .iter()
+            .find(|d| d.message_id == message.message_id)
+        {
             let reply = entry.reply.clone();
             if message.message_type == MessageType::Confirmable {
                 if let Some(reply) = reply {
@@ -581,14 +637,21 @@ impl Endpoint {
         if state.dedup.len() >= capacity {
             state.dedup.pop_front();
         }
-        state.dedup.push_back(DedupEntry { message_id: message.message_id, expires: now + lifetime, reply: None });
+        state.dedup.push_back(DedupEntry {
+            message_id: message.message_id,
+            expires: now + lifetime,
+            reply: None,
+        });
         Ok(false)
     }
 
     fn cache_reply(&mut self, peer: SocketAddr, message_id: u16, reply: &[u8]) {
-        if let Some(entry) =
-            self.peers.get_mut(&peer).and_then(|s| s.dedup.iter_mut().rev().find(|d| d.message_id == message_id))
-        {
+        if let Some(entry) = self.peers.get_mut(&peer).and_then(|s| {
+            s.dedup
+                .iter_mut()
+                .rev()
+                .find(|d| d.message_id == message_id)
+        }) {
             entry.reply = Some(reply.to_vec());
         }
     }
@@ -601,14 +664,23 @@ impl Endpoint {
             response.message_id = request.message_id;
         } else {
             response.message_type = MessageType::NonConfirmable;
-            response.message_id = self.peers.get_mut(&peer).map(Peer::allocate_message_id).unwrap_or(0);
+            response.message_id = self
+                .peers
+                .get_mut(&peer)
+                .map(Peer::allocate_message_id)
+                .unwrap_or(0);
         }
         let bytes = response.to_bytes();
         self.cache_reply(peer, request.message_id, &bytes);
         self.send(peer, bytes);
     }
 
-    fn handle_request(&mut self, now: Duration, peer: SocketAddr, mut message: Message) -> Disposition {
+    fn handle_request(
+        &mut self,
+        now: Duration,
+        peer: SocketAddr,
+        mut message: Message,
+    ) -> Disposition {
         if message.message_type == MessageType::Acknowledgement {
             return Disposition::Ignored;
         }
@@ -630,7 +702,10 @@ impl Endpoint {
         }
         let path_key = path_key(&message);
         let representation_key = representation_key(&message, &path_key);
-        let requested_block2 = message.options.get(OptionNumber::BLOCK2).map(BlockValue::decode);
+        let requested_block2 = message
+            .options
+            .get(OptionNumber::BLOCK2)
+            .map(BlockValue::decode);
         if let Some(Some(block)) = requested_block2.filter(|b| b.is_some_and(|b| b.num > 0)) {
             if let Some(mut response) = self.cached_representation(now, peer, &representation_key) {
                 let code = self.slice_block2(&mut response, Some(block)).err();
@@ -638,7 +713,11 @@ impl Endpoint {
                 return Disposition::Accepted;
             }
             if !matches!(message.code, Code::GET | Code::FETCH) {
-                self.reply_directly(peer, &message, Message::response(Code::REQUEST_ENTITY_INCOMPLETE));
+                self.reply_directly(
+                    peer,
+                    &message,
+                    Message::response(Code::REQUEST_ENTITY_INCOMPLETE),
+                );
                 return Disposition::Accepted;
             }
         }
@@ -693,9 +772,14 @@ impl Endpoint {
         );
         if message.message_type == MessageType::Confirmable {
             let at = now + self.config.piggyback_window;
-            self.schedule(at, TimerKind::PiggybackWindow(id));
+            self.piggyback_deadlines.push_back((at, id));
         }
-        self.events.push_back(Event::Request { id, peer, message, observe });
+        self.events.push_back(Event::Request {
+            id,
+            peer,
+            message,
+            observe,
+        });
         Disposition::Accepted
     }
 
@@ -713,10 +797,16 @@ impl Endpoint {
         let preferred_szx = self.block_szx;
         let too_large = || {
             let mut response = Message::response(Code::REQUEST_ENTITY_TOO_LARGE);
-            response.options.set_uint(OptionNumber::SIZE1, max_body as u32);
+            response
+                .options
+                .set_uint(OptionNumber::SIZE1, max_body as u32);
             Block1Outcome::Error(response)
         };
-        if message.options.get_uint(OptionNumber::SIZE1).is_some_and(|size| size as usize > max_body) {
+        if message
+            .options
+            .get_uint(OptionNumber::SIZE1)
+            .is_some_and(|size| size as usize > max_body)
+        {
             return too_large();
         }
         let Some(state) = self.peers.get_mut(&peer) else {
@@ -738,10 +828,16 @@ impl Endpoint {
                 if state.block1.len() >= max_transfers {
                     state.block1.remove(0);
                 }
-                state.block1.push(Block1Transfer { key, body: Vec::new(), expires: now + lifetime });
+                state.block1.push(Block1Transfer {
+                    key,
+                    body: Vec::new(),
+                    expires: now + lifetime,
+                });
                 state.block1.len() - 1
             }
-            (None, _) => return Block1Outcome::Error(Message::response(Code::REQUEST_ENTITY_INCOMPLETE)),
+            (None, _) => {
+                return Block1Outcome::Error(Message::response(Code::REQUEST_ENTITY_INCOMPLETE));
+            }
         };
         let transfer = &mut state.block1[index];
         if offset != transfer.body.len() || (block.more && message.payload.len() != block.size()) {
@@ -758,20 +854,35 @@ impl Endpoint {
             let mut response = Message::response(Code::CONTINUE);
             // Late negotiation (RFC 7959 §2.3): answer with our smaller size if we prefer one.
             let szx = block.szx.min(preferred_szx);
-            let acknowledged = BlockValue { num: block.num, more: true, szx: block.szx };
+            let acknowledged = BlockValue {
+                num: block.num,
+                more: true,
+                szx: block.szx,
+            };
             let echoed = if szx < block.szx {
-                BlockValue { num: (acknowledged.offset() / (16 << szx)) as u32, more: true, szx }
+                BlockValue {
+                    num: (acknowledged.offset() / (16 << szx)) as u32,
+                    more: true,
+                    szx,
+                }
             } else {
                 acknowledged
             };
-            response.options.set_uint(OptionNumber::BLOCK1, echoed.to_uint());
+            response
+                .options
+                .set_uint(OptionNumber::BLOCK1, echoed.to_uint());
             return Block1Outcome::Continue(response);
         }
         let transfer = state.block1.swap_remove(index);
         Block1Outcome::Complete(transfer.body)
     }
 
-    fn handle_response(&mut self, now: Duration, peer: SocketAddr, message: Message) -> Disposition {
+    fn handle_response(
+        &mut self,
+        now: Duration,
+        peer: SocketAddr,
+        message: Message,
+    ) -> Disposition {
         let Some(&id) = self.tokens.get(&(peer, message.token)) else {
             // A response nobody waits for: reject confirmable and non-confirmable ones
             // so that an observing server stops sending (RFC 7641 §3.6). A piggybacked one
@@ -798,7 +909,11 @@ impl Endpoint {
                     Err(()) => return Disposition::Ignored,
                 }
                 if message.message_type == MessageType::Confirmable {
-                    let ack = Message::new(MessageType::Acknowledgement, Code::EMPTY, message.message_id);
+                    let ack = Message::new(
+                        MessageType::Acknowledgement,
+                        Code::EMPTY,
+                        message.message_id,
+                    );
                     let bytes = ack.to_bytes();
                     self.cache_reply(peer, message.message_id, &bytes);
                     self.send(peer, bytes);
@@ -806,7 +921,9 @@ impl Endpoint {
                 // A separate response also settles a request still being retransmitted.
                 if let Some(state) = self.peers.get_mut(&peer) {
                     let before = state.outgoing.len();
-                    state.outgoing.retain(|o| o.purpose != ConPurpose::Request(id));
+                    state
+                        .outgoing
+                        .retain(|o| o.purpose != ConPurpose::Request(id));
                     if state.outgoing.len() != before {
                         self.start_queued(now, peer);
                     }
@@ -818,14 +935,24 @@ impl Endpoint {
         Disposition::Accepted
     }
 
-    fn process_response(&mut self, now: Duration, id: RequestId, peer: SocketAddr, mut message: Message) {
+    fn process_response(
+        &mut self,
+        now: Duration,
+        id: RequestId,
+        peer: SocketAddr,
+        mut message: Message,
+    ) {
         let max_body = self.config.max_body_size;
         let Some(request) = self.requests.get_mut(&id) else {
             return;
         };
         // Block1: the server asks for the next block of our request body.
         if message.code == Code::CONTINUE && request.block1_offset < request.body.len() {
-            let szx = match message.options.get(OptionNumber::BLOCK1).and_then(BlockValue::decode) {
+            let szx = match message
+                .options
+                .get(OptionNumber::BLOCK1)
+                .and_then(BlockValue::decode)
+            {
                 Some(block) => block.szx.min(request.block1_szx),
                 None => request.block1_szx,
             };
@@ -833,7 +960,10 @@ impl Endpoint {
             self.send_request_block(now, id);
             return;
         }
-        let block2 = message.options.get(OptionNumber::BLOCK2).and_then(BlockValue::decode);
+        let block2 = message
+            .options
+            .get(OptionNumber::BLOCK2)
+            .and_then(BlockValue::decode);
         let observe = message.observe();
         if let Some(block) = block2 {
             if block.offset() != request.block2_body.len() {
@@ -853,11 +983,19 @@ impl Endpoint {
             if block.more {
                 if block.num == 0 {
                     if let Some(sequence) = observe {
-                        request.last_notification = freshest(request.last_notification, sequence, now);
+                        request.last_notification =
+                            freshest(request.last_notification, sequence, now);
                     }
                 }
-                let next = BlockValue { num: block.num + 1, more: false, szx: block.szx };
-                request.template.options.set_uint(OptionNumber::BLOCK2, next.to_uint());
+                let next = BlockValue {
+                    num: block.num + 1,
+                    more: false,
+                    szx: block.szx,
+                };
+                request
+                    .template
+                    .options
+                    .set_uint(OptionNumber::BLOCK2, next.to_uint());
                 request.template.options.remove(OptionNumber::OBSERVE);
                 request.template.payload.clear();
                 self.send_request_block(now, id);
@@ -866,7 +1004,8 @@ impl Endpoint {
             message.payload = core::mem::take(&mut request.block2_body);
             message.options.remove(OptionNumber::BLOCK2);
         }
-        if request.observing && message.code.is_success() && (observe.is_some() || block2.is_some()) {
+        if request.observing && message.code.is_success() && (observe.is_some() || block2.is_some())
+        {
             if let Some(sequence) = observe {
                 if let Some((last, at)) = request.last_notification {
                     if !is_fresh(last, at, sequence, now) {
@@ -886,21 +1025,36 @@ impl Endpoint {
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Duration) {
+        while let Some(&(deadline, id)) = self.piggyback_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.piggyback_deadlines.pop_front();
+            self.acknowledge_early(id);
+        }
         while let Some(&Reverse((deadline, kind))) = self.timers.peek() {
             if deadline > now {
                 break;
             }
             self.timers.pop();
             match kind {
-                TimerKind::Retransmit(peer, message_id) => self.retransmit(now, peer, message_id, deadline),
-                TimerKind::PiggybackWindow(id) => self.acknowledge_early(id),
+                TimerKind::Retransmit(peer, message_id) => {
+                    self.retransmit(now, peer, message_id, deadline)
+                }
                 TimerKind::ResponseTimeout(id) => {
-                    let waiting = self.requests.get(&id).is_some_and(|r| !r.observing || r.last_notification.is_none());
+                    let waiting = self
+                        .requests
+                        .get(&id)
+                        .is_some_and(|r| !r.observing || r.last_notification.is_none());
                     let acknowledged = self
                         .requests
                         .get(&id)
                         .and_then(|r| self.peers.get(&r.peer))
-                        .is_some_and(|p| !p.outgoing.iter().any(|o| o.purpose == ConPurpose::Request(id)));
+                        .is_some_and(|p| {
+                            !p.outgoing
+                                .iter()
+                                .any(|o| o.purpose == ConPurpose::Request(id))
+                        });
                     if waiting && acknowledged {
                         self.fail_request(id, RequestError::NoResponse);
                     }
@@ -922,7 +1076,10 @@ impl Endpoint {
         let Some(state) = self.peers.get_mut(&peer) else {
             return;
         };
-        let Some(index) = state.outgoing.iter().position(|o| o.message_id == message_id && o.deadline == deadline)
+        let Some(index) = state
+            .outgoing
+            .iter()
+            .position(|o| o.message_id == message_id && o.deadline == deadline)
         else {
             return;
         };
@@ -975,11 +1132,21 @@ impl Endpoint {
         if !response.code.is_response() {
             return Err(EndpointError::NotAResponse(response.code));
         }
-        let exchange = self.exchanges.remove(&id).ok_or(EndpointError::UnknownExchange)?;
+        let exchange = self
+            .exchanges
+            .remove(&id)
+            .ok_or(EndpointError::UnknownExchange)?;
         let peer = exchange.peer;
         response.token = exchange.token;
         if let Some(block) = exchange.block1_final {
-            response.options.set_uint(OptionNumber::BLOCK1, BlockValue { more: false, ..block }.to_uint());
+            response.options.set_uint(
+                OptionNumber::BLOCK1,
+                BlockValue {
+                    more: false,
+                    ..block
+                }
+                .to_uint(),
+            );
         }
         let mut observation = None;
         if exchange.observe == ObserveRequest::Register && response.code.is_success() {
@@ -991,8 +1158,15 @@ impl Endpoint {
         } else {
             response.options.remove(OptionNumber::OBSERVE);
         }
-        if exchange.block2.is_none_or(|b| b.num == 0) && response.payload.len() > 16usize << self.block_szx {
-            self.keep_representation(now, peer, exchange.representation_key.clone(), &mut response);
+        if exchange.block2.is_none_or(|b| b.num == 0)
+            && response.payload.len() > 16usize << self.block_szx
+        {
+            self.keep_representation(
+                now,
+                peer,
+                exchange.representation_key.clone(),
+                &mut response,
+            );
         }
         if let Err(code) = self.slice_block2(&mut response, exchange.block2) {
             response = Message::response(code);
@@ -1007,12 +1181,16 @@ impl Endpoint {
                 self.send(peer, bytes);
                 exchange.message_id
             }
-            (MessageType::Confirmable, true) => {
-                self.send_confirmable(now, peer, response, ConPurpose::SeparateResponse).unwrap_or(0)
-            }
+            (MessageType::Confirmable, true) => self
+                .send_confirmable(now, peer, response, ConPurpose::SeparateResponse)
+                .unwrap_or(0),
             _ => {
                 response.message_type = MessageType::NonConfirmable;
-                response.message_id = self.peers.get_mut(&peer).map(Peer::allocate_message_id).unwrap_or(0);
+                response.message_id = self
+                    .peers
+                    .get_mut(&peer)
+                    .map(Peer::allocate_message_id)
+                    .unwrap_or(0);
                 self.send(peer, response.to_bytes());
                 response.message_id
             }
@@ -1026,9 +1204,17 @@ impl Endpoint {
 
     /// Remembers a response too large for one block, tagged with an ETag, for the requests
     /// of its later blocks.
-    fn keep_representation(&mut self, now: Duration, peer: SocketAddr, key: Vec<u8>, response: &mut Message) {
+    fn keep_representation(
+        &mut self,
+        now: Duration,
+        peer: SocketAddr,
+        key: Vec<u8>,
+        response: &mut Message,
+    ) {
         if !response.options.contains(OptionNumber::ETAG) {
-            response.options.set(OptionNumber::ETAG, etag(&response.payload).to_vec());
+            response
+                .options
+                .set(OptionNumber::ETAG, etag(&response.payload).to_vec());
         }
         let size = response.payload.len();
         let per_peer = self.config.max_representations_per_peer;
@@ -1048,21 +1234,39 @@ impl Endpoint {
             freed += state.representations.remove(0).response.payload.len();
         }
         self.representation_bytes = self.representation_bytes.saturating_sub(freed);
-        if per_peer == 0 || self.representation_bytes + size > self.config.max_representation_bytes {
+        if per_peer == 0 || self.representation_bytes + size > self.config.max_representation_bytes
+        {
             return;
         }
         self.representation_bytes += size;
-        state.representations.push(Representation { key, response: response.clone(), expires: now + lifetime });
+        state.representations.push(Representation {
+            key,
+            response: response.clone(),
+            expires: now + lifetime,
+        });
     }
 
-    fn cached_representation(&self, now: Duration, peer: SocketAddr, key: &[u8]) -> Option<Message> {
+    fn cached_representation(
+        &self,
+        now: Duration,
+        peer: SocketAddr,
+        key: &[u8],
+    ) -> Option<Message> {
         let state = self.peers.get(&peer)?;
-        state.representations.iter().find(|r| r.key == key && r.expires > now).map(|r| r.response.clone())
+        state
+            .representations
+            .iter()
+            .find(|r| r.key == key && r.expires > now)
+            .map(|r| r.response.clone())
     }
 
     /// Cuts a response body into the requested block (RFC 7959 §2.4), or into the first block
     /// when it does not fit one.
-    fn slice_block2(&self, response: &mut Message, requested: Option<BlockValue>) -> Result<(), Code> {
+    fn slice_block2(
+        &self,
+        response: &mut Message,
+        requested: Option<BlockValue>,
+    ) -> Result<(), Code> {
         let szx = requested.map_or(self.block_szx, |b| b.szx.min(self.block_szx));
         let size = 16usize << szx;
         if requested.is_none() && response.payload.len() <= size {
@@ -1078,14 +1282,21 @@ impl Endpoint {
         let end = (offset + size).min(total);
         let more = end < total;
         response.payload = response.payload[offset..end].to_vec();
-        response.options.set_uint(OptionNumber::BLOCK2, BlockValue { num, more, szx }.to_uint());
+        response.options.set_uint(
+            OptionNumber::BLOCK2,
+            BlockValue { num, more, szx }.to_uint(),
+        );
         if num == 0 {
             response.options.set_uint(OptionNumber::SIZE2, total as u32);
         }
         Ok(())
     }
 
-    fn register_observation(&mut self, now: Duration, exchange: &ServerExchange) -> Option<ObservationId> {
+    fn register_observation(
+        &mut self,
+        now: Duration,
+        exchange: &ServerExchange,
+    ) -> Option<ObservationId> {
         let limit = self.config.max_observations_per_peer;
         let state = self.peers.get(&exchange.peer)?;
         if state.observations.len() >= limit {
@@ -1111,8 +1322,11 @@ impl Endpoint {
         let Some(state) = self.peers.get(&peer) else {
             return;
         };
-        let found =
-            state.observations.iter().copied().find(|id| self.observations.get(id).is_some_and(|o| o.token == token));
+        let found = state
+            .observations
+            .iter()
+            .copied()
+            .find(|id| self.observations.get(id).is_some_and(|o| o.token == token));
         if let Some(id) = found {
             self.end_observation(id, ObservationEnd::Deregistered);
         }
@@ -1124,27 +1338,46 @@ impl Endpoint {
         };
         if let Some(state) = self.peers.get_mut(&observation.peer) {
             state.observations.retain(|o| *o != id);
-            state.outgoing.retain(|o| o.purpose != ConPurpose::Notification(id));
+            state
+                .outgoing
+                .retain(|o| o.purpose != ConPurpose::Notification(id));
         }
-        self.events.push_back(Event::ObservationEnded { id, peer: observation.peer, reason });
+        self.events.push_back(Event::ObservationEnded {
+            id,
+            peer: observation.peer,
+            reason,
+        });
     }
 
     /// The observations registered on a resource path (as in [`Message::uri_path`]).
     pub fn observers(&self, path: &str) -> Vec<ObservationId> {
         let key = path_key_of(path);
-        let mut ids: Vec<_> = self.observations.iter().filter(|(_, o)| o.path_key == key).map(|(id, _)| *id).collect();
+        let mut ids: Vec<_> = self
+            .observations
+            .iter()
+            .filter(|(_, o)| o.path_key == key)
+            .map(|(id, _)| *id)
+            .collect();
         ids.sort();
         ids
     }
 
     /// Sends a notification (RFC 7641 §4.2). The message is confirmable if `response` says so,
     /// or if no confirmable notification went out within `observe_con_interval`.
-    pub fn notify(&mut self, now: Duration, id: ObservationId, mut response: Message) -> Result<(), EndpointError> {
+    pub fn notify(
+        &mut self,
+        now: Duration,
+        id: ObservationId,
+        mut response: Message,
+    ) -> Result<(), EndpointError> {
         if !response.code.is_response() {
             return Err(EndpointError::NotAResponse(response.code));
         }
         let interval = self.config.observe_con_interval;
-        let observation = self.observations.get_mut(&id).ok_or(EndpointError::UnknownObservation)?;
+        let observation = self
+            .observations
+            .get_mut(&id)
+            .ok_or(EndpointError::UnknownObservation)?;
         let peer = observation.peer;
         response.token = observation.token;
         let success = response.code.is_success();
@@ -1165,7 +1398,10 @@ impl Endpoint {
         // A newer state replaces a confirmable notification still being retransmitted
         // (RFC 7641 §4.5.2), keeping its retransmission count.
         let pending = self.peers.get_mut(&peer).and_then(|state| {
-            let index = state.outgoing.iter().position(|o| o.purpose == ConPurpose::Notification(id))?;
+            let index = state
+                .outgoing
+                .iter()
+                .position(|o| o.purpose == ConPurpose::Notification(id))?;
             Some(state.outgoing.swap_remove(index))
         });
         let message_id = if confirmable || pending.is_some() {
@@ -1173,14 +1409,20 @@ impl Endpoint {
             self.send_confirmable(now, peer, response, ConPurpose::Notification(id))
         } else {
             response.message_type = MessageType::NonConfirmable;
-            let message_id = self.peers.get_mut(&peer).map(Peer::allocate_message_id).unwrap_or(0);
+            let message_id = self
+                .peers
+                .get_mut(&peer)
+                .map(Peer::allocate_message_id)
+                .unwrap_or(0);
             response.message_id = message_id;
             self.send(peer, response.to_bytes());
             Some(message_id)
         };
         if let (Some(pending), Some(message_id)) = (pending, message_id) {
-            if let Some(outgoing) =
-                self.peers.get_mut(&peer).and_then(|s| s.outgoing.iter_mut().find(|o| o.message_id == message_id))
+            if let Some(outgoing) = self
+                .peers
+                .get_mut(&peer)
+                .and_then(|s| s.outgoing.iter_mut().find(|o| o.message_id == message_id))
             {
                 outgoing.retransmissions = pending.retransmissions;
             }
@@ -1249,7 +1491,9 @@ impl Endpoint {
                 break token;
             }
         };
-        let state = self.peer_mut(now, peer).ok_or(EndpointError::TooManyPeers)?;
+        let state = self
+            .peer_mut(now, peer)
+            .ok_or(EndpointError::TooManyPeers)?;
         let must_wait = message.message_type == MessageType::Confirmable
             && (state.in_flight_requests() >= nstart || !state.queued.is_empty());
         if must_wait && state.queued.len() >= queue_limit {
@@ -1289,7 +1533,8 @@ impl Endpoint {
     pub fn ping(&mut self, now: Duration, peer: SocketAddr) -> Result<RequestId, EndpointError> {
         let id = RequestId(self.next_id());
         let ping = Message::new(MessageType::Confirmable, Code::EMPTY, 0);
-        self.peer_mut(now, peer).ok_or(EndpointError::TooManyPeers)?;
+        self.peer_mut(now, peer)
+            .ok_or(EndpointError::TooManyPeers)?;
         self.requests.insert(
             id,
             ClientRequest {
@@ -1322,10 +1567,18 @@ impl Endpoint {
             let offset = request.block1_offset;
             let end = (offset + size).min(request.body.len());
             let more = end < request.body.len();
-            let block = BlockValue { num: (offset / size) as u32, more, szx: request.block1_szx };
-            message.options.set_uint(OptionNumber::BLOCK1, block.to_uint());
+            let block = BlockValue {
+                num: (offset / size) as u32,
+                more,
+                szx: request.block1_szx,
+            };
+            message
+                .options
+                .set_uint(OptionNumber::BLOCK1, block.to_uint());
             if offset == 0 {
-                message.options.set_uint(OptionNumber::SIZE1, request.body.len() as u32);
+                message
+                    .options
+                    .set_uint(OptionNumber::SIZE1, request.body.len() as u32);
             }
             message.payload = request.body[offset..end].to_vec();
             request.block1_offset = end;
@@ -1335,7 +1588,10 @@ impl Endpoint {
         request.sent = true;
         let peer = request.peer;
         if message.message_type == MessageType::Confirmable {
-            if self.send_confirmable(now, peer, message, ConPurpose::Request(id)).is_none() {
+            if self
+                .send_confirmable(now, peer, message, ConPurpose::Request(id))
+                .is_none()
+            {
                 self.fail_request(id, RequestError::Cancelled);
             }
         } else {
@@ -1369,7 +1625,9 @@ impl Endpoint {
         let request = self.requests.remove(&id)?;
         self.tokens.remove(&(request.peer, request.token));
         if let Some(state) = self.peers.get_mut(&request.peer) {
-            state.outgoing.retain(|o| o.purpose != ConPurpose::Request(id));
+            state
+                .outgoing
+                .retain(|o| o.purpose != ConPurpose::Request(id));
             state.queued.retain(|q| *q != id);
         }
         Some(request)
@@ -1383,8 +1641,15 @@ impl Endpoint {
 
     /// Stops a request. For an observation, `deregister` sends a GET with Observe = 1
     /// (RFC 7641 §3.6); otherwise later notifications are answered with Reset.
-    pub fn cancel(&mut self, now: Duration, id: RequestId, deregister: bool) -> Result<(), EndpointError> {
-        let request = self.finish_request(id).ok_or(EndpointError::UnknownRequest)?;
+    pub fn cancel(
+        &mut self,
+        now: Duration,
+        id: RequestId,
+        deregister: bool,
+    ) -> Result<(), EndpointError> {
+        let request = self
+            .finish_request(id)
+            .ok_or(EndpointError::UnknownRequest)?;
         if deregister && request.observing {
             let mut message = request.template;
             message.options.set_uint(OptionNumber::OBSERVE, 1);
@@ -1403,7 +1668,11 @@ enum Block1Outcome {
     Complete(Vec<u8>),
 }
 
-fn freshest(last: Option<(u32, Duration)>, sequence: u32, now: Duration) -> Option<(u32, Duration)> {
+fn freshest(
+    last: Option<(u32, Duration)>,
+    sequence: u32,
+    now: Duration,
+) -> Option<(u32, Duration)> {
     match last {
         Some((previous, at)) if !is_fresh(previous, at, sequence, now) => Some((previous, at)),
         _ => Some((sequence, now)),
@@ -1437,8 +1706,9 @@ fn representation_key(message: &Message, path_key: &[u8]) -> Vec<u8> {
 
 /// An entity tag for a representation: 64-bit FNV-1a of the body.
 fn etag(body: &[u8]) -> [u8; 8] {
-    let hash =
-        body.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
+    let hash = body.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
     hash.to_be_bytes()
 }
 

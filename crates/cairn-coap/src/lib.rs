@@ -14,8 +14,8 @@ pub mod uri;
 
 pub use content_format::ContentFormat;
 pub use endpoint::{
-    Config, Disposition, Endpoint, EndpointError, Event, ExchangeId, ObservationEnd, ObservationId, ObserveRequest,
-    RequestError, RequestId, Transmit,
+    Config, Disposition, Endpoint, EndpointError, Event, ExchangeId, ObservationEnd, ObservationId,
+    ObserveRequest, RequestError, RequestId, Transmit,
 };
 pub use message::{Code, FormatError, Message, MessageType, MessageView, Options, Token};
 pub use option::{BlockValue, OptionNumber};

@@ -133,7 +133,10 @@ pub struct Token {
 
 impl Token {
     /// The empty token.
-    pub const EMPTY: Token = Token { len: 0, bytes: [0; MAX_TOKEN_LEN] };
+    pub const EMPTY: Token = Token {
+        len: 0,
+        bytes: [0; MAX_TOKEN_LEN],
+    };
 
     /// A token from up to eight bytes; `None` if longer.
     pub fn new(value: &[u8]) -> Option<Token> {
@@ -142,12 +145,18 @@ impl Token {
         }
         let mut bytes = [0; MAX_TOKEN_LEN];
         bytes[..value.len()].copy_from_slice(value);
-        Some(Token { len: value.len() as u8, bytes })
+        Some(Token {
+            len: value.len() as u8,
+            bytes,
+        })
     }
 
     /// An eight-byte token from a 64-bit number.
     pub fn from_u64(value: u64) -> Token {
-        Token { len: 8, bytes: value.to_be_bytes() }
+        Token {
+            len: 8,
+            bytes: value.to_be_bytes(),
+        }
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -247,16 +256,26 @@ impl<'a> MessageView<'a> {
         if matches!(code.class(), 1 | 6 | 7) {
             return Err(FormatError::ReservedClass(code));
         }
-        let mut reader = OptionReader { bytes, pos: options_start, number: 0 };
+        let mut reader = OptionReader {
+            bytes,
+            pos: options_start,
+            number: 0,
+        };
         while reader.next_option()?.is_some() {}
         let options_end = reader.pos;
         if options_end < bytes.len() && options_end + 1 == bytes.len() {
-            return Err(FormatError::EmptyPayload { offset: options_end });
+            return Err(FormatError::EmptyPayload {
+                offset: options_end,
+            });
         }
         if code.is_empty() && bytes.len() > 4 {
             return Err(FormatError::NonEmptyEmptyMessage);
         }
-        Ok(MessageView { bytes, options_start, options_end })
+        Ok(MessageView {
+            bytes,
+            options_start,
+            options_end,
+        })
     }
 
     pub fn message_type(&self) -> MessageType {
@@ -278,7 +297,11 @@ impl<'a> MessageView<'a> {
     /// The options in order; the message was validated, so iteration ends cleanly.
     pub fn options(&self) -> OptionIter<'a> {
         OptionIter {
-            reader: OptionReader { bytes: &self.bytes[..self.options_end], pos: self.options_start, number: 0 },
+            reader: OptionReader {
+                bytes: &self.bytes[..self.options_end],
+                pos: self.options_start,
+                number: 0,
+            },
         }
     }
 
@@ -306,9 +329,15 @@ impl<'a> OptionReader<'a> {
         let delta = self.extended(first >> 4, &mut pos, offset)?;
         let len = self.extended(first & 0x0f, &mut pos, offset)?;
         let number = u32::from(self.number) + delta;
-        let number = u16::try_from(number).map_err(|_| FormatError::OptionNumberOverflow { offset })?;
-        let end = pos.checked_add(len as usize).ok_or(FormatError::TruncatedOptionValue { offset })?;
-        let value = self.bytes.get(pos..end).ok_or(FormatError::TruncatedOptionValue { offset })?;
+        let number =
+            u16::try_from(number).map_err(|_| FormatError::OptionNumberOverflow { offset })?;
+        let end = pos
+            .checked_add(len as usize)
+            .ok_or(FormatError::TruncatedOptionValue { offset })?;
+        let value = self
+            .bytes
+            .get(pos..end)
+            .ok_or(FormatError::TruncatedOptionValue { offset })?;
         self.number = number;
         self.pos = end;
         Ok(Some((OptionNumber(number), value)))
@@ -380,7 +409,10 @@ impl Options {
 
     /// The first value of an option.
     pub fn get(&self, number: OptionNumber) -> Option<&[u8]> {
-        self.entries.iter().find(|(n, _)| *n == number).map(|(_, v)| v.as_slice())
+        self.entries
+            .iter()
+            .find(|(n, _)| *n == number)
+            .map(|(_, v)| v.as_slice())
     }
 
     pub fn get_uint(&self, number: OptionNumber) -> Option<u32> {
@@ -393,7 +425,10 @@ impl Options {
 
     /// Every value of a (repeatable) option, in order.
     pub fn get_all(&self, number: OptionNumber) -> impl Iterator<Item = &[u8]> {
-        self.entries.iter().filter(move |(n, _)| *n == number).map(|(_, v)| v.as_slice())
+        self.entries
+            .iter()
+            .filter(move |(n, _)| *n == number)
+            .map(|(_, v)| v.as_slice())
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (OptionNumber, &[u8])> {
@@ -411,7 +446,9 @@ impl Options {
 
 impl fmt::Debug for Options {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.entries.iter().map(|(n, v)| (n, OptionBytes(v)))).finish()
+        f.debug_list()
+            .entries(self.entries.iter().map(|(n, v)| (n, OptionBytes(v))))
+            .finish()
     }
 }
 
@@ -420,8 +457,17 @@ struct OptionBytes<'a>(&'a [u8]);
 impl fmt::Debug for OptionBytes<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match core::str::from_utf8(self.0) {
-            Ok(text) if !text.is_empty() && text.chars().all(|c| !c.is_control()) => write!(f, "{text:?}"),
-            _ => write!(f, "0x{}", self.0.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+            Ok(text) if !text.is_empty() && text.chars().all(|c| !c.is_control()) => {
+                write!(f, "{text:?}")
+            }
+            _ => write!(
+                f,
+                "0x{}",
+                self.0
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            ),
         }
     }
 }
@@ -440,7 +486,14 @@ pub struct Message {
 impl Message {
     /// A message with no token, options or payload.
     pub fn new(message_type: MessageType, code: Code, message_id: u16) -> Self {
-        Message { message_type, code, message_id, token: Token::EMPTY, options: Options::new(), payload: Vec::new() }
+        Message {
+            message_type,
+            code,
+            message_id,
+            token: Token::EMPTY,
+            options: Options::new(),
+            payload: Vec::new(),
+        }
     }
 
     /// A request of the given method; the endpoint fills in type, message ID and token.
@@ -514,21 +567,28 @@ impl Message {
     pub fn set_uri_path(&mut self, path: &str) {
         self.options.remove(OptionNumber::URI_PATH);
         for segment in path.split('/').filter(|s| !s.is_empty()) {
-            self.options.push(OptionNumber::URI_PATH, segment.as_bytes());
+            self.options
+                .push(OptionNumber::URI_PATH, segment.as_bytes());
         }
     }
 
     /// The Uri-Query options as strings.
     pub fn uri_queries(&self) -> impl Iterator<Item = String> + '_ {
-        self.options.get_all(OptionNumber::URI_QUERY).map(|q| String::from_utf8_lossy(q).into_owned())
+        self.options
+            .get_all(OptionNumber::URI_QUERY)
+            .map(|q| String::from_utf8_lossy(q).into_owned())
     }
 
     pub fn content_format(&self) -> Option<crate::ContentFormat> {
-        self.options.get_uint(OptionNumber::CONTENT_FORMAT).and_then(|v| u16::try_from(v).ok()).map(Into::into)
+        self.options
+            .get_uint(OptionNumber::CONTENT_FORMAT)
+            .and_then(|v| u16::try_from(v).ok())
+            .map(Into::into)
     }
 
     pub fn set_content_format(&mut self, format: crate::ContentFormat) {
-        self.options.set_uint(OptionNumber::CONTENT_FORMAT, u32::from(format.value()));
+        self.options
+            .set_uint(OptionNumber::CONTENT_FORMAT, u32::from(format.value()));
     }
 
     /// The Observe option value, if present.
@@ -538,7 +598,10 @@ impl Message {
 
     /// The first critical option this implementation does not know (RFC 7252 §5.4.1).
     pub fn unknown_critical_option(&self) -> Option<OptionNumber> {
-        self.options.iter().map(|(n, _)| n).find(|n| n.is_critical() && !n.is_known())
+        self.options
+            .iter()
+            .map(|(n, _)| n)
+            .find(|n| n.is_critical() && !n.is_known())
     }
 }
 
@@ -570,7 +633,10 @@ fn extended_field(value: u32) -> (u8, Extended) {
     match value {
         0..=12 => (value as u8, Extended::None),
         13..=268 => (13, Extended::One((value - 13) as u8)),
-        _ => (14, Extended::Two((value - 269).min(u32::from(u16::MAX)) as u16)),
+        _ => (
+            14,
+            Extended::Two((value - 269).min(u32::from(u16::MAX)) as u16),
+        ),
     }
 }
 
@@ -596,7 +662,9 @@ mod tests {
     #[test]
     fn extended_option_deltas_and_lengths() {
         let mut message = Message::new(MessageType::NonConfirmable, Code::CONTENT, 1);
-        message.options.push(OptionNumber::URI_PATH, vec![b'a'; 300]);
+        message
+            .options
+            .push(OptionNumber::URI_PATH, vec![b'a'; 300]);
         message.options.push(OptionNumber(2000), vec![1]);
         message.options.push(OptionNumber::SIZE1, vec![]);
         message.payload = b"hello".to_vec();
@@ -607,11 +675,26 @@ mod tests {
     #[test]
     fn rejects_malformed_messages() {
         assert_eq!(Message::decode(&[0x40, 0x01]), Err(FormatError::TooShort));
-        assert_eq!(Message::decode(&[0x80, 0x01, 0, 0]), Err(FormatError::Version(2)));
-        assert_eq!(Message::decode(&[0x49, 0x01, 0, 0]), Err(FormatError::TokenLength(9)));
-        assert_eq!(Message::decode(&[0x42, 0x01, 0, 0, 1]), Err(FormatError::TruncatedToken));
-        assert_eq!(Message::decode(&[0x40, 0x01, 0, 0, 0xff]), Err(FormatError::EmptyPayload { offset: 4 }));
-        assert_eq!(Message::decode(&[0x40, 0x01, 0, 0, 0xf1]), Err(FormatError::ReservedNibble { offset: 4 }));
+        assert_eq!(
+            Message::decode(&[0x80, 0x01, 0, 0]),
+            Err(FormatError::Version(2))
+        );
+        assert_eq!(
+            Message::decode(&[0x49, 0x01, 0, 0]),
+            Err(FormatError::TokenLength(9))
+        );
+        assert_eq!(
+            Message::decode(&[0x42, 0x01, 0, 0, 1]),
+            Err(FormatError::TruncatedToken)
+        );
+        assert_eq!(
+            Message::decode(&[0x40, 0x01, 0, 0, 0xff]),
+            Err(FormatError::EmptyPayload { offset: 4 })
+        );
+        assert_eq!(
+            Message::decode(&[0x40, 0x01, 0, 0, 0xf1]),
+            Err(FormatError::ReservedNibble { offset: 4 })
+        );
         assert_eq!(
             Message::decode(&[0x40, 0x01, 0, 0, 0xb3, b'a']),
             Err(FormatError::TruncatedOptionValue { offset: 4 })
@@ -620,8 +703,14 @@ mod tests {
             Message::decode(&[0x40, 0x01, 0, 0, 0xe0, 1]),
             Err(FormatError::TruncatedOptionHeader { offset: 4 })
         );
-        assert_eq!(Message::decode(&[0x41, 0x00, 0, 0, 7]), Err(FormatError::NonEmptyEmptyMessage));
-        assert_eq!(Message::decode(&[0x40, 0x20, 0, 0]), Err(FormatError::ReservedClass(Code::new(1, 0))));
+        assert_eq!(
+            Message::decode(&[0x41, 0x00, 0, 0, 7]),
+            Err(FormatError::NonEmptyEmptyMessage)
+        );
+        assert_eq!(
+            Message::decode(&[0x40, 0x20, 0, 0]),
+            Err(FormatError::ReservedClass(Code::new(1, 0)))
+        );
         // Delta overflow: 0xffff + 269 exceeds 16 bits.
         assert_eq!(
             Message::decode(&[0x40, 0x01, 0, 0, 0xe0, 0xff, 0xff]),
@@ -642,7 +731,10 @@ mod tests {
             prop_oneof![Just(0u8), 1u8..8, 64u8..192],
             any::<u16>(),
             proptest::collection::vec(any::<u8>(), 0..=8),
-            proptest::collection::vec((0u16..2000, proptest::collection::vec(any::<u8>(), 0..300)), 0..6),
+            proptest::collection::vec(
+                (0u16..2000, proptest::collection::vec(any::<u8>(), 0..300)),
+                0..6,
+            ),
             proptest::collection::vec(any::<u8>(), 0..64),
         )
             .prop_map(|(ty, code, mid, token, options, payload)| {

@@ -177,7 +177,11 @@ impl BlockValue {
         if szx == 7 {
             return None;
         }
-        Some(BlockValue { num: raw >> 4, more: raw & 0x8 != 0, szx })
+        Some(BlockValue {
+            num: raw >> 4,
+            more: raw & 0x8 != 0,
+            szx,
+        })
     }
 
     /// The option value as an unsigned integer.

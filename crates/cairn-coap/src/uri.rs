@@ -60,13 +60,27 @@ impl CoapUri {
             Some((path, query)) => (path, Some(query)),
             None => (rest, None),
         };
-        let path =
-            path.split('/').skip(1).filter(|s| !s.is_empty()).map(percent_decode).collect::<Result<Vec<_>, _>>()?;
+        let path = path
+            .split('/')
+            .skip(1)
+            .filter(|s| !s.is_empty())
+            .map(percent_decode)
+            .collect::<Result<Vec<_>, _>>()?;
         let query = match query {
-            Some(query) => query.split('&').filter(|s| !s.is_empty()).map(percent_decode).collect::<Result<_, _>>()?,
+            Some(query) => query
+                .split('&')
+                .filter(|s| !s.is_empty())
+                .map(percent_decode)
+                .collect::<Result<_, _>>()?,
             None => Vec::new(),
         };
-        Ok(CoapUri { secure, host: host.to_owned(), port, path, query })
+        Ok(CoapUri {
+            secure,
+            host: host.to_owned(),
+            port,
+            path,
+            query,
+        })
     }
 
     /// Adds Uri-Path and Uri-Query options to `message`.
@@ -74,10 +88,14 @@ impl CoapUri {
         message.options.remove(OptionNumber::URI_PATH);
         message.options.remove(OptionNumber::URI_QUERY);
         for segment in &self.path {
-            message.options.push(OptionNumber::URI_PATH, segment.as_bytes());
+            message
+                .options
+                .push(OptionNumber::URI_PATH, segment.as_bytes());
         }
         for argument in &self.query {
-            message.options.push(OptionNumber::URI_QUERY, argument.as_bytes());
+            message
+                .options
+                .push(OptionNumber::URI_QUERY, argument.as_bytes());
         }
     }
 }
@@ -133,7 +151,10 @@ mod tests {
         assert_eq!(uri.path, vec!["~sensors", "temp.xml"]);
         assert_eq!(uri.query, vec!["a=1", "b"]);
         let uri = CoapUri::parse("coaps://[::1]/").unwrap();
-        assert_eq!((uri.host.as_str(), uri.port, uri.secure), ("::1", COAPS_PORT, true));
+        assert_eq!(
+            (uri.host.as_str(), uri.port, uri.secure),
+            ("::1", COAPS_PORT, true)
+        );
         assert!(uri.path.is_empty());
     }
 
@@ -143,7 +164,13 @@ mod tests {
         assert_eq!(CoapUri::parse("coap:///a"), Err(UriError::Host));
         assert_eq!(CoapUri::parse("coap://a:99999/"), Err(UriError::Port));
         assert_eq!(CoapUri::parse("coap://a/b#c"), Err(UriError::Fragment));
-        assert_eq!(CoapUri::parse("coap://a/%zz"), Err(UriError::PercentEncoding));
-        assert_eq!(CoapUri::parse("coap://a/%4"), Err(UriError::PercentEncoding));
+        assert_eq!(
+            CoapUri::parse("coap://a/%zz"),
+            Err(UriError::PercentEncoding)
+        );
+        assert_eq!(
+            CoapUri::parse("coap://a/%4"),
+            Err(UriError::PercentEncoding)
+        );
     }
 }

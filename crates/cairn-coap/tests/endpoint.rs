@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use cairn_coap::{
-    BlockValue, Code, Config, Endpoint, Event, Message, MessageType, ObservationEnd, ObserveRequest, OptionNumber,
-    RequestError, RequestId, Transmit,
+    BlockValue, Code, Config, Endpoint, Event, Message, MessageType, ObservationEnd,
+    ObserveRequest, OptionNumber, RequestError, RequestId, Transmit,
 };
 
 const CLIENT: &str = "127.0.0.1:40000";
@@ -26,7 +26,12 @@ struct Net {
 
 impl Net {
     fn new(client: Config, server: Config) -> Self {
-        Net { now: Duration::ZERO, client: Endpoint::new(client, 1), server: Endpoint::new(server, 2), log: Vec::new() }
+        Net {
+            now: Duration::ZERO,
+            client: Endpoint::new(client, 1),
+            server: Endpoint::new(server, 2),
+            log: Vec::new(),
+        }
     }
 
     fn default() -> Self {
@@ -59,7 +64,10 @@ impl Net {
 
     fn advance_to(&mut self, until: Duration) {
         loop {
-            let next = [self.client.poll_timeout(), self.server.poll_timeout()].into_iter().flatten().min();
+            let next = [self.client.poll_timeout(), self.server.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
             match next {
                 Some(at) if at <= until => {
                     self.now = self.now.max(at);
@@ -98,7 +106,9 @@ impl Net {
     fn get(&mut self, path: &str) -> RequestId {
         let mut request = Message::request(Code::GET);
         request.set_uri_path(path);
-        self.client.request(self.now, addr(SERVER), request).unwrap()
+        self.client
+            .request(self.now, addr(SERVER), request)
+            .unwrap()
     }
 }
 
@@ -118,7 +128,15 @@ fn confirmable_get_gets_a_piggybacked_response() {
     let id = net.get("/time");
     net.pump(|_| false);
     let requests = net.server_events();
-    let Event::Request { id: exchange, message, observe, .. } = &requests[0] else { panic!("{requests:?}") };
+    let Event::Request {
+        id: exchange,
+        message,
+        observe,
+        ..
+    } = &requests[0]
+    else {
+        panic!("{requests:?}")
+    };
     assert_eq!(message.uri_path(), "/time");
     assert_eq!(*observe, ObserveRequest::None);
     let mut response = Message::response(Code::CONTENT);
@@ -152,7 +170,10 @@ fn lost_request_is_retransmitted_and_lost_response_is_replayed_from_the_cache() 
     assert!(net.client_events().is_empty());
     // The next retransmission is answered from the duplicate cache, not the application.
     net.advance_to(Duration::from_secs(10));
-    assert!(net.server_events().is_empty(), "a duplicate must not reach the application");
+    assert!(
+        net.server_events().is_empty(),
+        "a duplicate must not reach the application"
+    );
     let got = responses(&net.client_events());
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].1.payload, b"x");
@@ -185,9 +206,15 @@ fn request_times_out_after_max_retransmit() {
             break;
         }
     }
-    assert_eq!(sent, 5, "one transmission and MAX_RETRANSMIT = 4 retransmissions");
+    assert_eq!(
+        sent, 5,
+        "one transmission and MAX_RETRANSMIT = 4 retransmissions"
+    );
     let failed_at = failed_at.expect("the request must fail");
-    assert!(failed_at >= Duration::from_secs(62) && failed_at <= Duration::from_secs(93), "{failed_at:?}");
+    assert!(
+        failed_at >= Duration::from_secs(62) && failed_at <= Duration::from_secs(93),
+        "{failed_at:?}"
+    );
 }
 
 #[test]
@@ -196,12 +223,23 @@ fn slow_application_gets_an_empty_ack_then_a_separate_response() {
     net.get("/slow");
     net.pump(|_| false);
     let events = net.server_events();
-    let Event::Request { id: exchange, .. } = events[0] else { panic!() };
+    let Event::Request { id: exchange, .. } = events[0] else {
+        panic!()
+    };
     // After the piggyback window the server acknowledges; the client stops retransmitting.
     net.advance_to(Duration::from_secs(30));
-    let kinds: Vec<_> = net.log.iter().map(|t| Message::decode(&t.payload).unwrap().message_type).collect();
-    assert_eq!(kinds, vec![MessageType::Confirmable, MessageType::Acknowledgement]);
-    net.server.respond(net.now, exchange, Message::response(Code::CONTENT)).unwrap();
+    let kinds: Vec<_> = net
+        .log
+        .iter()
+        .map(|t| Message::decode(&t.payload).unwrap().message_type)
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![MessageType::Confirmable, MessageType::Acknowledgement]
+    );
+    net.server
+        .respond(net.now, exchange, Message::response(Code::CONTENT))
+        .unwrap();
     net.pump(|_| false);
     let got = responses(&net.client_events());
     assert_eq!(got.len(), 1);
@@ -214,7 +252,13 @@ fn slow_application_gets_an_empty_ack_then_a_separate_response() {
 
 #[test]
 fn block2_response_is_fetched_block_by_block() {
-    let mut net = Net::new(Config { block_size: 256, ..Config::default() }, Config::default());
+    let mut net = Net::new(
+        Config {
+            block_size: 256,
+            ..Config::default()
+        },
+        Config::default(),
+    );
     let body: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
     let id = net.get("/big");
     for _ in 0..100 {
@@ -239,7 +283,13 @@ fn block2_response_is_fetched_block_by_block() {
 
 #[test]
 fn block1_request_is_reassembled_with_late_negotiation() {
-    let mut net = Net::new(Config::default(), Config { block_size: 256, ..Config::default() });
+    let mut net = Net::new(
+        Config::default(),
+        Config {
+            block_size: 256,
+            ..Config::default()
+        },
+    );
     let body: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
     let mut put = Message::request(Code::PUT);
     put.set_uri_path("/upload");
@@ -247,10 +297,18 @@ fn block1_request_is_reassembled_with_late_negotiation() {
     net.client.request(net.now, addr(SERVER), put).unwrap();
     net.pump(|_| false);
     let events = net.server_events();
-    assert_eq!(events.len(), 1, "the application sees one request with the whole body");
-    let Event::Request { id, message, .. } = &events[0] else { panic!() };
+    assert_eq!(
+        events.len(),
+        1,
+        "the application sees one request with the whole body"
+    );
+    let Event::Request { id, message, .. } = &events[0] else {
+        panic!()
+    };
     assert_eq!(message.payload, body);
-    net.server.respond(net.now, *id, Message::response(Code::CHANGED)).unwrap();
+    net.server
+        .respond(net.now, *id, Message::response(Code::CHANGED))
+        .unwrap();
     net.pump(|_| false);
     let got = responses(&net.client_events());
     assert_eq!(got[0].1.code, Code::CHANGED);
@@ -264,13 +322,24 @@ fn block1_request_is_reassembled_with_late_negotiation() {
         .map(|t| Message::decode(&t.payload).unwrap().payload.len())
         .collect();
     assert_eq!(client_payloads[0], 1024);
-    assert!(client_payloads[1..client_payloads.len() - 1].iter().all(|&n| n == 256), "{client_payloads:?}");
+    assert!(
+        client_payloads[1..client_payloads.len() - 1]
+            .iter()
+            .all(|&n| n == 256),
+        "{client_payloads:?}"
+    );
     assert_eq!(client_payloads.iter().sum::<usize>(), 3000);
 }
 
 #[test]
 fn block1_body_over_the_limit_is_refused_with_4_13() {
-    let mut net = Net::new(Config::default(), Config { max_body_size: 2000, ..Config::default() });
+    let mut net = Net::new(
+        Config::default(),
+        Config {
+            max_body_size: 2000,
+            ..Config::default()
+        },
+    );
     let mut put = Message::request(Code::PUT);
     put.set_uri_path("/upload");
     put.payload = vec![0; 5000];
@@ -287,7 +356,15 @@ fn block1_out_of_order_block_is_4_08() {
     let mut server = Endpoint::new(Config::default(), 3);
     let mut put = Message::new(MessageType::Confirmable, Code::PUT, 7);
     put.set_uri_path("/x");
-    put.options.set_uint(OptionNumber::BLOCK1, BlockValue { num: 3, more: true, szx: 2 }.to_uint());
+    put.options.set_uint(
+        OptionNumber::BLOCK1,
+        BlockValue {
+            num: 3,
+            more: true,
+            szx: 2,
+        }
+        .to_uint(),
+    );
     put.payload = vec![0; 64];
     server.handle(Duration::ZERO, addr(CLIENT), &put.to_bytes());
     let reply = Message::decode(&server.poll_transmit().unwrap().payload).unwrap();
@@ -304,15 +381,28 @@ fn observe_delivers_fresh_notifications_and_ends_on_reset() {
     let id = net.client.request(net.now, addr(SERVER), request).unwrap();
     net.pump(|_| false);
     let events = net.server_events();
-    let Event::Request { id: exchange, observe, .. } = events[0] else { panic!() };
+    let Event::Request {
+        id: exchange,
+        observe,
+        ..
+    } = events[0]
+    else {
+        panic!()
+    };
     assert_eq!(observe, ObserveRequest::Register);
-    let observation = net.server.respond(net.now, exchange, Message::response(Code::CONTENT)).unwrap().unwrap();
+    let observation = net
+        .server
+        .respond(net.now, exchange, Message::response(Code::CONTENT))
+        .unwrap()
+        .unwrap();
     assert_eq!(net.server.observers("/time"), vec![observation]);
     net.pump(|_| false);
     for i in 0..3u8 {
         let mut notification = Message::response(Code::CONTENT);
         notification.payload = vec![i];
-        net.server.notify(net.now, observation, notification).unwrap();
+        net.server
+            .notify(net.now, observation, notification)
+            .unwrap();
         net.pump(|_| false);
     }
     let got = responses(&net.client_events());
@@ -321,20 +411,35 @@ fn observe_delivers_fresh_notifications_and_ends_on_reset() {
     assert_eq!(got[3].1.payload, vec![2]);
 
     // A stale notification (older sequence number) is not delivered.
-    let last = net.log.iter().rev().find(|t| t.destination == addr(CLIENT)).unwrap().payload.clone();
+    let last = net
+        .log
+        .iter()
+        .rev()
+        .find(|t| t.destination == addr(CLIENT))
+        .unwrap()
+        .payload
+        .clone();
     let mut stale = Message::decode(&last).unwrap();
-    stale.options.set_uint(OptionNumber::OBSERVE, stale.observe().unwrap() - 1);
+    stale
+        .options
+        .set_uint(OptionNumber::OBSERVE, stale.observe().unwrap() - 1);
     stale.message_id = stale.message_id.wrapping_add(100);
     net.client.handle(net.now, addr(SERVER), &stale.to_bytes());
     assert!(responses(&net.client_events()).is_empty());
 
     // The client forgets the observation; the next notification is answered with Reset.
     net.client.cancel(net.now, id, false).unwrap();
-    net.server.notify(net.now, observation, Message::response(Code::CONTENT)).unwrap();
+    net.server
+        .notify(net.now, observation, Message::response(Code::CONTENT))
+        .unwrap();
     net.pump(|_| false);
     let ended = net.server_events();
     assert!(
-        ended.contains(&Event::ObservationEnded { id: observation, peer: addr(CLIENT), reason: ObservationEnd::Reset }),
+        ended.contains(&Event::ObservationEnded {
+            id: observation,
+            peer: addr(CLIENT),
+            reason: ObservationEnd::Reset
+        }),
         "{ended:?}"
     );
     assert!(net.server.observers("/time").is_empty());
@@ -354,8 +459,20 @@ fn observe_deregistration_with_observe_1() {
     net.client.cancel(net.now, id, true).unwrap();
     net.pump(|_| false);
     let events = net.server_events();
-    assert!(events.iter().any(|e| matches!(e, Event::ObservationEnded { reason: ObservationEnd::Deregistered, .. })));
-    assert!(events.iter().any(|e| matches!(e, Event::Request { observe: ObserveRequest::Deregister, .. })));
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::ObservationEnded {
+            reason: ObservationEnd::Deregistered,
+            ..
+        }
+    )));
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::Request {
+            observe: ObserveRequest::Deregister,
+            ..
+        }
+    )));
     assert!(net.server.observers("/time").is_empty());
 }
 
@@ -366,7 +483,10 @@ fn unknown_critical_option_gets_4_02_and_unknown_elective_is_ignored() {
     request.options.push(OptionNumber(65001), b"x".to_vec());
     server.handle(Duration::ZERO, addr(CLIENT), &request.to_bytes());
     let reply = Message::decode(&server.poll_transmit().unwrap().payload).unwrap();
-    assert_eq!((reply.code, reply.message_type, reply.message_id), (Code::BAD_OPTION, MessageType::Acknowledgement, 1));
+    assert_eq!(
+        (reply.code, reply.message_type, reply.message_id),
+        (Code::BAD_OPTION, MessageType::Acknowledgement, 1)
+    );
     assert!(server.poll_event().is_none());
 
     let mut request = Message::new(MessageType::Confirmable, Code::GET, 2);
@@ -378,10 +498,21 @@ fn unknown_critical_option_gets_4_02_and_unknown_elective_is_ignored() {
 #[test]
 fn malformed_confirmable_gets_reset_and_malformed_non_is_dropped() {
     let mut server = Endpoint::new(Config::default(), 3);
-    server.handle(Duration::ZERO, addr(CLIENT), &[0x40, 0x01, 0x12, 0x34, 0xf1]);
+    server.handle(
+        Duration::ZERO,
+        addr(CLIENT),
+        &[0x40, 0x01, 0x12, 0x34, 0xf1],
+    );
     let reply = Message::decode(&server.poll_transmit().unwrap().payload).unwrap();
-    assert_eq!((reply.message_type, reply.code, reply.message_id), (MessageType::Reset, Code::EMPTY, 0x1234));
-    server.handle(Duration::ZERO, addr(CLIENT), &[0x50, 0x01, 0x12, 0x35, 0xf1]);
+    assert_eq!(
+        (reply.message_type, reply.code, reply.message_id),
+        (MessageType::Reset, Code::EMPTY, 0x1234)
+    );
+    server.handle(
+        Duration::ZERO,
+        addr(CLIENT),
+        &[0x50, 0x01, 0x12, 0x35, 0xf1],
+    );
     assert!(server.poll_transmit().is_none());
     assert!(server.poll_event().is_none());
 }
@@ -400,7 +531,11 @@ fn nstart_holds_back_a_second_confirmable_request() {
     net.get("/a");
     net.get("/b");
     net.pump(|_| false);
-    assert_eq!(net.server_events().len(), 1, "only one request in flight (NSTART = 1)");
+    assert_eq!(
+        net.server_events().len(),
+        1,
+        "only one request in flight (NSTART = 1)"
+    );
     net.advance_to(Duration::from_secs(1));
     // The first one was acknowledged empty after the piggyback window: the second goes out.
     assert_eq!(net.server_events().len(), 1);
@@ -408,7 +543,13 @@ fn nstart_holds_back_a_second_confirmable_request() {
 
 #[test]
 fn peer_table_is_bounded() {
-    let mut server = Endpoint::new(Config { max_peers: 10, ..Config::default() }, 3);
+    let mut server = Endpoint::new(
+        Config {
+            max_peers: 10,
+            ..Config::default()
+        },
+        3,
+    );
     for port in 0..1000u16 {
         let peer = SocketAddr::from(([127, 0, 0, 1], 10000 + port));
         let request = Message::new(MessageType::NonConfirmable, Code::GET, port);
@@ -419,12 +560,20 @@ fn peer_table_is_bounded() {
 
 #[test]
 fn duplicate_cache_is_bounded_per_peer() {
-    let mut server = Endpoint::new(Config { dedup_capacity_per_peer: 8, ..Config::default() }, 3);
+    let mut server = Endpoint::new(
+        Config {
+            dedup_capacity_per_peer: 8,
+            ..Config::default()
+        },
+        3,
+    );
     for mid in 0..1000u16 {
         let request = Message::new(MessageType::Confirmable, Code::GET, mid);
         server.handle(Duration::ZERO, addr(CLIENT), &request.to_bytes());
         while let Some(Event::Request { id, .. }) = server.poll_event() {
-            server.respond(Duration::ZERO, id, Message::response(Code::CONTENT)).unwrap();
+            server
+                .respond(Duration::ZERO, id, Message::response(Code::CONTENT))
+                .unwrap();
         }
     }
     // The oldest entries were evicted: message 0 is new again, message 999 is a duplicate.
@@ -443,7 +592,10 @@ fn response_with_an_unknown_token_is_reset() {
     stray.token = cairn_coap::Token::new(&[1, 2]).unwrap();
     client.handle(Duration::ZERO, addr(SERVER), &stray.to_bytes());
     let reply = Message::decode(&client.poll_transmit().unwrap().payload).unwrap();
-    assert_eq!((reply.message_type, reply.message_id), (MessageType::Reset, 9));
+    assert_eq!(
+        (reply.message_type, reply.message_id),
+        (MessageType::Reset, 9)
+    );
     assert!(client.poll_event().is_none());
 }
 

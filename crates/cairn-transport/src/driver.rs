@@ -5,28 +5,36 @@
 //! receive system call per batch.
 
 use std::collections::HashMap;
-use std::io::{self, IoSliceMut};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_coap::{Config, Endpoint, Event, Message, RequestId};
 use quinn_udp::{BATCH_SIZE, RecvMeta, UdpSocketState};
+use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny, sendmmsg};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::security::{Identities, Layer, Security};
 use crate::{Command, Handler, Reply, Request, ResponseSink, TransportError};
 
 /// Largest datagram accepted; CoAP over UDP stays well below (RFC 7252 §4.6).
 const MAX_DATAGRAM: usize = 64 * 1024;
 /// Batches processed before the driver yields to timers and commands.
 const BATCHES_PER_TURN: usize = 8;
+/// Datagrams per `sendmmsg` call.
+const SEND_BATCH: usize = 64;
+/// Socket buffer sizes asked for, so that bursts are not dropped.
+const SOCKET_BUFFER_BYTES: usize = 4 << 20;
 
 pub(crate) struct Driver {
     socket: UdpSocket,
     state: UdpSocketState,
     endpoint: Endpoint,
+    layer: Layer,
+    identities: Identities,
     handler: Option<Arc<dyn Handler>>,
     commands: mpsc::Receiver<Command>,
     loopback: mpsc::Sender<Command>,
@@ -35,23 +43,30 @@ pub(crate) struct Driver {
     pings: HashMap<RequestId, oneshot::Sender<Result<(), TransportError>>>,
     buffers: Vec<Vec<u8>>,
     meta: Vec<RecvMeta>,
+    outbox: Vec<cairn_coap::Transmit>,
 }
 
 impl Driver {
     pub(crate) fn new(
         socket: UdpSocket,
         config: Config,
+        security: Security,
         handler: Option<Arc<dyn Handler>>,
         commands: mpsc::Receiver<Command>,
         loopback: mpsc::Sender<Command>,
     ) -> io::Result<Self> {
         let state = UdpSocketState::new((&socket).into())?;
+        // Smaller buffers only mean drops under bursts, which retransmission covers.
+        let _ = state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER_BYTES);
+        let _ = state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER_BYTES);
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).map_err(|e| io::Error::other(e.to_string()))?;
         Ok(Driver {
             socket,
             state,
             endpoint: Endpoint::new(config, u64::from_ne_bytes(seed)),
+            layer: Layer::new(security, Duration::ZERO)?,
+            identities: Identities::new(),
             handler,
             commands,
             loopback,
@@ -60,6 +75,7 @@ impl Driver {
             pings: HashMap::new(),
             buffers: vec![vec![0u8; MAX_DATAGRAM]; BATCH_SIZE],
             meta: vec![RecvMeta::default(); BATCH_SIZE],
+            outbox: Vec::new(),
         })
     }
 
@@ -72,7 +88,11 @@ impl Driver {
         let sleep = tokio::time::sleep_until(self.origin + idle);
         tokio::pin!(sleep);
         loop {
-            let at = match self.endpoint.poll_timeout() {
+            let deadline = [self.endpoint.poll_timeout(), self.layer.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            let at = match deadline {
                 Some(deadline) => self.origin + deadline,
                 None => Instant::now() + idle,
             };
@@ -92,6 +112,7 @@ impl Driver {
                 () = &mut sleep => {
                     let now = self.now();
                     self.endpoint.handle_timeout(now);
+                    self.layer.handle_timeout(now, &mut self.endpoint, &mut self.identities, &mut self.outbox);
                 }
             }
             self.process_events();
@@ -101,11 +122,16 @@ impl Driver {
 
     fn receive(&mut self) {
         for _ in 0..BATCHES_PER_TURN {
-            let mut slices: Vec<IoSliceMut<'_>> = self.buffers.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            let mut slices: Vec<IoSliceMut<'_>> = self
+                .buffers
+                .iter_mut()
+                .map(|b| IoSliceMut::new(b))
+                .collect();
             let state = &self.state;
             let meta = &mut self.meta;
-            let received =
-                self.socket.try_io(Interest::READABLE, || state.recv((&self.socket).into(), &mut slices, meta));
+            let received = self.socket.try_io(Interest::READABLE, || {
+                state.recv((&self.socket).into(), &mut slices, meta)
+            });
             let count = match received {
                 Ok(count) => count,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
@@ -118,45 +144,67 @@ impl Driver {
             for (meta, buffer) in self.meta.iter().zip(self.buffers.iter()).take(count) {
                 let stride = meta.stride.max(1);
                 for datagram in buffer[..meta.len].chunks(stride) {
-                    self.endpoint.handle(now, meta.addr, datagram);
+                    self.layer.receive(
+                        now,
+                        meta.addr,
+                        datagram,
+                        &mut self.endpoint,
+                        &mut self.identities,
+                        &mut self.outbox,
+                    );
                 }
             }
             self.process_events();
         }
     }
 
+    /// Sends every queued transmit with as few `sendmmsg` calls as the kernel allows.
     async fn flush(&mut self) {
+        let now = self.now();
         while let Some(transmit) = self.endpoint.poll_transmit() {
-            let packet = quinn_udp::Transmit {
-                destination: transmit.destination,
-                ecn: None,
-                contents: &transmit.payload,
-                segment_size: None,
-                src_ip: None,
-            };
-            loop {
-                let state = &self.state;
-                let sent = self.socket.try_io(Interest::WRITABLE, || state.try_send((&self.socket).into(), &packet));
-                match sent {
-                    Ok(()) => break,
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                        if self.socket.writable().await.is_err() {
-                            break;
-                        }
-                    }
-                    Err(error) => {
-                        tracing::debug!(%error, destination = %transmit.destination, "send failed");
+            self.layer.send(now, transmit, &mut self.outbox);
+        }
+        let mut sent = 0;
+        while sent < self.outbox.len() {
+            let batch = &self.outbox[sent..self.outbox.len().min(sent + SEND_BATCH)];
+            let result = self
+                .socket
+                .try_io(Interest::WRITABLE, || send_batch(&self.socket, batch));
+            match result {
+                Ok(count) => sent += count.max(1),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    if self.socket.writable().await.is_err() {
                         break;
                     }
                 }
+                Err(error) => {
+                    // One bad destination (e.g. unreachable) must not hold up the others.
+                    tracing::debug!(%error, destination = %self.outbox[sent].destination, "send failed");
+                    sent += 1;
+                }
             }
         }
+        self.outbox.clear();
     }
 
     fn process_events(&mut self) {
         while let Some(event) = self.endpoint.poll_event() {
             match event {
-                Event::Request { id, peer, message, observe } => self.serve(id, Request { peer, message, observe }),
+                Event::Request {
+                    id,
+                    peer,
+                    message,
+                    observe,
+                } => {
+                    let identity = self.identities.get(&peer).cloned();
+                    let request = Request {
+                        peer,
+                        message,
+                        observe,
+                        identity,
+                    };
+                    self.serve(id, request);
+                }
                 Event::Response { id, message, .. } => self.deliver(id, message),
                 Event::RequestFailed { id, error } => {
                     if let Some(sink) = self.sinks.remove(&id) {
@@ -181,7 +229,11 @@ impl Driver {
     fn serve(&mut self, exchange: cairn_coap::ExchangeId, request: Request) {
         let now = self.now();
         let Some(handler) = &self.handler else {
-            let _ = self.endpoint.respond(now, exchange, Message::response(cairn_coap::Code::NOT_FOUND));
+            let _ = self.endpoint.respond(
+                now,
+                exchange,
+                Message::response(cairn_coap::Code::NOT_FOUND),
+            );
             return;
         };
         match handler.handle(&request) {
@@ -208,11 +260,15 @@ impl Driver {
             ResponseSink::Once(sender) => {
                 let _ = sender.send(Ok(message));
             }
-            ResponseSink::Stream { first: Some(first), rest } => {
+            ResponseSink::Stream {
+                first: Some(first),
+                rest,
+            } => {
                 let observing = message.observe().is_some() && message.code.is_success();
                 let _ = first.send(Ok((id, message)));
                 if observing {
-                    self.sinks.insert(id, ResponseSink::Stream { first: None, rest });
+                    self.sinks
+                        .insert(id, ResponseSink::Stream { first: None, rest });
                 }
             }
             ResponseSink::Stream { first: None, rest } => {
@@ -223,7 +279,8 @@ impl Driver {
                     }
                     _ if ended => {}
                     _ => {
-                        self.sinks.insert(id, ResponseSink::Stream { first: None, rest });
+                        self.sinks
+                            .insert(id, ResponseSink::Stream { first: None, rest });
                     }
                 }
             }
@@ -233,7 +290,11 @@ impl Driver {
     fn command(&mut self, command: Command) {
         let now = self.now();
         match command {
-            Command::Request { peer, message, sink } => match self.endpoint.request(now, peer, message) {
+            Command::Request {
+                peer,
+                message,
+                sink,
+            } => match self.endpoint.request(now, peer, message) {
                 Ok(id) => {
                     self.sinks.insert(id, sink);
                 }
@@ -256,7 +317,11 @@ impl Driver {
                     tracing::debug!(%error, "late response dropped");
                 }
             }
-            Command::Notify { path, response, done } => {
+            Command::Notify {
+                path,
+                response,
+                done,
+            } => {
                 let observers = self.endpoint.observers(&path);
                 let mut count = 0;
                 for id in observers {
@@ -271,12 +336,41 @@ impl Driver {
     }
 }
 
+/// One `sendmmsg` call; returns how many datagrams the kernel took.
+fn send_batch(socket: &UdpSocket, batch: &[cairn_coap::Transmit]) -> io::Result<usize> {
+    let addresses: Vec<SocketAddrAny> = batch
+        .iter()
+        .map(|t| SocketAddrAny::from(t.destination))
+        .collect();
+    let payloads: Vec<[IoSlice<'_>; 1]> =
+        batch.iter().map(|t| [IoSlice::new(&t.payload)]).collect();
+    let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> = batch
+        .iter()
+        .map(|_| SendAncillaryBuffer::default())
+        .collect();
+    let mut messages: Vec<MMsgHdr<'_>> = addresses
+        .iter()
+        .zip(&payloads)
+        .zip(controls.iter_mut())
+        .map(|((address, payload), control)| MMsgHdr::new_with_addr(address, payload, control))
+        .collect();
+    loop {
+        match sendmmsg(socket, &mut messages, SendFlags::empty()) {
+            Ok(count) => return Ok(count),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(errno) => return Err(errno.into()),
+        }
+    }
+}
+
 fn fail(sink: ResponseSink, error: TransportError) {
     match sink {
         ResponseSink::Once(sender) => {
             let _ = sender.send(Err(error));
         }
-        ResponseSink::Stream { first: Some(first), .. } => {
+        ResponseSink::Stream {
+            first: Some(first), ..
+        } => {
             let _ = first.send(Err(error));
         }
         ResponseSink::Stream { first: None, .. } => {}

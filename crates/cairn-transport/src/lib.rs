@@ -7,6 +7,9 @@
 //! [`CoapEndpoint::observe`] and [`CoapEndpoint::ping`].
 
 mod driver;
+mod security;
+
+pub use security::Security;
 
 use std::future::Future;
 use std::io;
@@ -24,6 +27,8 @@ pub struct Request {
     pub peer: SocketAddr,
     pub message: Message,
     pub observe: ObserveRequest,
+    /// The peer's authenticated identity (its DTLS PSK identity), if the socket is secured.
+    pub identity: Option<Arc<[u8]>>,
 }
 
 /// A boxed future yielding a response.
@@ -71,11 +76,28 @@ pub enum TransportError {
 }
 
 pub(crate) enum Command {
-    Request { peer: SocketAddr, message: Message, sink: ResponseSink },
-    Ping { peer: SocketAddr, done: oneshot::Sender<Result<(), TransportError>> },
-    Cancel { id: cairn_coap::RequestId, deregister: bool },
-    Respond { exchange: cairn_coap::ExchangeId, response: Message },
-    Notify { path: String, response: Message, done: oneshot::Sender<usize> },
+    Request {
+        peer: SocketAddr,
+        message: Message,
+        sink: ResponseSink,
+    },
+    Ping {
+        peer: SocketAddr,
+        done: oneshot::Sender<Result<(), TransportError>>,
+    },
+    Cancel {
+        id: cairn_coap::RequestId,
+        deregister: bool,
+    },
+    Respond {
+        exchange: cairn_coap::ExchangeId,
+        response: Message,
+    },
+    Notify {
+        path: String,
+        response: Message,
+        done: oneshot::Sender<usize>,
+    },
     Shutdown,
 }
 
@@ -94,19 +116,48 @@ pub struct CoapEndpoint {
 }
 
 impl CoapEndpoint {
-    /// Binds `address` and starts the endpoint's task on the current runtime.
-    pub async fn bind(address: SocketAddr, config: Config, handler: Option<Arc<dyn Handler>>) -> io::Result<Self> {
+    /// Binds `address` for plain CoAP and starts the endpoint's task on the current runtime.
+    pub async fn bind(
+        address: SocketAddr,
+        config: Config,
+        handler: Option<Arc<dyn Handler>>,
+    ) -> io::Result<Self> {
+        Self::bind_secured(address, config, Security::NoSec, handler).await
+    }
+
+    /// Binds `address` with the given security (e.g. a DTLS server or client).
+    pub async fn bind_secured(
+        address: SocketAddr,
+        config: Config,
+        security: Security,
+        handler: Option<Arc<dyn Handler>>,
+    ) -> io::Result<Self> {
         let socket = UdpSocket::bind(address).await?;
-        Self::from_socket(socket, config, handler)
+        Self::from_socket(socket, config, security, handler)
     }
 
     /// Starts an endpoint on a bound socket.
-    pub fn from_socket(socket: UdpSocket, config: Config, handler: Option<Arc<dyn Handler>>) -> io::Result<Self> {
+    pub fn from_socket(
+        socket: UdpSocket,
+        config: Config,
+        security: Security,
+        handler: Option<Arc<dyn Handler>>,
+    ) -> io::Result<Self> {
         let local_addr = socket.local_addr()?;
         let (commands, receiver) = mpsc::channel(1024);
-        let driver = driver::Driver::new(socket, config, handler, receiver, commands.clone())?;
+        let driver = driver::Driver::new(
+            socket,
+            config,
+            security,
+            handler,
+            receiver,
+            commands.clone(),
+        )?;
         tokio::spawn(driver.run());
-        Ok(CoapEndpoint { commands, local_addr })
+        Ok(CoapEndpoint {
+            commands,
+            local_addr,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -114,13 +165,25 @@ impl CoapEndpoint {
     }
 
     async fn command(&self, command: Command) -> Result<(), TransportError> {
-        self.commands.send(command).await.map_err(|_| TransportError::Closed)
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| TransportError::Closed)
     }
 
     /// Sends a request and waits for its complete response (Block2 already reassembled).
-    pub async fn request(&self, peer: SocketAddr, message: Message) -> Result<Message, TransportError> {
+    pub async fn request(
+        &self,
+        peer: SocketAddr,
+        message: Message,
+    ) -> Result<Message, TransportError> {
         let (sink, response) = oneshot::channel();
-        self.command(Command::Request { peer, message, sink: ResponseSink::Once(sink) }).await?;
+        self.command(Command::Request {
+            peer,
+            message,
+            sink: ResponseSink::Once(sink),
+        })
+        .await?;
         response.await.map_err(|_| TransportError::Closed)?
     }
 
@@ -131,13 +194,29 @@ impl CoapEndpoint {
         peer: SocketAddr,
         mut message: Message,
     ) -> Result<(Message, Observation), TransportError> {
-        message.options.set_uint(cairn_coap::OptionNumber::OBSERVE, 0);
+        message
+            .options
+            .set_uint(cairn_coap::OptionNumber::OBSERVE, 0);
         let (first, first_response) = oneshot::channel();
         let (rest, notifications) = mpsc::channel(64);
-        self.command(Command::Request { peer, message, sink: ResponseSink::Stream { first: Some(first), rest } })
-            .await?;
+        self.command(Command::Request {
+            peer,
+            message,
+            sink: ResponseSink::Stream {
+                first: Some(first),
+                rest,
+            },
+        })
+        .await?;
         let (id, response) = first_response.await.map_err(|_| TransportError::Closed)??;
-        Ok((response, Observation { id, notifications, commands: self.commands.clone() }))
+        Ok((
+            response,
+            Observation {
+                id,
+                notifications,
+                commands: self.commands.clone(),
+            },
+        ))
     }
 
     /// Sends a CoAP ping and waits for the Reset that answers it.
@@ -150,7 +229,12 @@ impl CoapEndpoint {
     /// Notifies every observer of `path`; returns how many there were.
     pub async fn notify(&self, path: &str, response: Message) -> Result<usize, TransportError> {
         let (done, count) = oneshot::channel();
-        self.command(Command::Notify { path: path.to_owned(), response, done }).await?;
+        self.command(Command::Notify {
+            path: path.to_owned(),
+            response,
+            done,
+        })
+        .await?;
         count.await.map_err(|_| TransportError::Closed)
     }
 
@@ -176,7 +260,13 @@ impl Observation {
 
     /// Deregisters with a GET carrying Observe = 1 (RFC 7641 §3.6).
     pub async fn cancel(self) {
-        let _ = self.commands.send(Command::Cancel { id: self.id, deregister: true }).await;
+        let _ = self
+            .commands
+            .send(Command::Cancel {
+                id: self.id,
+                deregister: true,
+            })
+            .await;
     }
 }
 

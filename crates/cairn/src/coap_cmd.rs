@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use cairn_coap::{CoapUri, Code, Config, ContentFormat, Message, MessageType, OptionNumber};
-use cairn_transport::{CoapEndpoint, Reply, Request, text_response};
+use cairn_dtls::{ClientConfig, Psk, PskResolver, ServerConfig};
+use cairn_transport::{CoapEndpoint, Reply, Request, Security, text_response};
 use clap::{Args, Subcommand};
 
 #[derive(Debug, Args)]
@@ -43,6 +44,59 @@ pub struct ServeArgs {
     /// Worker threads of the runtime (the socket itself is served by one task).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// UDP address for CoAP over DTLS (`coaps://`), with the PSK options.
+    #[arg(long, requires = "psk_identity")]
+    dtls_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    psk: PskArgs,
+}
+
+/// A pre-shared key for DTLS (TLS_PSK_WITH_AES_128_CCM_8 and _CCM).
+#[derive(Debug, Args, Clone)]
+pub struct PskArgs {
+    /// PSK identity.
+    #[arg(long, requires = "psk_key")]
+    psk_identity: Option<String>,
+    /// PSK as hexadecimal digits.
+    #[arg(long, requires = "psk_identity")]
+    psk_key: Option<String>,
+}
+
+impl PskArgs {
+    fn credentials(&self) -> anyhow::Result<Option<(Vec<u8>, Psk)>> {
+        match (&self.psk_identity, &self.psk_key) {
+            (Some(identity), Some(key)) => {
+                let key = decode_hex(key).context("--psk-key must be hexadecimal")?;
+                anyhow::ensure!(!key.is_empty(), "--psk-key is empty");
+                Ok(Some((identity.clone().into_bytes(), Psk::new(key))))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+fn decode_hex(text: &str) -> anyhow::Result<Vec<u8>> {
+    let text = text.trim();
+    anyhow::ensure!(text.len() % 2 == 0, "odd number of hex digits");
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            let pair = text.get(i..i + 2).context("not ASCII")?;
+            u8::from_str_radix(pair, 16).with_context(|| format!("invalid hex digits {pair:?}"))
+        })
+        .collect()
+}
+
+/// One identity and its key.
+struct StaticPsk {
+    identity: Vec<u8>,
+    key: Psk,
+}
+
+impl PskResolver for StaticPsk {
+    fn key(&self, identity: &[u8]) -> Option<Psk> {
+        (identity == self.identity.as_slice()).then(|| self.key.clone())
+    }
 }
 
 #[derive(Debug, Args)]
@@ -73,6 +127,8 @@ pub struct ClientArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 100)]
     timeout: u64,
+    #[command(flatten)]
+    psk: PskArgs,
 }
 
 #[derive(Debug, Args)]
@@ -92,7 +148,17 @@ pub fn run(args: CoapArgs) -> anyhow::Result<()> {
         CoapCommand::Serve(serve) => serve.threads.max(1),
         _ => 1,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?;
+    // One thread serves a socket best: no cross-thread wake-ups on the request path.
+    let runtime = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?
+    };
     runtime.block_on(async move {
         match args.command {
             CoapCommand::Serve(serve) => serve_command(serve).await,
@@ -135,7 +201,9 @@ impl DemoResources {
                 }
                 response.into()
             }
-            (_, "/" | "/.well-known/core" | "/time" | "/echo") => Message::response(Code::METHOD_NOT_ALLOWED).into(),
+            (_, "/" | "/.well-known/core" | "/time" | "/echo") => {
+                Message::response(Code::METHOD_NOT_ALLOWED).into()
+            }
             (Code::GET, _) => self.file(message),
             _ => Message::response(Code::NOT_FOUND).into(),
         }
@@ -185,7 +253,9 @@ fn safe_join<'a>(dir: &Path, segments: impl Iterator<Item = &'a [u8]>) -> Option
         let segment = std::str::from_utf8(segment).ok()?;
         let mut components = Path::new(segment).components();
         match (components.next(), components.next()) {
-            (Some(Component::Normal(part)), None) if !segment.contains(['/', '\\']) => path.push(part),
+            (Some(Component::Normal(part)), None) if !segment.contains(['/', '\\']) => {
+                path.push(part)
+            }
             _ => return None,
         }
     }
@@ -207,7 +277,9 @@ fn collect_files(root: &Path, relative: &Path, depth: usize, out: &mut Vec<Strin
 }
 
 fn file_size(dir: &Path, file: &str) -> u64 {
-    std::fs::metadata(dir.join(file)).map(|m| m.len()).unwrap_or(0)
+    std::fs::metadata(dir.join(file))
+        .map(|m| m.len())
+        .unwrap_or(0)
 }
 
 fn content_format_of(path: &Path) -> ContentFormat {
@@ -221,7 +293,10 @@ fn content_format_of(path: &Path) -> ContentFormat {
 }
 
 fn time_response() -> Message {
-    let seconds = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let seconds = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let mut response = text_response(Code::CONTENT, format_utc(seconds));
     response.options.set_uint(OptionNumber::MAX_AGE, 1);
     response
@@ -240,7 +315,12 @@ fn format_utc(seconds: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
@@ -248,39 +328,84 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::ensure!(dir.is_dir(), "--dir {} is not a directory", dir.display());
     }
     let resources = Arc::new(DemoResources::new(args.dir.clone()));
-    let handler = move |request: &Request| resources.handle(request);
-    let endpoint = CoapEndpoint::bind(args.listen, Config::default(), Some(Arc::new(handler)))
+    let handler: Arc<dyn cairn_transport::Handler> =
+        Arc::new(move |request: &Request| resources.handle(request));
+    let mut endpoints = Vec::new();
+    let plain = CoapEndpoint::bind(args.listen, Config::default(), Some(handler.clone()))
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    eprintln!("cairn coap serve: listening on coap://{}", endpoint.local_addr());
+    eprintln!(
+        "cairn coap serve: listening on coap://{}",
+        plain.local_addr()
+    );
+    endpoints.push(plain);
+    if let Some(address) = args.dtls_listen {
+        let (identity, key) = args
+            .psk
+            .credentials()?
+            .context("--dtls-listen needs --psk-identity and --psk-key")?;
+        let resolver = Arc::new(StaticPsk { identity, key });
+        let security = Security::DtlsServer(ServerConfig::new(resolver));
+        let secured =
+            CoapEndpoint::bind_secured(address, Config::default(), security, Some(handler))
+                .await
+                .with_context(|| format!("cannot listen on {address}"))?;
+        eprintln!(
+            "cairn coap serve: listening on coaps://{}",
+            secured.local_addr()
+        );
+        endpoints.push(secured);
+    }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                endpoint.notify("/time", time_response()).await?;
+                for endpoint in &endpoints {
+                    endpoint.notify("/time", time_response()).await?;
+                }
             }
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    endpoint.shutdown().await;
+    for endpoint in &endpoints {
+        endpoint.shutdown().await;
+    }
     Ok(())
 }
 
 // ----- client -----
 
 async fn resolve(uri: &CoapUri) -> anyhow::Result<SocketAddr> {
-    if uri.secure {
-        bail!("coaps:// is not available in this build of the client");
-    }
     let host = uri.host.as_str();
-    let mut addresses =
-        tokio::net::lookup_host((host, uri.port)).await.with_context(|| format!("cannot resolve {host}"))?;
-    addresses.next().with_context(|| format!("no address for {host}"))
+    let mut addresses = tokio::net::lookup_host((host, uri.port))
+        .await
+        .with_context(|| format!("cannot resolve {host}"))?;
+    addresses
+        .next()
+        .with_context(|| format!("no address for {host}"))
 }
 
-async fn client_endpoint(target: SocketAddr) -> anyhow::Result<CoapEndpoint> {
-    let local: SocketAddr = if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
-    Ok(CoapEndpoint::bind(local, Config::default(), None).await?)
+async fn client_endpoint(
+    uri: &CoapUri,
+    args: &ClientArgs,
+) -> anyhow::Result<(SocketAddr, CoapEndpoint)> {
+    let target = resolve(uri).await?;
+    let local: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()?;
+    let security = match (uri.secure, args.psk.credentials()?) {
+        (false, _) => Security::NoSec,
+        (true, Some((identity, key))) => Security::DtlsClient {
+            config: ClientConfig::new(identity, key),
+            server: target,
+        },
+        (true, None) => bail!("coaps:// needs --psk-identity and --psk-key"),
+    };
+    let endpoint = CoapEndpoint::bind_secured(local, Config::default(), security, None).await?;
+    Ok((target, endpoint))
 }
 
 async fn build_request(code: Code, args: &ClientArgs) -> anyhow::Result<(CoapUri, Message)> {
@@ -294,13 +419,17 @@ async fn build_request(code: Code, args: &ClientArgs) -> anyhow::Result<(CoapUri
         message.payload = payload.clone().into_bytes();
     }
     if let Some(file) = &args.payload_file {
-        message.payload = tokio::fs::read(file).await.with_context(|| format!("cannot read {}", file.display()))?;
+        message.payload = tokio::fs::read(file)
+            .await
+            .with_context(|| format!("cannot read {}", file.display()))?;
     }
     if let Some(format) = args.content_format {
         message.set_content_format(ContentFormat(format));
     }
     if let Some(accept) = args.accept {
-        message.options.set_uint(OptionNumber::ACCEPT, u32::from(accept));
+        message
+            .options
+            .set_uint(OptionNumber::ACCEPT, u32::from(accept));
     }
     Ok((uri, message))
 }
@@ -308,10 +437,15 @@ async fn build_request(code: Code, args: &ClientArgs) -> anyhow::Result<(CoapUri
 fn describe(message: &Message) -> String {
     let mut text = format!("{} {:?}", message.code, message.message_type);
     for (number, value) in message.options.iter() {
-        let name = number.name().map_or_else(|| number.0.to_string(), str::to_owned);
+        let name = number
+            .name()
+            .map_or_else(|| number.0.to_string(), str::to_owned);
         match cairn_coap::option::decode_uint(value) {
             Some(v)
-                if matches!(number.definition().map(|d| d.format), Some(cairn_coap::option::OptionFormat::Uint)) =>
+                if matches!(
+                    number.definition().map(|d| d.format),
+                    Some(cairn_coap::option::OptionFormat::Uint)
+                ) =>
             {
                 text.push_str(&format!(" {name}={v}"))
             }
@@ -351,11 +485,13 @@ async fn write_payload(args: &ClientArgs, message: &Message, append: bool) -> an
 
 async fn request_command(code: Code, args: ClientArgs) -> anyhow::Result<()> {
     let (uri, message) = build_request(code, &args).await?;
-    let target = resolve(&uri).await?;
-    let endpoint = client_endpoint(target).await?;
-    let response = tokio::time::timeout(Duration::from_secs(args.timeout), endpoint.request(target, message))
-        .await
-        .context("timed out waiting for the response")??;
+    let (target, endpoint) = client_endpoint(&uri, &args).await?;
+    let response = tokio::time::timeout(
+        Duration::from_secs(args.timeout),
+        endpoint.request(target, message),
+    )
+    .await
+    .context("timed out waiting for the response")??;
     write_payload(&args, &response, false).await?;
     if !response.code.is_success() {
         bail!("server answered {}", response.code);
@@ -365,13 +501,16 @@ async fn request_command(code: Code, args: ClientArgs) -> anyhow::Result<()> {
 
 async fn observe_command(args: ObserveArgs) -> anyhow::Result<()> {
     let (uri, message) = build_request(Code::GET, &args.client).await?;
-    let target = resolve(&uri).await?;
-    let endpoint = client_endpoint(target).await?;
-    let deadline = args.seconds.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
-    let (first, mut observation) =
-        tokio::time::timeout(Duration::from_secs(args.client.timeout), endpoint.observe(target, message))
-            .await
-            .context("timed out waiting for the first response")??;
+    let (target, endpoint) = client_endpoint(&uri, &args.client).await?;
+    let deadline = args
+        .seconds
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let (first, mut observation) = tokio::time::timeout(
+        Duration::from_secs(args.client.timeout),
+        endpoint.observe(target, message),
+    )
+    .await
+    .context("timed out waiting for the first response")??;
     write_payload(&args.client, &first, false).await?;
     if !first.code.is_success() {
         bail!("server answered {}", first.code);
@@ -416,7 +555,10 @@ mod tests {
     fn file_paths_cannot_escape_the_directory() {
         let dir = Path::new("/srv/files");
         let join = |segments: &[&str]| safe_join(dir, segments.iter().map(|s| s.as_bytes()));
-        assert_eq!(join(&["a", "b.txt"]), Some(PathBuf::from("/srv/files/a/b.txt")));
+        assert_eq!(
+            join(&["a", "b.txt"]),
+            Some(PathBuf::from("/srv/files/a/b.txt"))
+        );
         assert_eq!(join(&[".."]), None);
         assert_eq!(join(&["a", "..", "b"]), None);
         assert_eq!(join(&["a/b"]), None);

@@ -20,14 +20,29 @@ fn start_cairn_server(name: &str) -> CairnServer {
     let port = free_udp_port_pair();
     let peer = Peer::spawn(
         "cairn coap serve",
-        cairn().args(["coap", "serve", "--listen", &format!("127.0.0.1:{port}"), "--dir"]).arg(&dir),
+        cairn()
+            .args([
+                "coap",
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--dir",
+            ])
+            .arg(&dir),
     );
     let base = format!("coap://127.0.0.1:{port}");
     let up = wait_until(Duration::from_secs(20), || {
-        cairn().args(["coap", "get", &format!("{base}/"), "--timeout", "1"]).output().is_ok_and(|o| o.status.success())
+        cairn()
+            .args(["coap", "get", &format!("{base}/"), "--timeout", "1"])
+            .output()
+            .is_ok_and(|o| o.status.success())
     });
     assert!(up, "cairn coap serve did not come up on {base}");
-    CairnServer { _peer: peer, base, dir }
+    CairnServer {
+        _peer: peer,
+        base,
+        dir,
+    }
 }
 
 fn start_libcoap_server() -> (Peer, String) {
@@ -35,11 +50,21 @@ fn start_libcoap_server() -> (Peer, String) {
     let port = free_udp_port_pair();
     let peer = Peer::spawn(
         "coap-server-notls",
-        std::process::Command::new(binary).args(["-A", "127.0.0.1", "-p", &port.to_string(), "-d", "10"]),
+        std::process::Command::new(binary).args([
+            "-A",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-d",
+            "10",
+        ]),
     );
     let base = format!("coap://127.0.0.1:{port}");
     let up = wait_until(Duration::from_secs(20), || {
-        cairn().args(["coap", "get", &format!("{base}/"), "--timeout", "1"]).output().is_ok_and(|o| o.status.success())
+        cairn()
+            .args(["coap", "get", &format!("{base}/"), "--timeout", "1"])
+            .output()
+            .is_ok_and(|o| o.status.success())
     });
     assert!(up, "coap-server-notls did not come up on {base}");
     (peer, base)
@@ -55,11 +80,19 @@ fn libcoap_client_discovers_and_gets_a_large_file_block_wise() {
     let body = test_bytes(100 * 1024, 1);
     std::fs::write(server.dir.join("firmware.bin"), &body).unwrap();
 
-    let output =
-        run_with_timeout(libcoap_client().args(["-m", "get", &format!("{}/.well-known/core", server.base)]), LIMIT);
+    let output = run_with_timeout(
+        libcoap_client().args(["-m", "get", &format!("{}/.well-known/core", server.base)]),
+        LIMIT,
+    );
     let links = String::from_utf8_lossy(&output.stdout);
-    assert!(links.contains("</time>") && links.contains("obs"), "discovery: {links}");
-    assert!(links.contains("</firmware.bin>;sz=102400"), "discovery: {links}");
+    assert!(
+        links.contains("</time>") && links.contains("obs"),
+        "discovery: {links}"
+    );
+    assert!(
+        links.contains("</firmware.bin>;sz=102400"),
+        "discovery: {links}"
+    );
 
     for block_size in ["1024", "64"] {
         let out = server.dir.join(format!("copy-{block_size}.bin"));
@@ -70,8 +103,16 @@ fn libcoap_client_discovers_and_gets_a_large_file_block_wise() {
                 .arg(format!("{}/firmware.bin", server.base)),
             LIMIT,
         );
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        assert_eq!(std::fs::read(&out).unwrap(), body, "block size {block_size}");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            body,
+            "block size {block_size}"
+        );
     }
 }
 
@@ -91,18 +132,31 @@ fn libcoap_client_puts_with_block1() {
             .arg(format!("{}/echo", server.base)),
         LIMIT,
     );
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(std::fs::read(&echoed).unwrap(), body, "the server echoes the whole reassembled body");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&echoed).unwrap(),
+        body,
+        "the server echoes the whole reassembled body"
+    );
 }
 
 #[test]
 fn libcoap_client_observes_time() {
     let server = start_cairn_server("libcoap-observe");
-    let output =
-        run_with_timeout(libcoap_client().args(["-m", "get", "-s", "4", &format!("{}/time", server.base)]), LIMIT);
+    let output = run_with_timeout(
+        libcoap_client().args(["-m", "get", "-s", "4", &format!("{}/time", server.base)]),
+        LIMIT,
+    );
     let text = String::from_utf8_lossy(&output.stdout);
     let notifications = text.matches('Z').count();
-    assert!(notifications >= 3, "expected the first response and at least 2 notifications, got: {text:?}");
+    assert!(
+        notifications >= 3,
+        "expected the first response and at least 2 notifications, got: {text:?}"
+    );
 }
 
 #[test]
@@ -120,23 +174,55 @@ fn cairn_client_against_libcoap_server() {
     std::fs::write(&input, &body).unwrap();
     let output = run_with_timeout(
         cairn()
-            .args(["coap", "put", &format!("{base}/example_data"), "--content-format", "42", "--payload-file"])
+            .args([
+                "coap",
+                "put",
+                &format!("{base}/example_data"),
+                "--content-format",
+                "42",
+                "--payload-file",
+            ])
             .arg(&input),
         LIMIT,
     );
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let copy = dir.join("out.bin");
-    let output =
-        run_with_timeout(cairn().args(["coap", "get", &format!("{base}/example_data"), "-o"]).arg(&copy), LIMIT);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = run_with_timeout(
+        cairn()
+            .args(["coap", "get", &format!("{base}/example_data"), "-o"])
+            .arg(&copy),
+        LIMIT,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(std::fs::read(&copy).unwrap(), body);
 
     // Observe /time: the first response and two notifications.
     let output = run_with_timeout(
-        cairn().args(["coap", "observe", &format!("{base}/time"), "--count", "3", "--seconds", "20", "-v"]),
+        cairn().args([
+            "coap",
+            "observe",
+            &format!("{base}/time"),
+            "--count",
+            "3",
+            "--seconds",
+            "20",
+            "-v",
+        ]),
         LIMIT,
     );
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let log = String::from_utf8_lossy(&output.stderr);
     assert_eq!(log.matches("Observe=").count(), 3, "{log}");
 }
@@ -144,7 +230,10 @@ fn cairn_client_against_libcoap_server() {
 #[test]
 fn cairn_client_reports_errors_clearly() {
     let (_server, base) = start_libcoap_server();
-    let output = run_with_timeout(cairn().args(["coap", "get", &format!("{base}/no-such-resource")]), LIMIT);
+    let output = run_with_timeout(
+        cairn().args(["coap", "get", &format!("{base}/no-such-resource")]),
+        LIMIT,
+    );
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("4.04"));
     let output = run_with_timeout(cairn().args(["coap", "get", "http://example.com/"]), LIMIT);

@@ -28,9 +28,13 @@ pub fn free_udp_port_pair() -> u16 {
 /// Fails the test with a clear message when a peer binary is not installed.
 pub fn require(binary: &str) -> PathBuf {
     let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|dir| dir.join(binary)).find(|candidate| candidate.is_file())
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(binary))
+            .find(|candidate| candidate.is_file())
     });
-    found.unwrap_or_else(|| panic!("{binary} is not installed: run scripts/setup.sh (Debian package libcoap3-bin)"))
+    found.unwrap_or_else(|| {
+        panic!("{binary} is not installed: run scripts/setup.sh (Debian package libcoap3-bin)")
+    })
 }
 
 /// A child process killed when dropped.
@@ -47,7 +51,10 @@ impl Peer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Peer { child, name: name.to_owned() }
+        Peer {
+            child,
+            name: name.to_owned(),
+        }
     }
 }
 

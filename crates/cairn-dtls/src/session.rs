@@ -1,0 +1,296 @@
+//! An established session: the compact state kept per peer once the handshake is over
+//! (RFC 6347 §4.1 record state, §4.1.2.6 replay window, §4.2.4 last-flight retransmission,
+//! RFC 9146 §6 address updates, RFC 5746 §4.4/§4.2 renegotiation refused).
+//!
+//! Only the two traffic keys (20 bytes each), the write sequence numbers, the replay window,
+//! the connection IDs and the PSK identity remain; the AES key schedule is rebuilt per record.
+//! Until the peer proves it has the keys (its first application data), the verify data of the
+//! last flight is kept so that the flight can be sent again when the peer retransmits.
+
+use crate::Error;
+use crate::cid::ConnectionId;
+use crate::codec::Reader;
+use crate::error::{AlertDescription, AlertLevel, CloseReason};
+use crate::flight::{FlightItem, RecordWriter, write_flight};
+use crate::handshake::Role;
+use crate::message::{Fragment, HandshakeType};
+use crate::record::{ContentType, Protection, Record, ReplayWindow};
+
+/// The last flight of a handshake (CCS, Finished), kept as its verify data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FinalFlight {
+    verify_data: [u8; 12],
+    message_seq: u16,
+}
+
+impl FinalFlight {
+    /// From the Finished body sent.
+    pub fn new(finished_body: &[u8], message_seq: u16) -> Option<Self> {
+        Some(Self {
+            verify_data: finished_body.try_into().ok()?,
+            message_seq,
+        })
+    }
+}
+
+/// What one record did to a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionOutput {
+    /// Decrypted application data.
+    ApplicationData(Vec<u8>),
+    /// The session ended.
+    Closed(CloseReason),
+}
+
+/// An established DTLS session.
+#[derive(Debug)]
+pub struct Session {
+    role: Role,
+    read: Protection,
+    writer: RecordWriter,
+    replay: ReplayWindow,
+    cid_in: ConnectionId,
+    final_flight: Option<FinalFlight>,
+    identity: Box<[u8]>,
+}
+
+impl Session {
+    /// A session from the handshake's end state.
+    pub fn new(
+        role: Role,
+        read: Protection,
+        writer: RecordWriter,
+        replay: ReplayWindow,
+        cid_in: ConnectionId,
+        final_flight: Option<FinalFlight>,
+        identity: &[u8],
+    ) -> Self {
+        Self {
+            role,
+            read,
+            writer,
+            replay,
+            cid_in,
+            final_flight,
+            identity: identity.into(),
+        }
+    }
+
+    /// The peer's PSK identity.
+    pub fn identity(&self) -> &[u8] {
+        &self.identity
+    }
+
+    /// The CID the peer writes on its records (empty if none).
+    pub fn cid_in(&self) -> ConnectionId {
+        self.cid_in
+    }
+
+    /// Heap bytes owned by the session (for memory accounting).
+    pub fn heap_bytes(&self) -> usize {
+        self.identity.len()
+    }
+
+    /// Encrypts application data into one record.
+    pub fn seal(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+        let mut out = Vec::new();
+        self.writer
+            .write(&mut out, 1, ContentType::ApplicationData, plaintext)?;
+        Ok(out)
+    }
+
+    /// An alert record.
+    pub fn alert(&mut self, level: AlertLevel, description: AlertDescription) -> Vec<u8> {
+        let mut out = Vec::new();
+        let body = [level.to_u8(), description.to_u8()];
+        match self.writer.write(&mut out, 1, ContentType::Alert, &body) {
+            Ok(()) => out,
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Handles one record. `transmit` collects datagrams to send back. Returns the output and
+    /// whether the record was authentic and the newest so far (RFC 9146 §6).
+    pub fn on_record(
+        &mut self,
+        record: &Record<'_>,
+        transmit: &mut Vec<Vec<u8>>,
+    ) -> (Option<SessionOutput>, bool) {
+        if record.epoch != 1 || !self.replay.is_fresh(record.sequence) {
+            return (None, false);
+        }
+        if record.content_type == ContentType::Tls12Cid {
+            if self.cid_in.is_empty() || record.cid != self.cid_in.as_bytes() {
+                return (None, false);
+            }
+        } else if !self.cid_in.is_empty() {
+            // RFC 9146 §6: once a CID is negotiated, the peer must use tls12_cid records.
+            return (None, false);
+        }
+        let Ok((content_type, plaintext)) = self.read.open(record) else {
+            return (None, false);
+        };
+        let newest = self.replay.is_newest(record.sequence);
+        self.replay.accept(record.sequence);
+        let output = match content_type {
+            ContentType::ApplicationData => {
+                self.final_flight = None;
+                Some(SessionOutput::ApplicationData(plaintext))
+            }
+            ContentType::Alert => self.on_alert(&plaintext, transmit),
+            ContentType::Handshake => {
+                self.on_handshake(&plaintext, transmit);
+                None
+            }
+            _ => None,
+        };
+        (output, newest)
+    }
+
+    fn on_alert(&mut self, body: &[u8], transmit: &mut Vec<Vec<u8>>) -> Option<SessionOutput> {
+        let [level, description] = body else {
+            return None;
+        };
+        let description = AlertDescription::from_u8(*description);
+        match (AlertLevel::from_u8(*level), description) {
+            (_, AlertDescription::CloseNotify) => {
+                transmit.push(self.alert(AlertLevel::Warning, AlertDescription::CloseNotify));
+                Some(SessionOutput::Closed(CloseReason::PeerClosed))
+            }
+            (AlertLevel::Fatal, description) => {
+                Some(SessionOutput::Closed(CloseReason::PeerAlert(description)))
+            }
+            _ => None,
+        }
+    }
+
+    fn on_handshake(&mut self, body: &[u8], transmit: &mut Vec<Vec<u8>>) {
+        let mut reader = Reader::new(body);
+        let Ok(fragment) = Fragment::parse(&mut reader) else {
+            return;
+        };
+        match (fragment.msg_type, self.role) {
+            (HandshakeType::Finished, _) => {
+                if let Some(flight) = self.final_flight {
+                    let items = [
+                        FlightItem::ChangeCipherSpec,
+                        FlightItem::Handshake {
+                            epoch: 1,
+                            msg_type: HandshakeType::Finished,
+                            message_seq: flight.message_seq,
+                            body: flight.verify_data.to_vec(),
+                        },
+                    ];
+                    if let Ok(datagrams) = write_flight(&mut self.writer, &items, 1200) {
+                        transmit.extend(datagrams);
+                    }
+                }
+            }
+            (HandshakeType::ClientHello, Role::Server)
+            | (HandshakeType::HelloRequest, Role::Client) => {
+                transmit.push(self.alert(AlertLevel::Warning, AlertDescription::NoRenegotiation));
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{CipherSuite, TrafficKey};
+    use crate::message::put_fragment_header;
+    use crate::record::Records;
+
+    fn pair() -> (Session, Session) {
+        let suite = CipherSuite::PskWithAes128Ccm8;
+        let client_key = TrafficKey::new([1; 16], [1; 4]);
+        let server_key = TrafficKey::new([2; 16], [2; 4]);
+        let protection = |key: &TrafficKey| Protection {
+            suite,
+            key: key.clone(),
+        };
+        let writer = |key: &TrafficKey| {
+            let mut writer = RecordWriter::new(0);
+            writer.protection = Some(protection(key));
+            writer
+        };
+        let server = Session::new(
+            Role::Server,
+            protection(&client_key),
+            writer(&server_key),
+            ReplayWindow::default(),
+            ConnectionId::EMPTY,
+            None,
+            b"device",
+        );
+        let client = Session::new(
+            Role::Client,
+            protection(&server_key),
+            writer(&client_key),
+            ReplayWindow::default(),
+            ConnectionId::EMPTY,
+            None,
+            b"device",
+        );
+        (server, client)
+    }
+
+    #[test]
+    fn renegotiation_is_refused_with_a_warning() {
+        let (mut server, mut client) = pair();
+        let mut hello = Vec::new();
+        put_fragment_header(&mut hello, HandshakeType::ClientHello, 4, 0, 0, 4);
+        hello.extend_from_slice(&[0xFE, 0xFD, 0, 0]);
+        let mut record = Vec::new();
+        client
+            .writer
+            .write(&mut record, 1, ContentType::Handshake, &hello)
+            .unwrap();
+        let mut transmit = Vec::new();
+        let parsed = Records::new(&record, 0).next().unwrap();
+        assert_eq!(server.on_record(&parsed, &mut transmit), (None, true));
+        assert_eq!(transmit.len(), 1);
+        let alert = Records::new(&transmit[0], 0).next().unwrap();
+        let (content_type, body) = client.read.open(&alert).unwrap();
+        assert_eq!(content_type, ContentType::Alert);
+        assert_eq!(body, [1, 100]);
+        // The client keeps its session after the warning.
+        let mut none = Vec::new();
+        assert_eq!(client.on_record(&alert, &mut none), (None, true));
+        let data = server.seal(b"still up").unwrap();
+        let data = Records::new(&data, 0).next().unwrap();
+        assert_eq!(
+            client.on_record(&data, &mut none).0,
+            Some(SessionOutput::ApplicationData(b"still up".to_vec()))
+        );
+    }
+
+    #[test]
+    fn hello_request_to_a_client_is_refused() {
+        let (mut server, mut client) = pair();
+        let mut request = Vec::new();
+        put_fragment_header(&mut request, HandshakeType::HelloRequest, 0, 0, 0, 0);
+        let mut record = Vec::new();
+        server
+            .writer
+            .write(&mut record, 1, ContentType::Handshake, &request)
+            .unwrap();
+        let mut transmit = Vec::new();
+        let parsed = Records::new(&record, 0).next().unwrap();
+        client.on_record(&parsed, &mut transmit);
+        assert_eq!(transmit.len(), 1);
+    }
+
+    #[test]
+    fn idle_session_is_compact() {
+        let (server, _) = pair();
+        assert!(
+            core::mem::size_of::<Session>() <= 256,
+            "{}",
+            core::mem::size_of::<Session>()
+        );
+        assert_eq!(server.heap_bytes(), 6);
+        assert!(!format!("{server:?}").contains("[1, 1, 1"));
+    }
+}

@@ -1,0 +1,224 @@
+//! The security layer between the socket and the CoAP endpoint: nothing (`coap://`), or a
+//! DTLS 1.2 server or client (`coaps://`, RFC 7252 §9.1) from `cairn-dtls`.
+//!
+//! Datagrams from the socket go through [`Layer::receive`], which hands decrypted CoAP
+//! messages to the endpoint; CoAP transmits go through [`Layer::send`], which encrypts them
+//! (a client queues them while it connects).
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_coap::{Endpoint, Transmit};
+use cairn_dtls::{ClientConfig, ClientEndpoint, Event as DtlsEvent, ServerConfig, ServerEndpoint};
+use rand::SeedableRng;
+
+/// CoAP messages a DTLS client holds while its handshake runs.
+const MAX_PENDING: usize = 256;
+
+/// How a socket's datagrams are protected.
+#[derive(Clone, Default)]
+pub enum Security {
+    /// Plain CoAP over UDP.
+    #[default]
+    NoSec,
+    /// A DTLS server for every peer of the socket.
+    DtlsServer(ServerConfig),
+    /// A DTLS client of one server.
+    DtlsClient {
+        config: ClientConfig,
+        server: SocketAddr,
+    },
+}
+
+/// The authenticated identity of each peer with a DTLS session.
+pub(crate) type Identities = HashMap<SocketAddr, Arc<[u8]>>;
+
+pub(crate) enum Layer {
+    Plain,
+    Server(Box<ServerEndpoint>),
+    Client(Box<ClientSide>),
+}
+
+pub(crate) struct ClientSide {
+    endpoint: ClientEndpoint,
+    server: SocketAddr,
+    pending: VecDeque<Vec<u8>>,
+    connecting: bool,
+}
+
+fn rng() -> Box<rand::rngs::StdRng> {
+    Box::new(rand::rngs::StdRng::from_os_rng())
+}
+
+impl Layer {
+    pub(crate) fn new(security: Security, now: Duration) -> io::Result<Layer> {
+        let invalid =
+            |e: cairn_dtls::Error| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
+        Ok(match security {
+            Security::NoSec => Layer::Plain,
+            Security::DtlsServer(config) => Layer::Server(Box::new(
+                ServerEndpoint::new(config, rng(), now).map_err(invalid)?,
+            )),
+            Security::DtlsClient { config, server } => Layer::Client(Box::new(ClientSide {
+                endpoint: ClientEndpoint::new(config, rng(), server).map_err(invalid)?,
+                server,
+                pending: VecDeque::new(),
+                connecting: false,
+            })),
+        })
+    }
+
+    /// Processes one datagram from the socket.
+    pub(crate) fn receive(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        datagram: &[u8],
+        coap: &mut Endpoint,
+        identities: &mut Identities,
+        outbox: &mut Vec<Transmit>,
+    ) {
+        match self {
+            Layer::Plain => {
+                coap.handle(now, from, datagram);
+            }
+            Layer::Server(server) => {
+                server.handle(now, from, datagram);
+                self.drain(now, coap, identities, outbox);
+            }
+            Layer::Client(client) => {
+                client.endpoint.handle(now, from, datagram);
+                self.drain(now, coap, identities, outbox);
+            }
+        }
+    }
+
+    /// Protects and queues one CoAP datagram.
+    pub(crate) fn send(&mut self, now: Duration, transmit: Transmit, outbox: &mut Vec<Transmit>) {
+        match self {
+            Layer::Plain => outbox.push(transmit),
+            Layer::Server(server) => {
+                if let Err(error) = server.send(now, transmit.destination, &transmit.payload) {
+                    tracing::debug!(%error, peer = %transmit.destination, "no DTLS session for a CoAP message");
+                }
+                outbox.extend(std::iter::from_fn(|| server.poll_transmit()).map(convert));
+            }
+            Layer::Client(client) => {
+                if transmit.destination != client.server {
+                    tracing::debug!(peer = %transmit.destination, "a DTLS client talks to its server only");
+                    return;
+                }
+                if client.endpoint.is_connected() {
+                    if let Err(error) = client.endpoint.send(now, client.server, &transmit.payload)
+                    {
+                        tracing::debug!(%error, "DTLS send failed");
+                    }
+                } else {
+                    if client.pending.len() < MAX_PENDING {
+                        client.pending.push_back(transmit.payload);
+                    }
+                    if !client.connecting {
+                        client.connecting = client.endpoint.connect(now).is_ok();
+                    }
+                }
+                outbox.extend(std::iter::from_fn(|| client.endpoint.poll_transmit()).map(convert));
+            }
+        }
+    }
+
+    pub(crate) fn poll_timeout(&self) -> Option<Duration> {
+        match self {
+            Layer::Plain => None,
+            Layer::Server(server) => server.poll_timeout(),
+            Layer::Client(client) => client.endpoint.poll_timeout(),
+        }
+    }
+
+    pub(crate) fn handle_timeout(
+        &mut self,
+        now: Duration,
+        coap: &mut Endpoint,
+        identities: &mut Identities,
+        outbox: &mut Vec<Transmit>,
+    ) {
+        match self {
+            Layer::Plain => return,
+            Layer::Server(server) => server.handle_timeout(now),
+            Layer::Client(client) => client.endpoint.handle_timeout(now),
+        }
+        self.drain(now, coap, identities, outbox);
+    }
+
+    /// Hands decrypted data to CoAP, tracks identities and queues DTLS datagrams.
+    fn drain(
+        &mut self,
+        now: Duration,
+        coap: &mut Endpoint,
+        identities: &mut Identities,
+        outbox: &mut Vec<Transmit>,
+    ) {
+        loop {
+            let event = match self {
+                Layer::Plain => None,
+                Layer::Server(server) => server.poll_event(),
+                Layer::Client(client) => client.endpoint.poll_event(),
+            };
+            let Some(event) = event else {
+                break;
+            };
+            match event {
+                DtlsEvent::ApplicationData { peer, data } => {
+                    coap.handle(now, peer, &data);
+                }
+                DtlsEvent::Connected {
+                    peer,
+                    identity,
+                    resumed,
+                } => {
+                    tracing::debug!(%peer, resumed, "DTLS session established");
+                    identities.insert(peer, identity.into());
+                    if let Layer::Client(client) = self {
+                        client.connecting = false;
+                        while let Some(payload) = client.pending.pop_front() {
+                            if let Err(error) = client.endpoint.send(now, client.server, &payload) {
+                                tracing::debug!(%error, "DTLS send failed");
+                            }
+                        }
+                    }
+                }
+                DtlsEvent::Closed { peer, reason } => {
+                    tracing::debug!(%peer, ?reason, "DTLS session closed");
+                    identities.remove(&peer);
+                    if let Layer::Client(client) = self {
+                        client.connecting = false;
+                        client.pending.clear();
+                    }
+                }
+                DtlsEvent::PeerMoved { old, new } => {
+                    if let Some(identity) = identities.remove(&old) {
+                        identities.insert(new, identity);
+                    }
+                }
+            }
+        }
+        match self {
+            Layer::Plain => {}
+            Layer::Server(server) => {
+                outbox.extend(std::iter::from_fn(|| server.poll_transmit()).map(convert))
+            }
+            Layer::Client(client) => {
+                outbox.extend(std::iter::from_fn(|| client.endpoint.poll_transmit()).map(convert))
+            }
+        }
+    }
+}
+
+fn convert(transmit: cairn_dtls::Transmit) -> Transmit {
+    Transmit {
+        destination: transmit.destination,
+        payload: transmit.payload,
+    }
+}

@@ -45,7 +45,11 @@ pub struct CoapBenchArgs {
 
 fn positive_seconds(text: &str) -> Result<f64, String> {
     let seconds = non_negative_seconds(text)?;
-    if seconds > 0.0 { Ok(seconds) } else { Err("must be more than 0".into()) }
+    if seconds > 0.0 {
+        Ok(seconds)
+    } else {
+        Err("must be more than 0".into())
+    }
 }
 
 fn non_negative_seconds(text: &str) -> Result<f64, String> {
@@ -103,8 +107,10 @@ impl Target {
 }
 
 pub fn run(args: CoapBenchArgs) -> anyhow::Result<()> {
-    let targets: Vec<Target> =
-        Target::ALL.into_iter().filter(|target| args.only.is_empty() || args.only.contains(target)).collect();
+    let targets: Vec<Target> = Target::ALL
+        .into_iter()
+        .filter(|target| args.only.is_empty() || args.only.contains(target))
+        .collect();
     let spec = LoadSpec {
         request: GetRequest::new(&args.path),
         clients: usize::from(args.clients),
@@ -113,15 +119,21 @@ pub fn run(args: CoapBenchArgs) -> anyhow::Result<()> {
         measured: Duration::from_secs_f64(args.seconds),
     };
     if cfg!(debug_assertions) {
-        eprintln!("note: this is a debug build; measure with a release build (cargo build --release)");
+        eprintln!(
+            "note: this is a debug build; measure with a release build (cargo build --release)"
+        );
     }
     let stop = stop_on_signal()?;
 
     // Start every server first, so that a missing or broken one fails before any run.
     let mut servers = Vec::with_capacity(targets.len());
     for &target in &targets {
-        let mut server = target.spawn().with_context(|| leave_out_hint(target, &targets))?;
-        server.wait_until_ready(&spec.request, &stop).with_context(|| leave_out_hint(target, &targets))?;
+        let mut server = target
+            .spawn()
+            .with_context(|| leave_out_hint(target, &targets))?;
+        server
+            .wait_until_ready(&spec.request, &stop)
+            .with_context(|| leave_out_hint(target, &targets))?;
         servers.push((target, server));
     }
     warn_if_busy();
@@ -131,7 +143,14 @@ pub fn run(args: CoapBenchArgs) -> anyhow::Result<()> {
     );
     println!(
         "{:<8} {:>11} {:>9} {:>9} {:>15} {:>12} {:>18} {:>9}",
-        "server", "requests/s", "p50 us", "p99 us", "server CPU us", "server cores", "generator CPU us", "timeouts"
+        "server",
+        "requests/s",
+        "p50 us",
+        "p99 us",
+        "server CPU us",
+        "server cores",
+        "generator CPU us",
+        "timeouts"
     );
     let mut results = Vec::with_capacity(servers.len());
     for (target, server) in &mut servers {
@@ -148,18 +167,28 @@ pub fn run(args: CoapBenchArgs) -> anyhow::Result<()> {
         results.push((*target, measurement));
     }
     drop(servers);
-    println!("(CPU figures are per request; server cores is the server's CPU time over the window)");
+    println!(
+        "(CPU figures are per request; server cores is the server's CPU time over the window)"
+    );
     println!("{}", result_line(&results));
     Ok(())
 }
 
 /// Tells how to run the benchmark without `failed`.
 fn leave_out_hint(failed: Target, targets: &[Target]) -> String {
-    let others: Vec<&str> = targets.iter().filter(|&&target| target != failed).map(|target| target.name()).collect();
+    let others: Vec<&str> = targets
+        .iter()
+        .filter(|&&target| target != failed)
+        .map(|target| target.name())
+        .collect();
     if others.is_empty() {
         format!("cannot benchmark {}", failed.name())
     } else {
-        format!("cannot benchmark {} (leave it out with --only {})", failed.name(), others.join(","))
+        format!(
+            "cannot benchmark {} (leave it out with --only {})",
+            failed.name(),
+            others.join(",")
+        )
     }
 }
 
@@ -208,7 +237,10 @@ fn result_line(results: &[(Target, Measurement)]) -> String {
     }
     let cairn = find(Target::Cairn).and_then(Measurement::server_cpu_per_request_us);
     let libcoap = find(Target::Libcoap).and_then(Measurement::server_cpu_per_request_us);
-    let ratio = cairn.zip(libcoap).filter(|(cairn, _)| *cairn > 0.0).map(|(cairn, libcoap)| libcoap / cairn);
+    let ratio = cairn
+        .zip(libcoap)
+        .filter(|(cairn, _)| *cairn > 0.0)
+        .map(|(cairn, libcoap)| libcoap / cairn);
     let _ = write!(line, " ratio_libcoap={}", format_option(ratio, 2));
     line
 }
@@ -218,21 +250,28 @@ fn result_line(results: &[(Target, Measurement)]) -> String {
 fn stop_on_signal() -> anyhow::Result<Arc<AtomicBool>> {
     use tokio::signal::unix::{SignalKind, signal};
     let stop = Arc::new(AtomicBool::new(false));
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let (mut interrupt, mut terminate) = {
         let _context = runtime.enter();
-        (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?)
+        (
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        )
     };
     let raised = Arc::clone(&stop);
-    std::thread::Builder::new().name("signals".into()).spawn(move || {
-        runtime.block_on(async {
-            tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = terminate.recv() => {}
-            }
-        });
-        raised.store(true, Ordering::Relaxed);
-    })?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            runtime.block_on(async {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
+            });
+            raised.store(true, Ordering::Relaxed);
+        })?;
     Ok(stop)
 }
 
@@ -243,7 +282,9 @@ mod tests {
     /// The generator against a real peer: libcoap's server (scripts/setup.sh installs it).
     #[test]
     fn measures_libcoap() {
-        let mut server = Target::Libcoap.spawn().expect("coap-server-notls (run scripts/setup.sh)");
+        let mut server = Target::Libcoap
+            .spawn()
+            .expect("coap-server-notls (run scripts/setup.sh)");
         let stop = AtomicBool::new(false);
         let spec = LoadSpec {
             request: GetRequest::new("/"),
@@ -259,7 +300,10 @@ mod tests {
         assert!(measurement.server_cpu > Duration::ZERO);
         assert!(measurement.latency_us(50.0).unwrap() <= measurement.latency_us(99.0).unwrap());
         let line = result_line(&[(Target::Libcoap, measurement)]);
-        assert!(line.starts_with("RESULT coap_get cairn_rps=NA libcoap_rps="), "{line}");
+        assert!(
+            line.starts_with("RESULT coap_get cairn_rps=NA libcoap_rps="),
+            "{line}"
+        );
         assert!(line.ends_with("ratio_libcoap=NA"), "{line}");
     }
 

@@ -25,7 +25,10 @@ pub struct CpuSample {
 impl CpuSample {
     /// Reads the CPU time of process `pid`.
     pub fn read(pid: u32) -> io::Result<Self> {
-        Ok(Self { threads_on_cpu: threads_on_cpu(pid).ok(), process_ticks: process_ticks(pid)? })
+        Ok(Self {
+            threads_on_cpu: threads_on_cpu(pid).ok(),
+            process_ticks: process_ticks(pid)?,
+        })
     }
 
     /// CPU time used between `self` and the later sample `end`.
@@ -35,7 +38,11 @@ impl CpuSample {
         match (self.threads_on_cpu, end.threads_on_cpu) {
             (Some(start), Some(end)) => {
                 let precise = end.saturating_sub(start);
-                if from_ticks > precise + 2 * tick { from_ticks } else { precise }
+                if from_ticks > precise + 2 * tick {
+                    from_ticks
+                } else {
+                    precise
+                }
             }
             _ => from_ticks,
         }
@@ -66,7 +73,11 @@ fn machine_ticks() -> io::Result<MachineTicks> {
 /// `cpu  user nice system idle iowait irq softirq steal ...` (guest time is already in
 /// user and nice, so only the first eight fields count).
 fn parse_machine_ticks(text: &str) -> io::Result<MachineTicks> {
-    let line = text.lines().next().filter(|line| line.starts_with("cpu ")).ok_or_else(|| invalid("/proc/stat"))?;
+    let line = text
+        .lines()
+        .next()
+        .filter(|line| line.starts_with("cpu "))
+        .ok_or_else(|| invalid("/proc/stat"))?;
     let ticks: Vec<u64> = line
         .split_whitespace()
         .skip(1)
@@ -78,7 +89,9 @@ fn parse_machine_ticks(text: &str) -> io::Result<MachineTicks> {
         return Err(invalid("/proc/stat"));
     }
     let idle = ticks[3] + ticks[4];
-    Ok(MachineTicks { busy: ticks.iter().sum::<u64>() - idle })
+    Ok(MachineTicks {
+        busy: ticks.iter().sum::<u64>() - idle,
+    })
 }
 
 /// Length of one clock tick, `1 / sysconf(_SC_CLK_TCK)`.
@@ -104,12 +117,18 @@ fn process_ticks(pid: u32) -> io::Result<u64> {
 }
 
 fn invalid(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("unexpected {what} format"))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("unexpected {what} format"),
+    )
 }
 
 /// The first field of `schedstat`: time spent on the CPU, in nanoseconds.
 fn parse_schedstat(text: &str) -> io::Result<u64> {
-    text.split_whitespace().next().and_then(|field| field.parse().ok()).ok_or_else(|| invalid("schedstat"))
+    text.split_whitespace()
+        .next()
+        .and_then(|field| field.parse().ok())
+        .ok_or_else(|| invalid("schedstat"))
 }
 
 /// `utime + stime` (fields 14 and 15) of `stat`. The command name (field 2) is in
@@ -117,8 +136,12 @@ fn parse_schedstat(text: &str) -> io::Result<u64> {
 fn parse_stat_ticks(text: &str) -> io::Result<u64> {
     let after_name = text.rsplit_once(')').ok_or_else(|| invalid("stat"))?.1;
     let mut fields = after_name.split_whitespace().skip(11);
-    let mut next =
-        || -> io::Result<u64> { fields.next().and_then(|field| field.parse().ok()).ok_or_else(|| invalid("stat")) };
+    let mut next = || -> io::Result<u64> {
+        fields
+            .next()
+            .and_then(|field| field.parse().ok())
+            .ok_or_else(|| invalid("stat"))
+    };
     Ok(next()? + next()?)
 }
 
@@ -142,7 +165,10 @@ mod tests {
 
     #[test]
     fn parses_schedstat() {
-        assert_eq!(parse_schedstat("168498505 7256710 353\n").unwrap(), 168_498_505);
+        assert_eq!(
+            parse_schedstat("168498505 7256710 353\n").unwrap(),
+            168_498_505
+        );
         assert!(parse_schedstat("").is_err());
     }
 

@@ -24,10 +24,14 @@ pub fn serve(listen: SocketAddr) -> anyhow::Result<()> {
     let _ = state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER_BYTES);
     let mut socket = mio::net::UdpSocket::from_std(socket);
     let mut poll = Poll::new()?;
-    poll.registry().register(&mut socket, Token(0), Interest::READABLE)?;
+    poll.registry()
+        .register(&mut socket, Token(0), Interest::READABLE)?;
     let mut events = Events::with_capacity(1);
     let mut storage = vec![0u8; BATCH_SIZE * RECEIVE_BUFFER_LEN];
-    let mut buffers: Vec<IoSliceMut<'_>> = storage.chunks_mut(RECEIVE_BUFFER_LEN).map(IoSliceMut::new).collect();
+    let mut buffers: Vec<IoSliceMut<'_>> = storage
+        .chunks_mut(RECEIVE_BUFFER_LEN)
+        .map(IoSliceMut::new)
+        .collect();
     let mut metas = vec![RecvMeta::default(); BATCH_SIZE];
     loop {
         match poll.poll(&mut events, None) {
@@ -61,8 +65,10 @@ fn echo(socket: &mio::net::UdpSocket, buffers: &[IoSliceMut<'_>], metas: &[RecvM
             datagrams.push([IoSlice::new(datagram)]);
         }
     }
-    let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> =
-        datagrams.iter().map(|_| SendAncillaryBuffer::default()).collect();
+    let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> = datagrams
+        .iter()
+        .map(|_| SendAncillaryBuffer::default())
+        .collect();
     let mut messages: Vec<MMsgHdr<'_>> = sources
         .iter()
         .zip(&datagrams)

@@ -23,7 +23,9 @@ use quinn_udp::{RecvMeta, UdpSocketState};
 use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, sendmmsg};
 
 use super::cpu::CpuSample;
-use super::message::{GetRequest, MessageType, TOKEN_LEN, empty_acknowledgement, parse_header, set_identity};
+use super::message::{
+    GetRequest, MessageType, TOKEN_LEN, empty_acknowledgement, parse_header, set_identity,
+};
 use super::server::ServerProcess;
 
 /// A request without an answer after this long is counted lost and sent anew. Far
@@ -128,7 +130,12 @@ struct Client {
 }
 
 impl Client {
-    fn new(server: SocketAddr, request: &GetRequest, in_flight: usize, seed: u16) -> io::Result<Self> {
+    fn new(
+        server: SocketAddr,
+        request: &GetRequest,
+        in_flight: usize,
+        seed: u16,
+    ) -> io::Result<Self> {
         let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
         socket.connect(server)?;
         let state = UdpSocketState::new((&socket).into())?;
@@ -174,10 +181,15 @@ impl Client {
     /// send buffer leaves the rest queued for the next turn of the loop.
     fn flush(&mut self) -> io::Result<()> {
         while !self.unsent.is_empty() {
-            let buffers: Vec<[IoSlice<'_>; 1]> =
-                self.unsent.iter().map(|&slot| [IoSlice::new(&self.slots[slot].bytes)]).collect();
-            let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> =
-                buffers.iter().map(|_| SendAncillaryBuffer::default()).collect();
+            let buffers: Vec<[IoSlice<'_>; 1]> = self
+                .unsent
+                .iter()
+                .map(|&slot| [IoSlice::new(&self.slots[slot].bytes)])
+                .collect();
+            let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> = buffers
+                .iter()
+                .map(|_| SendAncillaryBuffer::default())
+                .collect();
             let mut messages: Vec<MMsgHdr<'_>> = buffers
                 .iter()
                 .zip(controls.iter_mut())
@@ -194,9 +206,18 @@ impl Client {
     }
 
     /// Reads every datagram waiting on the socket and renews the answered slots.
-    fn receive(&mut self, receiver: &mut Receiver, tally: &mut Tally, measuring: bool) -> io::Result<()> {
+    fn receive(
+        &mut self,
+        receiver: &mut Receiver,
+        tally: &mut Tally,
+        measuring: bool,
+    ) -> io::Result<()> {
         loop {
-            let received = match self.state.recv((&self.socket).into(), &mut receiver.buffers, &mut receiver.metas) {
+            let received = match self.state.recv(
+                (&self.socket).into(),
+                &mut receiver.buffers,
+                &mut receiver.metas,
+            ) {
                 Ok(count) => count,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
@@ -239,7 +260,9 @@ impl Client {
             tally.answers += 1;
             tally.unexpected_answers += u64::from(!header.is_expected_answer());
             let latency = now.saturating_duration_since(slot.sent_at);
-            tally.latencies_ns.push(u32::try_from(latency.as_nanos()).unwrap_or(u32::MAX));
+            tally
+                .latencies_ns
+                .push(u32::try_from(latency.as_nanos()).unwrap_or(u32::MAX));
         }
         self.renew(usize::from(slot_index), now);
     }
@@ -248,7 +271,9 @@ impl Client {
     fn expire(&mut self, now: Instant, tally: &mut Tally, measuring: bool) {
         for slot_index in 0..self.slots.len() {
             let slot = &self.slots[slot_index];
-            if now.saturating_duration_since(slot.sent_at) >= RESPONSE_TIMEOUT && !self.unsent.contains(&slot_index) {
+            if now.saturating_duration_since(slot.sent_at) >= RESPONSE_TIMEOUT
+                && !self.unsent.contains(&slot_index)
+            {
                 tally.timeouts += u64::from(measuring);
                 self.renew(slot_index, now);
             }
@@ -264,7 +289,10 @@ struct Receiver<'a> {
 
 impl<'a> Receiver<'a> {
     fn new(storage: &'a mut [u8]) -> Self {
-        let buffers: Vec<_> = storage.chunks_mut(RECEIVE_BUFFER_LEN).map(IoSliceMut::new).collect();
+        let buffers: Vec<_> = storage
+            .chunks_mut(RECEIVE_BUFFER_LEN)
+            .map(IoSliceMut::new)
+            .collect();
         let metas = vec![RecvMeta::default(); buffers.len()];
         Self { buffers, metas }
     }
@@ -272,7 +300,11 @@ impl<'a> Receiver<'a> {
 
 /// Drives `server` with `spec`'s load: warm-up, then the measured window, with the
 /// server's CPU time and the generator's own sampled at both edges of the window.
-pub fn run(spec: &LoadSpec, server: &mut ServerProcess, stop: &AtomicBool) -> anyhow::Result<Measurement> {
+pub fn run(
+    spec: &LoadSpec,
+    server: &mut ServerProcess,
+    stop: &AtomicBool,
+) -> anyhow::Result<Measurement> {
     let (name, address) = (server.name(), server.address());
     let talking = move || format!("talking to the {name} server at {address}");
     let mut poll = Poll::new()?;
@@ -280,7 +312,8 @@ pub fn run(spec: &LoadSpec, server: &mut ServerProcess, stop: &AtomicBool) -> an
     for index in 0..spec.clients {
         let mut client = Client::new(address, &spec.request, spec.in_flight, index as u16)
             .context("cannot open the client sockets")?;
-        poll.registry().register(&mut client.socket, Token(index), Interest::READABLE)?;
+        poll.registry()
+            .register(&mut client.socket, Token(index), Interest::READABLE)?;
         clients.push(client);
     }
     // One more buffer than requests in flight, so that a full drain reads short.
@@ -337,17 +370,24 @@ pub fn run(spec: &LoadSpec, server: &mut ServerProcess, stop: &AtomicBool) -> an
             next_housekeeping = now + HOUSEKEEPING_INTERVAL;
         }
         let next_phase = if measuring { window_end } else { window_start };
-        let timeout = next_phase.min(next_housekeeping).saturating_duration_since(now);
+        let timeout = next_phase
+            .min(next_housekeeping)
+            .saturating_duration_since(now);
         match poll.poll(&mut events, Some(timeout)) {
             Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
             result => result?,
         }
         for event in &events {
             let client = &mut clients[event.token().0];
-            client.receive(&mut receiver, &mut tally, measuring).with_context(talking)?;
+            client
+                .receive(&mut receiver, &mut tally, measuring)
+                .with_context(talking)?;
             client.flush().with_context(talking)?;
         }
-        for client in clients.iter_mut().filter(|client| !client.unsent.is_empty()) {
+        for client in clients
+            .iter_mut()
+            .filter(|client| !client.unsent.is_empty())
+        {
             client.flush().with_context(talking)?;
         }
     }

@@ -49,7 +49,11 @@ impl GetRequest {
         bytes.extend_from_slice(&[0; TOKEN_LEN]);
         let mut previous_option = 0;
         for segment in path.split('/').filter(|segment| !segment.is_empty()) {
-            encode_option(&mut bytes, OPTION_URI_PATH - previous_option, segment.as_bytes());
+            encode_option(
+                &mut bytes,
+                OPTION_URI_PATH - previous_option,
+                segment.as_bytes(),
+            );
             previous_option = OPTION_URI_PATH;
         }
         Self { bytes }
@@ -178,7 +182,11 @@ mod tests {
         assert!(parse_header(&separate).unwrap().needs_acknowledgement());
         assert_eq!(empty_acknowledgement(0x1234), [0x60, 0x00, 0x12, 0x34]);
         let echoed_request = GetRequest::new("/").with_identity(1, [1; 4]);
-        assert!(!parse_header(&echoed_request).unwrap().needs_acknowledgement());
+        assert!(
+            !parse_header(&echoed_request)
+                .unwrap()
+                .needs_acknowledgement()
+        );
     }
 
     #[test]
@@ -196,6 +204,9 @@ mod tests {
         assert_eq!(parse_header(&[]), None);
         assert_eq!(parse_header(&[0x84, 0x45, 0, 0, 1, 2, 3, 4]), None);
         assert_eq!(parse_header(&[0x44, 0x45, 0, 0, 1, 2]), None);
-        assert_eq!(parse_header(&[0x49, 0x45, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]), None);
+        assert_eq!(
+            parse_header(&[0x49, 0x45, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]),
+            None
+        );
     }
 }

@@ -35,7 +35,12 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     /// Starts `program args...`; the server is to listen on `address`.
-    pub fn spawn(name: &'static str, program: &Path, args: &[OsString], address: SocketAddr) -> anyhow::Result<Self> {
+    pub fn spawn(
+        name: &'static str,
+        program: &Path,
+        args: &[OsString],
+        address: SocketAddr,
+    ) -> anyhow::Result<Self> {
         let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
@@ -46,9 +51,16 @@ impl ServerProcess {
         let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_LINES_KEPT)));
         if let Some(stderr) = child.stderr.take() {
             let tail = Arc::clone(&stderr_tail);
-            std::thread::Builder::new().name(format!("{name}-stderr")).spawn(move || keep_tail(stderr, &tail))?;
+            std::thread::Builder::new()
+                .name(format!("{name}-stderr"))
+                .spawn(move || keep_tail(stderr, &tail))?;
         }
-        Ok(Self { name, child, address, stderr_tail })
+        Ok(Self {
+            name,
+            child,
+            address,
+            stderr_tail,
+        })
     }
 
     pub fn name(&self) -> &'static str {
@@ -69,8 +81,16 @@ impl ServerProcess {
             Some(status) => {
                 // Give the reader a moment to collect the last words.
                 std::thread::sleep(Duration::from_millis(50));
-                let tail = self.stderr_tail.lock().map(|tail| Vec::from(tail.clone())).unwrap_or_default();
-                let said = if tail.is_empty() { String::new() } else { format!(":\n  {}", tail.join("\n  ")) };
+                let tail = self
+                    .stderr_tail
+                    .lock()
+                    .map(|tail| Vec::from(tail.clone()))
+                    .unwrap_or_default();
+                let said = if tail.is_empty() {
+                    String::new()
+                } else {
+                    format!(":\n  {}", tail.join("\n  "))
+                };
                 bail!("the {} server exited ({status}){said}", self.name)
             }
             None => Ok(()),
@@ -78,7 +98,11 @@ impl ServerProcess {
     }
 
     /// Sends `request` (a GET) every [`PROBE_INTERVAL`] until the server answers it.
-    pub fn wait_until_ready(&mut self, request: &GetRequest, stop: &AtomicBool) -> anyhow::Result<()> {
+    pub fn wait_until_ready(
+        &mut self,
+        request: &GetRequest,
+        stop: &AtomicBool,
+    ) -> anyhow::Result<()> {
         let token = [0xfe, 0xed, 0xfa, 0xce];
         let probe = request.with_identity(0xfeed, token);
         let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
@@ -99,7 +123,8 @@ impl ServerProcess {
                     return Ok(());
                 }
                 Ok(_) => {}
-                Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(error)
+                    if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                 Err(_) => std::thread::sleep(PROBE_INTERVAL),
             }
         }
@@ -134,14 +159,17 @@ fn keep_tail(stderr: impl std::io::Read, tail: &Mutex<VecDeque<String>>) {
 
 /// A loopback address with a port that was free a moment ago.
 pub fn free_loopback_address() -> anyhow::Result<SocketAddr> {
-    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("no free UDP port on 127.0.0.1")?;
+    let socket =
+        UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("no free UDP port on 127.0.0.1")?;
     Ok(socket.local_addr()?)
 }
 
 /// The full path of `program` found in `PATH`.
 pub fn find_in_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|directory| directory.join(program)).find(|candidate| candidate.is_file())
+    std::env::split_paths(&path)
+        .map(|directory| directory.join(program))
+        .find(|candidate| candidate.is_file())
 }
 
 #[cfg(test)]
@@ -152,8 +180,11 @@ mod tests {
     fn a_server_that_exits_is_reported_with_its_last_words() {
         let address = free_loopback_address().unwrap();
         let args: Vec<OsString> = vec!["-c".into(), "echo cannot bind >&2; exit 3".into()];
-        let mut server = ServerProcess::spawn("test", Path::new("/bin/sh"), &args, address).unwrap();
-        let error = server.wait_until_ready(&GetRequest::new("/"), &AtomicBool::new(false)).unwrap_err();
+        let mut server =
+            ServerProcess::spawn("test", Path::new("/bin/sh"), &args, address).unwrap();
+        let error = server
+            .wait_until_ready(&GetRequest::new("/"), &AtomicBool::new(false))
+            .unwrap_err();
         let message = error.to_string();
         assert!(message.contains("the test server exited"), "{message}");
         assert!(message.contains("cannot bind"), "{message}");

@@ -7,6 +7,7 @@
 
 pub mod content_format;
 pub mod endpoint;
+pub mod link_format;
 pub mod message;
 pub mod observe;
 pub mod option;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use cairn_coap::link_format::{self, Link};
 use cairn_coap::{CoapUri, Code, Config, ContentFormat, Message, MessageType, OptionNumber};
 use cairn_dtls::{ClientConfig, Psk, PskResolver, ServerConfig};
 use cairn_transport::{CoapEndpoint, Reply, Request, Security, text_response};
@@ -210,17 +211,24 @@ impl DemoResources {
     }
 
     fn core_links(&self) -> Message {
-        let mut links = String::from("</time>;rt=\"time\";ct=0;obs,</echo>;ct=0");
+        let mut links = vec![
+            Link::new("/time")
+                .with("rt", Some("time"))
+                .with("ct", Some("0"))
+                .with("obs", None::<&str>),
+            Link::new("/echo").with("ct", Some("0")),
+        ];
         if let Some(dir) = &self.dir {
             let mut files = Vec::new();
             collect_files(dir, Path::new(""), 3, &mut files);
             files.sort();
             for file in files.iter().take(256) {
-                links.push_str(&format!(",</{file}>;sz={}", file_size(dir, file)));
+                let size = file_size(dir, file).to_string();
+                links.push(Link::new(format!("/{file}")).with("sz", Some(size)));
             }
         }
         let mut response = Message::response(Code::CONTENT);
-        response.payload = links.into_bytes();
+        response.payload = link_format::emit(&links).into_bytes();
         response.set_content_format(ContentFormat::LINK_FORMAT);
         response
     }

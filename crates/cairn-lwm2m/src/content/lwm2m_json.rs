@@ -1,0 +1,175 @@
+//! LwM2M JSON (Content-Format 11543, legacy 1543; OMA LwM2M Core 1.1 §7.4.5 "JSON", the
+//! format of LwM2M 1.0 §6.4.4): `{"bn":"/3/0/","e":[{"n":"0","sv":"..."}]}` with value
+//! fields `v` (number), `sv` (string, Base64 for opaque), `bv` (boolean), `ov` (object
+//! link) and optional `bt`/`t` times.
+
+use serde_json::Value as Json;
+
+use crate::content::CodecError;
+use crate::content::senml::join_name;
+use crate::content::senml_json::{json_number, number, parse_json, write_json_string};
+use crate::path::LwM2mPath;
+use crate::value::{ObjectLink, Value};
+
+const FORMAT: &str = "LwM2M JSON";
+const MAX_NAME_LEN: usize = 64;
+
+/// Encodes the records of the node at `path`, names relative to `path`.
+pub fn encode(path: &LwM2mPath, records: &[(LwM2mPath, Value)]) -> Result<Vec<u8>, CodecError> {
+    let base = if path.is_root() {
+        "/".to_owned()
+    } else {
+        format!("{path}/")
+    };
+    let mut out = String::with_capacity(16 + records.len() * 24);
+    out.push_str("{\"bn\":");
+    write_json_string(&mut out, &base);
+    out.push_str(",\"e\":[");
+    for (index, (record_path, value)) in records.iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        let full = record_path.to_string();
+        let relative = full.get(base.len()..).unwrap_or_default();
+        out.push_str("{\"n\":");
+        write_json_string(&mut out, relative);
+        match value {
+            Value::Integer(v) | Value::Time(v) => out.push_str(&format!(",\"v\":{v}")),
+            Value::UnsignedInteger(v) => out.push_str(&format!(",\"v\":{v}")),
+            Value::Float(v) => out.push_str(&format!(",\"v\":{}", number(*v)?)),
+            Value::Boolean(v) => out.push_str(if *v { ",\"bv\":true" } else { ",\"bv\":false" }),
+            Value::Objlnk(link) => {
+                out.push_str(",\"ov\":");
+                write_json_string(&mut out, &link.to_string());
+            }
+            other => {
+                out.push_str(",\"sv\":");
+                write_json_string(&mut out, &other.to_text());
+            }
+        }
+        out.push('}');
+    }
+    out.push_str("]}");
+    Ok(out.into_bytes())
+}
+
+/// Decodes an LwM2M JSON payload as (path, value) records.
+pub fn decode(payload: &[u8]) -> Result<Vec<(LwM2mPath, Value)>, CodecError> {
+    let Json::Object(root) = parse_json(payload, FORMAT)? else {
+        return Err(CodecError::malformed(FORMAT, "expected a JSON object", 0));
+    };
+    let base = match root.get("bn") {
+        None => "",
+        Some(bn) => bn
+            .as_str()
+            .ok_or_else(|| CodecError::malformed(FORMAT, "\"bn\" is not a string", 0))?,
+    };
+    let Some(Json::Array(entries)) = root.get("e") else {
+        return Err(CodecError::malformed(FORMAT, "no \"e\" array", 0));
+    };
+    entries
+        .iter()
+        .enumerate()
+        .map(|(index, entry)| record(base, index, entry))
+        .collect()
+}
+
+fn record(base: &str, index: usize, entry: &Json) -> Result<(LwM2mPath, Value), CodecError> {
+    let bad = |what: String| CodecError::Record {
+        format: FORMAT,
+        index,
+        what,
+    };
+    let Json::Object(fields) = entry else {
+        return Err(bad("an entry is not a JSON object".into()));
+    };
+    let name = match fields.get("n") {
+        None => "",
+        Some(n) => n
+            .as_str()
+            .ok_or_else(|| bad("\"n\" is not a string".into()))?,
+    };
+    let full = join_name(base, name);
+    if full.len() > MAX_NAME_LEN {
+        return Err(bad(format!(
+            "name of {} bytes is too long for a path",
+            full.len()
+        )));
+    }
+    let path = full
+        .parse::<LwM2mPath>()
+        .map_err(|source| CodecError::Path {
+            name: full.clone(),
+            source,
+        })?;
+    let mut value = None;
+    for (key, field) in fields {
+        let kind = |expected: &str| bad(format!("field {key:?} is not {expected}"));
+        let parsed = match key.as_str() {
+            "v" => json_number(field).ok_or_else(|| kind("a number"))?,
+            "sv" => Value::String(field.as_str().ok_or_else(|| kind("a string"))?.to_owned()),
+            "bv" => Value::Boolean(field.as_bool().ok_or_else(|| kind("a boolean"))?),
+            "ov" => {
+                let text = field.as_str().ok_or_else(|| kind("a string"))?;
+                Value::Objlnk(ObjectLink::parse(text).ok_or_else(|| kind("an object link"))?)
+            }
+            _ => continue,
+        };
+        if value.replace(parsed).is_some() {
+            return Err(bad("more than one value field".into()));
+        }
+    }
+    let value = value.ok_or_else(|| bad(format!("no value for {path}")))?;
+    Ok((path, value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn decodes_resource_level_and_links() {
+        let payload = br#"{"bn":"/3/0/7/","e":[{"n":"0","v":3800},{"n":"1","v":5000}]}"#;
+        let records = decode(payload).expect("valid");
+        assert_eq!(
+            records[1],
+            (
+                LwM2mPath::ResourceInstance(3, 0, 7, 1),
+                Value::Integer(5000)
+            )
+        );
+        let links = br#"{"e":[{"n":"/66/0/0","ov":"3:0"}]}"#;
+        let records = decode(links).expect("valid");
+        assert_eq!(
+            records[0].1,
+            Value::Objlnk(ObjectLink {
+                object_id: 3,
+                instance_id: 0
+            })
+        );
+    }
+
+    #[test]
+    fn errors_say_what_and_where() {
+        assert!(matches!(
+            decode(br#"{"bn":"/3/0/"}"#),
+            Err(CodecError::Malformed { .. })
+        ));
+        assert!(matches!(
+            decode(br#"{"bn":"/3/0/","e":[{"n":"0","v":1},{"n":"1"}]}"#),
+            Err(CodecError::Record { index: 1, .. })
+        ));
+        assert!(matches!(
+            decode(br#"{"bn":"/3/0/","e":[{"n":"x","v":1}]}"#),
+            Err(CodecError::Path { .. })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let _ = decode(&bytes);
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! SenML JSON (Content-Format 110; RFC 8428 §5, OMA LwM2M Core 1.2 §7.4.4): a JSON array
+//! of records; LwM2M adds `vlo` for object links, opaque values are base64url in `vd`.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use serde_json::Value as Json;
+
+use crate::content::CodecError;
+use crate::content::senml::{RawRecord, SenmlRecord, resolve};
+use crate::value::{ObjectLink, Value, format_float};
+
+const FORMAT: &str = "SenML JSON";
+
+/// Writes records as a SenML JSON array.
+pub fn encode(records: &[RawRecord]) -> Result<Vec<u8>, CodecError> {
+    let mut out = String::with_capacity(records.len() * 32);
+    out.push('[');
+    for (index, record) in records.iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        out.push('{');
+        let mut fields = Fields {
+            out: &mut out,
+            first: true,
+        };
+        if let Some(bn) = &record.base_name {
+            fields.string("bn", bn);
+        }
+        if let Some(bt) = record.base_time {
+            fields.raw("bt", &number(bt)?);
+        }
+        if let Some(n) = &record.name {
+            fields.string("n", n);
+        }
+        if let Some(t) = record.time {
+            fields.raw("t", &number(t)?);
+        }
+        match &record.value {
+            None => {}
+            Some(Value::Integer(v) | Value::Time(v)) => fields.raw("v", &v.to_string()),
+            Some(Value::UnsignedInteger(v)) => fields.raw("v", &v.to_string()),
+            Some(Value::Float(v)) => fields.raw("v", &number(*v)?),
+            Some(Value::Boolean(v)) => fields.raw("vb", if *v { "true" } else { "false" }),
+            Some(Value::String(s) | Value::Corelnk(s)) => fields.string("vs", s),
+            Some(Value::Opaque(bytes)) => fields.string("vd", &URL_SAFE_NO_PAD.encode(bytes)),
+            Some(Value::Objlnk(link)) => fields.string("vlo", &link.to_string()),
+        }
+        out.push('}');
+    }
+    out.push(']');
+    Ok(out.into_bytes())
+}
+
+struct Fields<'a> {
+    out: &'a mut String,
+    first: bool,
+}
+
+impl Fields<'_> {
+    fn key(&mut self, key: &str) {
+        if !self.first {
+            self.out.push(',');
+        }
+        self.first = false;
+        self.out.push('"');
+        self.out.push_str(key);
+        self.out.push_str("\":");
+    }
+
+    fn raw(&mut self, key: &str, value: &str) {
+        self.key(key);
+        self.out.push_str(value);
+    }
+
+    fn string(&mut self, key: &str, value: &str) {
+        self.key(key);
+        write_json_string(self.out, value);
+    }
+}
+
+/// A finite float as a JSON number.
+pub(crate) fn number(v: f64) -> Result<String, CodecError> {
+    if v.is_finite() {
+        Ok(format_float(v))
+    } else {
+        Err(CodecError::unsupported(
+            "JSON",
+            format!("the non-finite number {v}"),
+        ))
+    }
+}
+
+/// Appends `value` as a JSON string literal.
+pub(crate) fn write_json_string(out: &mut String, value: &str) {
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Parses JSON, turning serde_json's line and column into a byte offset.
+pub(crate) fn parse_json(payload: &[u8], format: &'static str) -> Result<Json, CodecError> {
+    serde_json::from_slice(payload).map_err(|e| {
+        let offset: usize = payload
+            .split(|b| *b == b'\n')
+            .take(e.line().saturating_sub(1))
+            .map(|line| line.len() + 1)
+            .sum::<usize>()
+            + e.column().saturating_sub(1);
+        CodecError::malformed(format, e.to_string(), offset)
+    })
+}
+
+/// Parses and resolves a SenML JSON payload.
+pub fn decode(payload: &[u8]) -> Result<Vec<SenmlRecord>, CodecError> {
+    resolve(decode_raw(payload)?, FORMAT)
+}
+
+/// Parses a SenML JSON payload without resolving names.
+pub fn decode_raw(payload: &[u8]) -> Result<Vec<RawRecord>, CodecError> {
+    let Json::Array(items) = parse_json(payload, FORMAT)? else {
+        return Err(CodecError::malformed(
+            FORMAT,
+            "expected a JSON array of records",
+            0,
+        ));
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| record(index, item))
+        .collect()
+}
+
+fn record(index: usize, item: &Json) -> Result<RawRecord, CodecError> {
+    let bad = |what: String| CodecError::Record {
+        format: FORMAT,
+        index,
+        what,
+    };
+    let Json::Object(fields) = item else {
+        return Err(bad("a record is not a JSON object".into()));
+    };
+    let mut record = RawRecord::default();
+    for (key, field) in fields {
+        let kind = |expected: &str| bad(format!("field {key:?} is not {expected}"));
+        let value = match key.as_str() {
+            "bn" => {
+                record.base_name = Some(field.as_str().ok_or_else(|| kind("a string"))?.to_owned());
+                continue;
+            }
+            "n" => {
+                record.name = Some(field.as_str().ok_or_else(|| kind("a string"))?.to_owned());
+                continue;
+            }
+            "bt" => {
+                record.base_time = Some(field.as_f64().ok_or_else(|| kind("a number"))?);
+                continue;
+            }
+            "t" => {
+                record.time = Some(field.as_f64().ok_or_else(|| kind("a number"))?);
+                continue;
+            }
+            "v" => json_number(field).ok_or_else(|| kind("a number"))?,
+            "vs" => Value::String(field.as_str().ok_or_else(|| kind("a string"))?.to_owned()),
+            "vb" => Value::Boolean(field.as_bool().ok_or_else(|| kind("a boolean"))?),
+            "vd" => {
+                let text = field.as_str().ok_or_else(|| kind("a string"))?;
+                Value::Opaque(decode_base64(text).ok_or_else(|| kind("base64"))?)
+            }
+            "vlo" => {
+                let text = field.as_str().ok_or_else(|| kind("a string"))?;
+                Value::Objlnk(ObjectLink::parse(text).ok_or_else(|| kind("an object link"))?)
+            }
+            _ => continue,
+        };
+        if record.value.replace(value).is_some() {
+            return Err(bad("more than one value field".into()));
+        }
+    }
+    Ok(record)
+}
+
+/// A JSON number as Integer, UnsignedInteger (above i64::MAX) or Float.
+pub(crate) fn json_number(field: &Json) -> Option<Value> {
+    let number = field.as_number()?;
+    if let Some(v) = number.as_i64() {
+        Some(Value::Integer(v))
+    } else if let Some(v) = number.as_u64() {
+        Some(Value::UnsignedInteger(v))
+    } else {
+        number.as_f64().map(Value::Float)
+    }
+}
+
+/// base64url without padding (RFC 8428 §4.3), also accepting padded and standard
+/// alphabets as some clients send them.
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    let trimmed = text.trim_end_matches('=');
+    URL_SAFE_NO_PAD
+        .decode(trimmed)
+        .ok()
+        .or_else(|| STANDARD.decode(text).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::path::LwM2mPath;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_third_party_forms() {
+        let payload = br#"[{"bn":"/3/0","n":"/0","vs":"ACME"},{"n":"6/0","v":1},
+            {"bn":"/","n":"1/0/1","v":18446744073709551615},{"n":"/5/0/0","vd":"AQID"},
+            {"n":"/5/0/9","vlo":"3:0"},{"n":"/3/0/4"},
+            {"bn":"/3303/0/5700","bt":1.6e9,"v":21.5},{"n":"","t":10,"v":22}]"#;
+        let records = decode(payload).expect("valid");
+        assert_eq!(records[0].path, LwM2mPath::Resource(3, 0, 0));
+        assert_eq!(records[1].path, LwM2mPath::ResourceInstance(3, 0, 6, 0));
+        assert_eq!(records[2].value, Some(Value::UnsignedInteger(u64::MAX)));
+        assert_eq!(records[2].path, LwM2mPath::Resource(1, 0, 1));
+        assert_eq!(records[3].value, Some(Value::Opaque(vec![1, 2, 3])));
+        assert_eq!(
+            records[4].value,
+            Some(Value::Objlnk(ObjectLink {
+                object_id: 3,
+                instance_id: 0
+            }))
+        );
+        assert_eq!(records[5].value, None);
+        assert_eq!(records[6].time, Some(1.6e9));
+        assert_eq!(records[7].time, Some(1.6e9 + 10.0));
+        assert_eq!(records[7].path, LwM2mPath::Resource(3303, 0, 5700));
+    }
+
+    #[test]
+    fn errors_say_where() {
+        assert!(matches!(
+            decode(b"[{\"n\":\"/3/0/0\",}]"),
+            Err(CodecError::Malformed { at: 15, .. })
+        ));
+        assert!(matches!(
+            decode(br#"[{"n":"/3/0/0","v":1},{"n":"/3/0/1","v":"x"}]"#),
+            Err(CodecError::Record { index: 1, .. })
+        ));
+        assert!(matches!(
+            decode(br#"[{"n":"/3/0/0","v":1,"vs":"x"}]"#),
+            Err(CodecError::Record { index: 0, .. })
+        ));
+        assert!(decode(b"{}").is_err());
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(decode(deep.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn strings_are_escaped() {
+        let record = RawRecord {
+            name: Some("/3/0/0".into()),
+            value: Some(Value::String("a\"b\\c\n\u{1}".into())),
+            ..Default::default()
+        };
+        let bytes = encode(std::slice::from_ref(&record)).expect("encodes");
+        assert_eq!(decode_raw(&bytes), Ok(vec![record]));
+        assert!(
+            encode(&[RawRecord {
+                value: Some(Value::Float(f64::NAN)),
+                ..Default::default()
+            }])
+            .is_err()
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn never_panics_on_json_like_text(text in r#"[\[\]{}":,0-9a-z/ .-]{0,80}"#) {
+            let _ = decode(text.as_bytes());
+        }
+    }
+}

@@ -1,0 +1,626 @@
+//! The server over real sockets on 127.0.0.1: a device written here with the CoAP transport
+//! registers over DTLS-PSK and answers device-management requests; identities are checked.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_coap::{Code, Config, ContentFormat, Message, OptionNumber};
+use cairn_dtls::{ClientConfig, Psk};
+use cairn_lwm2m::node::{LwM2mNode, LwM2mObjectInstance, LwM2mResource};
+use cairn_lwm2m::{LwM2mPath, ModelRegistry, Value, WriteMode};
+use cairn_server::{
+    EmbeddedStore, LwM2mServer, PeerIdentity, SecurityInfo, SecurityMode, SecurityStore,
+    ServerConfig, ServerError, ServerEvent, Stores,
+};
+use cairn_store::{MasterKey, MasterKeySource, SecretBytes};
+use cairn_transport::{CoapEndpoint, Reply, Request, Security};
+
+const KEY: &[u8] = b"0123456789abcdef";
+
+fn device_instance(manufacturer: &str) -> LwM2mObjectInstance {
+    LwM2mObjectInstance::new(
+        0,
+        [
+            LwM2mResource::single(0, Value::String(manufacturer.into())),
+            LwM2mResource::single(1, Value::String("Model 7".into())),
+            LwM2mResource::single(2, Value::String("SN-0001".into())),
+            LwM2mResource::single(3, Value::String("1.0.3".into())),
+            LwM2mResource::multiple(6, [(0, Value::Integer(1)), (1, Value::Integer(5))]),
+            LwM2mResource::single(9, Value::Integer(87)),
+            LwM2mResource::multiple(11, [(0, Value::Integer(0))]),
+            LwM2mResource::single(13, Value::Time(1_790_000_000)),
+            LwM2mResource::single(16, Value::String("U".into())),
+        ],
+    )
+}
+
+/// A minimal device: the Device object (/3/0), readable in any format asked for, writable,
+/// with an executable reboot (/3/0/4).
+#[derive(Default)]
+struct Device {
+    manufacturer: Mutex<String>,
+    reboots: Mutex<u32>,
+}
+
+impl Device {
+    fn handle(&self, request: &Request) -> Reply {
+        let models = ModelRegistry::with_core_models();
+        let message = &request.message;
+        let path = message.uri_path();
+        let node = LwM2mNode::ObjectInstance(device_instance(&self.manufacturer.lock().unwrap()));
+        match (message.code, path.as_str()) {
+            (Code::GET, "/3/0") => {
+                let format = message
+                    .options
+                    .get_uint(OptionNumber::ACCEPT)
+                    .map_or(ContentFormat::LWM2M_TLV, |v| ContentFormat(v as u16));
+                let target = LwM2mPath::ObjectInstance(3, 0);
+                match cairn_lwm2m::encode(&node, &target, format, &models) {
+                    Ok(payload) => {
+                        let mut response = Message::response(Code::CONTENT);
+                        response.set_content_format(format);
+                        response.payload = payload;
+                        Reply::Ready(response)
+                    }
+                    Err(_) => Reply::Ready(Message::response(Code::NOT_ACCEPTABLE)),
+                }
+            }
+            (Code::PUT | Code::POST, "/3/0/0") => {
+                let format = message
+                    .content_format()
+                    .unwrap_or(ContentFormat::TEXT_PLAIN);
+                let target = LwM2mPath::Resource(3, 0, 0);
+                match cairn_lwm2m::decode(&message.payload, format, &target, &models) {
+                    Ok(LwM2mNode::Resource(LwM2mResource {
+                        value: cairn_lwm2m::node::ResourceValue::Single(Value::String(s)),
+                        ..
+                    })) => {
+                        *self.manufacturer.lock().unwrap() = s;
+                        Reply::Ready(Message::response(Code::CHANGED))
+                    }
+                    _ => Reply::Ready(Message::response(Code::BAD_REQUEST)),
+                }
+            }
+            (Code::GET, "/3/0/9") => {
+                let mut response = Message::response(Code::CONTENT);
+                response.set_content_format(ContentFormat::TEXT_PLAIN);
+                response.payload = b"87".to_vec();
+                Reply::Ready(response)
+            }
+            (Code::POST, "/3/0/4") => {
+                *self.reboots.lock().unwrap() += 1;
+                Reply::Ready(Message::response(Code::CHANGED))
+            }
+            _ => Reply::Ready(Message::response(Code::NOT_FOUND)),
+        }
+    }
+}
+
+fn psk(endpoint: &str, identity: &str, key: &[u8]) -> SecurityInfo {
+    SecurityInfo {
+        endpoint: endpoint.into(),
+        mode: SecurityMode::Psk {
+            identity: identity.as_bytes().to_vec(),
+            key: SecretBytes::new(key.to_vec()),
+        },
+        created_at_ms: 0,
+    }
+}
+
+fn no_sec(endpoint: &str) -> SecurityInfo {
+    SecurityInfo {
+        endpoint: endpoint.into(),
+        mode: SecurityMode::NoSec,
+        created_at_ms: 0,
+    }
+}
+
+/// A fresh store in a temporary directory (kept alive by the returned guard).
+async fn store_with(infos: Vec<SecurityInfo>) -> (tempfile::TempDir, EmbeddedStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::from_bytes(&[7; 32]);
+    let store = EmbeddedStore::open_with(dir.path(), MasterKeySource::Key(key)).unwrap();
+    for info in infos {
+        store.put_security_info(info).await.unwrap();
+    }
+    (dir, store)
+}
+
+async fn start_server() -> (tempfile::TempDir, LwM2mServer) {
+    let (dir, store) = store_with(vec![
+        psk("dev-1", "identity-1", KEY),
+        psk("dev-2", "identity-2", b"another-key-0002"),
+        no_sec("plain-1"),
+    ])
+    .await;
+    let config = ServerConfig {
+        coap_listen: Some("127.0.0.1:0".parse().unwrap()),
+        dtls_listen: Some("127.0.0.1:0".parse().unwrap()),
+        request_timeout: Duration::from_secs(10),
+        ..ServerConfig::default()
+    };
+    (
+        dir,
+        LwM2mServer::start(config, Stores::embedded(store))
+            .await
+            .unwrap(),
+    )
+}
+
+async fn device_endpoint(
+    server: SocketAddr,
+    identity: &str,
+    key: &[u8],
+    device: Arc<Device>,
+) -> CoapEndpoint {
+    let security = Security::DtlsClient {
+        config: ClientConfig::new(identity, Psk::new(key.to_vec())),
+        server,
+    };
+    let handler = move |request: &Request| device.handle(request);
+    CoapEndpoint::bind_secured(
+        "127.0.0.1:0".parse().unwrap(),
+        Config::default(),
+        security,
+        Some(Arc::new(handler)),
+    )
+    .await
+    .unwrap()
+}
+
+fn register_message(endpoint: &str, lifetime: u32) -> Message {
+    let mut message = Message::request(Code::POST);
+    message.set_uri_path("/rd");
+    for query in [
+        format!("ep={endpoint}"),
+        format!("lt={lifetime}"),
+        "lwm2m=1.1".into(),
+        "b=U".into(),
+    ] {
+        message
+            .options
+            .push(OptionNumber::URI_QUERY, query.into_bytes());
+    }
+    message.set_content_format(ContentFormat::LINK_FORMAT);
+    message.payload = b"</>;rt=\"oma.lwm2m\";ct=\"60 110 112 11542 11543\",</1/0>,</3/0>".to_vec();
+    message
+}
+
+#[tokio::test]
+async fn device_registers_over_dtls_and_is_managed() {
+    let (_dir, server) = start_server().await;
+    let mut events = server.events();
+    let (_, dtls) = server.local_addrs();
+    let device = Arc::new(Device {
+        manufacturer: Mutex::new("Cairn Devices".into()),
+        ..Device::default()
+    });
+    let endpoint = device_endpoint(dtls.unwrap(), "identity-1", KEY, device.clone()).await;
+
+    let response = endpoint
+        .request(dtls.unwrap(), register_message("dev-1", 300))
+        .await
+        .unwrap();
+    assert_eq!(response.code, Code::CREATED);
+    let location: Vec<_> = response
+        .options
+        .get_all(OptionNumber::LOCATION_PATH)
+        .collect();
+    assert_eq!(location[0], b"rd");
+    let registration = server.registration("dev-1").unwrap();
+    assert_eq!(location[1], registration.id.as_bytes());
+    assert_eq!(
+        registration.identity,
+        PeerIdentity::Psk(b"identity-1".to_vec())
+    );
+    assert!(
+        matches!(events.recv().await.unwrap(), ServerEvent::Registered(r) if r.endpoint == "dev-1")
+    );
+
+    // Read /3/0 in every structured format.
+    for format in [
+        ContentFormat::LWM2M_TLV,
+        ContentFormat::SENML_JSON,
+        ContentFormat::SENML_CBOR,
+        ContentFormat::LWM2M_CBOR,
+        ContentFormat::LWM2M_JSON,
+    ] {
+        let node = server
+            .read("dev-1", LwM2mPath::ObjectInstance(3, 0), Some(format))
+            .await
+            .unwrap();
+        let LwM2mNode::ObjectInstance(instance) = node else {
+            panic!("{format:?}: {node:?}")
+        };
+        assert_eq!(
+            instance.resources[&0],
+            LwM2mResource::single(0, Value::String("Cairn Devices".into())),
+            "{format:?}"
+        );
+        assert_eq!(
+            instance.resources[&9],
+            LwM2mResource::single(9, Value::Integer(87)),
+            "{format:?}"
+        );
+    }
+
+    // Write the manufacturer, read it back; execute reboot.
+    let written = LwM2mNode::Resource(LwM2mResource::single(0, Value::String("Renamed".into())));
+    server
+        .write(
+            "dev-1",
+            LwM2mPath::Resource(3, 0, 0),
+            WriteMode::Replace,
+            written,
+            Some(ContentFormat::TEXT_PLAIN),
+        )
+        .await
+        .unwrap();
+    let node = server
+        .read("dev-1", LwM2mPath::ObjectInstance(3, 0), None)
+        .await
+        .unwrap();
+    let LwM2mNode::ObjectInstance(instance) = node else {
+        panic!()
+    };
+    assert_eq!(
+        instance.resources[&0],
+        LwM2mResource::single(0, Value::String("Renamed".into()))
+    );
+    server
+        .execute("dev-1", LwM2mPath::Resource(3, 0, 4), Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(*device.reboots.lock().unwrap(), 1);
+
+    // An error from the device comes back typed.
+    let error = server
+        .read("dev-1", LwM2mPath::ObjectInstance(5, 0), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ServerError::Device { code, .. } if code.to_string() == "4.04"),
+        "{error}"
+    );
+
+    // De-register.
+    let mut deregister = Message::request(Code::DELETE);
+    deregister.set_uri_path(&format!("/rd/{}", registration.id));
+    let response = endpoint.request(dtls.unwrap(), deregister).await.unwrap();
+    assert_eq!(response.code, Code::DELETED);
+    assert!(server.registration("dev-1").is_none());
+    let error = server
+        .read("dev-1", LwM2mPath::ObjectInstance(3, 0), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, ServerError::UnknownEndpoint(_)));
+}
+
+#[tokio::test]
+async fn endpoint_name_must_match_the_dtls_identity() {
+    let (_dir, server) = start_server().await;
+    let (coap, dtls) = server.local_addrs();
+    let device = Arc::new(Device::default());
+    let endpoint = device_endpoint(dtls.unwrap(), "identity-1", KEY, device.clone()).await;
+    // identity-1 belongs to dev-1: registering as dev-2 is forbidden.
+    let response = endpoint
+        .request(dtls.unwrap(), register_message("dev-2", 300))
+        .await
+        .unwrap();
+    assert_eq!(response.code, Code::FORBIDDEN);
+    assert!(server.registration("dev-2").is_none());
+
+    // Unsecured registration: refused for a PSK endpoint, allowed for a NoSec one.
+    let plain = CoapEndpoint::bind("127.0.0.1:0".parse().unwrap(), Config::default(), None)
+        .await
+        .unwrap();
+    let response = plain
+        .request(coap.unwrap(), register_message("dev-1", 300))
+        .await
+        .unwrap();
+    assert_eq!(response.code, Code::FORBIDDEN);
+    let response = plain
+        .request(coap.unwrap(), register_message("plain-1", 300))
+        .await
+        .unwrap();
+    assert_eq!(response.code, Code::CREATED);
+    assert_eq!(
+        server.registration("plain-1").unwrap().identity,
+        PeerIdentity::Unsecured
+    );
+
+    // Absurd lifetimes and malformed queries are refused clearly.
+    let response = plain
+        .request(coap.unwrap(), register_message("plain-1", 0))
+        .await
+        .unwrap();
+    assert_eq!(response.code, Code::BAD_REQUEST);
+    let mut bad = register_message("plain-1", 60);
+    bad.options
+        .push(OptionNumber::URI_QUERY, b"lt=notanumber".to_vec());
+    let response = plain.request(coap.unwrap(), bad).await.unwrap();
+    assert_eq!(response.code, Code::BAD_REQUEST);
+
+    // Updating someone else's registration is forbidden.
+    let id = server.registration("plain-1").unwrap().id;
+    let mut update = Message::request(Code::POST);
+    update.set_uri_path(&format!("/rd/{id}"));
+    let response = endpoint.request(dtls.unwrap(), update).await.unwrap();
+    assert_eq!(response.code, Code::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn registrations_expire_after_their_lifetime() {
+    let (_dir, store) = store_with(vec![no_sec("short")]).await;
+    let config = ServerConfig {
+        coap_listen: Some("127.0.0.1:0".parse().unwrap()),
+        dtls_listen: None,
+        expiry_grace: Duration::ZERO,
+        ..ServerConfig::default()
+    };
+    let server = LwM2mServer::start(config, Stores::embedded(store))
+        .await
+        .unwrap();
+    let mut events = server.events();
+    let (coap, _) = server.local_addrs();
+    let plain = CoapEndpoint::bind("127.0.0.1:0".parse().unwrap(), Config::default(), None)
+        .await
+        .unwrap();
+    let response = plain
+        .request(coap.unwrap(), register_message("short", 1))
+        .await
+        .unwrap();
+    assert_eq!(response.code, Code::CREATED);
+    let expired = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(ServerEvent::Expired(registration)) = events.recv().await {
+                return registration;
+            }
+        }
+    })
+    .await
+    .expect("the registration expires");
+    assert_eq!(expired.endpoint, "short");
+    assert!(server.registration("short").is_none());
+}
+
+fn battery(level: i64) -> Message {
+    let mut response = Message::response(Code::CONTENT);
+    response.set_content_format(ContentFormat::TEXT_PLAIN);
+    response.payload = level.to_string().into_bytes();
+    response
+}
+
+#[tokio::test]
+async fn observe_notifications_and_send_reach_the_server() {
+    let (_dir, server) = start_server().await;
+    let mut events = server.events();
+    let (_, dtls) = server.local_addrs();
+    let dtls = dtls.unwrap();
+    let device = Arc::new(Device::default());
+    let endpoint = device_endpoint(dtls, "identity-1", KEY, device).await;
+    assert_eq!(
+        endpoint
+            .request(dtls, register_message("dev-1", 300))
+            .await
+            .unwrap()
+            .code,
+        Code::CREATED
+    );
+
+    let (first, mut notifications) = server
+        .observe("dev-1", LwM2mPath::Resource(3, 0, 9), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        first,
+        LwM2mNode::Resource(LwM2mResource::single(9, Value::Integer(87)))
+    );
+    for level in [80, 75] {
+        assert_eq!(endpoint.notify("/3/0/9", battery(level)).await.unwrap(), 1);
+        let node = tokio::time::timeout(Duration::from_secs(5), notifications.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            node,
+            LwM2mNode::Resource(LwM2mResource::single(9, Value::Integer(level)))
+        );
+    }
+    // Cancelling deregisters on the device: later notifications reach nobody.
+    notifications.cancel();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while endpoint.notify("/3/0/9", battery(1)).await.unwrap() != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the device still has the observer"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Send (/dp) with SenML CBOR.
+    let record = cairn_lwm2m::encode(
+        &LwM2mNode::Resource(LwM2mResource::single(9, Value::Integer(42))),
+        &LwM2mPath::Resource(3, 0, 9),
+        ContentFormat::SENML_CBOR,
+        &ModelRegistry::with_core_models(),
+    )
+    .unwrap();
+    let mut send = Message::request(Code::POST);
+    send.set_uri_path("/dp");
+    send.set_content_format(ContentFormat::SENML_CBOR);
+    send.payload = record;
+    assert_eq!(
+        endpoint.request(dtls, send).await.unwrap().code,
+        Code::CHANGED
+    );
+    let sent = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(ServerEvent::Send { endpoint, nodes }) = events.recv().await {
+                return (endpoint, nodes);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(sent.0, "dev-1");
+    assert_eq!(
+        sent.1.get(&LwM2mPath::Resource(3, 0, 9)),
+        Some(&LwM2mNode::Resource(LwM2mResource::single(
+            9,
+            Value::Integer(42)
+        )))
+    );
+}
+
+#[tokio::test]
+async fn queued_request_is_delivered_when_the_device_wakes() {
+    let (_dir, store) = store_with(vec![psk("sleepy", "identity-s", KEY)]).await;
+    let config = ServerConfig {
+        coap_listen: None,
+        dtls_listen: Some("127.0.0.1:0".parse().unwrap()),
+        awake_window: Duration::from_millis(300),
+        ..ServerConfig::default()
+    };
+    let server = LwM2mServer::start(config, Stores::embedded(store))
+        .await
+        .unwrap();
+    let mut events = server.events();
+    let (_, dtls) = server.local_addrs();
+    let dtls = dtls.unwrap();
+    let device = Arc::new(Device {
+        manufacturer: Mutex::new("Sleepy".into()),
+        ..Device::default()
+    });
+    let endpoint = device_endpoint(dtls, "identity-s", KEY, device).await;
+    let mut register = register_message("sleepy", 300);
+    register
+        .options
+        .push(OptionNumber::URI_QUERY, b"Q".to_vec());
+    assert_eq!(
+        endpoint.request(dtls, register).await.unwrap().code,
+        Code::CREATED
+    );
+    assert!(server.registration("sleepy").unwrap().queue_mode);
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reader = server.clone();
+    let read = tokio::spawn(async move {
+        reader
+            .read("sleepy", LwM2mPath::ObjectInstance(3, 0), None)
+            .await
+    });
+    let queued = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(ServerEvent::RequestQueued { endpoint }) = events.recv().await {
+                return endpoint;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(queued, "sleepy");
+    assert!(
+        !read.is_finished(),
+        "the request waits while the device sleeps"
+    );
+
+    // The device wakes with an Update; the queued read goes out.
+    let id = server.registration("sleepy").unwrap().id;
+    let mut update = Message::request(Code::POST);
+    update.set_uri_path(&format!("/rd/{id}"));
+    assert_eq!(
+        endpoint.request(dtls, update).await.unwrap().code,
+        Code::CHANGED
+    );
+    let node = tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let LwM2mNode::ObjectInstance(instance) = node else {
+        panic!()
+    };
+    assert_eq!(
+        instance.resources[&0],
+        LwM2mResource::single(0, Value::String("Sleepy".into()))
+    );
+}
+
+/// libcoap's client (a CoAP/DTLS stack we did not write) registers a hand-written endpoint.
+#[tokio::test]
+async fn libcoap_client_registers_over_dtls_psk() {
+    let client = [
+        "/usr/bin/coap-client-openssl",
+        "/usr/local/bin/coap-client-openssl",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).is_file())
+    .expect(
+        "coap-client-openssl is not installed: run scripts/setup.sh (Debian package libcoap3-bin)",
+    );
+    let (_dir, server) = start_server().await;
+    let (_, dtls) = server.local_addrs();
+    let uri = format!(
+        "coaps://127.0.0.1:{}/rd?ep=dev-2&lt=120&lwm2m=1.1&b=U",
+        dtls.unwrap().port()
+    );
+    let output = tokio::process::Command::new(client)
+        .args([
+            "-m",
+            "post",
+            "-u",
+            "identity-2",
+            "-k",
+            "another-key-0002",
+            "-t",
+            "40",
+            "-e",
+            "</1/0>,</3/0>",
+        ])
+        .args(["-B", "10", &uri])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let registration = server
+        .registration("dev-2")
+        .expect("libcoap's registration is known");
+    assert_eq!(
+        registration.identity,
+        PeerIdentity::Psk(b"identity-2".to_vec())
+    );
+    assert_eq!(registration.lifetime_s, 120);
+    assert_eq!(
+        registration.object_paths,
+        vec!["/1/0".to_string(), "/3/0".to_string()]
+    );
+
+    // The same stack with the wrong key gets no registration.
+    let output = tokio::process::Command::new(client)
+        .args([
+            "-m",
+            "post",
+            "-u",
+            "identity-2",
+            "-k",
+            "wrong-key",
+            "-e",
+            "</3/0>",
+            "-B",
+            "3",
+        ])
+        .arg(uri.replace("dev-2", "dev-1"))
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let _ = output;
+    assert!(server.registration("dev-1").is_none());
+}

@@ -1,0 +1,832 @@
+//! The embedded store: every table in one `redb` file in the data directory.
+//!
+//! `redb` is a copy-on-write B-tree with ACID transactions; a commit with
+//! [`Durability::Immediate`] is on disk when it returns, so every write that returns `Ok` survives
+//! a crash or a `SIGKILL`. Each store operation is one transaction.
+//!
+//! Writes end in an `fsync`, so they run on tokio's blocking pool (`spawn_blocking`). Reads do
+//! not touch the disk's write path: a read transaction is an MVCC snapshot that never waits for a
+//! writer, and a lookup is a few B-tree pages already in the page cache. They run inline on the
+//! caller's task; `cargo bench -p cairn-store` measures them in microseconds (BENCHMARKS.md),
+//! cheaper than the hand-off to another thread would be. The DTLS handshake, whose PSK resolver
+//! is synchronous, can call [`EmbeddedStore::psk_key_blocking`] directly.
+//!
+//! Tables (key → value):
+//! - `registrations`: registration id → record; `registration_by_endpoint`: endpoint → id;
+//!   `registration_expiry`: (expiry ms, id) → () for the expiry sweep.
+//! - `security`: endpoint → record (PSK sealed); `security_by_psk_identity`: identity → endpoint.
+//! - `observations`: id → record; `observations_by_registration`: registration id ↦ ids.
+//! - `bootstrap_configs` (sealed), `firmware_images`, `campaigns`: key → bytes.
+//! - `meta`: the master key check value.
+
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{
+    Database, Durability, MultimapTableDefinition, ReadTransaction, ReadableTable, TableDefinition,
+    WriteTransaction,
+};
+use zeroize::Zeroizing;
+
+use crate::error::{MasterKeyError, StoreError};
+use crate::record::{
+    self, Observation, Registration, SecurityInfo, SecurityInfoSummary, SecurityMode,
+};
+use crate::secret::{MASTER_KEY_ENV, MasterKey, MasterKeySource, SecretBytes, resolve_master_key};
+use crate::store::{
+    BlobKind, BlobStore, Deregistration, ObservationStore, Page, RegistrationStore,
+    RegistrationUpdate, SecurityStore, StoreFuture, UpdatedRegistration,
+};
+
+/// The database file's name in the data directory.
+pub const DATABASE_FILE: &str = "cairn.redb";
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const REGISTRATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("registrations");
+const REGISTRATION_BY_ENDPOINT: TableDefinition<&str, &str> =
+    TableDefinition::new("registration_by_endpoint");
+const REGISTRATION_EXPIRY: TableDefinition<(u64, &str), ()> =
+    TableDefinition::new("registration_expiry");
+const SECURITY: TableDefinition<&str, &[u8]> = TableDefinition::new("security");
+const SECURITY_BY_PSK_IDENTITY: TableDefinition<&[u8], &str> =
+    TableDefinition::new("security_by_psk_identity");
+const OBSERVATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("observations");
+const OBSERVATIONS_BY_REGISTRATION: MultimapTableDefinition<&str, &str> =
+    MultimapTableDefinition::new("observations_by_registration");
+
+const KEY_CHECK: &str = "master_key_check";
+const KEY_CHECK_PLAINTEXT: &[u8] = b"cairn-store master key check";
+const KEY_CHECK_CONTEXT: &[u8] = b"cairn-store/meta/master-key-check";
+
+fn blob_table(kind: BlobKind) -> TableDefinition<'static, &'static str, &'static [u8]> {
+    TableDefinition::new(kind.name())
+}
+
+fn blob_context(kind: BlobKind, key: &str) -> Vec<u8> {
+    let mut context = format!("cairn-store/blob/{}\0", kind.name()).into_bytes();
+    context.extend_from_slice(key.as_bytes());
+    context
+}
+
+/// The embedded store. Cheap to clone; all clones share one database.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("data_dir", &self.inner.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    db: Database,
+    master_key: MasterKey,
+    data_dir: PathBuf,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `data_dir`, with the master key from `CAIRN_MASTER_KEY`
+    /// or `data_dir/master.key` (created, mode 0600, when the database is new).
+    pub fn open(data_dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(data_dir, MasterKeySource::EnvironmentOrFile)
+    }
+
+    /// Opens (or creates) the store in `data_dir` with the master key from `source`.
+    ///
+    /// Fails with [`MasterKeyError::Mismatch`] if the database was created under another key,
+    /// and with [`MasterKeyError::Missing`] if the database exists but no key is found.
+    pub fn open_with(
+        data_dir: impl AsRef<Path>,
+        source: MasterKeySource,
+    ) -> Result<Self, StoreError> {
+        let data_dir = data_dir.as_ref().to_owned();
+        std::fs::create_dir_all(&data_dir).map_err(|source| StoreError::Io {
+            path: data_dir.clone(),
+            source,
+        })?;
+        let path = data_dir.join(DATABASE_FILE);
+        let master_key = match source {
+            MasterKeySource::Key(key) => key,
+            MasterKeySource::EnvironmentOrFile => {
+                let env_value = std::env::var(MASTER_KEY_ENV).ok().map(Zeroizing::new);
+                resolve_master_key(
+                    &data_dir,
+                    env_value.as_deref().map(String::as_str),
+                    path.exists(),
+                )?
+            }
+        };
+        let db = Database::create(&path)?;
+        let inner = Inner {
+            db,
+            master_key,
+            data_dir,
+        };
+        inner.initialize()?;
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
+    }
+
+    /// The endpoint and key of a PSK identity, synchronously (for a DTLS PSK resolver). One
+    /// index lookup and one record read; no disk write.
+    pub fn psk_key_blocking(
+        &self,
+        identity: &[u8],
+    ) -> Result<Option<(String, SecretBytes)>, StoreError> {
+        let info = self
+            .inner
+            .read(|inner, txn| inner.security_by_psk_identity(txn, identity))?;
+        Ok(info.and_then(|info| match info.mode {
+            SecurityMode::Psk { key, .. } => Some((info.endpoint, key)),
+            _ => None,
+        }))
+    }
+
+    fn write<T, F>(&self, operation: F) -> StoreFuture<'static, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner, &WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            let runtime = tokio::runtime::Handle::try_current()
+                .map_err(|e| StoreError::Task(e.to_string()))?;
+            runtime
+                .spawn_blocking(move || inner.write(operation))
+                .await
+                .map_err(|e| StoreError::Task(e.to_string()))?
+        })
+    }
+
+    fn read<T, F>(&self, operation: F) -> StoreFuture<'static, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner, &ReadTransaction) -> Result<T, StoreError>,
+    {
+        Box::pin(std::future::ready(self.inner.read(operation)))
+    }
+}
+
+impl Inner {
+    fn write<T>(
+        &self,
+        operation: impl FnOnce(&Inner, &WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate);
+        let result = operation(self, &txn)?;
+        txn.commit()?;
+        Ok(result)
+    }
+
+    fn read<T>(
+        &self,
+        operation: impl FnOnce(&Inner, &ReadTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let txn = self.db.begin_read()?;
+        operation(self, &txn)
+    }
+
+    /// Creates every table and checks (or, for a new database, writes) the master key check.
+    fn initialize(&self) -> Result<(), StoreError> {
+        self.write(|inner, txn| {
+            txn.open_table(REGISTRATIONS)?;
+            txn.open_table(REGISTRATION_BY_ENDPOINT)?;
+            txn.open_table(REGISTRATION_EXPIRY)?;
+            txn.open_table(SECURITY)?;
+            txn.open_table(SECURITY_BY_PSK_IDENTITY)?;
+            txn.open_table(OBSERVATIONS)?;
+            txn.open_multimap_table(OBSERVATIONS_BY_REGISTRATION)?;
+            for kind in BlobKind::ALL {
+                txn.open_table(blob_table(kind))?;
+            }
+            let mut meta = txn.open_table(META)?;
+            let check = meta.get(KEY_CHECK)?.map(|sealed| sealed.value().to_vec());
+            match check {
+                Some(sealed) => {
+                    let opened = inner.master_key.open(&sealed, KEY_CHECK_CONTEXT);
+                    if opened.as_ref().map(SecretBytes::expose) != Some(KEY_CHECK_PLAINTEXT) {
+                        return Err(MasterKeyError::Mismatch {
+                            data_dir: inner.data_dir.clone(),
+                        }
+                        .into());
+                    }
+                }
+                None => {
+                    let sealed = inner
+                        .master_key
+                        .seal(KEY_CHECK_PLAINTEXT, KEY_CHECK_CONTEXT)?;
+                    meta.insert(KEY_CHECK, sealed.as_slice())?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    // ---- registrations ----
+
+    fn registration(
+        &self,
+        table: &impl ReadableTable<&'static str, &'static [u8]>,
+        id: &str,
+    ) -> Result<Option<Registration>, StoreError> {
+        match table.get(id)? {
+            Some(bytes) => Ok(Some(record::decode_registration(bytes.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn add_registration(
+        &self,
+        txn: &WriteTransaction,
+        registration: &Registration,
+    ) -> Result<Option<Deregistration>, StoreError> {
+        if registration.id.is_empty() || registration.endpoint.is_empty() {
+            return Err(StoreError::InvalidInput(
+                "registration id and endpoint must not be empty",
+            ));
+        }
+        {
+            let registrations = txn.open_table(REGISTRATIONS)?;
+            if let Some(existing) = self.registration(&registrations, &registration.id)? {
+                if existing.endpoint != registration.endpoint {
+                    return Err(StoreError::Conflict(format!(
+                        "registration id {} belongs to another endpoint",
+                        registration.id
+                    )));
+                }
+            }
+        }
+        let previous_id = txn
+            .open_table(REGISTRATION_BY_ENDPOINT)?
+            .get(registration.endpoint.as_str())?
+            .map(|id| id.value().to_owned());
+        let previous = match previous_id {
+            Some(id) => self.remove_registration(txn, &id)?,
+            None => None,
+        };
+        let bytes = record::encode_registration(registration);
+        txn.open_table(REGISTRATIONS)?
+            .insert(registration.id.as_str(), bytes.as_slice())?;
+        txn.open_table(REGISTRATION_BY_ENDPOINT)?
+            .insert(registration.endpoint.as_str(), registration.id.as_str())?;
+        txn.open_table(REGISTRATION_EXPIRY)?
+            .insert((registration.expires_at_ms(), registration.id.as_str()), ())?;
+        Ok(previous)
+    }
+
+    fn remove_registration(
+        &self,
+        txn: &WriteTransaction,
+        id: &str,
+    ) -> Result<Option<Deregistration>, StoreError> {
+        let registration = {
+            let mut registrations = txn.open_table(REGISTRATIONS)?;
+            let Some(registration) = self.registration(&registrations, id)? else {
+                return Ok(None);
+            };
+            registrations.remove(id)?;
+            registration
+        };
+        let mut by_endpoint = txn.open_table(REGISTRATION_BY_ENDPOINT)?;
+        let indexed = by_endpoint
+            .get(registration.endpoint.as_str())?
+            .map(|indexed| indexed.value() == id);
+        if indexed == Some(true) {
+            by_endpoint.remove(registration.endpoint.as_str())?;
+        }
+        txn.open_table(REGISTRATION_EXPIRY)?
+            .remove((registration.expires_at_ms(), id))?;
+        let observations = self.remove_observations_of(txn, id)?;
+        Ok(Some(Deregistration {
+            registration,
+            observations,
+        }))
+    }
+
+    fn update_registration(
+        &self,
+        txn: &WriteTransaction,
+        update: RegistrationUpdate,
+    ) -> Result<Option<UpdatedRegistration>, StoreError> {
+        let mut registrations = txn.open_table(REGISTRATIONS)?;
+        let Some(previous) = self.registration(&registrations, &update.registration_id)? else {
+            return Ok(None);
+        };
+        let mut updated = previous.clone();
+        if let Some(lifetime_s) = update.lifetime_s {
+            updated.lifetime_s = lifetime_s;
+        }
+        if let Some(binding) = update.binding {
+            updated.binding = binding;
+        }
+        if let Some(sms_number) = update.sms_number {
+            updated.sms_number = Some(sms_number);
+        }
+        if let Some((links, paths)) = update.object_links {
+            updated.object_links = links;
+            updated.object_paths = paths;
+        }
+        updated.peer_address = update.peer_address;
+        updated.last_update_ms = update.updated_at_ms;
+        let bytes = record::encode_registration(&updated);
+        registrations.insert(updated.id.as_str(), bytes.as_slice())?;
+        let mut expiry = txn.open_table(REGISTRATION_EXPIRY)?;
+        expiry.remove((previous.expires_at_ms(), previous.id.as_str()))?;
+        expiry.insert((updated.expires_at_ms(), updated.id.as_str()), ())?;
+        Ok(Some(UpdatedRegistration { previous, updated }))
+    }
+
+    fn registration_by_endpoint(
+        &self,
+        txn: &ReadTransaction,
+        endpoint: &str,
+    ) -> Result<Option<Registration>, StoreError> {
+        let Some(id) = txn.open_table(REGISTRATION_BY_ENDPOINT)?.get(endpoint)? else {
+            return Ok(None);
+        };
+        self.registration(&txn.open_table(REGISTRATIONS)?, id.value())
+    }
+
+    fn list_registrations(
+        &self,
+        txn: &ReadTransaction,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Registration>, StoreError> {
+        let by_endpoint = txn.open_table(REGISTRATION_BY_ENDPOINT)?;
+        let registrations = txn.open_table(REGISTRATIONS)?;
+        page(&by_endpoint, after, limit, |_, id| {
+            self.registration(&registrations, id)
+        })
+    }
+
+    fn expired_before(
+        &self,
+        txn: &ReadTransaction,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Registration>, StoreError> {
+        let expiry = txn.open_table(REGISTRATION_EXPIRY)?;
+        let registrations = txn.open_table(REGISTRATIONS)?;
+        let mut expired = Vec::new();
+        for entry in expiry.range(..(now_ms, ""))?.take(limit) {
+            let (key, _) = entry?;
+            let (_, id) = key.value();
+            if let Some(registration) = self.registration(&registrations, id)? {
+                expired.push(registration);
+            }
+        }
+        Ok(expired)
+    }
+
+    // ---- security ----
+
+    fn put_security_info(
+        &self,
+        txn: &WriteTransaction,
+        info: &SecurityInfo,
+    ) -> Result<Option<SecurityInfoSummary>, StoreError> {
+        if info.endpoint.is_empty() {
+            return Err(StoreError::InvalidInput("endpoint must not be empty"));
+        }
+        let mut by_identity = txn.open_table(SECURITY_BY_PSK_IDENTITY)?;
+        let new_identity = match &info.mode {
+            SecurityMode::Psk { identity, .. } => {
+                let owner = by_identity
+                    .get(identity.as_slice())?
+                    .map(|owner| owner.value().to_owned());
+                if let Some(owner) = owner.filter(|owner| *owner != info.endpoint) {
+                    return Err(StoreError::Conflict(format!(
+                        "PSK identity {:?} is used by endpoint {owner:?}",
+                        String::from_utf8_lossy(identity)
+                    )));
+                }
+                Some(identity.as_slice())
+            }
+            _ => None,
+        };
+        let bytes = record::encode_security_info(info, &self.master_key)?;
+        let mut security = txn.open_table(SECURITY)?;
+        let previous = security
+            .insert(info.endpoint.as_str(), bytes.as_slice())?
+            .map(|previous| record::decode_stored_psk_identity(previous.value()))
+            .transpose()?;
+        let previous = match previous {
+            Some((summary, old_identity)) => {
+                if let Some(old_identity) = old_identity {
+                    if Some(old_identity.as_slice()) != new_identity {
+                        by_identity.remove(old_identity.as_slice())?;
+                    }
+                }
+                Some(summary)
+            }
+            None => None,
+        };
+        if let Some(identity) = new_identity {
+            by_identity.insert(identity, info.endpoint.as_str())?;
+        }
+        Ok(previous)
+    }
+
+    fn remove_security_info(
+        &self,
+        txn: &WriteTransaction,
+        endpoint: &str,
+    ) -> Result<Option<SecurityInfoSummary>, StoreError> {
+        let removed = txn
+            .open_table(SECURITY)?
+            .remove(endpoint)?
+            .map(|bytes| record::decode_stored_psk_identity(bytes.value()))
+            .transpose()?;
+        let Some((summary, identity)) = removed else {
+            return Ok(None);
+        };
+        if let Some(identity) = identity {
+            txn.open_table(SECURITY_BY_PSK_IDENTITY)?
+                .remove(identity.as_slice())?;
+        }
+        Ok(Some(summary))
+    }
+
+    fn security_info(
+        &self,
+        txn: &ReadTransaction,
+        endpoint: &str,
+    ) -> Result<Option<SecurityInfo>, StoreError> {
+        match txn.open_table(SECURITY)?.get(endpoint)? {
+            Some(bytes) => Ok(Some(record::decode_security_info(
+                bytes.value(),
+                &self.master_key,
+            )?)),
+            None => Ok(None),
+        }
+    }
+
+    fn security_by_psk_identity(
+        &self,
+        txn: &ReadTransaction,
+        identity: &[u8],
+    ) -> Result<Option<SecurityInfo>, StoreError> {
+        let Some(endpoint) = txn.open_table(SECURITY_BY_PSK_IDENTITY)?.get(identity)? else {
+            return Ok(None);
+        };
+        self.security_info(txn, endpoint.value())
+    }
+
+    fn list_security_summaries(
+        &self,
+        txn: &ReadTransaction,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<SecurityInfoSummary>, StoreError> {
+        page(&txn.open_table(SECURITY)?, after, limit, |_, bytes| {
+            Ok(Some(record::decode_security_summary(bytes)?))
+        })
+    }
+
+    // ---- observations ----
+
+    fn add_observation(
+        &self,
+        txn: &WriteTransaction,
+        observation: &Observation,
+    ) -> Result<(), StoreError> {
+        if txn
+            .open_table(REGISTRATIONS)?
+            .get(observation.registration_id.as_str())?
+            .is_none()
+        {
+            return Err(StoreError::NotFound(format!(
+                "registration {}",
+                observation.registration_id
+            )));
+        }
+        self.remove_observation(txn, &observation.id)?;
+        let bytes = record::encode_observation(observation);
+        txn.open_table(OBSERVATIONS)?
+            .insert(observation.id.as_str(), bytes.as_slice())?;
+        txn.open_multimap_table(OBSERVATIONS_BY_REGISTRATION)?
+            .insert(
+                observation.registration_id.as_str(),
+                observation.id.as_str(),
+            )?;
+        Ok(())
+    }
+
+    fn remove_observation(
+        &self,
+        txn: &WriteTransaction,
+        id: &str,
+    ) -> Result<Option<Observation>, StoreError> {
+        let removed = txn
+            .open_table(OBSERVATIONS)?
+            .remove(id)?
+            .map(|bytes| record::decode_observation(bytes.value()))
+            .transpose()?;
+        if let Some(observation) = &removed {
+            txn.open_multimap_table(OBSERVATIONS_BY_REGISTRATION)?
+                .remove(observation.registration_id.as_str(), id)?;
+        }
+        Ok(removed)
+    }
+
+    fn remove_observations_of(
+        &self,
+        txn: &WriteTransaction,
+        registration_id: &str,
+    ) -> Result<Vec<Observation>, StoreError> {
+        let ids = {
+            let mut index = txn.open_multimap_table(OBSERVATIONS_BY_REGISTRATION)?;
+            let mut ids = Vec::new();
+            for id in index.remove_all(registration_id)? {
+                ids.push(id?.value().to_owned());
+            }
+            ids
+        };
+        let mut observations = txn.open_table(OBSERVATIONS)?;
+        let mut removed = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(bytes) = observations.remove(id.as_str())? {
+                removed.push(record::decode_observation(bytes.value())?);
+            }
+        }
+        Ok(removed)
+    }
+
+    fn observation(
+        &self,
+        txn: &ReadTransaction,
+        id: &str,
+    ) -> Result<Option<Observation>, StoreError> {
+        match txn.open_table(OBSERVATIONS)?.get(id)? {
+            Some(bytes) => Ok(Some(record::decode_observation(bytes.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn observations_of(
+        &self,
+        txn: &ReadTransaction,
+        registration_id: &str,
+    ) -> Result<Vec<Observation>, StoreError> {
+        let index = txn.open_multimap_table(OBSERVATIONS_BY_REGISTRATION)?;
+        let observations = txn.open_table(OBSERVATIONS)?;
+        let mut found = Vec::new();
+        for id in index.get(registration_id)? {
+            if let Some(bytes) = observations.get(id?.value())? {
+                found.push(record::decode_observation(bytes.value())?);
+            }
+        }
+        Ok(found)
+    }
+
+    // ---- blobs ----
+
+    fn put_blob(
+        &self,
+        txn: &WriteTransaction,
+        kind: BlobKind,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        let stored = if kind.is_secret() {
+            self.master_key.seal(value, &blob_context(kind, key))?
+        } else {
+            value.to_vec()
+        };
+        txn.open_table(blob_table(kind))?
+            .insert(key, stored.as_slice())?;
+        Ok(())
+    }
+
+    fn blob(
+        &self,
+        txn: &ReadTransaction,
+        kind: BlobKind,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(stored) = txn.open_table(blob_table(kind))?.get(key)? else {
+            return Ok(None);
+        };
+        if !kind.is_secret() {
+            return Ok(Some(stored.value().to_vec()));
+        }
+        let secret = self
+            .master_key
+            .open(stored.value(), &blob_context(kind, key))
+            .ok_or_else(|| StoreError::SecretTampered {
+                record: format!("{} entry {key:?}", kind.name()),
+            })?;
+        Ok(Some(secret.expose().to_vec()))
+    }
+
+    fn blob_keys(
+        &self,
+        txn: &ReadTransaction,
+        kind: BlobKind,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<String>, StoreError> {
+        page(
+            &txn.open_table(blob_table(kind))?,
+            after,
+            limit,
+            |key, _| Ok(Some(key.to_owned())),
+        )
+    }
+}
+
+impl RegistrationStore for EmbeddedStore {
+    fn add_registration(
+        &self,
+        registration: Registration,
+    ) -> StoreFuture<'_, Option<Deregistration>> {
+        self.write(move |inner, txn| inner.add_registration(txn, &registration))
+    }
+
+    fn update_registration(
+        &self,
+        update: RegistrationUpdate,
+    ) -> StoreFuture<'_, Option<UpdatedRegistration>> {
+        self.write(move |inner, txn| inner.update_registration(txn, update))
+    }
+
+    fn remove_registration<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Deregistration>> {
+        let id = id.to_owned();
+        self.write(move |inner, txn| inner.remove_registration(txn, &id))
+    }
+
+    fn get_registration<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Registration>> {
+        self.read(|inner, txn| inner.registration(&txn.open_table(REGISTRATIONS)?, id))
+    }
+
+    fn get_registration_by_endpoint<'a>(
+        &'a self,
+        endpoint: &'a str,
+    ) -> StoreFuture<'a, Option<Registration>> {
+        self.read(|inner, txn| inner.registration_by_endpoint(txn, endpoint))
+    }
+
+    fn list_registrations<'a>(
+        &'a self,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> StoreFuture<'a, Page<Registration>> {
+        self.read(|inner, txn| inner.list_registrations(txn, after, limit))
+    }
+
+    fn registrations_expired_before(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<Registration>> {
+        self.read(|inner, txn| inner.expired_before(txn, now_ms, limit))
+    }
+}
+
+impl SecurityStore for EmbeddedStore {
+    fn put_security_info(
+        &self,
+        info: SecurityInfo,
+    ) -> StoreFuture<'_, Option<SecurityInfoSummary>> {
+        self.write(move |inner, txn| inner.put_security_info(txn, &info))
+    }
+
+    fn get_security_info<'a>(&'a self, endpoint: &'a str) -> StoreFuture<'a, Option<SecurityInfo>> {
+        self.read(|inner, txn| inner.security_info(txn, endpoint))
+    }
+
+    fn get_security_info_by_psk_identity<'a>(
+        &'a self,
+        identity: &'a [u8],
+    ) -> StoreFuture<'a, Option<SecurityInfo>> {
+        self.read(|inner, txn| inner.security_by_psk_identity(txn, identity))
+    }
+
+    fn remove_security_info<'a>(
+        &'a self,
+        endpoint: &'a str,
+    ) -> StoreFuture<'a, Option<SecurityInfoSummary>> {
+        let endpoint = endpoint.to_owned();
+        self.write(move |inner, txn| inner.remove_security_info(txn, &endpoint))
+    }
+
+    fn list_security_summaries<'a>(
+        &'a self,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> StoreFuture<'a, Page<SecurityInfoSummary>> {
+        self.read(|inner, txn| inner.list_security_summaries(txn, after, limit))
+    }
+}
+
+impl ObservationStore for EmbeddedStore {
+    fn add_observation(&self, observation: Observation) -> StoreFuture<'_, ()> {
+        self.write(move |inner, txn| inner.add_observation(txn, &observation))
+    }
+
+    fn remove_observation<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Observation>> {
+        let id = id.to_owned();
+        self.write(move |inner, txn| inner.remove_observation(txn, &id))
+    }
+
+    fn get_observation<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Observation>> {
+        self.read(|inner, txn| inner.observation(txn, id))
+    }
+
+    fn list_observations<'a>(
+        &'a self,
+        registration_id: &'a str,
+    ) -> StoreFuture<'a, Vec<Observation>> {
+        self.read(|inner, txn| inner.observations_of(txn, registration_id))
+    }
+
+    fn remove_observations_of<'a>(
+        &'a self,
+        registration_id: &'a str,
+    ) -> StoreFuture<'a, Vec<Observation>> {
+        let registration_id = registration_id.to_owned();
+        self.write(move |inner, txn| inner.remove_observations_of(txn, &registration_id))
+    }
+}
+
+impl BlobStore for EmbeddedStore {
+    fn put_blob<'a>(&'a self, kind: BlobKind, key: &'a str, value: Vec<u8>) -> StoreFuture<'a, ()> {
+        let key = key.to_owned();
+        let value = Zeroizing::new(value);
+        self.write(move |inner, txn| inner.put_blob(txn, kind, &key, &value))
+    }
+
+    fn get_blob<'a>(&'a self, kind: BlobKind, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
+        self.read(|inner, txn| inner.blob(txn, kind, key))
+    }
+
+    fn remove_blob<'a>(&'a self, kind: BlobKind, key: &'a str) -> StoreFuture<'a, bool> {
+        let key = key.to_owned();
+        self.write(move |_, txn| {
+            Ok(txn
+                .open_table(blob_table(kind))?
+                .remove(key.as_str())?
+                .is_some())
+        })
+    }
+
+    fn list_blob_keys<'a>(
+        &'a self,
+        kind: BlobKind,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> StoreFuture<'a, Page<String>> {
+        self.read(|inner, txn| inner.blob_keys(txn, kind, after, limit))
+    }
+}
+
+/// Up to `limit` entries of a string-keyed table after the key `after`, converted (`None` skips
+/// an entry), and the cursor of the next page.
+fn page<V, T>(
+    table: &impl ReadableTable<&'static str, V>,
+    after: Option<&str>,
+    limit: usize,
+    mut convert: impl for<'v> FnMut(&str, V::SelfType<'v>) -> Result<Option<T>, StoreError>,
+) -> Result<Page<T>, StoreError>
+where
+    V: redb::Value + 'static,
+{
+    let range = match after {
+        Some(after) => table.range::<&str>((Bound::Excluded(after), Bound::Unbounded))?,
+        None => table.range::<&str>(..)?,
+    };
+    let mut items = Vec::new();
+    let mut last_key = None;
+    let mut taken = 0;
+    for entry in range {
+        let (key, value) = entry?;
+        if taken == limit {
+            return Ok(Page {
+                items,
+                next_cursor: last_key,
+            });
+        }
+        taken += 1;
+        last_key = Some(key.value().to_owned());
+        if let Some(item) = convert(key.value(), value.value())? {
+            items.push(item);
+        }
+    }
+    Ok(Page {
+        items,
+        next_cursor: None,
+    })
+}

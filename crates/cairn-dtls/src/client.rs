@@ -15,7 +15,7 @@ use crate::endpoint::{
     DEFAULT_MAX_HANDSHAKE_MESSAGE, DEFAULT_MAX_RETRANSMISSIONS, DEFAULT_MTU, Event, Transmit,
 };
 use crate::error::{AlertDescription, AlertLevel, CloseReason};
-use crate::handshake::{Handshake, Limits, ResumableSession};
+use crate::handshake::{ClientParams, Handshake, Limits, ResumableSession};
 
 /// Client settings.
 #[derive(Debug, Clone)]
@@ -112,16 +112,14 @@ impl ClientEndpoint {
             Some(cid) => Some(ConnectionId::new(cid)?),
             None => None,
         };
-        let mut handshake = Handshake::client_start(
-            now,
-            limits,
-            &mut *self.rng,
-            self.config.identity.clone(),
-            self.config.psk.clone(),
-            &self.config.cipher_suites,
+        let params = ClientParams {
+            identity: self.config.identity.clone(),
+            psk: self.config.psk.clone(),
+            suites: &self.config.cipher_suites,
             cid,
-            self.resumable.clone(),
-        )?;
+            offered: self.resumable.clone(),
+        };
+        let mut handshake = Handshake::client_start(now, limits, &mut *self.rng, params)?;
         for payload in handshake.take_outgoing() {
             self.transmits.push_back(Transmit {
                 destination: self.server,
@@ -140,6 +138,11 @@ impl ClientEndpoint {
     /// Whether a session is established.
     pub fn is_connected(&self) -> bool {
         matches!(self.connection, Some(Connection::Established(_)))
+    }
+
+    /// Bytes one application data record adds to its plaintext, once connected.
+    pub fn record_overhead(&self) -> Option<usize> {
+        Some(self.connection.as_ref()?.session()?.record_overhead())
     }
 
     /// The server's address.

@@ -9,6 +9,7 @@
 
 use core::time::Duration;
 
+use crate::cid::ConnectionId;
 use crate::codec::Reader;
 use crate::error::{AlertDescription, AlertLevel, CloseReason};
 use crate::handshake::{Completed, Handshake, Progress, ResumableSession};
@@ -54,14 +55,27 @@ pub enum Connection {
     Handshaking(Box<Handshake>),
     /// Session established.
     Established(Session),
-    /// Ended; the endpoint removes it.
-    Closed,
+    /// Ended, keeping the CID it had so the endpoint can unregister it.
+    Closed(ConnectionId),
 }
 
 impl Connection {
     /// Whether the connection ended.
     pub fn is_closed(&self) -> bool {
-        matches!(self, Self::Closed)
+        matches!(self, Self::Closed(_))
+    }
+
+    /// The CID the peer puts on its records (empty without CID).
+    pub fn cid_in(&self) -> ConnectionId {
+        match self {
+            Self::Handshaking(handshake) => handshake.cid_in,
+            Self::Established(session) => session.cid_in(),
+            Self::Closed(cid) => *cid,
+        }
+    }
+
+    fn close(&mut self) {
+        *self = Self::Closed(self.cid_in());
     }
 
     /// The session, if established.
@@ -86,7 +100,7 @@ impl Connection {
             match handshake.on_timeout(now) {
                 Ok(datagrams) => output.transmits.extend(datagrams),
                 Err(_) => {
-                    *self = Self::Closed;
+                    self.close();
                     output
                         .events
                         .push(ConnectionEvent::Closed(CloseReason::HandshakeTimeout));
@@ -107,7 +121,7 @@ impl Connection {
         let mut retransmitted = false;
         for record in Records::new(datagram, cid_len) {
             match self {
-                Self::Closed => return,
+                Self::Closed(_) => return,
                 Self::Established(session) => {
                     let (event, newest) = session.on_record(&record, &mut output.transmits);
                     if newest && record.content_type == ContentType::Tls12Cid {
@@ -118,7 +132,7 @@ impl Connection {
                             output.events.push(ConnectionEvent::ApplicationData(data));
                         }
                         Some(SessionOutput::Closed(reason)) => {
-                            *self = Self::Closed;
+                            self.close();
                             output.events.push(ConnectionEvent::Closed(reason));
                         }
                         None => {}
@@ -151,7 +165,7 @@ impl Connection {
                         }
                         Ok(None) => {}
                         Err(Failure::PeerAlert(reason)) => {
-                            *self = Self::Closed;
+                            self.close();
                             output.events.push(ConnectionEvent::Closed(reason));
                         }
                         Err(Failure::Local(error)) => {
@@ -167,7 +181,7 @@ impl Connection {
                             {
                                 output.transmits.push(alert);
                             }
-                            *self = Self::Closed;
+                            self.close();
                             output
                                 .events
                                 .push(ConnectionEvent::Closed(CloseReason::LocalAlert(

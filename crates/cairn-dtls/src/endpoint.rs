@@ -3,10 +3,9 @@
 //! Driving an endpoint (quinn-proto shape): feed every received datagram to `handle`, call
 //! `handle_timeout` when the instant from `poll_timeout` has passed, and after each call drain
 //! `poll_transmit` (send each payload to its destination) and `poll_event`. Time is a
-//! [`Duration`] since an origin the driver chooses; the engine never reads a clock.
+//! [`core::time::Duration`] since an origin the driver chooses; the engine never reads a clock.
 
 use core::net::SocketAddr;
-use core::time::Duration;
 
 use crate::crypto::Psk;
 use crate::error::CloseReason;
@@ -68,7 +67,3 @@ pub const DEFAULT_MTU: usize = 1200;
 pub const DEFAULT_MAX_RETRANSMISSIONS: u8 = 6;
 /// Default largest handshake message reassembled.
 pub const DEFAULT_MAX_HANDSHAKE_MESSAGE: usize = 4096;
-
-pub(crate) fn min_deadline(deadlines: impl Iterator<Item = Option<Duration>>) -> Option<Duration> {
-    deadlines.flatten().min()
-}

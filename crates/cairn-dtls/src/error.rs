@@ -35,13 +35,12 @@ impl AlertLevel {
 }
 
 macro_rules! alert_descriptions {
-    ($($name:ident = $code:literal,)*) => {
-        /// Alert description (RFC 5246 §7.2, RFC 6066 §9 for `unknown_psk_identity`'s sibling codes,
-        /// RFC 4279 §2 for `UnknownPskIdentity`).
+    ($($name:ident = $code:literal $wire:literal,)*) => {
+        /// Alert description (RFC 5246 §7.2; `unknown_psk_identity` from RFC 4279 §2).
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         pub enum AlertDescription {
             $(
-                #[allow(missing_docs)]
+                #[doc = concat!("`", $wire, "` (", stringify!($code), ")")]
                 $name,
             )*
             /// A code this engine does not know.
@@ -69,29 +68,29 @@ macro_rules! alert_descriptions {
 }
 
 alert_descriptions! {
-    CloseNotify = 0,
-    UnexpectedMessage = 10,
-    BadRecordMac = 20,
-    RecordOverflow = 22,
-    DecompressionFailure = 30,
-    HandshakeFailure = 40,
-    BadCertificate = 42,
-    UnsupportedCertificate = 43,
-    CertificateRevoked = 44,
-    CertificateExpired = 45,
-    CertificateUnknown = 46,
-    IllegalParameter = 47,
-    UnknownCa = 48,
-    AccessDenied = 49,
-    DecodeError = 50,
-    DecryptError = 51,
-    ProtocolVersion = 70,
-    InsufficientSecurity = 71,
-    InternalError = 80,
-    UserCanceled = 90,
-    NoRenegotiation = 100,
-    UnsupportedExtension = 110,
-    UnknownPskIdentity = 115,
+    CloseNotify = 0 "close_notify",
+    UnexpectedMessage = 10 "unexpected_message",
+    BadRecordMac = 20 "bad_record_mac",
+    RecordOverflow = 22 "record_overflow",
+    DecompressionFailure = 30 "decompression_failure",
+    HandshakeFailure = 40 "handshake_failure",
+    BadCertificate = 42 "bad_certificate",
+    UnsupportedCertificate = 43 "unsupported_certificate",
+    CertificateRevoked = 44 "certificate_revoked",
+    CertificateExpired = 45 "certificate_expired",
+    CertificateUnknown = 46 "certificate_unknown",
+    IllegalParameter = 47 "illegal_parameter",
+    UnknownCa = 48 "unknown_ca",
+    AccessDenied = 49 "access_denied",
+    DecodeError = 50 "decode_error",
+    DecryptError = 51 "decrypt_error",
+    ProtocolVersion = 70 "protocol_version",
+    InsufficientSecurity = 71 "insufficient_security",
+    InternalError = 80 "internal_error",
+    UserCanceled = 90 "user_canceled",
+    NoRenegotiation = 100 "no_renegotiation",
+    UnsupportedExtension = 110 "unsupported_extension",
+    UnknownPskIdentity = 115 "unknown_psk_identity",
 }
 
 /// Why a connection ended, as reported in [`crate::Event::Closed`].
@@ -144,6 +143,9 @@ pub enum Error {
     /// The peer's Finished verify data did not match.
     #[error("Finished verify data mismatch")]
     DecryptError,
+    /// The peer does not speak DTLS 1.2.
+    #[error("peer does not speak DTLS 1.2")]
+    ProtocolVersion,
     /// No cipher suite in common.
     #[error("no cipher suite in common")]
     NoCommonCipherSuite,
@@ -184,6 +186,7 @@ impl Error {
             Self::Invalid { .. } => Some(AlertDescription::IllegalParameter),
             Self::UnexpectedMessage { .. } => Some(AlertDescription::UnexpectedMessage),
             Self::DecryptError => Some(AlertDescription::DecryptError),
+            Self::ProtocolVersion => Some(AlertDescription::ProtocolVersion),
             Self::NoCommonCipherSuite => Some(AlertDescription::HandshakeFailure),
             Self::UnknownPskIdentity => Some(AlertDescription::UnknownPskIdentity),
             Self::RenegotiationRefused => Some(AlertDescription::NoRenegotiation),

@@ -95,6 +95,20 @@ pub struct ServerEnv<'a> {
     pub issue_session_id: bool,
 }
 
+/// What a client offers.
+pub struct ClientParams<'a> {
+    /// PSK identity.
+    pub identity: Vec<u8>,
+    /// The key.
+    pub psk: Psk,
+    /// Suites in order of preference.
+    pub suites: &'a [CipherSuite],
+    /// The CID to receive with, when the `connection_id` extension is offered.
+    pub cid: Option<ConnectionId>,
+    /// A session to resume.
+    pub offered: Option<ResumableSession>,
+}
+
 /// The result of feeding a handshake.
 #[derive(Debug)]
 pub enum Progress {
@@ -181,6 +195,8 @@ pub enum State {
     ExpectFinished(ExpectFinished),
     /// A message was refused; the handshake is over.
     Failed,
+    /// The handshake completed; the session took over.
+    Complete,
 }
 
 impl State {
@@ -192,6 +208,7 @@ impl State {
             Self::ExpectChangeCipherSpec(_) => "ExpectChangeCipherSpec",
             Self::ExpectFinished(_) => "ExpectFinished",
             Self::Failed => "Failed",
+            Self::Complete => "Complete",
         }
     }
 }
@@ -269,23 +286,25 @@ impl Handshake {
         }
     }
 
-    /// Name of the current state.
-    pub fn state_name(&self) -> &'static str {
-        self.state.name()
+    /// The client random of this handshake.
+    pub fn client_random(&self) -> &[u8; 32] {
+        &self.client_random
     }
 
-    /// Starts a client handshake; the first flight is returned as datagrams.
-    #[allow(clippy::too_many_arguments)]
+    /// Starts a client handshake; the first flight waits in [`Handshake::take_outgoing`].
     pub fn client_start(
         now: Duration,
         limits: Limits,
         rng: &mut dyn CryptoRng,
-        identity: Vec<u8>,
-        psk: Psk,
-        suites: &[CipherSuite],
-        cid: Option<ConnectionId>,
-        offered: Option<ResumableSession>,
+        params: ClientParams<'_>,
     ) -> Result<Self, Error> {
+        let ClientParams {
+            identity,
+            psk,
+            suites,
+            cid,
+            offered,
+        } = params;
         let mut random = [0u8; 32];
         rng.fill_bytes(&mut random);
         let mut cipher_suites: Vec<u16> = suites.iter().map(|suite| suite.code()).collect();
@@ -323,7 +342,8 @@ impl Handshake {
         Ok(handshake)
     }
 
-    /// Starts a server handshake from a ClientHello whose cookie was verified.
+    /// Starts a server handshake from a ClientHello whose cookie was verified; flight 4 (or the
+    /// abbreviated flight) waits in [`Handshake::take_outgoing`].
     pub fn server_start(
         now: Duration,
         limits: Limits,
@@ -333,10 +353,9 @@ impl Handshake {
         record_seq: u64,
     ) -> Result<Self, Error> {
         let hello = ClientHello::parse(&hello_message.body)?;
+        // DTLS versions count down: 0xFEFD is 1.2, 0xFEFF is 1.0.
         if hello.version > DTLS_1_2 {
-            return Err(Error::Invalid {
-                what: "client_version older than DTLS 1.2",
-            });
+            return Err(Error::ProtocolVersion);
         }
         if !hello.compression_methods.contains(&0) {
             return Err(Error::Invalid {
@@ -663,9 +682,7 @@ impl Handshake {
     ) -> Result<(State, Progress), Error> {
         let hello = ServerHello::parse(body)?;
         if hello.version != DTLS_1_2 {
-            return Err(Error::Invalid {
-                what: "server_version",
-            });
+            return Err(Error::ProtocolVersion);
         }
         let suite = CipherSuite::from_code(hello.cipher_suite)
             .filter(|suite| state.hello.cipher_suites.contains(&suite.code()))
@@ -847,6 +864,6 @@ impl Handshake {
             resumed: secrets.resumed,
             resumable,
         };
-        Ok((State::Failed, Progress::Complete(Box::new(completed))))
+        Ok((State::Complete, Progress::Complete(Box::new(completed))))
     }
 }

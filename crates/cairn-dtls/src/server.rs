@@ -3,7 +3,9 @@
 //!
 //! No state is kept for a client before it returns a valid cookie: a ClientHello without one
 //! is answered with a HelloVerifyRequest no larger than the ClientHello itself, computed from
-//! the rotating secret in [`crate::cookie`].
+//! the rotating secret in [`crate::cookie`]. Because nothing is buffered for an unverified
+//! client, a ClientHello must arrive unfragmented (a PSK ClientHello is far below any MTU);
+//! later messages may be fragmented.
 
 use core::net::SocketAddr;
 use core::time::Duration;
@@ -20,7 +22,7 @@ use crate::cookie::CookieJar;
 use crate::crypto::CipherSuite;
 use crate::endpoint::{
     DEFAULT_MAX_HANDSHAKE_MESSAGE, DEFAULT_MAX_RETRANSMISSIONS, DEFAULT_MTU, Event, PskResolver,
-    Transmit, min_deadline,
+    Transmit,
 };
 use crate::error::{AlertDescription, AlertLevel, CloseReason};
 use crate::handshake::{Handshake, Limits, ResumableSession, ServerEnv};
@@ -138,6 +140,15 @@ impl SessionCache {
     }
 }
 
+impl SessionCache {
+    fn forget_identity(&mut self, identity: &[u8]) {
+        self.sessions
+            .retain(|_, session| session.identity != identity);
+        let sessions = &self.sessions;
+        self.order.retain(|id| sessions.contains_key(id));
+    }
+}
+
 /// Read-only facts about an established session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionInfo {
@@ -153,7 +164,9 @@ pub struct ServerEndpoint {
     rng: Box<dyn CryptoRng + Send>,
     cookies: CookieJar,
     peers: HashMap<SocketAddr, Connection>,
-    handshaking: BTreeSet<SocketAddr>,
+    /// Handshaking peers and their retransmission deadlines, mirrored in `timers`.
+    handshaking: HashMap<SocketAddr, Option<Duration>>,
+    timers: BTreeSet<(Duration, SocketAddr)>,
     cids: HashMap<ConnectionId, SocketAddr>,
     cache: SessionCache,
     transmits: VecDeque<Transmit>,
@@ -184,7 +197,8 @@ impl ServerEndpoint {
             rng,
             cookies,
             peers: HashMap::new(),
-            handshaking: BTreeSet::new(),
+            handshaking: HashMap::new(),
+            timers: BTreeSet::new(),
             cids: HashMap::new(),
             cache: SessionCache::default(),
             transmits: VecDeque::new(),
@@ -226,6 +240,12 @@ impl ServerEndpoint {
         })
     }
 
+    /// Bytes one application data record to `peer` adds to its plaintext (see
+    /// [`crate::session::Session::record_overhead`]).
+    pub fn record_overhead(&self, peer: SocketAddr) -> Option<usize> {
+        Some(self.peers.get(&peer)?.session()?.record_overhead())
+    }
+
     /// Bytes held per established session: the connection record itself plus its heap, and
     /// the peer-table entry (for capacity planning; hash table slack is not counted).
     pub fn session_bytes(&self, peer: SocketAddr) -> Option<usize> {
@@ -237,6 +257,12 @@ impl ServerEndpoint {
             core::mem::size_of::<(ConnectionId, SocketAddr)>()
         };
         Some(core::mem::size_of::<(SocketAddr, Connection)>() + session.heap_bytes() + cid_entry)
+    }
+
+    /// Drops the cached sessions of `identity` so that it cannot resume them, e.g. after its key
+    /// was changed or revoked. Established sessions are not touched: `close` them as needed.
+    pub fn forget_sessions_of(&mut self, identity: &[u8]) {
+        self.cache.forget_identity(identity);
     }
 
     /// Handles a datagram from `from`.
@@ -254,8 +280,17 @@ impl ServerEndpoint {
                 return;
             }
         }
+        let hello_random = client_hello_random(datagram);
         match self.peers.get(&from) {
-            Some(Connection::Established(_)) if starts_with_client_hello(datagram) => {
+            // A ClientHello on an established session, or a new one (another random) during a
+            // handshake, is a client that restarted: it goes through the cookie exchange and
+            // replaces the old connection only with a valid cookie (RFC 6347 §4.2.8).
+            Some(Connection::Established(_)) if hello_random.is_some() => {
+                self.stateless(now, from, datagram);
+            }
+            Some(Connection::Handshaking(handshake))
+                if hello_random.is_some_and(|random| random != *handshake.client_random()) =>
+            {
                 self.stateless(now, from, datagram);
             }
             Some(_) => self.drive(now, from, from, datagram),
@@ -387,7 +422,7 @@ impl ServerEndpoint {
                 }
                 self.peers
                     .insert(from, Connection::Handshaking(Box::new(handshake)));
-                self.handshaking.insert(from);
+                self.sync_timer(from);
             }
             Err(error) => {
                 let description = error.alert().unwrap_or(AlertDescription::HandshakeFailure);
@@ -409,12 +444,26 @@ impl ServerEndpoint {
 
     fn remove(&mut self, peer: SocketAddr, reason: CloseReason) {
         if let Some(connection) = self.peers.remove(&peer) {
-            if let Some(session) = connection.session() {
-                self.cids.remove(&session.cid_in());
+            let cid = connection.cid_in();
+            if self.cids.get(&cid) == Some(&peer) {
+                self.cids.remove(&cid);
             }
-            self.cids.retain(|_, owner| *owner != peer);
-            self.handshaking.remove(&peer);
+            self.sync_timer(peer);
             self.events.push_back(Event::Closed { peer, reason });
+        }
+    }
+
+    /// Brings `handshaking` and `timers` in line with the peer's connection.
+    fn sync_timer(&mut self, peer: SocketAddr) {
+        if let Some(Some(old)) = self.handshaking.remove(&peer) {
+            self.timers.remove(&(old, peer));
+        }
+        if let Some(Connection::Handshaking(handshake)) = self.peers.get(&peer) {
+            let deadline = handshake.deadline();
+            self.handshaking.insert(peer, deadline);
+            if let Some(deadline) = deadline {
+                self.timers.insert((deadline, peer));
+            }
         }
     }
 
@@ -440,8 +489,9 @@ impl ServerEndpoint {
         let Some(connection) = self.peers.remove(&old) else {
             return old;
         };
-        if let Some(session) = connection.session() {
-            self.cids.insert(session.cid_in(), new);
+        let cid = connection.cid_in();
+        if !cid.is_empty() {
+            self.cids.insert(cid, new);
         }
         self.peers.insert(new, connection);
         self.events.push_back(Event::PeerMoved { old, new });
@@ -462,7 +512,6 @@ impl ServerEndpoint {
                     resumed,
                     resumable,
                 } => {
-                    self.handshaking.remove(&peer);
                     if let Some(session) = resumable {
                         self.cache.insert(session, self.config.session_cache_size);
                     }
@@ -481,29 +530,21 @@ impl ServerEndpoint {
         if self.peers.get(&peer).is_some_and(Connection::is_closed) {
             self.remove(peer, CloseReason::LocalClosed);
         }
+        self.sync_timer(peer);
     }
 
     /// The next instant `handle_timeout` must be called at, if any.
     pub fn poll_timeout(&self) -> Option<Duration> {
-        min_deadline(
-            self.handshaking
-                .iter()
-                .map(|peer| self.peers.get(peer).and_then(Connection::deadline)),
-        )
+        self.timers.first().map(|(deadline, _)| *deadline)
     }
 
     /// Retransmits flights whose timers expired and ends handshakes that ran out of them.
     pub fn handle_timeout(&mut self, now: Duration) {
         let due: Vec<SocketAddr> = self
-            .handshaking
+            .timers
             .iter()
-            .copied()
-            .filter(|peer| {
-                self.peers
-                    .get(peer)
-                    .and_then(Connection::deadline)
-                    .is_some_and(|deadline| deadline <= now)
-            })
+            .take_while(|(deadline, _)| *deadline <= now)
+            .map(|(_, peer)| *peer)
             .collect();
         for peer in due {
             let Some(connection) = self.peers.get_mut(&peer) else {
@@ -556,11 +597,15 @@ impl ServerEndpoint {
     }
 }
 
-fn starts_with_client_hello(datagram: &[u8]) -> bool {
-    let Some(record) = Records::new(datagram, 0).next() else {
-        return false;
-    };
-    record.epoch == 0
-        && record.content_type == ContentType::Handshake
-        && record.fragment.first() == Some(&HandshakeType::ClientHello.to_u8())
+/// The client random of a ClientHello starting the datagram in epoch 0.
+fn client_hello_random(datagram: &[u8]) -> Option<[u8; 32]> {
+    let record = Records::new(datagram, 0).next()?;
+    if record.epoch != 0 || record.content_type != ContentType::Handshake {
+        return None;
+    }
+    let fragment = Fragment::parse(&mut Reader::new(record.fragment)).ok()?;
+    if fragment.msg_type != HandshakeType::ClientHello || fragment.offset != 0 {
+        return None;
+    }
+    fragment.body.get(2..34)?.try_into().ok()
 }

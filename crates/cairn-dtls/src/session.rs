@@ -10,6 +10,7 @@
 use crate::Error;
 use crate::cid::ConnectionId;
 use crate::codec::Reader;
+use crate::endpoint::DEFAULT_MTU;
 use crate::error::{AlertDescription, AlertLevel, CloseReason};
 use crate::flight::{FlightItem, RecordWriter, write_flight};
 use crate::handshake::Role;
@@ -84,6 +85,12 @@ impl Session {
     /// The CID the peer writes on its records (empty if none).
     pub fn cid_in(&self) -> ConnectionId {
         self.cid_in
+    }
+
+    /// Bytes one application data record adds to its plaintext (header, explicit nonce, tag,
+    /// CID and inner content type): the largest `send` for a path MTU is `mtu - overhead`.
+    pub fn record_overhead(&self) -> usize {
+        self.writer.overhead(1)
     }
 
     /// Heap bytes owned by the session (for memory accounting).
@@ -181,7 +188,7 @@ impl Session {
                             body: flight.verify_data.to_vec(),
                         },
                     ];
-                    if let Ok(datagrams) = write_flight(&mut self.writer, &items, 1200) {
+                    if let Ok(datagrams) = write_flight(&mut self.writer, &items, DEFAULT_MTU) {
                         transmit.extend(datagrams);
                     }
                 }

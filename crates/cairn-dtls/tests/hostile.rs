@@ -459,3 +459,92 @@ fn unknown_content_types_and_epochs_are_ignored() {
     assert!(link.server.session(link.client_addr).is_some());
     let _ = ContentType::Tls12Cid;
 }
+
+#[test]
+fn peer_table_is_capped_by_max_peers() {
+    let mut config = server_config();
+    config.max_peers = 2;
+    let mut server = server(config);
+    for n in 0..5u16 {
+        let from = client_addr(600 + n);
+        let flight3 = cookie_round(&mut server, from);
+        server.handle(Duration::ZERO, from, &flight3);
+        drain(&mut server);
+    }
+    assert_eq!(server.peer_count(), 2);
+    // The handshakes time out and free their slots; then an honest client gets in.
+    let mut now = Duration::ZERO;
+    while let Some(deadline) = server.poll_timeout() {
+        now = deadline;
+        server.handle_timeout(now);
+        drain(&mut server);
+    }
+    assert_eq!(server.peer_count(), 0);
+    serves_honest_client(server, now);
+}
+
+#[test]
+fn dtls_1_0_only_client_and_no_common_suite_are_refused_statelessly() {
+    let mut server = server(server_config());
+    let from = attacker();
+    let first = client_hello(Vec::new());
+    server.handle(Duration::ZERO, from, &client_hello_datagram(&first, 0));
+    let (transmits, _) = drain(&mut server);
+    let hvr = Records::new(&transmits[0], 0).next().unwrap();
+    let cookie = hvr.fragment[12 + 3..].to_vec();
+    for (version, suites, alert) in [
+        (0xFEFFu16, vec![0xC0A8u16], 70u8),
+        (0xFEFD, vec![0x002F], 40),
+    ] {
+        let mut hello = client_hello(cookie.clone());
+        hello.version = version;
+        hello.cipher_suites = suites;
+        // The cookie covers the version and suites: get a matching one first.
+        let mut probe = hello.clone();
+        probe.cookie.clear();
+        server.handle(Duration::ZERO, from, &client_hello_datagram(&probe, 0));
+        let (transmits, _) = drain(&mut server);
+        let hvr = Records::new(&transmits[0], 0).next().unwrap();
+        hello.cookie = hvr.fragment[12 + 3..].to_vec();
+        server.handle(Duration::ZERO, from, &client_hello_datagram(&hello, 1));
+        let (transmits, _) = drain(&mut server);
+        assert_eq!(transmits.len(), 1);
+        assert_eq!(transmits[0][0], 21, "alert record");
+        assert_eq!(transmits[0][13..], [2, alert]);
+        assert_eq!(server.peer_count(), 0);
+    }
+}
+
+#[test]
+fn timers_of_many_half_open_handshakes_fire_in_order_and_expire() {
+    let mut server = server(server_config());
+    for n in 0..200u16 {
+        let from = client_addr(700 + n);
+        let at = Duration::from_millis(u64::from(n) * 10);
+        let first = client_hello(Vec::new());
+        server.handle(at, from, &client_hello_datagram(&first, 0));
+        let (transmits, _) = drain(&mut server);
+        let hvr = Records::new(&transmits[0], 0).next().unwrap();
+        let cookie = hvr.fragment[12 + 3..].to_vec();
+        server.handle(at, from, &client_hello_datagram(&client_hello(cookie), 1));
+        drain(&mut server);
+    }
+    assert_eq!(server.handshake_count(), 200);
+    assert_eq!(server.poll_timeout(), Some(Duration::from_secs(1)));
+    server.handle_timeout(Duration::from_millis(1_005));
+    let (transmits, _) = drain(&mut server);
+    assert_eq!(transmits.len(), 1, "only the first handshake is due");
+    assert_eq!(server.poll_timeout(), Some(Duration::from_millis(1_010)));
+    let mut now = Duration::ZERO;
+    let mut closed = 0;
+    while let Some(deadline) = server.poll_timeout() {
+        assert!(deadline >= now, "timers go forward");
+        now = deadline;
+        server.handle_timeout(now);
+        let (_, events) = drain(&mut server);
+        closed += events.len();
+    }
+    assert_eq!(closed, 200);
+    assert_eq!(server.peer_count(), 0);
+    assert_eq!(server.handshake_count(), 0);
+}

@@ -310,3 +310,77 @@ fn reordered_and_duplicated_datagrams_still_complete() {
     assert_eq!(connected, 1);
     exchange(&mut link);
 }
+
+#[test]
+fn client_restarting_mid_handshake_replaces_its_old_handshake() {
+    let mut link = Link::new(server(server_config()), client(client_config(), 3));
+    // Lose flight 5 so the server keeps waiting; then the device reboots.
+    link.loss = Box::new(|direction, index, _| direction == Direction::ToServer && index == 2);
+    link.client.connect(link.now).unwrap();
+    link.run(link.now);
+    assert_eq!(link.server.handshake_count(), 1);
+    link.client = client(client_config(), 4);
+    link.client.connect(link.now).unwrap();
+    link.run(link.now + Duration::from_millis(10));
+    assert!(link.client_connected(), "{:?}", link.client_events);
+    assert!(link.server_events.iter().any(|event| matches!(
+        event,
+        Event::Closed {
+            reason: CloseReason::NewHandshake,
+            ..
+        }
+    )));
+    assert_eq!(link.server.peer_count(), 1);
+    exchange(&mut link);
+}
+
+#[test]
+fn configs_and_endpoints_do_not_print_keys() {
+    let link = connected(server_config(), client_config());
+    let printed = format!(
+        "{:?} {:?} {:?} {:?}",
+        client_config(),
+        server_config(),
+        link.client,
+        link.server
+    );
+    assert!(!printed.contains("0123456789abcdef"), "{printed}");
+    assert!(!printed.contains("48, 49, 50, 51"), "{printed}");
+    assert!(printed.contains("Psk(16 bytes)"));
+}
+
+#[test]
+fn forgotten_session_means_a_full_handshake() {
+    let mut link = connected(server_config(), client_config());
+    link.client.close(server_addr());
+    link.run(link.now);
+    link.client.forget_session();
+    link.server_events.clear();
+    link.client_events.clear();
+    link.client.connect(link.now).unwrap();
+    link.run(link.now + Duration::from_secs(10));
+    assert!(
+        link.client_events
+            .iter()
+            .any(|event| matches!(event, Event::Connected { resumed: false, .. }))
+    );
+    exchange(&mut link);
+}
+
+#[test]
+fn server_can_forget_the_sessions_of_an_identity() {
+    let mut link = connected(server_config(), client_config());
+    link.client.close(server_addr());
+    link.run(link.now);
+    link.server.forget_sessions_of(IDENTITY);
+    link.server_events.clear();
+    link.client_events.clear();
+    link.client.connect(link.now).unwrap();
+    link.run(link.now + Duration::from_secs(10));
+    assert!(
+        link.server_events
+            .iter()
+            .any(|event| matches!(event, Event::Connected { resumed: false, .. }))
+    );
+    exchange(&mut link);
+}

@@ -4,10 +4,11 @@
 //! [`Durability::Immediate`] is on disk when it returns, so every write that returns `Ok` survives
 //! a crash or a `SIGKILL`. Each store operation is one transaction.
 //!
-//! Writes end in an `fsync`, so they run on tokio's blocking pool (`spawn_blocking`). Reads do
+//! Writes end in an `fsync`, so they run on tokio's blocking pool (`spawn_blocking`); a write
+//! whose future is dropped after it started still runs to its commit. Reads do
 //! not touch the disk's write path: a read transaction is an MVCC snapshot that never waits for a
 //! writer, and a lookup is a few B-tree pages already in the page cache. They run inline on the
-//! caller's task; `cargo bench -p cairn-store` measures them in microseconds (BENCHMARKS.md),
+//! caller's task (when the method is called; the returned future is already complete); `cargo bench -p cairn-store` measures them in microseconds (BENCHMARKS.md),
 //! cheaper than the hand-off to another thread would be. The DTLS handshake, whose PSK resolver
 //! is synchronous, can call [`EmbeddedStore::psk_key_blocking`] directly.
 //!
@@ -113,7 +114,16 @@ impl EmbeddedStore {
         let master_key = match source {
             MasterKeySource::Key(key) => key,
             MasterKeySource::EnvironmentOrFile => {
-                let env_value = std::env::var(MASTER_KEY_ENV).ok().map(Zeroizing::new);
+                let env_value = match std::env::var(MASTER_KEY_ENV) {
+                    Ok(value) => Some(Zeroizing::new(value)),
+                    Err(std::env::VarError::NotPresent) => None,
+                    Err(std::env::VarError::NotUnicode(_)) => {
+                        return Err(MasterKeyError::Malformed {
+                            source_name: MASTER_KEY_ENV.to_owned(),
+                        }
+                        .into());
+                    }
+                };
                 resolve_master_key(
                     &data_dir,
                     env_value.as_deref().map(String::as_str),
@@ -151,6 +161,17 @@ impl EmbeddedStore {
             SecurityMode::Psk { key, .. } => Some((info.endpoint, key)),
             _ => None,
         }))
+    }
+
+    /// Stores many security infos in one transaction (provisioning a fleet's credentials):
+    /// all or none. Blocking: call it from a blocking context (a CLI, `spawn_blocking`).
+    pub fn import_security_infos_blocking(&self, infos: &[SecurityInfo]) -> Result<(), StoreError> {
+        self.inner.write(|inner, txn| {
+            for info in infos {
+                inner.put_security_info(txn, info)?;
+            }
+            Ok(())
+        })
     }
 
     fn write<T, F>(&self, operation: F) -> StoreFuture<'static, T>
@@ -391,6 +412,28 @@ impl Inner {
         Ok(expired)
     }
 
+    fn remove_expired(
+        &self,
+        txn: &WriteTransaction,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Deregistration>, StoreError> {
+        let ids = {
+            let expiry = txn.open_table(REGISTRATION_EXPIRY)?;
+            let mut ids = Vec::new();
+            for entry in expiry.range(..(now_ms, ""))?.take(limit) {
+                let (key, _) = entry?;
+                ids.push(key.value().1.to_owned());
+            }
+            ids
+        };
+        let mut removed = Vec::with_capacity(ids.len());
+        for id in ids {
+            removed.extend(self.remove_registration(txn, &id)?);
+        }
+        Ok(removed)
+    }
+
     // ---- security ----
 
     fn put_security_info(
@@ -629,7 +672,7 @@ impl Inner {
             .ok_or_else(|| StoreError::SecretTampered {
                 record: format!("{} entry {key:?}", kind.name()),
             })?;
-        Ok(Some(secret.expose().to_vec()))
+        Ok(Some(secret.into_vec()))
     }
 
     fn blob_keys(
@@ -693,6 +736,14 @@ impl RegistrationStore for EmbeddedStore {
         limit: usize,
     ) -> StoreFuture<'_, Vec<Registration>> {
         self.read(|inner, txn| inner.expired_before(txn, now_ms, limit))
+    }
+
+    fn remove_expired_registrations(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<Deregistration>> {
+        self.write(move |inner, txn| inner.remove_expired(txn, now_ms, limit))
     }
 }
 
@@ -810,8 +861,7 @@ where
     };
     let mut items = Vec::new();
     let mut last_key = None;
-    let mut taken = 0;
-    for entry in range {
+    for (taken, entry) in range.enumerate() {
         let (key, value) = entry?;
         if taken == limit {
             return Ok(Page {
@@ -819,7 +869,6 @@ where
                 next_cursor: last_key,
             });
         }
-        taken += 1;
         last_key = Some(key.value().to_owned());
         if let Some(item) = convert(key.value(), value.value())? {
             items.push(item);
@@ -829,4 +878,78 @@ where
         items,
         next_cursor: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::DecodeError;
+
+    fn store(dir: &Path) -> EmbeddedStore {
+        let key = MasterKey::from_bytes(&[1; 32]);
+        EmbeddedStore::open_with(dir, MasterKeySource::Key(key)).unwrap()
+    }
+
+    fn put_raw(
+        store: &EmbeddedStore,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: &[u8],
+    ) {
+        store
+            .inner
+            .write(|_, txn| {
+                txn.open_table(table)?.insert(key, value)?;
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn corrupted_records_read_as_typed_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        put_raw(&store, REGISTRATIONS, "bad", &[1, 0xff, 0x00]);
+        put_raw(&store, OBSERVATIONS, "bad", &[]);
+        put_raw(&store, SECURITY, "bad", &[2, 0x80]);
+        assert!(matches!(
+            store.get_registration("bad").await,
+            Err(StoreError::Decode(DecodeError::Malformed { .. }))
+        ));
+        assert!(matches!(
+            store.get_observation("bad").await,
+            Err(StoreError::Decode(DecodeError::Empty { .. }))
+        ));
+        assert!(matches!(
+            store.get_security_info("bad").await,
+            Err(StoreError::Decode(DecodeError::UnsupportedVersion {
+                version: 2,
+                ..
+            }))
+        ));
+        assert!(store.list_security_summaries(None, 10).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_sealed_bootstrap_config_moved_to_another_endpoint_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        store
+            .put_blob(BlobKind::BootstrapConfig, "a", b"credentials".to_vec())
+            .await
+            .unwrap();
+        let sealed = store
+            .inner
+            .read(|_, txn| {
+                let table = txn.open_table(blob_table(BlobKind::BootstrapConfig))?;
+                Ok(table.get("a")?.map(|v| v.value().to_vec()))
+            })
+            .unwrap()
+            .unwrap();
+        put_raw(&store, blob_table(BlobKind::BootstrapConfig), "b", &sealed);
+        assert!(matches!(
+            store.get_blob(BlobKind::BootstrapConfig, "b").await,
+            Err(StoreError::SecretTampered { .. })
+        ));
+    }
 }

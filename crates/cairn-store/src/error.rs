@@ -10,7 +10,7 @@ use std::path::PathBuf;
 pub enum StoreError {
     /// The database engine failed (I/O, a locked or damaged file).
     #[error("database: {0}")]
-    Database(#[from] redb::Error),
+    Database(Box<redb::Error>),
     /// A file in the data directory could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -118,13 +118,14 @@ macro_rules! database_error_from {
     ($($error:ty),*) => {
         $(impl From<$error> for StoreError {
             fn from(error: $error) -> Self {
-                StoreError::Database(redb::Error::from(error))
+                StoreError::Database(Box::new(redb::Error::from(error)))
             }
         })*
     };
 }
 
 database_error_from!(
+    redb::Error,
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,

@@ -56,7 +56,8 @@ pub struct Registration {
     pub object_links: String,
     /// The paths of the links in `object_links`, for example `/3/0`.
     pub object_paths: Vec<String>,
-    /// Where the registration came from.
+    /// Where the registration came from (stored in its textual form: an IPv6 flow label is not
+    /// kept).
     pub peer_address: SocketAddr,
     /// The DTLS identity the client registered with.
     pub identity: PeerIdentity,
@@ -137,8 +138,8 @@ pub struct SecurityInfoSummary {
     pub mode: SecurityModeKind,
     /// The PSK identity (lossy UTF-8) or the expected X.509 common name.
     pub identity: Option<String>,
-    /// `sha256:` and the first 8 bytes of the SHA-256 of the key material, in hex: the PSK, the
-    /// public key DER, or the expected certificate fingerprint.
+    /// `sha256:` and the first 8 bytes, in hex, of the SHA-256 of the PSK or of the public key
+    /// DER, or of the expected certificate fingerprint itself.
     pub key_fingerprint: Option<String>,
     /// When the security info was created (Unix milliseconds).
     pub created_at_ms: u64,
@@ -179,9 +180,13 @@ pub fn random_id() -> Result<String, StoreError> {
 
 /// `sha256:` and the first 8 bytes of SHA-256(`material`) in hex.
 pub fn fingerprint(material: &[u8]) -> String {
-    let digest = Sha256::digest(material);
+    digest_prefix(&Sha256::digest(material))
+}
+
+/// `sha256:` and the first 8 bytes of a SHA-256 digest in hex.
+fn digest_prefix(digest: &[u8]) -> String {
     let mut text = String::from("sha256:");
-    for byte in &digest[..8] {
+    for byte in digest.iter().take(8) {
         text.push_str(&format!("{byte:02x}"));
     }
     text
@@ -488,7 +493,7 @@ fn summarize(wire: WireSecurityInfo) -> SecurityInfoSummary {
             (SecurityModeKind::X509, Some(common_name), None)
         }
         WireSecurityMode::X509Fingerprint { sha256 } => {
-            (SecurityModeKind::X509, None, Some(fingerprint(&sha256)))
+            (SecurityModeKind::X509, None, Some(digest_prefix(&sha256)))
         }
         WireSecurityMode::NoSec => (SecurityModeKind::NoSec, None, None),
     };
@@ -620,6 +625,14 @@ pub(crate) mod tests {
             assert_eq!(decode_security_info(&bytes, &key()).unwrap(), info);
             assert!(decode_security_summary(&bytes).is_ok());
         }
+        let info = SecurityInfo {
+            endpoint: "ep".to_owned(),
+            mode: SecurityMode::X509(X509Expectation::Fingerprint([0xab; 32])),
+            created_at_ms: 1,
+        };
+        let bytes = encode_security_info(&info, &key()).unwrap();
+        let summary = decode_security_summary(&bytes).unwrap();
+        assert_eq!(summary.key_fingerprint.unwrap(), "sha256:abababababababab");
     }
 
     #[test]
@@ -691,7 +704,74 @@ pub(crate) mod tests {
         assert_ne!(a, b);
     }
 
+    fn arbitrary_identity() -> impl Strategy<Value = PeerIdentity> {
+        prop_oneof![
+            Just(PeerIdentity::Unsecured),
+            any::<Vec<u8>>().prop_map(PeerIdentity::Psk),
+            any::<Vec<u8>>().prop_map(PeerIdentity::Rpk),
+            any::<String>().prop_map(PeerIdentity::X509),
+        ]
+    }
+
+    /// The textual form keeps an IPv6 scope id but not the flow label.
+    fn without_flow_label(mut address: SocketAddr) -> SocketAddr {
+        if let SocketAddr::V6(v6) = &mut address {
+            v6.set_flowinfo(0);
+        }
+        address
+    }
+
+    fn arbitrary_registration() -> impl Strategy<Value = Registration> {
+        (
+            (
+                any::<String>(),
+                any::<String>(),
+                any::<u32>(),
+                any::<String>(),
+            ),
+            (any::<String>(), any::<bool>(), any::<Option<String>>()),
+            (any::<String>(), any::<Vec<String>>(), any::<SocketAddr>()),
+            (arbitrary_identity(), any::<u64>(), any::<u64>()),
+        )
+            .prop_map(|(a, b, c, d)| Registration {
+                id: a.0,
+                endpoint: a.1,
+                lifetime_s: a.2,
+                lwm2m_version: a.3,
+                binding: b.0,
+                queue_mode: b.1,
+                sms_number: b.2,
+                object_links: c.0,
+                object_paths: c.1,
+                peer_address: without_flow_label(c.2),
+                identity: d.0,
+                registered_at_ms: d.1,
+                last_update_ms: d.2,
+            })
+    }
+
     proptest! {
+        #[test]
+        fn any_registration_round_trips(registration in arbitrary_registration()) {
+            let bytes = encode_registration(&registration);
+            prop_assert_eq!(decode_registration(&bytes), Ok(registration));
+        }
+
+        #[test]
+        fn any_psk_round_trips_sealed(
+            endpoint in any::<String>(),
+            identity in any::<Vec<u8>>(),
+            key_bytes in any::<Vec<u8>>(),
+        ) {
+            let info = SecurityInfo {
+                endpoint,
+                mode: SecurityMode::Psk { identity, key: SecretBytes::new(key_bytes) },
+                created_at_ms: 0,
+            };
+            let bytes = encode_security_info(&info, &key()).unwrap();
+            prop_assert_eq!(decode_security_info(&bytes, &key()).unwrap(), info);
+        }
+
         #[test]
         fn random_bytes_never_panic_the_decoders(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode_registration(&bytes);

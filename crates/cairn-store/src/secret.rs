@@ -43,6 +43,11 @@ impl SecretBytes {
         &self.0
     }
 
+    /// The bytes, moved out without a copy; the caller takes over wiping them.
+    pub(crate) fn into_vec(mut self) -> Vec<u8> {
+        std::mem::take(&mut *self.0)
+    }
+
     /// The number of bytes.
     pub fn len(&self) -> usize {
         self.0.len()
@@ -62,7 +67,7 @@ impl fmt::Debug for SecretBytes {
 
 /// The 256-bit key that encrypts secrets at rest.
 pub struct MasterKey {
-    cipher: Aes256Gcm,
+    cipher: Box<Aes256Gcm>,
 }
 
 impl fmt::Debug for MasterKey {
@@ -75,7 +80,7 @@ impl MasterKey {
     /// A key from its 32 bytes.
     pub fn from_bytes(bytes: &[u8; 32]) -> Self {
         Self {
-            cipher: Aes256Gcm::new(bytes.into()),
+            cipher: Box::new(Aes256Gcm::new(bytes.into())),
         }
     }
 

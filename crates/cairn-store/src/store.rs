@@ -109,6 +109,15 @@ pub trait RegistrationStore: Send + Sync {
         now_ms: u64,
         limit: usize,
     ) -> StoreFuture<'_, Vec<Registration>>;
+
+    /// Removes up to `limit` registrations whose expiry is before `now_ms` (soonest first) with
+    /// their observations, checking the expiry in the same transaction: a registration updated
+    /// since a listing is never swept.
+    fn remove_expired_registrations(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<Deregistration>>;
 }
 
 /// How endpoints authenticate. Secrets leave this store only through `get_*` (for the DTLS

@@ -67,25 +67,13 @@ impl PskArgs {
     fn credentials(&self) -> anyhow::Result<Option<(Vec<u8>, Psk)>> {
         match (&self.psk_identity, &self.psk_key) {
             (Some(identity), Some(key)) => {
-                let key = decode_hex(key).context("--psk-key must be hexadecimal")?;
+                let key = crate::hex::decode(key).context("--psk-key must be hexadecimal")?;
                 anyhow::ensure!(!key.is_empty(), "--psk-key is empty");
                 Ok(Some((identity.clone().into_bytes(), Psk::new(key))))
             }
             _ => Ok(None),
         }
     }
-}
-
-fn decode_hex(text: &str) -> anyhow::Result<Vec<u8>> {
-    let text = text.trim();
-    anyhow::ensure!(text.len() % 2 == 0, "odd number of hex digits");
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            let pair = text.get(i..i + 2).context("not ASCII")?;
-            u8::from_str_radix(pair, 16).with_context(|| format!("invalid hex digits {pair:?}"))
-        })
-        .collect()
 }
 
 /// One identity and its key.

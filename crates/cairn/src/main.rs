@@ -2,6 +2,8 @@
 
 mod bench;
 mod coap_cmd;
+mod hex;
+mod server_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +25,10 @@ struct Cli {
 enum Command {
     /// CoAP server and client tools.
     Coap(coap_cmd::CoapArgs),
+    /// The LwM2M device-management server with its embedded store.
+    Server(server_cmd::ServerArgs),
+    /// Manage devices' security information in the server's store.
+    Device(server_cmd::DeviceArgs),
     /// Benchmarks against real peers.
     Bench(bench::BenchArgs),
 }
@@ -35,6 +41,7 @@ fn init_logging(filter: Option<&str>, json: bool) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -48,6 +55,8 @@ fn main() -> anyhow::Result<()> {
     init_logging(cli.log.as_deref(), cli.log_json);
     match cli.command {
         Command::Coap(args) => coap_cmd::run(args),
+        Command::Server(args) => server_cmd::run_server(args),
+        Command::Device(args) => server_cmd::run_device(args),
         Command::Bench(args) => bench::run(args),
     }
 }

@@ -1,0 +1,287 @@
+//! `cairn server`: the LwM2M device-management server with its embedded store, and
+//! `cairn device add|list|remove` to manage the security information of devices in the store.
+//!
+//! Settings come from the command line, then `CAIRN_*` environment variables, then the
+//! `--config` TOML file, then defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use cairn_server::{
+    EmbeddedStore, LwM2mServer, SecurityInfo, SecurityMode, SecurityStore, ServerConfig,
+    ServerEvent, Stores,
+};
+use cairn_store::SecretBytes;
+use clap::{Args, Subcommand};
+use serde::Deserialize;
+
+/// Default data directory.
+const DEFAULT_DATA_DIR: &str = "./cairn-data";
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// TOML file with any of the settings below (`data_dir`, `coap_listen`, `dtls_listen`,
+    /// `request_timeout_s`, `queue_timeout_s`, `models_dir`).
+    #[arg(long, env = "CAIRN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where the embedded store lives (default ./cairn-data).
+    #[arg(long, env = "CAIRN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// UDP address for devices over plain CoAP (default 0.0.0.0:5683); only endpoints
+    /// explicitly allowed NoSec may register there.
+    #[arg(long, env = "CAIRN_COAP_LISTEN")]
+    coap_listen: Option<SocketAddr>,
+    /// UDP address for devices over CoAP/DTLS (default 0.0.0.0:5684).
+    #[arg(long, env = "CAIRN_DTLS_LISTEN")]
+    dtls_listen: Option<SocketAddr>,
+    /// Do not listen for plain CoAP at all.
+    #[arg(long, env = "CAIRN_NO_COAP")]
+    no_coap: bool,
+    /// Seconds an API request waits for a device's answer (default 30).
+    #[arg(long, env = "CAIRN_REQUEST_TIMEOUT_S")]
+    request_timeout_s: Option<u64>,
+    /// Seconds a request to a sleeping queue-mode device waits for it (default 600).
+    #[arg(long, env = "CAIRN_QUEUE_TIMEOUT_S")]
+    queue_timeout_s: Option<u64>,
+    /// A directory of extra object models (OMA DDF XML files).
+    #[arg(long, env = "CAIRN_MODELS_DIR")]
+    models_dir: Option<PathBuf>,
+}
+
+/// The `--config` file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    coap_listen: Option<SocketAddr>,
+    dtls_listen: Option<SocketAddr>,
+    no_coap: Option<bool>,
+    request_timeout_s: Option<u64>,
+    queue_timeout_s: Option<u64>,
+    models_dir: Option<PathBuf>,
+}
+
+fn read_config(path: Option<&Path>) -> anyhow::Result<FileConfig> {
+    let Some(path) = path else {
+        return Ok(FileConfig::default());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid configuration in {}", path.display()))
+}
+
+pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    let file = read_config(args.config.as_deref())?;
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let mut config = ServerConfig::default();
+    let defaults = config.clone();
+    config.coap_listen = if args.no_coap || file.no_coap.unwrap_or(false) {
+        None
+    } else {
+        args.coap_listen
+            .or(file.coap_listen)
+            .or(defaults.coap_listen)
+    };
+    config.dtls_listen = args
+        .dtls_listen
+        .or(file.dtls_listen)
+        .or(defaults.dtls_listen);
+    if let Some(seconds) = args.request_timeout_s.or(file.request_timeout_s) {
+        config.request_timeout = Duration::from_secs(seconds);
+    }
+    if let Some(seconds) = args.queue_timeout_s.or(file.queue_timeout_s) {
+        config.queue_timeout = Duration::from_secs(seconds);
+    }
+    if let Some(dir) = args.models_dir.or(file.models_dir) {
+        let mut models = cairn_lwm2m::ModelRegistry::with_core_models();
+        let count = models
+            .load_dir(&dir)
+            .with_context(|| format!("cannot load models from {}", dir.display()))?;
+        tracing::info!(count, dir = %dir.display(), "object models loaded");
+        config.models = std::sync::Arc::new(models);
+    }
+    let store = open_store(&data_dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let server = LwM2mServer::start(config, Stores::embedded(store)).await?;
+        let (coap, dtls) = server.local_addrs();
+        eprintln!("cairn server: data in {}", data_dir.display());
+        if let Some(address) = coap {
+            eprintln!("cairn server: devices on coap://{address}");
+        }
+        if let Some(address) = dtls {
+            eprintln!("cairn server: devices on coaps://{address}");
+        }
+        eprintln!(
+            "cairn server: {} registrations restored",
+            server.registrations().len()
+        );
+        let mut events = server.events();
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Ok(event) => log_event(&event),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "event log fell behind");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
+                _ = tokio::signal::ctrl_c() => break,
+            }
+        }
+        server.shutdown().await;
+        anyhow::Ok(())
+    })
+}
+
+/// Logs what the library does not log itself (it logs registrations as they happen).
+fn log_event(event: &ServerEvent) {
+    match event {
+        ServerEvent::RequestQueued { endpoint } => tracing::debug!(%endpoint, "request queued"),
+        ServerEvent::Notification { endpoint, path, .. } => {
+            tracing::debug!(%endpoint, %path, "notification")
+        }
+        ServerEvent::Send { endpoint, nodes } => {
+            tracing::info!(%endpoint, values = nodes.len(), "send")
+        }
+        ServerEvent::Registered(_)
+        | ServerEvent::Updated(_)
+        | ServerEvent::Deregistered(_)
+        | ServerEvent::Expired(_) => {}
+    }
+}
+
+fn open_store(data_dir: &Path) -> anyhow::Result<EmbeddedStore> {
+    EmbeddedStore::open(data_dir).with_context(|| {
+        format!(
+            "cannot open the store in {} (is a cairn server already running on it?)",
+            data_dir.display()
+        )
+    })
+}
+
+// ----- cairn device -----
+
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
+    /// The server's data directory (default ./cairn-data).
+    #[arg(long, global = true, env = "CAIRN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: DeviceCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceCommand {
+    /// Add or replace a device's security information.
+    Add(AddArgs),
+    /// List devices (identities and key fingerprints, never keys).
+    List,
+    /// Remove a device's security information.
+    Remove {
+        #[arg(long)]
+        endpoint: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct AddArgs {
+    /// Endpoint client name.
+    #[arg(long)]
+    endpoint: String,
+    /// PSK identity (with --psk-key).
+    #[arg(long, requires = "psk_key", conflicts_with = "no_sec")]
+    psk_identity: Option<String>,
+    /// PSK as hexadecimal digits (at least 16 bytes); prefer the CAIRN_PSK_KEY variable,
+    /// which does not show in the process list.
+    #[arg(long, env = "CAIRN_PSK_KEY", hide_env_values = true)]
+    psk_key: Option<String>,
+    /// Allow this endpoint to register without DTLS.
+    #[arg(long)]
+    no_sec: bool,
+}
+
+pub fn run_device(args: DeviceArgs) -> anyhow::Result<()> {
+    let data_dir = args
+        .data_dir
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let store = open_store(&data_dir)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match args.command {
+            DeviceCommand::Add(add) => {
+                let mode = match (add.psk_identity, add.psk_key, add.no_sec) {
+                    (Some(identity), Some(key), false) => {
+                        let key =
+                            crate::hex::decode(&key).context("--psk-key must be hexadecimal")?;
+                        anyhow::ensure!(
+                            key.len() >= 16,
+                            "a PSK must be at least 16 bytes (128 bits)"
+                        );
+                        SecurityMode::Psk {
+                            identity: identity.into_bytes(),
+                            key: SecretBytes::new(key),
+                        }
+                    }
+                    (None, _, true) => SecurityMode::NoSec,
+                    _ => bail!("give --psk-identity with --psk-key, or --no-sec"),
+                };
+                let created_at_ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                let info = SecurityInfo {
+                    endpoint: add.endpoint.clone(),
+                    mode,
+                    created_at_ms,
+                };
+                let replaced = store.put_security_info(info).await?;
+                println!(
+                    "{} {}",
+                    if replaced.is_some() {
+                        "replaced"
+                    } else {
+                        "added"
+                    },
+                    add.endpoint
+                );
+            }
+            DeviceCommand::List => {
+                let mut after: Option<String> = None;
+                println!("{:<32} {:<6} {:<32} key", "endpoint", "mode", "identity");
+                loop {
+                    let page = store.list_security_summaries(after.as_deref(), 500).await?;
+                    for summary in &page.items {
+                        println!(
+                            "{:<32} {:<6} {:<32} {}",
+                            summary.endpoint,
+                            format!("{:?}", summary.mode).to_lowercase(),
+                            summary.identity.as_deref().unwrap_or("-"),
+                            summary.key_fingerprint.as_deref().unwrap_or("-"),
+                        );
+                    }
+                    match page.next_cursor {
+                        Some(cursor) => after = Some(cursor),
+                        None => break,
+                    }
+                }
+            }
+            DeviceCommand::Remove { endpoint } => {
+                match store.remove_security_info(&endpoint).await? {
+                    Some(_) => println!("removed {endpoint}"),
+                    None => bail!("no device {endpoint}"),
+                }
+            }
+        }
+        anyhow::Ok(())
+    })
+}

@@ -351,6 +351,8 @@ pub struct Endpoint {
     rng: SplitMix64,
     next_id: u64,
     peers: HashMap<SocketAddr, Peer>,
+    /// Peers in the order they arrived, for eviction when the table is full.
+    peer_order: VecDeque<SocketAddr>,
     timers: BinaryHeap<Reverse<(Duration, TimerKind)>>,
     /// Piggyback windows end in arrival order, so a queue serves them without a heap.
     piggyback_deadlines: VecDeque<(Duration, ExchangeId)>,
@@ -374,6 +376,7 @@ impl Endpoint {
             rng: SplitMix64(seed),
             next_id: 1,
             peers: HashMap::new(),
+            peer_order: VecDeque::new(),
             timers: BinaryHeap::new(),
             piggyback_deadlines: VecDeque::new(),
             transmits: VecDeque::new(),
@@ -449,14 +452,12 @@ impl Endpoint {
 
     fn peer_mut(&mut self, now: Duration, address: SocketAddr) -> Option<&mut Peer> {
         if !self.peers.contains_key(&address) {
-            if self.peers.len() >= self.config.max_peers {
-                self.remove_idle_peers(now);
-                if self.peers.len() >= self.config.max_peers {
-                    return None;
-                }
+            if self.peers.len() >= self.config.max_peers && !self.evict_a_peer() {
+                return None;
             }
             let first_message_id = self.rng.next() as u16;
             self.peers.insert(address, Peer::new(first_message_id, now));
+            self.peer_order.push_back(address);
             if !self.sweep_scheduled {
                 self.sweep_scheduled = true;
                 let at = now + self.config.exchange_lifetime / 8;
@@ -466,6 +467,39 @@ impl Endpoint {
         let peer = self.peers.get_mut(&address)?;
         peer.last_activity = now;
         Some(peer)
+    }
+
+    /// Makes room for a new peer by dropping the oldest one that holds nothing but duplicate
+    /// detection state (losing that only weakens deduplication for it). Looks at a bounded
+    /// number of candidates, so a full table costs O(1) per new peer, not a scan.
+    fn evict_a_peer(&mut self) -> bool {
+        const CANDIDATES: usize = 16;
+        for _ in 0..CANDIDATES {
+            let Some(address) = self.peer_order.pop_front() else {
+                return false;
+            };
+            let Some(peer) = self.peers.get(&address) else {
+                continue;
+            };
+            let busy = !peer.outgoing.is_empty()
+                || !peer.queued.is_empty()
+                || !peer.observations.is_empty()
+                || !peer.block1.is_empty();
+            if busy {
+                self.peer_order.push_back(address);
+                continue;
+            }
+            if let Some(peer) = self.peers.remove(&address) {
+                let freed: usize = peer
+                    .representations
+                    .iter()
+                    .map(|r| r.response.payload.len())
+                    .sum();
+                self.representation_bytes = self.representation_bytes.saturating_sub(freed);
+            }
+            return true;
+        }
+        false
     }
 
     fn remove_idle_peers(&mut self, now: Duration) {
@@ -491,6 +525,9 @@ impl Endpoint {
             !idle
         });
         self.representation_bytes = self.representation_bytes.saturating_sub(freed);
+        let peers = &self.peers;
+        self.peer_order
+            .retain(|address| peers.contains_key(address));
     }
 
     // ----- input -----
@@ -1637,6 +1674,51 @@ impl Endpoint {
         if self.finish_request(id).is_some() {
             self.events.push_back(Event::RequestFailed { id, error });
         }
+    }
+
+    /// The token of a request of ours (to persist an observation).
+    pub fn request_token(&self, id: RequestId) -> Option<Token> {
+        self.requests.get(&id).map(|r| r.token)
+    }
+
+    /// Takes over an observation established earlier (e.g. before a restart): notifications
+    /// from `peer` with `token` are accepted as [`Event::Response`] of the returned request,
+    /// which `template` describes (the original GET, for cancelling). Nothing is sent.
+    pub fn resume_observation(
+        &mut self,
+        now: Duration,
+        peer: SocketAddr,
+        token: Token,
+        mut template: Message,
+    ) -> Result<RequestId, EndpointError> {
+        if !template.code.is_request() {
+            return Err(EndpointError::NotARequest(template.code));
+        }
+        self.peer_mut(now, peer)
+            .ok_or(EndpointError::TooManyPeers)?;
+        if let Some(previous) = self.tokens.get(&(peer, token)).copied() {
+            self.finish_request(previous);
+        }
+        let id = RequestId(self.next_id());
+        template.token = token;
+        template.options.set_uint(OptionNumber::OBSERVE, 0);
+        self.requests.insert(
+            id,
+            ClientRequest {
+                peer,
+                token,
+                template,
+                body: Vec::new(),
+                block1_offset: 0,
+                block1_szx: self.block_szx,
+                block2_body: Vec::new(),
+                observing: true,
+                last_notification: None,
+                sent: true,
+            },
+        );
+        self.tokens.insert((peer, token), id);
+        Ok(id)
     }
 
     /// Stops a request. For an observation, `deregister` sends a GET with Observe = 1

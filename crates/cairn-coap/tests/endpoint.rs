@@ -542,7 +542,7 @@ fn nstart_holds_back_a_second_confirmable_request() {
 }
 
 #[test]
-fn peer_table_is_bounded() {
+fn peer_table_is_bounded_and_a_full_table_still_serves_new_peers() {
     let mut server = Endpoint::new(
         Config {
             max_peers: 10,
@@ -550,12 +550,23 @@ fn peer_table_is_bounded() {
         },
         3,
     );
+    let mut served = 0;
     for port in 0..1000u16 {
         let peer = SocketAddr::from(([127, 0, 0, 1], 10000 + port));
-        let request = Message::new(MessageType::NonConfirmable, Code::GET, port);
+        let request = Message::new(MessageType::Confirmable, Code::GET, port);
         server.handle(Duration::ZERO, peer, &request.to_bytes());
+        while let Some(event) = server.poll_event() {
+            if let Event::Request { id, .. } = event {
+                server
+                    .respond(Duration::ZERO, id, Message::response(Code::CONTENT))
+                    .unwrap();
+                served += 1;
+            }
+        }
+        assert!(server.peer_count() <= 10);
     }
-    assert!(server.peer_count() <= 10);
+    // Peers holding only duplicate-detection state make way for new ones (no 5.03 flood).
+    assert_eq!(served, 1000);
 }
 
 #[test]
@@ -633,4 +644,46 @@ mod hostile {
             }
         }
     }
+}
+
+#[test]
+fn a_resumed_observation_receives_notifications() {
+    let mut net = Net::default();
+    let mut request = Message::request(Code::GET);
+    request.set_uri_path("/time");
+    request.options.set_uint(OptionNumber::OBSERVE, 0);
+    let id = net
+        .client
+        .request(net.now, addr(SERVER), request.clone())
+        .unwrap();
+    let token = net.client.request_token(id).unwrap();
+    net.pump(|_| false);
+    net.answer_all(b"t0");
+    net.pump(|_| false);
+    assert_eq!(responses(&net.client_events()).len(), 1);
+
+    // A new client endpoint (a restarted process) takes the observation over by its token.
+    net.client = Endpoint::new(Config::default(), 5);
+    let resumed = net
+        .client
+        .resume_observation(net.now, addr(SERVER), token, request)
+        .unwrap();
+    let observation = net.server.observers("/time")[0];
+    let mut notification = Message::response(Code::CONTENT);
+    notification.payload = b"t1".to_vec();
+    net.server
+        .notify(net.now, observation, notification)
+        .unwrap();
+    net.pump(|_| false);
+    let got = responses(&net.client_events());
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].0, got[0].1.payload.as_slice()),
+        (resumed, b"t1".as_slice())
+    );
+    assert_eq!(
+        net.server.observers("/time"),
+        vec![observation],
+        "no Reset: the observation lives on"
+    );
 }

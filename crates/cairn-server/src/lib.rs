@@ -158,6 +158,8 @@ struct Inner {
     coap: Option<CoapEndpoint>,
     dtls: Option<CoapEndpoint>,
     wake: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Set by `shutdown`: observations ending then are kept for the next start.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// A running LwM2M server.
@@ -181,12 +183,7 @@ impl LwM2mServer {
         let slot: Arc<std::sync::OnceLock<std::sync::Weak<Inner>>> =
             Arc::new(std::sync::OnceLock::new());
         let handler_slot = slot.clone();
-        let handler: Arc<dyn cairn_transport::Handler> = Arc::new(move |request: &Request| {
-            match handler_slot.get().and_then(std::sync::Weak::upgrade) {
-                Some(inner) => Reply::Pending(Box::pin(inner.handle_client(request.clone()))),
-                None => Reply::Ready(Message::response(Code::SERVICE_UNAVAILABLE)),
-            }
-        });
+        let handler: Arc<dyn cairn_transport::Handler> = Arc::new(DeviceHandler(handler_slot));
         let coap = match config.coap_listen {
             Some(address) => Some(
                 CoapEndpoint::bind(address, config.coap.clone(), Some(handler.clone()))
@@ -197,7 +194,12 @@ impl LwM2mServer {
         };
         let dtls = match config.dtls_listen {
             Some(address) => {
-                let dtls_config = cairn_dtls::ServerConfig::new(stores.psk_resolver.clone());
+                let mut dtls_config = cairn_dtls::ServerConfig::new(stores.psk_resolver.clone());
+                // Connection IDs keep a device's session when its NAT mapping changes.
+                dtls_config.connection_id = Some(cairn_dtls::CidConfig {
+                    length: 8,
+                    node_prefix: Vec::new(),
+                });
                 Some(
                     CoapEndpoint::bind_secured(
                         address,
@@ -219,8 +221,10 @@ impl LwM2mServer {
             coap,
             dtls,
             wake: Mutex::new(HashMap::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
         let _ = slot.set(Arc::downgrade(&inner));
+        restore_observations(&inner).await;
         tokio::spawn(expire_registrations(Arc::downgrade(&inner)));
         Ok(LwM2mServer { inner })
     }
@@ -474,8 +478,43 @@ impl LwM2mServer {
 
     /// Stops the device sockets.
     pub async fn shutdown(&self) {
+        self.inner
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         for endpoint in self.inner.coap.iter().chain(self.inner.dtls.iter()) {
             endpoint.shutdown().await;
+        }
+    }
+}
+
+/// The device-facing request handler of both sockets.
+struct DeviceHandler(Arc<std::sync::OnceLock<std::sync::Weak<Inner>>>);
+
+impl DeviceHandler {
+    fn inner(&self) -> Option<Arc<Inner>> {
+        self.0.get().and_then(std::sync::Weak::upgrade)
+    }
+}
+
+impl cairn_transport::Handler for DeviceHandler {
+    fn handle(&self, request: &Request) -> Reply {
+        match self.inner() {
+            Some(inner) => Reply::Pending(Box::pin(inner.handle_client(request.clone()))),
+            None => Reply::Ready(Message::response(Code::SERVICE_UNAVAILABLE)),
+        }
+    }
+
+    fn peer_moved(&self, old: SocketAddr, new: SocketAddr) {
+        let Some(inner) = self.inner() else {
+            return;
+        };
+        let Ok(mut registry) = inner.registry.write() else {
+            return;
+        };
+        if let Some(mut registration) = registry.by_address(old).cloned() {
+            tracing::info!(endpoint = %registration.endpoint, %old, %new, "device address changed");
+            registration.peer_address = new;
+            registry.insert(registration);
         }
     }
 }
@@ -619,15 +658,39 @@ impl Inner {
                 .map_err(|_| ServerError::Timeout(timeout))??;
         let response = request.decode_response(&CoapResponse::from_message(&first)?, &models)?;
         let node = node_of(response)?;
+        // Kept in the store so that notifications still reach the server after a restart.
+        let record = match observation.token() {
+            Some(token) => {
+                let record = cairn_store::Observation {
+                    id: cairn_store::random_id()?,
+                    registration_id: registration.id.clone(),
+                    endpoint: endpoint.to_owned(),
+                    token: token.to_vec(),
+                    paths: vec![path.to_string()],
+                    content_format: accept.map(|f| f.value()),
+                    peer_address: registration.peer_address,
+                    created_at_ms: unix_millis(),
+                };
+                self.stores
+                    .observations
+                    .add_observation(record.clone())
+                    .await?;
+                Some(record.id)
+            }
+            None => None,
+        };
         let (sender, receiver) = mpsc::channel(64);
         let (cancel, cancelled) = tokio::sync::oneshot::channel();
         tokio::spawn(forward_notifications(
             Arc::downgrade(self),
-            endpoint.to_owned(),
-            request,
+            Forward {
+                endpoint: endpoint.to_owned(),
+                request,
+                record,
+                sender: Some(sender),
+                cancelled: Some(cancelled),
+            },
             observation,
-            sender,
-            cancelled,
         ));
         Ok((
             node,
@@ -943,20 +1006,44 @@ fn error_message(code: ResponseCode, diagnostic: &str) -> Message {
     message
 }
 
-async fn forward_notifications(
-    inner: std::sync::Weak<Inner>,
+/// Where the notifications of one observation go.
+struct Forward {
     endpoint: String,
     request: ServerRequest,
+    /// The observation's id in the store.
+    record: Option<String>,
+    /// The API caller's stream; `None` for an observation restored after a restart, whose
+    /// notifications go to the event bus only.
+    sender: Option<mpsc::Sender<LwM2mNode>>,
+    cancelled: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+async fn forward_notifications(
+    inner: std::sync::Weak<Inner>,
+    mut forward: Forward,
     mut observation: Observation,
-    sender: mpsc::Sender<LwM2mNode>,
-    mut cancelled: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let path = request.path().unwrap_or(LwM2mPath::Root);
+    let path = forward.request.path().unwrap_or(LwM2mPath::Root);
+    let endpoint = forward.endpoint.clone();
     loop {
+        let cancelled = async {
+            match forward.cancelled.as_mut() {
+                Some(cancelled) => {
+                    let _ = cancelled.await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let caller_gone = async {
+            match &forward.sender {
+                Some(sender) => sender.closed().await,
+                None => std::future::pending().await,
+            }
+        };
         let message = tokio::select! {
             message = observation.next() => message,
-            _ = &mut cancelled => None,
-            () = sender.closed() => None,
+            () = cancelled => None,
+            () = caller_gone => None,
         };
         let Some(message) = message else {
             break;
@@ -975,7 +1062,7 @@ async fn forward_notifications(
         let models = inner.config.models.for_versions(&versions);
         let decoded = CoapResponse::from_message(&message)
             .map_err(ServerError::from)
-            .and_then(|coap| Ok(request.decode_response(&coap, &models)?))
+            .and_then(|coap| Ok(forward.request.decode_response(&coap, &models)?))
             .and_then(node_of);
         match decoded {
             Ok(node) => {
@@ -984,12 +1071,95 @@ async fn forward_notifications(
                     path,
                     node: node.clone(),
                 });
-                let _ = sender.try_send(node);
+                if let Some(sender) = &forward.sender {
+                    let _ = sender.try_send(node);
+                }
             }
             Err(error) => tracing::debug!(%endpoint, %error, "notification dropped"),
         }
     }
+    // The observation ended on purpose (cancelled, caller gone, or ended by the device):
+    // forget it, here and in the store. One that ends because the server stops is kept.
+    let Some(inner) = inner.upgrade() else {
+        return;
+    };
+    if inner.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
     observation.cancel().await;
+    if let Some(id) = forward.record {
+        if let Err(error) = inner.stores.observations.remove_observation(&id).await {
+            tracing::warn!(%error, "cannot remove an ended observation");
+        }
+    }
+}
+
+/// Takes over the observations kept in the store, after a restart.
+async fn restore_observations(inner: &Arc<Inner>) {
+    let registrations = match inner.registry.read() {
+        Ok(registry) => registry.all(),
+        Err(_) => return,
+    };
+    let mut restored = 0;
+    for registration in registrations {
+        let observations = match inner
+            .stores
+            .observations
+            .list_observations(&registration.id)
+            .await
+        {
+            Ok(observations) => observations,
+            Err(error) => {
+                tracing::error!(%error, "cannot list observations");
+                continue;
+            }
+        };
+        for record in observations {
+            let Some(path) = record
+                .paths
+                .first()
+                .and_then(|p| p.parse::<LwM2mPath>().ok())
+            else {
+                continue;
+            };
+            let accept = record.content_format.map(cairn_coap::ContentFormat);
+            let request = ServerRequest::Observe { path, accept };
+            let models = inner
+                .config
+                .models
+                .for_versions(&registration::object_versions(&registration));
+            let Ok(coap) = request.to_coap(&models) else {
+                continue;
+            };
+            let Ok(socket) = inner.socket(&registration) else {
+                continue;
+            };
+            match socket
+                .resume_observation(registration.peer_address, &record.token, coap.to_message())
+                .await
+            {
+                Ok(observation) => {
+                    let forward = Forward {
+                        endpoint: registration.endpoint.clone(),
+                        request,
+                        record: Some(record.id),
+                        sender: None,
+                        cancelled: None,
+                    };
+                    tokio::spawn(forward_notifications(
+                        Arc::downgrade(inner),
+                        forward,
+                        observation,
+                    ));
+                    restored += 1;
+                }
+                Err(error) => tracing::warn!(%error, "cannot restore an observation"),
+            }
+        }
+    }
+    if restored > 0 {
+        tracing::info!(restored, "observations restored");
+    }
 }
 
 async fn expire_registrations(inner: std::sync::Weak<Inner>) {
@@ -999,21 +1169,28 @@ async fn expire_registrations(inner: std::sync::Weak<Inner>) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        let now = unix_millis();
-        let expired = match inner.registry.read() {
-            Ok(registry) => registry.expired(now, inner.config.expiry_grace),
-            Err(_) => return,
-        };
-        for id in expired {
-            if let Err(error) = inner.stores.registrations.remove_registration(&id).await {
-                tracing::error!(%error, "cannot remove an expired registration");
+        let cutoff = unix_millis().saturating_sub(inner.config.expiry_grace.as_millis() as u64);
+        // The store checks expiry in the same transaction as the removal, so a device that
+        // updates at this moment is not removed.
+        let expired = match inner
+            .stores
+            .registrations
+            .remove_expired_registrations(cutoff, 1000)
+            .await
+        {
+            Ok(expired) => expired,
+            Err(error) => {
+                tracing::error!(%error, "cannot remove expired registrations");
                 continue;
             }
-            let removed = inner.registry.write().ok().and_then(|mut r| r.remove(&id));
-            if let Some(registration) = removed {
-                tracing::info!(endpoint = %registration.endpoint, "registration expired");
-                inner.publish(ServerEvent::Expired(registration));
+        };
+        for ended in expired {
+            let registration = ended.registration;
+            if let Ok(mut registry) = inner.registry.write() {
+                registry.remove(&registration.id);
             }
+            tracing::info!(endpoint = %registration.endpoint, "registration expired");
+            inner.publish(ServerEvent::Expired(registration));
         }
     }
 }

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use cairn_coap::link_format;
 use cairn_lwm2m::LwM2mPath;
@@ -138,16 +137,6 @@ impl Registry {
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }
-
-    /// Ids of registrations expired at `now` (Unix ms), with `grace` of slack for late updates.
-    pub fn expired(&self, now: u64, grace: Duration) -> Vec<String> {
-        let grace = grace.as_millis() as u64;
-        self.by_id
-            .values()
-            .filter(|r| r.expires_at_ms().saturating_add(grace) < now)
-            .map(|r| r.id.clone())
-            .collect()
-    }
 }
 
 #[cfg(test)]
@@ -188,18 +177,16 @@ mod tests {
     }
 
     #[test]
-    fn expiry_versions_and_security() {
+    fn versions_security_and_indexes() {
         let mut registry = Registry::default();
         let record = registration("a", "dev", 1);
         assert_eq!(object_versions(&record).get(&3), Some(&Version::V1_1));
         assert_eq!(object_versions(&record).get(&1), Some(&Version::V1_0));
         assert_eq!(lwm2m_version(&record), Version::V1_1);
         assert!(is_secure(&record));
+        assert_eq!(record.expires_at_ms(), 61_000);
         registry.insert(record);
-        assert!(registry.expired(61_000, Duration::ZERO).is_empty());
-        assert_eq!(
-            registry.expired(61_001, Duration::ZERO),
-            vec!["a".to_string()]
-        );
+        let address = SocketAddr::from(([127, 0, 0, 1], 1));
+        assert_eq!(registry.by_address(address).unwrap().id, "a");
     }
 }

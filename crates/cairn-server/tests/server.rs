@@ -624,3 +624,327 @@ async fn libcoap_client_registers_over_dtls_psk() {
     let _ = output;
     assert!(server.registration("dev-1").is_none());
 }
+
+#[tokio::test]
+async fn registration_and_observation_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        let key = MasterKey::from_bytes(&[9; 32]);
+        EmbeddedStore::open_with(dir.path(), MasterKeySource::Key(key))
+    };
+    let store = open().unwrap();
+    store.put_security_info(no_sec("plain-obs")).await.unwrap();
+    let config = ServerConfig {
+        coap_listen: Some("127.0.0.1:0".parse().unwrap()),
+        dtls_listen: None,
+        ..ServerConfig::default()
+    };
+    let server = LwM2mServer::start(config.clone(), Stores::embedded(store))
+        .await
+        .unwrap();
+    let address = server.local_addrs().0.unwrap();
+    let device = Arc::new(Device::default());
+    let handler = move |request: &Request| device.handle(request);
+    let endpoint = CoapEndpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        Config::default(),
+        Some(Arc::new(handler)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        endpoint
+            .request(address, register_message("plain-obs", 300))
+            .await
+            .unwrap()
+            .code,
+        Code::CREATED
+    );
+    let (_, mut notifications) = server
+        .observe("plain-obs", LwM2mPath::Resource(3, 0, 9), None)
+        .await
+        .unwrap();
+    endpoint.notify("/3/0/9", battery(80)).await.unwrap();
+    let node = tokio::time::timeout(Duration::from_secs(5), notifications.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        node,
+        LwM2mNode::Resource(LwM2mResource::single(9, Value::Integer(80)))
+    );
+
+    // Stop the server and start a new one on the same store and address.
+    server.shutdown().await;
+    drop(notifications);
+    drop(server);
+    let store = loop {
+        match open() {
+            Ok(store) => break store,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let config = ServerConfig {
+        coap_listen: Some(address),
+        ..config
+    };
+    let server = LwM2mServer::start(config, Stores::embedded(store))
+        .await
+        .unwrap();
+    assert!(
+        server.registration("plain-obs").is_some(),
+        "the registration is restored"
+    );
+    let mut events = server.events();
+
+    // The device keeps notifying the token it was given before the restart.
+    endpoint.notify("/3/0/9", battery(70)).await.unwrap();
+    let (endpoint_name, node) = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(ServerEvent::Notification { endpoint, node, .. }) = events.recv().await {
+                return (endpoint, node);
+            }
+        }
+    })
+    .await
+    .expect("the restored observation delivers notifications");
+    assert_eq!(endpoint_name, "plain-obs");
+    assert_eq!(
+        node,
+        LwM2mNode::Resource(LwM2mResource::single(9, Value::Integer(70)))
+    );
+}
+
+#[tokio::test]
+async fn hostile_registrations_are_refused_and_nothing_stored_is_lost() {
+    let (_dir, server) = start_server().await;
+    let (coap, _) = server.local_addrs();
+    let coap = coap.unwrap();
+    let plain = CoapEndpoint::bind("127.0.0.1:0".parse().unwrap(), Config::default(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        plain
+            .request(coap, register_message("plain-1", 300))
+            .await
+            .unwrap()
+            .code,
+        Code::CREATED
+    );
+    let stored = server.registration("plain-1").unwrap();
+
+    // A 2 MB link-format payload: refused by the block-wise layer's limit (4.13).
+    let big_sender = CoapEndpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        Config {
+            max_body_size: 4 << 20,
+            ..Config::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let mut huge = register_message("plain-1", 300);
+    huge.payload = "</3/0>,".repeat(300_000).into_bytes();
+    let response = big_sender.request(coap, huge).await.unwrap();
+    assert_eq!(response.code, Code::REQUEST_ENTITY_TOO_LARGE);
+
+    // A flood of registrations for endpoints nobody allowed: all refused.
+    let mut flood = Vec::new();
+    for i in 0..200 {
+        let endpoint = CoapEndpoint::bind("127.0.0.1:0".parse().unwrap(), Config::default(), None)
+            .await
+            .unwrap();
+        flood.push(tokio::spawn(async move {
+            endpoint
+                .request(coap, register_message(&format!("intruder-{i}"), 300))
+                .await
+                .map(|m| m.code)
+        }));
+    }
+    for task in flood {
+        assert_eq!(task.await.unwrap().unwrap(), Code::FORBIDDEN);
+    }
+
+    // Unknown objects and odd links are data, not errors; garbage links are a clear 4.00.
+    let mut odd = register_message("plain-1", 300);
+    odd.payload = b"</65000/0>,</3/0>".to_vec();
+    assert_eq!(plain.request(coap, odd).await.unwrap().code, Code::CREATED);
+    let mut garbage = register_message("plain-1", 300);
+    garbage.payload = b"<<<not a link".to_vec();
+    let response = plain.request(coap, garbage).await.unwrap();
+    assert_eq!(
+        response.code,
+        Code::BAD_REQUEST,
+        "{}",
+        String::from_utf8_lossy(&response.payload)
+    );
+
+    // Two registrations of one endpoint racing: exactly one survives, and it is consistent.
+    let a = CoapEndpoint::bind("127.0.0.1:0".parse().unwrap(), Config::default(), None)
+        .await
+        .unwrap();
+    let b = CoapEndpoint::bind("127.0.0.1:0".parse().unwrap(), Config::default(), None)
+        .await
+        .unwrap();
+    let (ra, rb) = tokio::join!(
+        a.request(coap, register_message("plain-1", 300)),
+        b.request(coap, register_message("plain-1", 300))
+    );
+    assert_eq!(
+        (ra.unwrap().code, rb.unwrap().code),
+        (Code::CREATED, Code::CREATED)
+    );
+    let survivors: Vec<_> = server
+        .registrations()
+        .into_iter()
+        .filter(|r| r.endpoint == "plain-1")
+        .collect();
+    assert_eq!(survivors.len(), 1);
+    assert_ne!(
+        survivors[0].id, stored.id,
+        "the older registration was replaced"
+    );
+    // The server still serves the honest device.
+    assert!(server.registration("plain-1").is_some());
+}
+
+/// A NAT in front of a device: it forwards datagrams between the device and the server from
+/// a public socket, which [`Nat::rebind`] replaces (a new public port, the old one closed).
+struct Nat {
+    device_side: Arc<tokio::net::UdpSocket>,
+    server: SocketAddr,
+    public: Arc<Mutex<(Arc<tokio::net::UdpSocket>, tokio::task::JoinHandle<()>)>>,
+    device: Arc<Mutex<Option<SocketAddr>>>,
+}
+
+impl Nat {
+    async fn new(server: SocketAddr) -> Nat {
+        let device_side = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let device = Arc::new(Mutex::new(None));
+        let public = Nat::open_public(device_side.clone(), device.clone()).await;
+        let nat = Nat {
+            device_side,
+            server,
+            public: Arc::new(Mutex::new(public)),
+            device,
+        };
+        let (device_side, public, device, server) = (
+            nat.device_side.clone(),
+            nat.public.clone(),
+            nat.device.clone(),
+            nat.server,
+        );
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; 65536];
+            while let Ok((len, from)) = device_side.recv_from(&mut buffer).await {
+                *device.lock().unwrap() = Some(from);
+                let socket = public.lock().unwrap().0.clone();
+                let _ = socket.send_to(&buffer[..len], server).await;
+            }
+        });
+        nat
+    }
+
+    async fn open_public(
+        device_side: Arc<tokio::net::UdpSocket>,
+        device: Arc<Mutex<Option<SocketAddr>>>,
+    ) -> (Arc<tokio::net::UdpSocket>, tokio::task::JoinHandle<()>) {
+        let socket = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let inbound = socket.clone();
+        let task = tokio::spawn(async move {
+            let mut buffer = vec![0u8; 65536];
+            while let Ok((len, _)) = inbound.recv_from(&mut buffer).await {
+                let target = *device.lock().unwrap();
+                if let Some(target) = target {
+                    let _ = device_side.send_to(&buffer[..len], target).await;
+                }
+            }
+        });
+        (socket, task)
+    }
+
+    fn device_side(&self) -> SocketAddr {
+        self.device_side.local_addr().unwrap()
+    }
+
+    fn public_address(&self) -> SocketAddr {
+        self.public.lock().unwrap().0.local_addr().unwrap()
+    }
+
+    /// A new public port; datagrams to the old one are lost from now on.
+    async fn rebind(&self) {
+        let fresh = Nat::open_public(self.device_side.clone(), self.device.clone()).await;
+        let (_, old_task) = std::mem::replace(&mut *self.public.lock().unwrap(), fresh);
+        old_task.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_device_behind_a_changing_nat_keeps_its_registration() {
+    let (_dir, server) = start_server().await;
+    let (_, dtls) = server.local_addrs();
+    let nat = Nat::new(dtls.unwrap()).await;
+    let device = Arc::new(Device {
+        manufacturer: Mutex::new("Roaming".into()),
+        ..Device::default()
+    });
+    let mut config = ClientConfig::new("identity-1", Psk::new(KEY.to_vec()));
+    config.connection_id = Some(Vec::new());
+    let security = Security::DtlsClient {
+        config,
+        server: nat.device_side(),
+    };
+    let handler = move |request: &Request| device.handle(request);
+    let endpoint = CoapEndpoint::bind_secured(
+        "127.0.0.1:0".parse().unwrap(),
+        Config::default(),
+        security,
+        Some(Arc::new(handler)),
+    )
+    .await
+    .unwrap();
+    let via_nat = nat.device_side();
+    assert_eq!(
+        endpoint
+            .request(via_nat, register_message("dev-1", 300))
+            .await
+            .unwrap()
+            .code,
+        Code::CREATED
+    );
+    let first = server.registration("dev-1").unwrap();
+    assert_eq!(first.peer_address, nat.public_address());
+    server
+        .read("dev-1", LwM2mPath::ObjectInstance(3, 0), None)
+        .await
+        .unwrap();
+
+    // The NAT maps the device to a new public port; its next Update arrives from there.
+    nat.rebind().await;
+    let mut update = Message::request(Code::POST);
+    update.set_uri_path(&format!("/rd/{}", first.id));
+    assert_eq!(
+        endpoint.request(via_nat, update).await.unwrap().code,
+        Code::CHANGED
+    );
+    let moved = server.registration("dev-1").unwrap();
+    assert_eq!(moved.id, first.id, "same registration");
+    assert_eq!(
+        moved.peer_address,
+        nat.public_address(),
+        "the server follows the device"
+    );
+    assert_ne!(moved.peer_address, first.peer_address);
+    let node = server
+        .read("dev-1", LwM2mPath::ObjectInstance(3, 0), None)
+        .await
+        .unwrap();
+    let LwM2mNode::ObjectInstance(instance) = node else {
+        panic!()
+    };
+    assert_eq!(
+        instance.resources[&0],
+        LwM2mResource::single(0, Value::String("Roaming".into()))
+    );
+}

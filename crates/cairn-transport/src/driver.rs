@@ -66,7 +66,7 @@ impl Driver {
             state,
             endpoint: Endpoint::new(config, u64::from_ne_bytes(seed)),
             layer: Layer::new(security, Duration::ZERO)?,
-            identities: Identities::new(),
+            identities: Identities::default(),
             handler,
             commands,
             loopback,
@@ -188,6 +188,11 @@ impl Driver {
     }
 
     fn process_events(&mut self) {
+        for (old, new) in std::mem::take(&mut self.identities.moved) {
+            if let Some(handler) = &self.handler {
+                handler.peer_moved(old, new);
+            }
+        }
         while let Some(event) = self.endpoint.poll_event() {
             match event {
                 Event::Request {
@@ -265,7 +270,8 @@ impl Driver {
                 rest,
             } => {
                 let observing = message.observe().is_some() && message.code.is_success();
-                let _ = first.send(Ok((id, message)));
+                let token = self.endpoint.request_token(id);
+                let _ = first.send(Ok((id, token, message)));
                 if observing {
                     self.sinks
                         .insert(id, ResponseSink::Stream { first: None, rest });
@@ -311,6 +317,20 @@ impl Driver {
             Command::Cancel { id, deregister } => {
                 self.sinks.remove(&id);
                 let _ = self.endpoint.cancel(now, id, deregister);
+            }
+            Command::Resume {
+                peer,
+                token,
+                message,
+                rest,
+                done,
+            } => {
+                let resumed = self.endpoint.resume_observation(now, peer, token, message);
+                if let Ok(id) = resumed {
+                    self.sinks
+                        .insert(id, ResponseSink::Stream { first: None, rest });
+                }
+                let _ = done.send(resumed.map_err(TransportError::Endpoint));
             }
             Command::Respond { exchange, response } => {
                 if let Err(error) = self.endpoint.respond(now, exchange, response) {

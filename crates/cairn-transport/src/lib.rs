@@ -51,6 +51,12 @@ impl From<Message> for Reply {
 /// Serves requests. Called on the socket's task: do slow work in [`Reply::Pending`].
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, request: &Request) -> Reply;
+
+    /// A peer with a DTLS connection ID now sends from `new` (NAT rebinding, RFC 9146 §6);
+    /// requests to it must go to `new` from now on.
+    fn peer_moved(&self, old: SocketAddr, new: SocketAddr) {
+        let _ = (old, new);
+    }
 }
 
 impl<F> Handler for F
@@ -89,6 +95,13 @@ pub(crate) enum Command {
         id: cairn_coap::RequestId,
         deregister: bool,
     },
+    Resume {
+        peer: SocketAddr,
+        token: cairn_coap::Token,
+        message: Message,
+        rest: mpsc::Sender<Message>,
+        done: oneshot::Sender<Result<cairn_coap::RequestId, TransportError>>,
+    },
     Respond {
         exchange: cairn_coap::ExchangeId,
         response: Message,
@@ -101,10 +114,15 @@ pub(crate) enum Command {
     Shutdown,
 }
 
+/// The first response of an observe request: its id, token and message.
+pub(crate) type FirstResponse = oneshot::Sender<
+    Result<(cairn_coap::RequestId, Option<cairn_coap::Token>, Message), TransportError>,
+>;
+
 pub(crate) enum ResponseSink {
     Once(oneshot::Sender<Result<Message, TransportError>>),
     Stream {
-        first: Option<oneshot::Sender<Result<(cairn_coap::RequestId, Message), TransportError>>>,
+        first: Option<FirstResponse>,
         rest: mpsc::Sender<Message>,
     },
 }
@@ -113,6 +131,7 @@ pub(crate) enum ResponseSink {
 pub struct CoapEndpoint {
     commands: mpsc::Sender<Command>,
     local_addr: SocketAddr,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl CoapEndpoint {
@@ -153,10 +172,11 @@ impl CoapEndpoint {
             receiver,
             commands.clone(),
         )?;
-        tokio::spawn(driver.run());
+        let task = tokio::spawn(driver.run());
         Ok(CoapEndpoint {
             commands,
             local_addr,
+            task: std::sync::Mutex::new(Some(task)),
         })
     }
 
@@ -208,15 +228,47 @@ impl CoapEndpoint {
             },
         })
         .await?;
-        let (id, response) = first_response.await.map_err(|_| TransportError::Closed)??;
+        let (id, token, response) = first_response.await.map_err(|_| TransportError::Closed)??;
         Ok((
             response,
             Observation {
                 id,
+                token,
                 notifications,
                 commands: self.commands.clone(),
             },
         ))
+    }
+
+    /// Takes over an observation registered earlier, by its token (e.g. one persisted before
+    /// a restart): the peer's notifications with that token arrive on the returned stream.
+    /// `message` is the original request, used when the observation is cancelled.
+    pub async fn resume_observation(
+        &self,
+        peer: SocketAddr,
+        token: &[u8],
+        message: Message,
+    ) -> Result<Observation, TransportError> {
+        let token = cairn_coap::Token::new(token).ok_or(TransportError::Endpoint(
+            cairn_coap::EndpointError::UnknownRequest,
+        ))?;
+        let (rest, notifications) = mpsc::channel(64);
+        let (done, resumed) = oneshot::channel();
+        self.command(Command::Resume {
+            peer,
+            token,
+            message,
+            rest,
+            done,
+        })
+        .await?;
+        let id = resumed.await.map_err(|_| TransportError::Closed)??;
+        Ok(Observation {
+            id,
+            token: Some(token),
+            notifications,
+            commands: self.commands.clone(),
+        })
     }
 
     /// Sends a CoAP ping and waits for the Reset that answers it.
@@ -238,9 +290,13 @@ impl CoapEndpoint {
         count.await.map_err(|_| TransportError::Closed)
     }
 
-    /// Stops the endpoint's task.
+    /// Stops the endpoint's task and waits until its socket is closed.
     pub async fn shutdown(&self) {
         let _ = self.commands.send(Command::Shutdown).await;
+        let task = self.task.lock().ok().and_then(|mut task| task.take());
+        if let Some(task) = task {
+            let _ = task.await;
+        }
     }
 }
 
@@ -248,11 +304,17 @@ impl CoapEndpoint {
 /// notification is answered with Reset), [`Observation::cancel`] deregisters explicitly.
 pub struct Observation {
     id: cairn_coap::RequestId,
+    token: Option<cairn_coap::Token>,
     notifications: mpsc::Receiver<Message>,
     commands: mpsc::Sender<Command>,
 }
 
 impl Observation {
+    /// The token the peer's notifications carry (to persist the observation).
+    pub fn token(&self) -> Option<&[u8]> {
+        self.token.as_ref().map(cairn_coap::Token::as_bytes)
+    }
+
     /// The next fresh notification, or `None` once the observation has ended.
     pub async fn next(&mut self) -> Option<Message> {
         self.notifications.recv().await

@@ -33,8 +33,19 @@ pub enum Security {
     },
 }
 
-/// The authenticated identity of each peer with a DTLS session.
-pub(crate) type Identities = HashMap<SocketAddr, Arc<[u8]>>;
+/// The authenticated identity of each peer with a DTLS session, and the peers that moved
+/// since the driver last looked.
+#[derive(Default)]
+pub(crate) struct Identities {
+    by_peer: HashMap<SocketAddr, Arc<[u8]>>,
+    pub(crate) moved: Vec<(SocketAddr, SocketAddr)>,
+}
+
+impl Identities {
+    pub(crate) fn get(&self, peer: &SocketAddr) -> Option<&Arc<[u8]>> {
+        self.by_peer.get(peer)
+    }
+}
 
 pub(crate) enum Layer {
     Plain,
@@ -179,7 +190,7 @@ impl Layer {
                     resumed,
                 } => {
                     tracing::debug!(%peer, resumed, "DTLS session established");
-                    identities.insert(peer, identity.into());
+                    identities.by_peer.insert(peer, identity.into());
                     if let Layer::Client(client) = self {
                         client.connecting = false;
                         while let Some(payload) = client.pending.pop_front() {
@@ -191,16 +202,18 @@ impl Layer {
                 }
                 DtlsEvent::Closed { peer, reason } => {
                     tracing::debug!(%peer, ?reason, "DTLS session closed");
-                    identities.remove(&peer);
+                    identities.by_peer.remove(&peer);
                     if let Layer::Client(client) = self {
                         client.connecting = false;
                         client.pending.clear();
                     }
                 }
                 DtlsEvent::PeerMoved { old, new } => {
-                    if let Some(identity) = identities.remove(&old) {
-                        identities.insert(new, identity);
+                    tracing::debug!(%old, %new, "DTLS peer moved");
+                    if let Some(identity) = identities.by_peer.remove(&old) {
+                        identities.by_peer.insert(new, identity);
                     }
+                    identities.moved.push((old, new));
                 }
             }
         }

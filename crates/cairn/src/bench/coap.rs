@@ -43,7 +43,7 @@ pub struct CoapBenchArgs {
     path: String,
 }
 
-fn positive_seconds(text: &str) -> Result<f64, String> {
+pub(super) fn positive_seconds(text: &str) -> Result<f64, String> {
     let seconds = non_negative_seconds(text)?;
     if seconds > 0.0 {
         Ok(seconds)
@@ -52,7 +52,7 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
     }
 }
 
-fn non_negative_seconds(text: &str) -> Result<f64, String> {
+pub(super) fn non_negative_seconds(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(seconds) if (0.0..=3600.0).contains(&seconds) => Ok(seconds),
         _ => Err("expected a number of seconds from 0 to 3600".into()),
@@ -193,7 +193,7 @@ fn leave_out_hint(failed: Target, targets: &[Target]) -> String {
 }
 
 /// The figures assume the machine is otherwise idle: say so when it is not.
-fn warn_if_busy() {
+pub(super) fn warn_if_busy() {
     if let Ok(busy) = machine_busy_cores(Duration::from_millis(300)) {
         if busy >= 0.2 {
             eprintln!(
@@ -217,7 +217,7 @@ fn print_row(target: Target, measurement: &Measurement) {
     );
 }
 
-fn format_option(value: Option<f64>, decimals: usize) -> String {
+pub(super) fn format_option(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "NA".to_owned(), |value| format!("{value:.decimals$}"))
 }
 
@@ -247,7 +247,7 @@ fn result_line(results: &[(Target, Measurement)]) -> String {
 
 /// A flag raised by SIGINT or SIGTERM, so that the run stops and its servers are killed
 /// on the way out rather than left behind.
-fn stop_on_signal() -> anyhow::Result<Arc<AtomicBool>> {
+pub(super) fn stop_on_signal() -> anyhow::Result<Arc<AtomicBool>> {
     use tokio::signal::unix::{SignalKind, signal};
     let stop = Arc::new(AtomicBool::new(false));
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -35,7 +35,7 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often lost requests and the server's health are checked.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
 /// Room for one received datagram (or a coalesced batch of them).
-const RECEIVE_BUFFER_LEN: usize = 64 * 1024;
+pub const RECEIVE_BUFFER_LEN: usize = 64 * 1024;
 /// The most requests in flight per client: the slot number is one byte of the token.
 pub const MAX_IN_FLIGHT: usize = 64;
 
@@ -282,13 +282,13 @@ impl Client {
 }
 
 /// Receive buffers shared by all clients (one thread reads one socket at a time).
-struct Receiver<'a> {
-    buffers: Vec<IoSliceMut<'a>>,
-    metas: Vec<RecvMeta>,
+pub struct Receiver<'a> {
+    pub buffers: Vec<IoSliceMut<'a>>,
+    pub metas: Vec<RecvMeta>,
 }
 
 impl<'a> Receiver<'a> {
-    fn new(storage: &'a mut [u8]) -> Self {
+    pub fn new(storage: &'a mut [u8]) -> Self {
         let buffers: Vec<_> = storage
             .chunks_mut(RECEIVE_BUFFER_LEN)
             .map(IoSliceMut::new)

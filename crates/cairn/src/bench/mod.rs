@@ -2,6 +2,8 @@
 
 mod coap;
 mod cpu;
+mod dtls;
+mod dtls_load;
 mod echo;
 mod load;
 mod message;
@@ -22,6 +24,9 @@ enum BenchCommand {
     /// CoAP GET throughput, latency and server CPU per request: Cairn's server beside
     /// libcoap's `coap-server-notls` and a raw UDP echo, each in its own process.
     Coap(coap::CoapBenchArgs),
+    /// CoAP over DTLS-PSK: handshakes/s, GETs/s over long-lived sessions and server CPU per
+    /// unit, Cairn's server beside libcoap's `coap-server-openssl`; memory per idle session.
+    Dtls(dtls::DtlsBenchArgs),
     /// The raw UDP echo server that `bench coap` measures as its baseline.
     #[command(hide = true)]
     EchoServer {
@@ -34,6 +39,7 @@ enum BenchCommand {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Coap(args) => coap::run(args),
+        BenchCommand::Dtls(args) => dtls::run(args),
         BenchCommand::EchoServer { listen } => echo::serve(listen),
     }
 }

@@ -112,6 +112,8 @@ pub enum RequestError {
     BlockMismatch,
     #[error("request cancelled")]
     Cancelled,
+    #[error("the secure session with the peer failed")]
+    SessionFailed,
 }
 
 /// Errors of the endpoint's API (never of network input, which is answered or dropped).
@@ -1673,6 +1675,20 @@ impl Endpoint {
     fn fail_request(&mut self, id: RequestId, error: RequestError) {
         if self.finish_request(id).is_some() {
             self.events.push_back(Event::RequestFailed { id, error });
+        }
+    }
+
+    /// Fails every request of ours to `peer` at once, e.g. when the secure session to it
+    /// could not be established, rather than letting each one time out.
+    pub fn abort_requests(&mut self, peer: SocketAddr, error: RequestError) {
+        let ids: Vec<RequestId> = self
+            .requests
+            .iter()
+            .filter(|(_, request)| request.peer == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.fail_request(id, error);
         }
     }
 

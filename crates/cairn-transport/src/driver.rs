@@ -22,6 +22,8 @@ use crate::{Command, Handler, Reply, Request, ResponseSink, TransportError};
 
 /// Largest datagram accepted; CoAP over UDP stays well below (RFC 7252 §4.6).
 const MAX_DATAGRAM: usize = 64 * 1024;
+/// Receive batch of a DTLS client socket.
+const CLIENT_BATCH: usize = 4;
 /// Batches processed before the driver yields to timers and commands.
 const BATCHES_PER_TURN: usize = 8;
 /// Datagrams per `sendmmsg` call.
@@ -41,7 +43,9 @@ pub(crate) struct Driver {
     origin: Instant,
     sinks: HashMap<RequestId, ResponseSink>,
     pings: HashMap<RequestId, oneshot::Sender<Result<(), TransportError>>>,
-    buffers: Vec<Vec<u8>>,
+    /// Receive buffers, `MAX_DATAGRAM` bytes each, in one allocation: large enough to come
+    /// straight from the kernel zeroed, so only the pages datagrams touch become resident.
+    storage: Vec<u8>,
     meta: Vec<RecvMeta>,
     outbox: Vec<cairn_coap::Transmit>,
 }
@@ -56,6 +60,12 @@ impl Driver {
         loopback: mpsc::Sender<Command>,
     ) -> io::Result<Self> {
         let state = UdpSocketState::new((&socket).into())?;
+        // A DTLS client talks to one server: a short batch serves it, and a fleet of
+        // thousands of clients in one process stays small.
+        let batch = match security {
+            Security::DtlsClient { .. } => CLIENT_BATCH,
+            _ => BATCH_SIZE,
+        };
         // Smaller buffers only mean drops under bursts, which retransmission covers.
         let _ = state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER_BYTES);
         let _ = state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER_BYTES);
@@ -73,8 +83,8 @@ impl Driver {
             origin: Instant::now(),
             sinks: HashMap::new(),
             pings: HashMap::new(),
-            buffers: vec![vec![0u8; MAX_DATAGRAM]; BATCH_SIZE],
-            meta: vec![RecvMeta::default(); BATCH_SIZE],
+            storage: vec![0u8; batch * MAX_DATAGRAM],
+            meta: vec![RecvMeta::default(); batch],
             outbox: Vec::new(),
         })
     }
@@ -123,9 +133,9 @@ impl Driver {
     fn receive(&mut self) {
         for _ in 0..BATCHES_PER_TURN {
             let mut slices: Vec<IoSliceMut<'_>> = self
-                .buffers
-                .iter_mut()
-                .map(|b| IoSliceMut::new(b))
+                .storage
+                .chunks_mut(MAX_DATAGRAM)
+                .map(IoSliceMut::new)
                 .collect();
             let state = &self.state;
             let meta = &mut self.meta;
@@ -141,7 +151,12 @@ impl Driver {
                 }
             };
             let now = self.now();
-            for (meta, buffer) in self.meta.iter().zip(self.buffers.iter()).take(count) {
+            for (meta, buffer) in self
+                .meta
+                .iter()
+                .zip(self.storage.chunks(MAX_DATAGRAM))
+                .take(count)
+            {
                 let stride = meta.stride.max(1);
                 for datagram in buffer[..meta.len].chunks(stride) {
                     self.layer.receive(
@@ -188,6 +203,10 @@ impl Driver {
     }
 
     fn process_events(&mut self) {
+        for peer in std::mem::take(&mut self.identities.failed) {
+            self.endpoint
+                .abort_requests(peer, cairn_coap::RequestError::SessionFailed);
+        }
         for (old, new) in std::mem::take(&mut self.identities.moved) {
             if let Some(handler) = &self.handler {
                 handler.peer_moved(old, new);

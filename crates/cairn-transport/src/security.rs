@@ -39,6 +39,8 @@ pub enum Security {
 pub(crate) struct Identities {
     by_peer: HashMap<SocketAddr, Arc<[u8]>>,
     pub(crate) moved: Vec<(SocketAddr, SocketAddr)>,
+    /// Servers whose session a client lost: requests to them fail at once.
+    pub(crate) failed: Vec<SocketAddr>,
 }
 
 impl Identities {
@@ -206,6 +208,7 @@ impl Layer {
                     if let Layer::Client(client) = self {
                         client.connecting = false;
                         client.pending.clear();
+                        identities.failed.push(peer);
                     }
                 }
                 DtlsEvent::PeerMoved { old, new } => {

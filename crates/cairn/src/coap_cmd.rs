@@ -53,7 +53,7 @@ pub struct ServeArgs {
 }
 
 /// A pre-shared key for DTLS (TLS_PSK_WITH_AES_128_CCM_8 and _CCM).
-#[derive(Debug, Args, Clone)]
+#[derive(Args, Clone)]
 pub struct PskArgs {
     /// PSK identity.
     #[arg(long, requires = "psk_key")]
@@ -61,6 +61,14 @@ pub struct PskArgs {
     /// PSK as hexadecimal digits.
     #[arg(long, requires = "psk_identity")]
     psk_key: Option<String>,
+}
+
+impl std::fmt::Debug for PskArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PskArgs")
+            .field("psk_identity", &self.psk_identity)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PskArgs {

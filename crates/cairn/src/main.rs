@@ -1,7 +1,9 @@
 //! `cairn`: the command-line entry point.
 
 mod bench;
+mod client_cmd;
 mod coap_cmd;
+mod fleet_cmd;
 mod hex;
 mod server_cmd;
 
@@ -31,6 +33,10 @@ enum Command {
     Device(server_cmd::DeviceArgs),
     /// Benchmarks against real peers.
     Bench(bench::BenchArgs),
+    /// An LwM2M device that registers with a server until Ctrl-C.
+    Client(client_cmd::ClientArgs),
+    /// Many simulated LwM2M devices in one process.
+    Fleet(fleet_cmd::FleetArgs),
 }
 
 fn init_logging(filter: Option<&str>, json: bool) {
@@ -58,5 +64,7 @@ fn main() -> anyhow::Result<()> {
         Command::Server(args) => server_cmd::run_server(args),
         Command::Device(args) => server_cmd::run_device(args),
         Command::Bench(args) => bench::run(args),
+        Command::Client(args) => client_cmd::run(args),
+        Command::Fleet(args) => fleet_cmd::run(args),
     }
 }

@@ -191,7 +191,7 @@ enum DeviceCommand {
     },
 }
 
-#[derive(Debug, Args)]
+#[derive(Args)]
 struct AddArgs {
     /// Endpoint client name.
     #[arg(long)]
@@ -206,6 +206,16 @@ struct AddArgs {
     /// Allow this endpoint to register without DTLS.
     #[arg(long)]
     no_sec: bool,
+}
+
+impl std::fmt::Debug for AddArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AddArgs")
+            .field("endpoint", &self.endpoint)
+            .field("psk_identity", &self.psk_identity)
+            .field("no_sec", &self.no_sec)
+            .finish_non_exhaustive()
+    }
 }
 
 pub fn run_device(args: DeviceArgs) -> anyhow::Result<()> {

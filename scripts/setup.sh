@@ -18,7 +18,8 @@ as_root() {
     if [[ $(id -u) -eq 0 ]]; then
         "$@"
     elif command -v sudo >/dev/null 2>&1; then
-        sudo "$@"
+        # Without a terminal (CI) sudo must not wait for a password nobody can type.
+        if [[ -t 0 ]]; then sudo "$@"; else sudo -n "$@"; fi
     else
         die "need root to run '$*' (not root, and sudo is not available)"
     fi

@@ -26,9 +26,14 @@ pub struct CoapBenchArgs {
     /// Length of the measured window per server, in seconds.
     #[arg(long, default_value_t = 5.0, value_parser = positive_seconds)]
     seconds: f64,
-    /// Warm-up before each measured window, in seconds.
+    /// Warm-up before each measured window (each round), in seconds.
     #[arg(long, default_value_t = 1.0, value_parser = non_negative_seconds)]
     warmup: f64,
+    /// Split the measurement into this many rounds that alternate between the servers
+    /// (`--seconds` in all per server), so that other work on the machine weighs on all
+    /// of them alike.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=100))]
+    rounds: u16,
     /// Client sockets, each with its own source port.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=4096))]
     clients: u16,
@@ -116,7 +121,7 @@ pub fn run(args: CoapBenchArgs) -> anyhow::Result<()> {
         clients: usize::from(args.clients),
         in_flight: usize::from(args.in_flight),
         warmup: Duration::from_secs_f64(args.warmup),
-        measured: Duration::from_secs_f64(args.seconds),
+        measured: Duration::from_secs_f64(args.seconds / f64::from(args.rounds)),
     };
     if cfg!(debug_assertions) {
         eprintln!(
@@ -138,8 +143,9 @@ pub fn run(args: CoapBenchArgs) -> anyhow::Result<()> {
     }
     warn_if_busy();
     println!(
-        "CoAP GET {}: {} clients x {} in flight, {} s warm-up + {} s measured per server, on 127.0.0.1",
-        args.path, spec.clients, spec.in_flight, args.warmup, args.seconds
+        "CoAP GET {}: {} clients x {} in flight, {} s measured per server in {} round(s) \
+         with {} s warm-up each, on 127.0.0.1",
+        args.path, spec.clients, spec.in_flight, args.seconds, args.rounds, args.warmup
     );
     println!(
         "{:<8} {:>11} {:>9} {:>9} {:>15} {:>12} {:>18} {:>9}",
@@ -152,10 +158,23 @@ pub fn run(args: CoapBenchArgs) -> anyhow::Result<()> {
         "generator CPU us",
         "timeouts"
     );
-    let mut results = Vec::with_capacity(servers.len());
-    for (target, server) in &mut servers {
-        let measurement = load::run(&spec, server, &stop)?;
-        print_row(*target, &measurement);
+    let mut results: Vec<(Target, Option<Measurement>)> =
+        targets.iter().map(|&target| (target, None)).collect();
+    for _ in 0..args.rounds {
+        for ((_, server), (_, total)) in servers.iter_mut().zip(&mut results) {
+            let round = load::run(&spec, server, &stop)?;
+            *total = Some(match total.take() {
+                Some(earlier) => earlier.merge(round),
+                None => round,
+            });
+        }
+    }
+    let results: Vec<(Target, Measurement)> = results
+        .into_iter()
+        .filter_map(|(target, measurement)| Some((target, measurement?)))
+        .collect();
+    for (target, measurement) in &results {
+        print_row(*target, measurement);
         if measurement.unexpected_answers > 0 {
             eprintln!(
                 "warning: {} answers from {} were not 2.xx (does it serve {}?)",
@@ -164,7 +183,6 @@ pub fn run(args: CoapBenchArgs) -> anyhow::Result<()> {
                 args.path
             );
         }
-        results.push((*target, measurement));
     }
     drop(servers);
     println!(
@@ -278,6 +296,34 @@ pub(super) fn stop_on_signal() -> anyhow::Result<Arc<AtomicBool>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The generator against a real peer: libcoap's server (scripts/setup.sh installs it).
+    #[test]
+    fn measures_libcoap() {
+        let mut server = Target::Libcoap
+            .spawn()
+            .expect("coap-server-notls (run scripts/setup.sh)");
+        let stop = AtomicBool::new(false);
+        let spec = LoadSpec {
+            request: GetRequest::new("/"),
+            clients: 4,
+            in_flight: 2,
+            warmup: Duration::from_millis(50),
+            measured: Duration::from_millis(300),
+        };
+        server.wait_until_ready(&spec.request, &stop).unwrap();
+        let measurement = load::run(&spec, &mut server, &stop).unwrap();
+        assert!(measurement.answers > 100, "{measurement:?}");
+        assert_eq!(measurement.unexpected_answers, 0);
+        assert!(measurement.server_cpu > Duration::ZERO);
+        assert!(measurement.latency_us(50.0).unwrap() <= measurement.latency_us(99.0).unwrap());
+        let line = result_line(&[(Target::Libcoap, measurement)]);
+        assert!(
+            line.starts_with("RESULT coap_get cairn_rps=NA libcoap_rps="),
+            "{line}"
+        );
+        assert!(line.ends_with("ratio_libcoap=NA"), "{line}");
+    }
 
     #[test]
     fn result_line_marks_what_was_not_measured() {

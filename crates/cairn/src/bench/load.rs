@@ -85,6 +85,20 @@ impl Measurement {
         self.server_cpu.as_secs_f64() / self.window.as_secs_f64()
     }
 
+    /// This window and a later one of the same load, as one: counts and CPU times add
+    /// up, and the latencies of both are ranked together.
+    pub fn merge(mut self, later: Measurement) -> Measurement {
+        self.window += later.window;
+        self.answers += later.answers;
+        self.unexpected_answers += later.unexpected_answers;
+        self.timeouts += later.timeouts;
+        self.latencies_ns.extend(later.latencies_ns);
+        self.latencies_ns.sort_unstable();
+        self.server_cpu += later.server_cpu;
+        self.generator_cpu += later.generator_cpu;
+        self
+    }
+
     /// The latency at `percentile` (0–100), nearest rank, in microseconds.
     pub fn latency_us(&self, percentile: f64) -> Option<f64> {
         let count = self.latencies_ns.len();
@@ -390,5 +404,53 @@ pub fn run(
         {
             client.flush().with_context(talking)?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measurement(latencies_ns: Vec<u32>, answers: u64) -> Measurement {
+        Measurement {
+            window: Duration::from_secs(2),
+            answers,
+            unexpected_answers: 0,
+            timeouts: 0,
+            latencies_ns,
+            server_cpu: Duration::from_millis(500),
+            generator_cpu: Duration::from_millis(250),
+        }
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let measured = measurement((1..=100).map(|us| us * 1000).collect(), 100);
+        assert_eq!(measured.latency_us(50.0), Some(50.0));
+        assert_eq!(measured.latency_us(99.0), Some(99.0));
+        assert_eq!(measured.latency_us(100.0), Some(100.0));
+        assert_eq!(measured.latency_us(0.0), Some(1.0));
+        assert_eq!(measurement(Vec::new(), 0).latency_us(50.0), None);
+    }
+
+    #[test]
+    fn merged_windows_add_up() {
+        let first = measurement(vec![1000, 3000], 2);
+        let merged = first.merge(measurement(vec![2000, 4000], 2));
+        assert_eq!(merged.window, Duration::from_secs(4));
+        assert_eq!(merged.answers, 4);
+        assert_eq!(merged.latencies_ns, [1000, 2000, 3000, 4000]);
+        assert_eq!(merged.server_cpu, Duration::from_secs(1));
+        assert_eq!(merged.server_cpu_per_request_us(), Some(250_000.0));
+    }
+
+    #[test]
+    fn rates_are_per_answer_and_per_second() {
+        let measured = measurement(vec![1000; 1000], 1000);
+        assert_eq!(measured.requests_per_second(), 500.0);
+        assert_eq!(measured.server_cpu_per_request_us(), Some(500.0));
+        assert_eq!(measured.generator_cpu_per_request_us(), Some(250.0));
+        assert_eq!(measured.server_cores(), 0.25);
+        assert_eq!(measurement(Vec::new(), 0).server_cpu_per_request_us(), None);
     }
 }

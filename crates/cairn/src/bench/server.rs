@@ -171,3 +171,28 @@ pub fn find_in_path(program: &str) -> Option<PathBuf> {
         .map(|directory| directory.join(program))
         .find(|candidate| candidate.is_file())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_that_exits_is_reported_with_its_last_words() {
+        let address = free_loopback_address().unwrap();
+        let args: Vec<OsString> = vec!["-c".into(), "echo cannot bind >&2; exit 3".into()];
+        let mut server =
+            ServerProcess::spawn("test", Path::new("/bin/sh"), &args, address).unwrap();
+        let error = server
+            .wait_until_ready(&GetRequest::new("/"), &AtomicBool::new(false))
+            .unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("the test server exited"), "{message}");
+        assert!(message.contains("cannot bind"), "{message}");
+    }
+
+    #[test]
+    fn finds_programs_in_path() {
+        assert!(find_in_path("sh").is_some());
+        assert!(find_in_path("no-such-program-here").is_none());
+    }
+}

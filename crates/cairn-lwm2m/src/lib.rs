@@ -19,6 +19,7 @@ pub mod value;
 
 pub use attributes::{AttributeError, AttributeName, AttributeSet, AttributeValue};
 pub use coap::{CoapRequest, CoapResponse, Method, ResponseCode};
+pub use content::link::{DiscoverEntry, decode_discover, discover_entries, encode_discover};
 pub use content::{CodecError, decode, decode_composite, encode, encode_composite};
 pub use model::{ModelLookup, NoModels, ObjectModel, Operations, ResourceModel, Version};
 pub use node::{

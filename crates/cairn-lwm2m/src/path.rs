@@ -1,5 +1,5 @@
-//! LwM2M paths (OMA LwM2M Core 1.2 §6.1 "Resource Model" and §7.1 "Object and Resource
-//! identifiers"): the root `/`, an object `/o`, an object instance `/o/i`, a resource
+//! LwM2M paths (OMA LwM2M Core 1.2, resource model and object and resource
+//! identifiers): the root `/`, an object `/o`, an object instance `/o/i`, a resource
 //! `/o/i/r` and a resource instance `/o/i/r/ri`.
 //!
 //! Identifiers are 16-bit; 65535 is reserved by the specification (it is the "no instance"
@@ -11,7 +11,7 @@ use core::str::FromStr;
 
 use thiserror::Error;
 
-/// The largest identifier a path may carry (65535 is reserved, Core §7.1).
+/// The largest identifier a path may carry (65535 is reserved).
 pub const MAX_ID: u16 = 65534;
 
 /// A path into the LwM2M data model.

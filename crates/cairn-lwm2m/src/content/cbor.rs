@@ -1,4 +1,4 @@
-//! CBOR single values (Content-Format 60, OMA LwM2M Core 1.2 §7.4.6 "CBOR") and the
+//! CBOR single values (Content-Format 60, OMA LwM2M Core 1.2 §7.4, CBOR) and the
 //! value mapping shared by SenML CBOR and LwM2M CBOR: integers as CBOR integers, floats
 //! as the shortest lossless float, booleans, strings as text, opaque as byte strings,
 //! time as an integer (tag 1 accepted on input), object links as `"o:i"` text.

@@ -1,4 +1,4 @@
-//! LwM2M CBOR (Content-Format 11544, OMA LwM2M Core 1.2 §7.4.7): nested CBOR maps keyed by
+//! LwM2M CBOR (Content-Format 11544, OMA LwM2M Core 1.2 §7.4, LwM2M CBOR): nested CBOR maps keyed by
 //! path identifiers from the root, `{3: {0: {0: "Open Mobile Alliance", 6: {0: 1}}}}`; a
 //! key may also be an array of identifiers standing for several levels (`{[3, 0]: {...}}`).
 //! A null leaf names a path without a value (composite requests).

@@ -1,5 +1,5 @@
-//! LwM2M JSON (Content-Format 11543, legacy 1543; OMA LwM2M Core 1.1 §7.4.5 "JSON", the
-//! format of LwM2M 1.0 §6.4.4): `{"bn":"/3/0/","e":[{"n":"0","sv":"..."}]}` with value
+//! LwM2M JSON (Content-Format 11543, legacy 1543; OMA LwM2M Core 1.1 §7.4, JSON; the
+//! JSON format of LwM2M 1.0): `{"bn":"/3/0/","e":[{"n":"0","sv":"..."}]}` with value
 //! fields `v` (number), `sv` (string, Base64 for opaque), `bv` (boolean), `ov` (object
 //! link) and optional `bt`/`t` times.
 

@@ -347,7 +347,7 @@ pub struct TimestampedRecord {
 }
 
 /// Decodes a SenML payload as a time series (Send with several timestamps per path, Core
-/// §6.4.3), keeping every record in payload order.
+/// §6, Information Reporting), keeping every record in payload order.
 pub fn decode_timestamped(
     payload: &[u8],
     format: ContentFormat,
@@ -501,7 +501,7 @@ pub(crate) mod tests {
         )
     }
 
-    /// Core 1.0 §6.4.4 example (LwM2M JSON), Read /3/0.
+    /// The LwM2M JSON example of Core 1.0 (Read /3/0).
     const DEVICE_LWM2M_JSON: &str = r#"{"bn":"/3/0/","e":[
         {"n":"0","sv":"Open Mobile Alliance"},{"n":"1","sv":"Lightweight M2M Client"},
         {"n":"2","sv":"345000123"},{"n":"3","sv":"1.0"},{"n":"6/0","v":1},{"n":"6/1","v":5},
@@ -509,7 +509,7 @@ pub(crate) mod tests {
         {"n":"9","v":100},{"n":"10","v":15},{"n":"11/0","v":0},{"n":"13","v":1367491215},
         {"n":"14","sv":"+02:00"},{"n":"16","sv":"U"}]}"#;
 
-    /// Core 1.1 §7.4.4 example (SenML JSON), Read /3/0.
+    /// The SenML JSON example of Core 1.1 §7.4 (Read /3/0).
     const DEVICE_SENML_JSON: &str = r#"[{"bn":"/3/0/","n":"0","vs":"Open Mobile Alliance"},
         {"n":"1","vs":"Lightweight M2M Client"},{"n":"2","vs":"345000123"},{"n":"3","vs":"1.0"},
         {"n":"6/0","v":1},{"n":"6/1","v":5},{"n":"7/0","v":3800},{"n":"7/1","v":5000},

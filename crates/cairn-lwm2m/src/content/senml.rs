@@ -1,5 +1,5 @@
 //! The SenML data model shared by SenML JSON (110) and SenML CBOR (112) as LwM2M uses it
-//! (RFC 8428 §4, OMA LwM2M Core 1.2 §7.4.4 and §7.4.5): base name and base time
+//! (RFC 8428 §4, OMA LwM2M Core 1.2 §7.4, SenML JSON and SenML CBOR): base name and base time
 //! resolution, the LwM2M value fields (`v`, `vs`, `vb`, `vd`, `vlo`) and the mapping of
 //! resolved names to paths.
 //!

@@ -1,4 +1,4 @@
-//! SenML CBOR (Content-Format 112; RFC 8428 §6, OMA LwM2M Core 1.2 §7.4.5): a CBOR array
+//! SenML CBOR (Content-Format 112; RFC 8428 §6, OMA LwM2M Core 1.2 §7.4, SenML CBOR): a CBOR array
 //! of maps with the integer labels bn=-2, bt=-3, n=0, v=2, vs=3, vb=4, t=6, vd=8 and the
 //! text label "vlo" for object links. Containers are definite or indefinite length; a
 //! value field must be a scalar, so nesting is at most two levels.

@@ -1,4 +1,4 @@
-//! SenML JSON (Content-Format 110; RFC 8428 §5, OMA LwM2M Core 1.2 §7.4.4): a JSON array
+//! SenML JSON (Content-Format 110; RFC 8428 §5, OMA LwM2M Core 1.2 §7.4, SenML JSON): a JSON array
 //! of records; LwM2M adds `vlo` for object links, opaque values are base64url in `vd`.
 
 use base64::Engine as _;

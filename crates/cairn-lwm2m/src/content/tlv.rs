@@ -1,4 +1,4 @@
-//! OMA-TLV (Content-Format 11542, legacy 1542; OMA LwM2M Core 1.2 §7.4.3 "TLV").
+//! OMA-TLV (Content-Format 11542, legacy 1542; OMA LwM2M Core 1.2 §7.4, TLV).
 //!
 //! Each entry is a type byte (bits 7-6: object instance, resource instance, multiple
 //! resource, resource with value; bit 5: 16-bit identifier; bits 4-3: length field size;
@@ -503,7 +503,7 @@ mod tests {
     use crate::registry::ModelRegistry;
     use proptest::prelude::*;
 
-    /// Core §7.4.3 example: Read /3/0 of the example client's Device object.
+    /// The TLV example of Core §7.4: Read /3/0 of the example client's Device object.
     pub(crate) const DEVICE_TLV: &[u8] = &[
         0xC8, 0x00, 0x14, b'O', b'p', b'e', b'n', b' ', b'M', b'o', b'b', b'i', b'l', b'e', b' ',
         b'A', b'l', b'l', b'i', b'a', b'n', b'c', b'e', //

@@ -1,6 +1,6 @@
-//! Requests a client sends (OMA LwM2M Core 1.2 §6.1.3 Bootstrap-Request, §6.2
-//! "Client Registration Interface", §6.4.3 Send; Transport Binding 1.2 §6.4.1, §6.4.2 and
-//! §6.4.4):
+//! Requests a client sends (OMA LwM2M Core 1.2 §6: Bootstrap-Request of the
+//! Bootstrap Interface, the Client Registration Interface, Send of Information Reporting;
+//! mapped to CoAP as Transport Binding 1.2 defines):
 //!
 //! | operation | CoAP |
 //! |---|---|

@@ -1,6 +1,6 @@
 //! LwM2M operations as typed requests and responses, mapped to and from CoAP request and
-//! response parts (OMA LwM2M Core 1.2 §6 "Interfaces" and Transport Binding 1.2 §6.4,
-//! Tables 6.4.1-1 to 6.4.5-1).
+//! response parts (OMA LwM2M Core 1.2 §6 "Interfaces" and the operation-to-CoAP mapping
+//! tables of Transport Binding 1.2).
 //!
 //! - [`server`]: Device Management and Information Reporting requests a LwM2M Server
 //!   sends (Read, Discover, Write, Write-Attributes, Execute, Create, Delete,
@@ -205,7 +205,7 @@ pub(crate) fn base_response(response: &Lwm2mResponse) -> CoapResponse {
     coap
 }
 
-/// One argument of an Execute (Core 1.2 §5.4.5 "Execute", Table 5.4.5-1):
+/// One argument of an Execute (Core 1.1 and 1.2, Execute operation):
 /// a digit and an optional quoted value, `0='on',1`.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct ExecuteArgument {

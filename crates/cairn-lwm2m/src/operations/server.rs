@@ -1,7 +1,6 @@
 //! Requests a LwM2M Server sends to a client: the Device Management and Service
-//! Enablement interface (OMA LwM2M Core 1.2 §6.3) and Observe / Cancel Observation of
-//! Information Reporting (§6.4), mapped to CoAP as Transport Binding 1.2 §6.4.3 and
-//! §6.4.4 define:
+//! Enablement interface and Observe / Cancel Observation of Information Reporting (OMA
+//! LwM2M Core 1.2 §6), mapped to CoAP as Transport Binding 1.2 defines:
 //!
 //! | operation | CoAP |
 //! |---|---|
@@ -34,7 +33,7 @@ use crate::operations::{
 };
 use crate::path::LwM2mPath;
 
-/// Replace or partial update (Core §6.3.3).
+/// Replace or partial update (Core §6, Device Management).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum WriteMode {
     /// PUT: the target's content is replaced.
@@ -189,7 +188,7 @@ impl ServerRequest {
         }
     }
 
-    /// Checks that the operation applies to its path (Core §6.3).
+    /// Checks that the operation applies to its path (Core §6).
     pub fn validate(&self) -> Result<(), OperationError> {
         let ok = match self {
             ServerRequest::Read { path, .. }

@@ -89,19 +89,17 @@ fn record(base: &str, index: usize, entry: &Json) -> Result<(LwM2mPath, Value), 
             .as_str()
             .ok_or_else(|| bad("\"n\" is not a string".into()))?,
     };
-    let full = join_name(base, name);
-    if full.len() > MAX_NAME_LEN {
+    if base.len() + name.len() > MAX_NAME_LEN {
         return Err(bad(format!(
             "name of {} bytes is too long for a path",
-            full.len()
+            base.len() + name.len()
         )));
     }
-    let path = full
-        .parse::<LwM2mPath>()
-        .map_err(|source| CodecError::Path {
-            name: full.clone(),
-            source,
-        })?;
+    let segments = base.split('/').chain(name.split('/'));
+    let path = LwM2mPath::parse_segments(segments, true).map_err(|source| CodecError::Path {
+        name: join_name(base, name),
+        source,
+    })?;
     let mut value = None;
     for (key, field) in fields {
         let kind = |expected: &str| bad(format!("field {key:?} is not {expected}"));

@@ -56,18 +56,21 @@ pub fn resolve(raw: Vec<RawRecord>, format: &'static str) -> Result<Vec<SenmlRec
         if let Some(bt) = record.base_time {
             base_time = Some(bt);
         }
-        let name = join_name(&base_name, record.name.as_deref().unwrap_or(""));
-        if name.len() > MAX_NAME_LEN {
+        let name = record.name.as_deref().unwrap_or("");
+        if base_name.len() + name.len() > MAX_NAME_LEN {
             return Err(CodecError::Record {
                 format,
                 index,
-                what: format!("name of {} bytes is too long for an LwM2M path", name.len()),
+                what: format!(
+                    "name of {} bytes is too long for an LwM2M path",
+                    base_name.len() + name.len()
+                ),
             });
         }
-        let path = name
-            .parse::<LwM2mPath>()
-            .map_err(|source| CodecError::Path {
-                name: name.clone(),
+        let segments = base_name.split('/').chain(name.split('/'));
+        let path =
+            LwM2mPath::parse_segments(segments, true).map_err(|source| CodecError::Path {
+                name: join_name(&base_name, name),
                 source,
             })?;
         let time = match (base_time, record.time) {

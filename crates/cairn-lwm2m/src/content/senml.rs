@@ -107,13 +107,19 @@ pub(crate) fn join_name(base: &str, name: &str) -> String {
 /// The newest value of each path (by time, then by order), in path order. A record
 /// without a value is an error here: a read response or a write carries values.
 pub fn latest_values(records: Vec<SenmlRecord>) -> Result<Vec<(LwM2mPath, Value)>, CodecError> {
+    if records.windows(2).all(|pair| pair[0].path < pair[1].path) {
+        return records
+            .into_iter()
+            .enumerate()
+            .map(|(index, record)| match record.value {
+                Some(value) => Ok((record.path, value)),
+                None => Err(no_value(index, &record.path)),
+            })
+            .collect();
+    }
     let mut latest: BTreeMap<LwM2mPath, (Option<f64>, Value)> = BTreeMap::new();
     for (index, record) in records.into_iter().enumerate() {
-        let value = record.value.ok_or_else(|| CodecError::Record {
-            format: "SenML",
-            index,
-            what: format!("no value for {}", record.path),
-        })?;
+        let value = record.value.ok_or_else(|| no_value(index, &record.path))?;
         let newer = latest
             .get(&record.path)
             .is_none_or(|(time, _)| record.time.unwrap_or(f64::MIN) >= time.unwrap_or(f64::MIN));
@@ -125,6 +131,14 @@ pub fn latest_values(records: Vec<SenmlRecord>) -> Result<Vec<(LwM2mPath, Value)
         .into_iter()
         .map(|(path, (_, value))| (path, value))
         .collect())
+}
+
+fn no_value(index: usize, path: &LwM2mPath) -> CodecError {
+    CodecError::Record {
+        format: "SenML",
+        index,
+        what: format!("no value for {path}"),
+    }
 }
 
 /// Records for one node: the first carries the node's path as base name (with a trailing

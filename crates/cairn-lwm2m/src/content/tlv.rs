@@ -533,6 +533,40 @@ mod tests {
         assert_eq!(encoded, DEVICE_TLV);
     }
 
+    /// TLV example of the Core specification: Read /2 of an Access Control object with
+    /// instances 0 and 2; instance 2's ACL has a 16-bit resource instance id (310).
+    const ACCESS_CONTROL_TLV: &[u8] = &[
+        0x08, 0x00, 0x0E, 0xC1, 0x00, 0x01, 0xC1, 0x01, 0x00, 0x83, 0x02, 0x41, 0x7F, 0x07, 0xC1,
+        0x03, 0x7F, 0x08, 0x02, 0x12, 0xC1, 0x00, 0x03, 0xC1, 0x01, 0x00, 0x87, 0x02, 0x41, 0x7F,
+        0x07, 0x61, 0x01, 0x36, 0x01, 0xC1, 0x03, 0x7F,
+    ];
+
+    #[test]
+    fn decodes_the_spec_access_control_example() {
+        let models = ModelRegistry::with_core_models();
+        let node = decode(ACCESS_CONTROL_TLV, &LwM2mPath::Object(2), &models).expect("valid TLV");
+        let instance = |id, object, acl: &[(u16, i64)]| {
+            LwM2mObjectInstance::new(
+                id,
+                [
+                    LwM2mResource::single(0, Value::Integer(object)),
+                    LwM2mResource::single(1, Value::Integer(0)),
+                    LwM2mResource::multiple(2, acl.iter().map(|(ri, v)| (*ri, Value::Integer(*v)))),
+                    LwM2mResource::single(3, Value::Integer(127)),
+                ],
+            )
+        };
+        let expected = LwM2mObject::new(
+            2,
+            [
+                instance(0, 1, &[(127, 7)]),
+                instance(2, 3, &[(127, 7), (310, 1)]),
+            ],
+        );
+        assert_eq!(node, LwM2mNode::Object(expected));
+        assert_eq!(encode(&node).expect("encodes"), ACCESS_CONTROL_TLV);
+    }
+
     #[test]
     fn object_links_and_wrapped_instances() {
         let link = Value::Objlnk(ObjectLink {

@@ -7,7 +7,7 @@ use minicbor::data::Type;
 use minicbor::{Decoder, Encoder};
 
 use crate::content::CodecError;
-use crate::content::cbor::{read_value, write_value};
+use crate::content::cbor::{WriteError, encode_with, read_value, write_value};
 use crate::content::senml::{RawRecord, SenmlRecord, resolve};
 use crate::value::{ObjectLink, Value};
 
@@ -24,56 +24,50 @@ const OBJLNK_LABEL: &str = "vlo";
 
 /// Writes records as a SenML CBOR array.
 pub fn encode(records: &[RawRecord]) -> Result<Vec<u8>, CodecError> {
-    let mut encoder = Encoder::new(Vec::with_capacity(records.len() * 16));
-    let _ = encoder.array(records.len() as u64);
-    for record in records {
-        let fields = [
-            record.base_name.is_some(),
-            record.base_time.is_some(),
-            record.name.is_some(),
-            record.time.is_some(),
-            record.value.is_some(),
-        ];
-        let _ = encoder.map(fields.iter().filter(|f| **f).count() as u64);
-        if let Some(bn) = &record.base_name {
-            let _ = encoder.i64(BASE_NAME).and_then(|e| e.str(bn));
-        }
-        if let Some(bt) = record.base_time {
-            let _ = encoder.i64(BASE_TIME);
-            write_value(&mut encoder, &Value::Float(bt));
-        }
-        if let Some(n) = &record.name {
-            let _ = encoder.i64(NAME).and_then(|e| e.str(n));
-        }
-        if let Some(t) = record.time {
-            let _ = encoder.i64(TIME);
-            write_value(&mut encoder, &Value::Float(t));
-        }
-        if let Some(value) = &record.value {
-            match value {
-                Value::Integer(_)
-                | Value::Time(_)
-                | Value::UnsignedInteger(_)
-                | Value::Float(_) => {
-                    let _ = encoder.i64(VALUE);
-                }
-                Value::String(_) | Value::Corelnk(_) => {
-                    let _ = encoder.i64(STRING_VALUE);
-                }
-                Value::Boolean(_) => {
-                    let _ = encoder.i64(BOOLEAN_VALUE);
-                }
-                Value::Opaque(_) => {
-                    let _ = encoder.i64(DATA_VALUE);
-                }
-                Value::Objlnk(_) => {
-                    let _ = encoder.str(OBJLNK_LABEL);
-                }
-            }
-            write_value(&mut encoder, value);
-        }
+    encode_with(records.len() * 16, |encoder| {
+        encoder.array(records.len() as u64)?;
+        records
+            .iter()
+            .try_for_each(|record| write_record(encoder, record))
+    })
+}
+
+fn write_record(encoder: &mut Encoder<Vec<u8>>, record: &RawRecord) -> Result<(), WriteError> {
+    let fields = [
+        record.base_name.is_some(),
+        record.base_time.is_some(),
+        record.name.is_some(),
+        record.time.is_some(),
+        record.value.is_some(),
+    ];
+    encoder.map(fields.iter().filter(|f| **f).count() as u64)?;
+    if let Some(bn) = &record.base_name {
+        encoder.i64(BASE_NAME)?.str(bn)?;
     }
-    Ok(encoder.into_writer())
+    if let Some(bt) = record.base_time {
+        encoder.i64(BASE_TIME)?;
+        write_value(encoder, &Value::Float(bt))?;
+    }
+    if let Some(n) = &record.name {
+        encoder.i64(NAME)?.str(n)?;
+    }
+    if let Some(t) = record.time {
+        encoder.i64(TIME)?;
+        write_value(encoder, &Value::Float(t))?;
+    }
+    if let Some(value) = &record.value {
+        match value {
+            Value::Integer(_) | Value::Time(_) | Value::UnsignedInteger(_) | Value::Float(_) => {
+                encoder.i64(VALUE)?
+            }
+            Value::String(_) | Value::Corelnk(_) => encoder.i64(STRING_VALUE)?,
+            Value::Boolean(_) => encoder.i64(BOOLEAN_VALUE)?,
+            Value::Opaque(_) => encoder.i64(DATA_VALUE)?,
+            Value::Objlnk(_) => encoder.str(OBJLNK_LABEL)?,
+        };
+        write_value(encoder, value)?;
+    }
+    Ok(())
 }
 
 /// Parses and resolves a SenML CBOR payload.

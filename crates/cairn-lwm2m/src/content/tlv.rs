@@ -120,7 +120,7 @@ pub fn encode(node: &LwM2mNode) -> Result<Vec<u8>, CodecError> {
                     TlvKind::ObjectInstance,
                     instance.id,
                     &instance_bytes(instance)?,
-                );
+                )?;
             }
         }
         LwM2mNode::ObjectInstance(instance) => out = instance_bytes(instance)?,
@@ -131,7 +131,7 @@ pub fn encode(node: &LwM2mNode) -> Result<Vec<u8>, CodecError> {
                 TlvKind::ResourceInstance,
                 ri.id,
                 &value_bytes(&ri.value),
-            );
+            )?;
         }
     }
     Ok(out)
@@ -153,7 +153,7 @@ fn write_resource(out: &mut Vec<u8>, resource: &LwM2mResource) -> Result<(), Cod
                 TlvKind::ResourceValue,
                 resource.id,
                 &value_bytes(value),
-            );
+            )?;
         }
         ResourceValue::Multiple(values) => {
             let mut inner = Vec::new();
@@ -163,15 +163,27 @@ fn write_resource(out: &mut Vec<u8>, resource: &LwM2mResource) -> Result<(), Cod
                     TlvKind::ResourceInstance,
                     *ri,
                     &value_bytes(value),
-                );
+                )?;
             }
-            write_entry(out, TlvKind::MultipleResource, resource.id, &inner);
+            write_entry(out, TlvKind::MultipleResource, resource.id, &inner)?;
         }
     }
     Ok(())
 }
 
-fn write_entry(out: &mut Vec<u8>, kind: TlvKind, id: u16, value: &[u8]) {
+/// Largest value a TLV entry can carry: its length field has at most 24 bits.
+pub const MAX_TLV_VALUE_LEN: usize = 0xFF_FFFF;
+
+fn write_entry(out: &mut Vec<u8>, kind: TlvKind, id: u16, value: &[u8]) -> Result<(), CodecError> {
+    if value.len() > MAX_TLV_VALUE_LEN {
+        return Err(CodecError::unsupported(
+            FORMAT,
+            format!(
+                "an entry of {} bytes (the length field has 24 bits)",
+                value.len()
+            ),
+        ));
+    }
     let mut type_byte: u8 = match kind {
         TlvKind::ObjectInstance => 0x00,
         TlvKind::ResourceInstance => 0x40,
@@ -209,6 +221,7 @@ fn write_entry(out: &mut Vec<u8>, kind: TlvKind, id: u16, value: &[u8]) {
     }
     out.extend_from_slice(length_field);
     out.extend_from_slice(value);
+    Ok(())
 }
 
 /// The TLV value bytes of a value: integers in the fewest of 1, 2, 4 or 8 bytes, floats in
@@ -590,6 +603,18 @@ mod tests {
     }
 
     #[test]
+    fn refuses_values_the_length_field_cannot_express() {
+        let mut out = Vec::new();
+        let too_long = vec![0u8; MAX_TLV_VALUE_LEN + 1];
+        assert!(matches!(
+            write_entry(&mut out, TlvKind::ResourceValue, 0, &too_long),
+            Err(CodecError::Unsupported { .. })
+        ));
+        assert!(write_entry(&mut out, TlvKind::ResourceValue, 0, &too_long[1..]).is_ok());
+        assert_eq!(&out[..5], &[0xD8, 0x00, 0xFF, 0xFF, 0xFF]);
+    }
+
+    #[test]
     fn accepts_unwrapped_resource_instances() {
         let models = ModelRegistry::with_core_models();
         let unwrapped = [0x41, 0x00, 0x01, 0x41, 0x01, 0x05];
@@ -635,7 +660,7 @@ mod tests {
         #[test]
         fn lengths_round_trip(len in 0usize..70_000, id in any::<u16>()) {
             let mut out = Vec::new();
-            write_entry(&mut out, TlvKind::ResourceValue, id, &vec![7u8; len]);
+            write_entry(&mut out, TlvKind::ResourceValue, id, &vec![7u8; len]).map_err(|e| TestCaseError::fail(e.to_string()))?;
             let entries = parse_entries(&out, 0).map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert_eq!(entries.len(), 1);
             prop_assert_eq!(entries[0].id, id);

@@ -223,6 +223,34 @@ mod tests {
         assert_eq!(records[0].value, Some(Value::Integer(100)));
     }
 
+    /// The shape small embedded clients emit: base name on the first record only, the
+    /// name relative to it, floats always as 8-byte doubles, object links under "vlo".
+    #[test]
+    fn decodes_the_embedded_client_shape() {
+        let mut payload = vec![0x82, 0xa3, 0x21, 0x68];
+        payload.extend_from_slice(b"/3303/0/");
+        payload.extend_from_slice(&[0x00, 0x64]);
+        payload.extend_from_slice(b"5700");
+        payload.extend_from_slice(&[0x02, 0xfb, 0x40, 0x35, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00]);
+        payload.extend_from_slice(&[0xa2, 0x00, 0x64]);
+        payload.extend_from_slice(b"5750");
+        payload.extend_from_slice(&[0x63]);
+        payload.extend_from_slice(b"vlo");
+        payload.extend_from_slice(&[0x63]);
+        payload.extend_from_slice(b"3:0");
+        let records = decode(&payload).expect("valid");
+        assert_eq!(records[0].path, LwM2mPath::Resource(3303, 0, 5700));
+        assert_eq!(records[0].value, Some(Value::Float(21.5)));
+        assert_eq!(records[1].path, LwM2mPath::Resource(3303, 0, 5750));
+        assert_eq!(
+            records[1].value,
+            Some(Value::Objlnk(ObjectLink {
+                object_id: 3,
+                instance_id: 0
+            }))
+        );
+    }
+
     #[test]
     fn rejects_mistyped_fields_and_nested_values() {
         let wrong_type = [

@@ -458,7 +458,11 @@ fn read_payload(
         }
         let prefix = parameters.alternate_path.as_deref().unwrap_or("");
         let target = link.target.strip_prefix(prefix).unwrap_or(&link.target);
-        let path: LwM2mPath = target.parse()?;
+        // Some clients write relative targets (`<1/0>`); they name the same objects.
+        let path: LwM2mPath = match target.strip_prefix('/') {
+            Some(_) => target.parse()?,
+            None => format!("/{target}").parse()?,
+        };
         if !matches!(path.depth(), 1 | 2) {
             return Err(OperationError::BadPath {
                 operation: "Register",
@@ -568,6 +572,34 @@ mod tests {
                 (3, Version::V1_0),
                 (3303, Version::V1_1)
             ])
+        );
+    }
+
+    #[test]
+    fn tolerates_relative_targets() {
+        let coap = CoapRequest {
+            queries: vec!["ep=node-2".into()],
+            payload: b"<1/0>, <3/0>".to_vec(),
+            ..CoapRequest::new(Method::Post, &["rd"])
+        };
+        let models = ModelRegistry::with_core_models();
+        let Ok(ClientRequest::Register { parameters, .. }) =
+            ClientRequest::from_coap(&coap, &models)
+        else {
+            panic!("not a registration");
+        };
+        let paths: Vec<LwM2mPath> = parameters
+            .objects
+            .iter()
+            .flatten()
+            .map(|o| o.path)
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                LwM2mPath::ObjectInstance(1, 0),
+                LwM2mPath::ObjectInstance(3, 0)
+            ]
         );
     }
 

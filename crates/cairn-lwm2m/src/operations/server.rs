@@ -24,9 +24,10 @@ use cairn_coap::ContentFormat;
 use crate::attributes::AttributeSet;
 use crate::coap::{CoapRequest, CoapResponse, Method, ResponseCode};
 use crate::content::link::{decode_discover, encode_discover};
+use crate::content::tlv::TlvKind;
 use crate::content::{self, CodecError};
 use crate::model::ModelLookup;
-use crate::node::{LwM2mNode, LwM2mObject, LwM2mObjectInstance};
+use crate::node::{LwM2mNode, LwM2mObject, LwM2mObjectInstance, LwM2mResource};
 use crate::operations::{
     ExecuteArgument, Lwm2mResponse, OperationError, ResponseContent, base_response, error_response,
     format_execute_arguments, not_an_operation, parse_execute_arguments, path_of, segments,
@@ -40,6 +41,16 @@ pub enum WriteMode {
     Replace,
     /// POST: the given resources are updated, others kept.
     PartialUpdate,
+}
+
+/// The payload of a Create.
+#[derive(Clone, PartialEq, Debug)]
+pub enum CreateContent {
+    /// Instances with the ids the server chose.
+    Instances(Vec<LwM2mObjectInstance>),
+    /// The resources of one new instance whose id the client chooses (TLV only: the
+    /// other formats name every value with its instance id).
+    Resources(Vec<LwM2mResource>),
 }
 
 /// A request from a LwM2M Server.
@@ -88,8 +99,8 @@ pub enum ServerRequest {
         path: LwM2mPath,
         /// Payload format.
         format: ContentFormat,
-        /// Instances to create.
-        instances: Vec<LwM2mObjectInstance>,
+        /// What to create.
+        content: CreateContent,
     },
     /// Delete.
     Delete {
@@ -282,15 +293,29 @@ impl ServerRequest {
             ServerRequest::Create {
                 path,
                 format,
-                instances,
+                content,
             } => {
                 coap.method = Method::Post;
                 coap.content_format = Some(*format);
-                let object = LwM2mObject::new(
-                    path.object_id().unwrap_or_default(),
-                    instances.iter().cloned(),
-                );
-                coap.payload = content::encode(&LwM2mNode::Object(object), path, *format, models)?;
+                let object_id = path.object_id().unwrap_or_default();
+                coap.payload = match content {
+                    CreateContent::Instances(instances) => {
+                        let object = LwM2mObject::new(object_id, instances.iter().cloned());
+                        content::encode(&LwM2mNode::Object(object), path, *format, models)?
+                    }
+                    CreateContent::Resources(resources) if is_tlv(*format) => {
+                        let instance = LwM2mObjectInstance::new(0, resources.iter().cloned());
+                        let instance_path = LwM2mPath::ObjectInstance(object_id, 0);
+                        let node = LwM2mNode::ObjectInstance(instance);
+                        content::encode(&node, &instance_path, *format, models)?
+                    }
+                    CreateContent::Resources(_) => {
+                        return Err(OperationError::Codec(CodecError::unsupported(
+                            "Create",
+                            "an instance without id in a format other than TLV",
+                        )));
+                    }
+                };
             }
             ServerRequest::Delete { .. } => coap.method = Method::Delete,
             ServerRequest::ReadComposite {
@@ -372,17 +397,10 @@ impl ServerRequest {
                         let format = coap
                             .content_format
                             .ok_or(OperationError::Missing("Content-Format"))?;
-                        let node = content::decode(&coap.payload, format, &path, models)?;
-                        let LwM2mNode::Object(object) = node else {
-                            return Err(OperationError::Codec(CodecError::unsupported(
-                                "Create",
-                                "a payload that is not instances",
-                            )));
-                        };
                         ServerRequest::Create {
                             path,
                             format,
-                            instances: object.instances.into_values().collect(),
+                            content: create_content(&coap.payload, format, &path, models)?,
                         }
                     }
                     2 => write(coap, path, WriteMode::PartialUpdate, models)?,
@@ -563,6 +581,44 @@ fn write(
     })
 }
 
+fn is_tlv(format: ContentFormat) -> bool {
+    format == ContentFormat::LWM2M_TLV || format == ContentFormat::LWM2M_TLV_LEGACY
+}
+
+/// A TLV payload of resources without an object-instance entry leaves the instance id to
+/// the client; every other payload names its instances.
+fn create_content(
+    payload: &[u8],
+    format: ContentFormat,
+    path: &LwM2mPath,
+    models: &dyn ModelLookup,
+) -> Result<CreateContent, OperationError> {
+    let object_id = path.object_id().unwrap_or_default();
+    if is_tlv(format) {
+        let entries = crate::content::tlv::parse_entries(payload, 0)?;
+        if entries.iter().any(|e| e.kind != TlvKind::ObjectInstance) {
+            let instance_path = LwM2mPath::ObjectInstance(object_id, 0);
+            let LwM2mNode::ObjectInstance(instance) =
+                content::decode(payload, format, &instance_path, models)?
+            else {
+                return Err(OperationError::Missing("object instance resources"));
+            };
+            return Ok(CreateContent::Resources(
+                instance.resources.into_values().collect(),
+            ));
+        }
+    }
+    match content::decode(payload, format, path, models)? {
+        LwM2mNode::Object(object) => Ok(CreateContent::Instances(
+            object.instances.into_values().collect(),
+        )),
+        _ => Err(OperationError::Codec(CodecError::unsupported(
+            "Create",
+            "a payload that is not instances",
+        ))),
+    }
+}
+
 fn single_node(path: &LwM2mPath, value: crate::value::Value) -> LwM2mNode {
     match *path {
         LwM2mPath::ResourceInstance(_, _, _, ri) => {
@@ -636,7 +692,17 @@ mod tests {
             ServerRequest::Create {
                 path: LwM2mPath::Object(1),
                 format: ContentFormat::SENML_JSON,
-                instances: vec![instance],
+                content: CreateContent::Instances(vec![instance.clone()]),
+            },
+            ServerRequest::Create {
+                path: LwM2mPath::Object(1),
+                format: ContentFormat::LWM2M_TLV,
+                content: CreateContent::Instances(vec![instance.clone()]),
+            },
+            ServerRequest::Create {
+                path: LwM2mPath::Object(1),
+                format: ContentFormat::LWM2M_TLV,
+                content: CreateContent::Resources(instance.resources.into_values().collect()),
             },
             ServerRequest::Delete {
                 path: LwM2mPath::ObjectInstance(1, 1),
@@ -715,6 +781,8 @@ mod tests {
                 (Post, None),
                 (Post, None),
                 (Post, None),
+                (Post, None),
+                (Post, None),
                 (Delete, None),
                 (Fetch, None),
                 (IPatch, None),
@@ -731,7 +799,8 @@ mod tests {
         assert_eq!(codes[0], ResponseCode::CONTENT);
         assert_eq!(codes[2], ResponseCode::CHANGED);
         assert_eq!(codes[7], ResponseCode::CREATED);
-        assert_eq!(codes[8], ResponseCode::DELETED);
+        assert_eq!(codes[9], ResponseCode::CREATED);
+        assert_eq!(codes[10], ResponseCode::DELETED);
     }
 
     #[test]
@@ -777,6 +846,36 @@ mod tests {
             read.decode_response(&CoapResponse::new(ResponseCode::CHANGED), &models),
             Err(OperationError::UnexpectedResponse(ResponseCode::CHANGED))
         );
+    }
+
+    #[test]
+    fn create_without_an_instance_id_is_tlv_resources() {
+        let models = ModelRegistry::with_core_models();
+        let coap = CoapRequest {
+            content_format: Some(ContentFormat::LWM2M_TLV),
+            payload: vec![0xC1, 0x00, 0x65, 0xC1, 0x01, 0x3C],
+            ..CoapRequest::new(Method::Post, &["1"])
+        };
+        let Ok(ServerRequest::Create {
+            content: CreateContent::Resources(resources),
+            ..
+        }) = ServerRequest::from_coap(&coap, &models)
+        else {
+            panic!("not a create without instance id");
+        };
+        assert_eq!(
+            resources,
+            [
+                LwM2mResource::single(0, Value::Integer(101)),
+                LwM2mResource::single(1, Value::Integer(60))
+            ]
+        );
+        let senml = ServerRequest::Create {
+            path: LwM2mPath::Object(1),
+            format: ContentFormat::SENML_JSON,
+            content: CreateContent::Resources(resources),
+        };
+        assert!(senml.to_coap(&models).is_err());
     }
 
     #[test]

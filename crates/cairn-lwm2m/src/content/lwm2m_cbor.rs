@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use minicbor::data::Type;
 use minicbor::{Decoder, Encoder};
 
-use crate::content::CodecError;
 use crate::content::cbor::{WriteError, encode_with, read_value, write_value};
+use crate::content::{CodecError, MAX_RECORDS, too_many_records};
 use crate::path::LwM2mPath;
 use crate::value::Value;
 
@@ -140,6 +140,9 @@ fn read_map(
             _ => {}
         }
         read += 1;
+        if leaves.len() == MAX_RECORDS {
+            return Err(too_many_records(FORMAT, decoder.position()));
+        }
         let depth = prefix.len();
         read_key(decoder, prefix)?;
         let value_at = decoder.position();

@@ -10,7 +10,7 @@ use serde_json::Number;
 
 use crate::content::CodecError;
 use crate::content::senml::join_name;
-use crate::content::senml_json::{json_number, number, parse_json, write_json_string};
+use crate::content::senml_json::{BoundedVec, json_number, number, parse_json, write_json_string};
 use crate::path::LwM2mPath;
 use crate::value::{ObjectLink, Value};
 
@@ -61,7 +61,7 @@ struct JsonDocument<'a> {
     #[serde(borrow, default)]
     bn: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    e: Vec<JsonEntry<'a>>,
+    e: BoundedVec<JsonEntry<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -84,6 +84,7 @@ pub fn decode(payload: &[u8]) -> Result<Vec<(LwM2mPath, Value)>, CodecError> {
     let base = document.bn.as_deref().unwrap_or("");
     document
         .e
+        .0
         .into_iter()
         .enumerate()
         .map(|(index, entry)| record(base, index, entry))

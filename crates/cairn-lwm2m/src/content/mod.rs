@@ -13,8 +13,8 @@
 //! | SenML CBOR | 112 | [`senml_cbor`] |
 //! | LwM2M CBOR | 11544 | [`lwm2m_cbor`] |
 //!
-//! Decoders never panic on input, allocate at most in proportion to the input, and bound
-//! nesting (JSON by serde_json's recursion limit, CBOR and TLV by the four levels of a
+//! Decoders never panic on input, allocate at most in proportion to the input (and at most
+//! [`MAX_RECORDS`] records), and bound nesting (JSON by serde_json's recursion limit, CBOR and TLV by the four levels of a
 //! path). Values are converted to the type the model declares; without a model the type
 //! the format carries is kept (TLV and octet-stream values stay opaque, text stays text).
 
@@ -109,6 +109,14 @@ impl CodecError {
             what: what.into(),
         }
     }
+}
+
+/// Most records (values, entries, leaves) a payload may hold; decoding stops with an error
+/// past this, so the memory a payload can claim stays bounded whatever its size.
+pub const MAX_RECORDS: usize = 65_536;
+
+pub(crate) fn too_many_records(format: &'static str, at: usize) -> CodecError {
+    CodecError::malformed(format, format!("more than {MAX_RECORDS} records"), at)
 }
 
 /// The content formats [`encode`] and [`decode`] accept.
@@ -827,7 +835,10 @@ pub(crate) mod tests {
             let models = ModelRegistry::with_core_models();
             let format = SUPPORTED_FORMATS[which % SUPPORTED_FORMATS.len()];
             for path in [LwM2mPath::Object(3), INSTANCE, LwM2mPath::Resource(3, 0, 7), LwM2mPath::ResourceInstance(3, 0, 7, 0)] {
-                let _ = decode(&bytes, format, &path, &models);
+                if let Ok(node) = decode(&bytes, format, &path, &models) {
+                    // Every decoded value costs at least one input byte: memory follows input.
+                    prop_assert!(node.flatten(&path).len() <= bytes.len().max(1));
+                }
             }
             let _ = decode_records(&bytes, format, &models);
             let _ = decode_paths(&bytes, format);

@@ -6,9 +6,9 @@
 use minicbor::data::Type;
 use minicbor::{Decoder, Encoder};
 
-use crate::content::CodecError;
 use crate::content::cbor::{WriteError, encode_with, read_value, write_value};
 use crate::content::senml::{RawRecord, SenmlRecord, resolve};
+use crate::content::{CodecError, MAX_RECORDS, too_many_records};
 use crate::value::{ObjectLink, Value};
 
 const FORMAT: &str = "SenML CBOR";
@@ -108,6 +108,9 @@ pub fn decode_raw(payload: &[u8]) -> Result<Vec<RawRecord>, CodecError> {
     let mut records = Vec::new();
     let mut index = 0u64;
     while has_next(&mut decoder, len, index)? {
+        if records.len() == MAX_RECORDS {
+            return Err(too_many_records(FORMAT, decoder.position()));
+        }
         records.push(record(&mut decoder, index as usize)?);
         index += 1;
     }

@@ -5,11 +5,15 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use std::borrow::Cow;
 
-use serde::Deserialize;
+use core::fmt;
+use core::marker::PhantomData;
+
+use serde::de::{Error as _, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::Number;
 
-use crate::content::CodecError;
 use crate::content::senml::{RawRecord, SenmlRecord, resolve};
+use crate::content::{CodecError, MAX_RECORDS};
 use crate::value::{ObjectLink, Value, format_float};
 
 const FORMAT: &str = "SenML JSON";
@@ -132,6 +136,37 @@ pub fn decode(payload: &[u8]) -> Result<Vec<SenmlRecord>, CodecError> {
     resolve(decode_raw(payload)?, FORMAT)
 }
 
+/// A JSON array of at most [`MAX_RECORDS`] elements; deserialization stops at the first
+/// element past the limit.
+pub(crate) struct BoundedVec<T>(pub Vec<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for BoundedVec<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Elements<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Elements<T> {
+            type Value = BoundedVec<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "an array of at most {MAX_RECORDS} records")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<BoundedVec<T>, A::Error> {
+                let mut elements = Vec::new();
+                while let Some(element) = seq.next_element()? {
+                    if elements.len() == MAX_RECORDS {
+                        return Err(A::Error::custom(format!("more than {MAX_RECORDS} records")));
+                    }
+                    elements.push(element);
+                }
+                Ok(BoundedVec(elements))
+            }
+        }
+
+        deserializer.deserialize_seq(Elements(PhantomData))
+    }
+}
+
 /// One record as it appears in the JSON array; strings are borrowed unless escaped.
 #[derive(Deserialize)]
 struct JsonRecord<'a> {
@@ -157,7 +192,7 @@ struct JsonRecord<'a> {
 
 /// Parses a SenML JSON payload without resolving names.
 pub fn decode_raw(payload: &[u8]) -> Result<Vec<RawRecord>, CodecError> {
-    let records: Vec<JsonRecord> = parse_json(payload, FORMAT)?;
+    let BoundedVec(records): BoundedVec<JsonRecord> = parse_json(payload, FORMAT)?;
     records
         .into_iter()
         .enumerate()
@@ -270,6 +305,20 @@ mod tests {
         assert!(decode(b"{}").is_err());
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert!(decode(deep.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn record_count_is_bounded() {
+        let at_limit = format!("[{}{{}}]", "{},".repeat(MAX_RECORDS - 1));
+        assert_eq!(
+            decode_raw(at_limit.as_bytes()).map(|r| r.len()),
+            Ok(MAX_RECORDS)
+        );
+        let over = format!("[{}{{}}]", "{},".repeat(MAX_RECORDS));
+        assert!(matches!(
+            decode_raw(over.as_bytes()),
+            Err(CodecError::Malformed { .. })
+        ));
     }
 
     #[test]

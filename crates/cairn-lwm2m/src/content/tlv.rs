@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::content::{CodecError, model_type};
+use crate::content::{CodecError, MAX_RECORDS, model_type, too_many_records};
 use crate::model::ModelLookup;
 use crate::node::{
     LwM2mNode, LwM2mObject, LwM2mObjectInstance, LwM2mResource, LwM2mResourceInstance,
@@ -96,6 +96,9 @@ pub fn parse_entries(bytes: &[u8], base: usize) -> Result<Vec<Tlv<'_>>, CodecErr
                     offset,
                 )
             })?;
+        if entries.len() == MAX_RECORDS {
+            return Err(too_many_records(FORMAT, offset));
+        }
         entries.push(Tlv {
             kind,
             id,
@@ -612,6 +615,19 @@ mod tests {
         ));
         assert!(write_entry(&mut out, TlvKind::ResourceValue, 0, &too_long[1..]).is_ok());
         assert_eq!(&out[..5], &[0xD8, 0x00, 0xFF, 0xFF, 0xFF]);
+    }
+
+    #[test]
+    fn entry_count_is_bounded() {
+        let over: Vec<u8> = [0xC0, 0x00].repeat(MAX_RECORDS + 1);
+        assert!(matches!(
+            parse_entries(&over, 0),
+            Err(CodecError::Malformed { .. })
+        ));
+        assert_eq!(
+            parse_entries(&over[2..], 0).map(|e| e.len()),
+            Ok(MAX_RECORDS)
+        );
     }
 
     #[test]

@@ -675,6 +675,35 @@ mod tests {
 
     proptest! {
         #[test]
+        fn registrations_round_trip(
+            endpoint in "[!-~]{1,40}",
+            lifetime in proptest::option::of(any::<u32>()),
+            queue_mode in any::<bool>(),
+            objects in proptest::collection::vec((0u16..=crate::path::MAX_ID, proptest::option::of(0u16..100), proptest::option::of((1u8..3, 0u8..3))), 1..8),
+        ) {
+            let objects = objects
+                .into_iter()
+                .map(|(o, i, v)| RegisteredObject {
+                    path: i.map_or(LwM2mPath::Object(o), |i| LwM2mPath::ObjectInstance(o, i)),
+                    version: v.map(|(major, minor)| Version::new(major, minor)),
+                })
+                .collect();
+            let request = ClientRequest::Register {
+                endpoint,
+                lwm2m_version: Some(Version::V1_2),
+                parameters: RegistrationParameters {
+                    lifetime,
+                    queue_mode,
+                    objects: Some(objects),
+                    ..Default::default()
+                },
+            };
+            let models = ModelRegistry::with_core_models();
+            let coap = request.to_coap().map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(ClientRequest::from_coap(&coap, &models), Ok(request));
+        }
+
+        #[test]
         fn from_coap_never_panics(
             path in proptest::collection::vec(prop_oneof![Just("rd".to_owned()), Just("bs".to_owned()), Just("dp".to_owned()), "[a-z0-9]{0,4}"], 0..3),
             queries in proptest::collection::vec("(ep|lt|b|sms|Q|lwm2m|pct)(=[A-Za-z0-9.]{0,6})?", 0..5),

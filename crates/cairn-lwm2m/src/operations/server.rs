@@ -908,7 +908,35 @@ mod tests {
         ));
     }
 
+    fn path_strategy(min_depth: usize, max_depth: usize) -> impl Strategy<Value = LwM2mPath> {
+        proptest::collection::vec(0u16..=crate::path::MAX_ID, min_depth..=max_depth)
+            .prop_map(|ids| LwM2mPath::from_ids(&ids).unwrap_or(LwM2mPath::Root))
+    }
+
     proptest! {
+        #[test]
+        fn path_operations_round_trip(
+            path in path_strategy(1, 4),
+            kind in 0usize..5,
+            accept in proptest::option::of(prop_oneof![Just(ContentFormat::SENML_CBOR), Just(ContentFormat::LWM2M_TLV)]),
+            pmin in any::<u32>(),
+        ) {
+            let models = ModelRegistry::with_core_models();
+            let request = match kind {
+                0 => ServerRequest::Read { path, accept },
+                1 => ServerRequest::Observe { path, accept },
+                2 => ServerRequest::CancelObservation { path, accept },
+                3 => ServerRequest::WriteAttributes {
+                    path,
+                    attributes: AttributeSet::new().with(AttributeName::Pmin, AttributeValue::Unsigned(u64::from(pmin))),
+                },
+                _ if path.depth() <= 3 => ServerRequest::Discover { path },
+                _ => ServerRequest::Delete { path },
+            };
+            let coap = request.to_coap(&models).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(ServerRequest::from_coap(&coap, &models), Ok(request));
+        }
+
         #[test]
         fn from_coap_never_panics(
             method in 0usize..7,

@@ -19,7 +19,11 @@ const MAX_NAME_LEN: usize = 64;
 
 /// Encodes the records of the node at `path`, names relative to `path`.
 pub fn encode(path: &LwM2mPath, records: &[(LwM2mPath, Value)]) -> Result<Vec<u8>, CodecError> {
-    let base = if path.is_root() {
+    // A single value is named by its full path; several by names relative to "path/".
+    let single = matches!(records, [(record_path, _)] if record_path == path);
+    let base = if single {
+        path.to_string()
+    } else if path.is_root() {
         "/".to_owned()
     } else {
         format!("{path}/")
@@ -151,6 +155,22 @@ mod tests {
                 object_id: 3,
                 instance_id: 0
             })
+        );
+    }
+
+    #[test]
+    fn names_concatenate_to_the_full_path() {
+        let single = [(LwM2mPath::Resource(3, 0, 9), Value::Integer(87))];
+        let text = encode(&LwM2mPath::Resource(3, 0, 9), &single).map(String::from_utf8);
+        assert_eq!(
+            text,
+            Ok(Ok(r#"{"bn":"/3/0/9","e":[{"n":"","v":87}]}"#.to_owned()))
+        );
+        let multiple = [(LwM2mPath::ResourceInstance(3, 0, 7, 0), Value::Integer(1))];
+        let text = encode(&LwM2mPath::Resource(3, 0, 7), &multiple).map(String::from_utf8);
+        assert_eq!(
+            text,
+            Ok(Ok(r#"{"bn":"/3/0/7/","e":[{"n":"0","v":1}]}"#.to_owned()))
         );
     }
 

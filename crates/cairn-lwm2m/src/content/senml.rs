@@ -141,28 +141,34 @@ fn no_value(index: usize, path: &LwM2mPath) -> CodecError {
     }
 }
 
-/// Records for one node: the first carries the node's path as base name (with a trailing
-/// '/' above resource level), the others names relative to it.
+/// Records for one node. A single value is one record named by its full path as base
+/// name; otherwise the first record carries the node's path with a trailing '/' as base
+/// name and every record a name relative to it, so that plain concatenation (RFC 8428
+/// §4.5.1) gives the full path: `bn` `/3/0/7/` with `n` `0`, never `/3/0/7` with `0`.
 pub fn records_for(path: &LwM2mPath, node: &LwM2mNode) -> Vec<RawRecord> {
-    let base = match path.depth() {
-        3 | 4 => path.to_string(),
-        _ => format!("{path}/"),
+    let records = node.flatten(path);
+    if let [(record_path, value)] = records.as_slice() {
+        if record_path == path {
+            return vec![RawRecord {
+                base_name: Some(path.to_string()),
+                value: Some(value.clone()),
+                ..Default::default()
+            }];
+        }
+    }
+    let base = if path.is_root() {
+        "/".to_owned()
+    } else {
+        format!("{path}/")
     };
-    let base_len = base.len();
-    node.flatten(path)
+    records
         .into_iter()
         .enumerate()
         .map(|(index, (record_path, value))| {
             let full = record_path.to_string();
             RawRecord {
                 base_name: (index == 0).then(|| base.clone()),
-                name: Some(
-                    full.get(base_len..)
-                        .unwrap_or_default()
-                        .trim_start_matches('/')
-                        .to_owned(),
-                )
-                .filter(|n| !n.is_empty()),
+                name: Some(full.get(base.len()..).unwrap_or_default().to_owned()),
                 value: Some(value),
                 ..Default::default()
             }
@@ -249,6 +255,30 @@ mod tests {
         assert_eq!(
             latest,
             vec![(LwM2mPath::Resource(3303, 0, 5700), Value::Float(21.5))]
+        );
+    }
+
+    #[test]
+    fn encoded_names_concatenate_to_the_full_path() {
+        use crate::node::{LwM2mResource, LwM2mResourceInstance};
+        let multiple = LwM2mNode::Resource(LwM2mResource::multiple(7, [(0, Value::Integer(1))]));
+        let records = records_for(&LwM2mPath::Resource(3, 0, 7), &multiple);
+        assert_eq!(records[0].base_name.as_deref(), Some("/3/0/7/"));
+        assert_eq!(records[0].name.as_deref(), Some("0"));
+        let single = LwM2mNode::Resource(LwM2mResource::single(9, Value::Integer(1)));
+        let records = records_for(&LwM2mPath::Resource(3, 0, 9), &single);
+        assert_eq!(
+            (records[0].base_name.as_deref(), records[0].name.as_deref()),
+            (Some("/3/0/9"), None)
+        );
+        let instance = LwM2mNode::ResourceInstance(LwM2mResourceInstance {
+            id: 1,
+            value: Value::Integer(1),
+        });
+        let records = records_for(&LwM2mPath::ResourceInstance(3, 0, 7, 1), &instance);
+        assert_eq!(
+            (records[0].base_name.as_deref(), records[0].name.as_deref()),
+            (Some("/3/0/7/1"), None)
         );
     }
 

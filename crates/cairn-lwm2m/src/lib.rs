@@ -57,7 +57,7 @@ pub use node::{
 };
 pub use operations::bootstrap::BootstrapServerRequest;
 pub use operations::client::{ClientRequest, RegisteredObject, RegistrationParameters};
-pub use operations::server::{CreateContent, ServerRequest, WriteMode};
+pub use operations::server::{ServerRequest, WriteMode};
 pub use operations::{Lwm2mResponse, OperationError, ResponseContent};
 pub use path::{LwM2mPath, PathError};
 pub use registry::ModelRegistry;

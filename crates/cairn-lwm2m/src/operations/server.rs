@@ -43,16 +43,6 @@ pub enum WriteMode {
     PartialUpdate,
 }
 
-/// The payload of a Create.
-#[derive(Clone, PartialEq, Debug)]
-pub enum CreateContent {
-    /// Instances with the ids the server chose.
-    Instances(Vec<LwM2mObjectInstance>),
-    /// The resources of one new instance whose id the client chooses (TLV only: the
-    /// other formats name every value with its instance id).
-    Resources(Vec<LwM2mResource>),
-}
-
 /// A request from a LwM2M Server.
 #[derive(Clone, PartialEq, Debug)]
 pub enum ServerRequest {
@@ -93,14 +83,25 @@ pub enum ServerRequest {
         /// Arguments.
         arguments: Vec<ExecuteArgument>,
     },
-    /// Create.
+    /// Create, with the instance ids the server chose.
     Create {
         /// Target object.
         path: LwM2mPath,
         /// Payload format.
         format: ContentFormat,
-        /// What to create.
-        content: CreateContent,
+        /// Instances to create.
+        instances: Vec<LwM2mObjectInstance>,
+    },
+    /// Create of one instance whose id the client chooses: its resources without an
+    /// object-instance entry, which only TLV can express (the other formats name every
+    /// value with its instance id).
+    CreateWithoutId {
+        /// Target object.
+        path: LwM2mPath,
+        /// Payload format (TLV).
+        format: ContentFormat,
+        /// Resources of the new instance.
+        resources: Vec<LwM2mResource>,
     },
     /// Delete.
     Delete {
@@ -169,7 +170,7 @@ impl ServerRequest {
             ServerRequest::Write { .. } => "Write",
             ServerRequest::WriteAttributes { .. } => "Write-Attributes",
             ServerRequest::Execute { .. } => "Execute",
-            ServerRequest::Create { .. } => "Create",
+            ServerRequest::Create { .. } | ServerRequest::CreateWithoutId { .. } => "Create",
             ServerRequest::Delete { .. } => "Delete",
             ServerRequest::ReadComposite { .. } => "Read-Composite",
             ServerRequest::WriteComposite { .. } => "Write-Composite",
@@ -194,7 +195,9 @@ impl ServerRequest {
             | ServerRequest::WriteAttributes { .. }
             | ServerRequest::Execute { .. }
             | ServerRequest::WriteComposite { .. } => ResponseCode::CHANGED,
-            ServerRequest::Create { .. } => ResponseCode::CREATED,
+            ServerRequest::Create { .. } | ServerRequest::CreateWithoutId { .. } => {
+                ResponseCode::CREATED
+            }
             ServerRequest::Delete { .. } => ResponseCode::DELETED,
         }
     }
@@ -217,7 +220,9 @@ impl ServerRequest {
                     }
             }
             ServerRequest::Execute { path, .. } => path.depth() == 3,
-            ServerRequest::Create { path, .. } => path.depth() == 1,
+            ServerRequest::Create { path, .. } | ServerRequest::CreateWithoutId { path, .. } => {
+                path.depth() == 1
+            }
             ServerRequest::Delete { path } => matches!(path.depth(), 2 | 4),
             ServerRequest::ReadComposite { .. }
             | ServerRequest::WriteComposite { .. }
@@ -242,6 +247,7 @@ impl ServerRequest {
             | ServerRequest::WriteAttributes { path, .. }
             | ServerRequest::Execute { path, .. }
             | ServerRequest::Create { path, .. }
+            | ServerRequest::CreateWithoutId { path, .. }
             | ServerRequest::Delete { path }
             | ServerRequest::Observe { path, .. }
             | ServerRequest::CancelObservation { path, .. } => Some(*path),
@@ -293,29 +299,34 @@ impl ServerRequest {
             ServerRequest::Create {
                 path,
                 format,
-                content,
+                instances,
             } => {
                 coap.method = Method::Post;
                 coap.content_format = Some(*format);
-                let object_id = path.object_id().unwrap_or_default();
-                coap.payload = match content {
-                    CreateContent::Instances(instances) => {
-                        let object = LwM2mObject::new(object_id, instances.iter().cloned());
-                        content::encode(&LwM2mNode::Object(object), path, *format, models)?
-                    }
-                    CreateContent::Resources(resources) if is_tlv(*format) => {
-                        let instance = LwM2mObjectInstance::new(0, resources.iter().cloned());
-                        let instance_path = LwM2mPath::ObjectInstance(object_id, 0);
-                        let node = LwM2mNode::ObjectInstance(instance);
-                        content::encode(&node, &instance_path, *format, models)?
-                    }
-                    CreateContent::Resources(_) => {
-                        return Err(OperationError::Codec(CodecError::unsupported(
-                            "Create",
-                            "an instance without id in a format other than TLV",
-                        )));
-                    }
-                };
+                let object = LwM2mObject::new(
+                    path.object_id().unwrap_or_default(),
+                    instances.iter().cloned(),
+                );
+                coap.payload = content::encode(&LwM2mNode::Object(object), path, *format, models)?;
+            }
+            ServerRequest::CreateWithoutId {
+                path,
+                format,
+                resources,
+            } => {
+                if !is_tlv(*format) {
+                    return Err(OperationError::Codec(CodecError::unsupported(
+                        "Create",
+                        "an instance without id in a format other than TLV",
+                    )));
+                }
+                coap.method = Method::Post;
+                coap.content_format = Some(*format);
+                let instance = LwM2mObjectInstance::new(0, resources.iter().cloned());
+                let instance_path =
+                    LwM2mPath::ObjectInstance(path.object_id().unwrap_or_default(), 0);
+                let node = LwM2mNode::ObjectInstance(instance);
+                coap.payload = content::encode(&node, &instance_path, *format, models)?;
             }
             ServerRequest::Delete { .. } => coap.method = Method::Delete,
             ServerRequest::ReadComposite {
@@ -397,11 +408,7 @@ impl ServerRequest {
                         let format = coap
                             .content_format
                             .ok_or(OperationError::Missing("Content-Format"))?;
-                        ServerRequest::Create {
-                            path,
-                            format,
-                            content: create_content(&coap.payload, format, &path, models)?,
-                        }
+                        create(&coap.payload, format, path, models)?
                     }
                     2 => write(coap, path, WriteMode::PartialUpdate, models)?,
                     3 if coap
@@ -585,14 +592,14 @@ fn is_tlv(format: ContentFormat) -> bool {
     format == ContentFormat::LWM2M_TLV || format == ContentFormat::LWM2M_TLV_LEGACY
 }
 
-/// A TLV payload of resources without an object-instance entry leaves the instance id to
-/// the client; every other payload names its instances.
-fn create_content(
+/// A Create: a TLV payload of resources without an object-instance entry leaves the
+/// instance id to the client; every other payload names its instances.
+fn create(
     payload: &[u8],
     format: ContentFormat,
-    path: &LwM2mPath,
+    path: LwM2mPath,
     models: &dyn ModelLookup,
-) -> Result<CreateContent, OperationError> {
+) -> Result<ServerRequest, OperationError> {
     let object_id = path.object_id().unwrap_or_default();
     if is_tlv(format) {
         let entries = crate::content::tlv::parse_entries(payload, 0)?;
@@ -603,15 +610,20 @@ fn create_content(
             else {
                 return Err(OperationError::Missing("object instance resources"));
             };
-            return Ok(CreateContent::Resources(
-                instance.resources.into_values().collect(),
-            ));
+            let resources = instance.resources.into_values().collect();
+            return Ok(ServerRequest::CreateWithoutId {
+                path,
+                format,
+                resources,
+            });
         }
     }
-    match content::decode(payload, format, path, models)? {
-        LwM2mNode::Object(object) => Ok(CreateContent::Instances(
-            object.instances.into_values().collect(),
-        )),
+    match content::decode(payload, format, &path, models)? {
+        LwM2mNode::Object(object) => Ok(ServerRequest::Create {
+            path,
+            format,
+            instances: object.instances.into_values().collect(),
+        }),
         _ => Err(OperationError::Codec(CodecError::unsupported(
             "Create",
             "a payload that is not instances",
@@ -692,17 +704,17 @@ mod tests {
             ServerRequest::Create {
                 path: LwM2mPath::Object(1),
                 format: ContentFormat::SENML_JSON,
-                content: CreateContent::Instances(vec![instance.clone()]),
+                instances: vec![instance.clone()],
             },
             ServerRequest::Create {
                 path: LwM2mPath::Object(1),
                 format: ContentFormat::LWM2M_TLV,
-                content: CreateContent::Instances(vec![instance.clone()]),
+                instances: vec![instance.clone()],
             },
-            ServerRequest::Create {
+            ServerRequest::CreateWithoutId {
                 path: LwM2mPath::Object(1),
                 format: ContentFormat::LWM2M_TLV,
-                content: CreateContent::Resources(instance.resources.into_values().collect()),
+                resources: instance.resources.into_values().collect(),
             },
             ServerRequest::Delete {
                 path: LwM2mPath::ObjectInstance(1, 1),
@@ -856,10 +868,8 @@ mod tests {
             payload: vec![0xC1, 0x00, 0x65, 0xC1, 0x01, 0x3C],
             ..CoapRequest::new(Method::Post, &["1"])
         };
-        let Ok(ServerRequest::Create {
-            content: CreateContent::Resources(resources),
-            ..
-        }) = ServerRequest::from_coap(&coap, &models)
+        let Ok(ServerRequest::CreateWithoutId { resources, .. }) =
+            ServerRequest::from_coap(&coap, &models)
         else {
             panic!("not a create without instance id");
         };
@@ -870,10 +880,10 @@ mod tests {
                 LwM2mResource::single(1, Value::Integer(60))
             ]
         );
-        let senml = ServerRequest::Create {
+        let senml = ServerRequest::CreateWithoutId {
             path: LwM2mPath::Object(1),
             format: ContentFormat::SENML_JSON,
-            content: CreateContent::Resources(resources),
+            resources,
         };
         assert!(senml.to_coap(&models).is_err());
     }

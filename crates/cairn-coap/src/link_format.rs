@@ -353,7 +353,8 @@ const QUOTED_ATTRIBUTES: &[&str] = &["rt", "if", "rel", "rev", "anchor", "title"
 
 impl fmt::Display for Link {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "<{}>", self.target)?;
+        // A URI reference cannot hold '>'; percent-encoding keeps the output parseable.
+        write!(f, "<{}>", self.target.replace('>', "%3E"))?;
         for (name, value) in &self.attributes {
             write!(f, ";{name}")?;
             let Some(value) = value else { continue };
@@ -467,6 +468,13 @@ mod tests {
             parse_with_limits(&long, &limits),
             Err(LinkFormatError::TooLong { .. })
         ));
+    }
+
+    #[test]
+    fn emit_percent_encodes_a_closing_bracket_in_the_target() {
+        let text = emit(&[Link::new("/a>b")]);
+        assert_eq!(text, "</a%3Eb>");
+        assert_eq!(parse(&text), Ok(vec![Link::new("/a%3Eb")]));
     }
 
     #[test]

@@ -1,8 +1,8 @@
-//! Attributes (OMA LwM2M Core 1.2 §5.1.2 "Attributes" with Tables 5.1.2-1 and 5.1.2-2):
+//! Attributes (OMA LwM2M Core 1.2, "Attributes" of the object model):
 //! the notification attributes pmin, pmax, gt, lt, st, epmin, epmax, edge, con and hqmax
 //! that Write-Attributes sets, and the properties dim, ver, ssid and uri that Discover
 //! reports. Parsed from Uri-Query strings (`pmin=10`, `pmin` alone unsets) and link-format
-//! parameters, written back to both, and validated against the rules of §5.1.2.
+//! parameters, written back to both, and validated against the rules the specification gives for them.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -159,7 +159,7 @@ pub enum AttributeError {
     /// The same attribute given twice.
     #[error("attribute {0} given twice")]
     Duplicate(AttributeName),
-    /// A rule of §5.1.2 is broken.
+    /// A rule of the specification is broken.
     #[error("{0}")]
     Rule(String),
     /// The attribute does not apply at this level or to this resource.
@@ -346,7 +346,7 @@ impl AttributeSet {
         }
     }
 
-    /// Checks the rules of §5.1.2 for a Write-Attributes at `path`: only writable
+    /// Checks the specification's rules for a Write-Attributes at `path`: only writable
     /// attributes; gt/lt/st only on a numeric resource (or resource instance); edge only on
     /// a boolean resource; pmin ≤ pmax, epmin ≤ epmax; lt < gt and lt + 2·st < gt; st > 0.
     pub fn validate_write(
@@ -492,7 +492,7 @@ mod tests {
     }
 
     #[test]
-    fn enforces_the_rules_of_5_1_2() {
+    fn enforces_the_attribute_rules() {
         let models = ModelRegistry::with_core_models();
         let battery = crate::model::ModelLookup::resource(&models, 3, 9);
         let path = LwM2mPath::Resource(3, 0, 9);

@@ -1,5 +1,5 @@
 //! The parts of a CoAP message that LwM2M operations are made of (RFC 7252 §5 and the
-//! LwM2M Transport Binding 1.2 §6.4 "Mapping of LwM2M operations to CoAP"): method,
+//! operation mapping of the LwM2M Transport Binding 1.2): method,
 //! Uri-Path segments, Uri-Query options, Content-Format, Accept, Observe, Location-Path,
 //! payload and response code. The CoAP message codec converts these to and from bytes.
 

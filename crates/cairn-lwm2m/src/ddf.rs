@@ -17,6 +17,8 @@ use crate::value::ResourceType;
 
 /// Largest DDF document accepted, in bytes.
 pub const MAX_DDF_LEN: usize = 4 * 1024 * 1024;
+/// Deepest element nesting accepted (object definitions nest five levels).
+pub const MAX_DDF_DEPTH: usize = 32;
 const MAX_XML_NODES: u32 = 500_000;
 
 /// Why a DDF document could not be read.
@@ -28,6 +30,14 @@ pub enum DdfError {
     /// Not well-formed XML.
     #[error("XML error: {0}")]
     Xml(String),
+    /// Elements nest deeper than [`MAX_DDF_DEPTH`].
+    #[error("elements nest deeper than {MAX_DDF_DEPTH} levels at {line}:{column}")]
+    TooDeep {
+        /// Line of the element that went too deep.
+        line: u32,
+        /// Column.
+        column: u32,
+    },
     /// No `<Object>` element.
     #[error("no <Object> element in the document")]
     NoObject,
@@ -76,6 +86,15 @@ pub fn parse_ddf(xml: &str) -> Result<Vec<ObjectModel>, DdfError> {
     if xml.len() > MAX_DDF_LEN {
         return Err(DdfError::TooLarge(xml.len()));
     }
+    if let Some(offset) = too_deep_at(xml, MAX_DDF_DEPTH) {
+        let before = xml.get(..offset).unwrap_or_default();
+        let line = before.bytes().filter(|b| *b == b'\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |at| at + 1) + 1;
+        return Err(DdfError::TooDeep {
+            line: u32::try_from(line).unwrap_or(u32::MAX),
+            column: u32::try_from(column).unwrap_or(u32::MAX),
+        });
+    }
     let options = ParsingOptions {
         allow_dtd: false,
         nodes_limit: MAX_XML_NODES,
@@ -114,6 +133,64 @@ pub fn parse_ddf(xml: &str) -> Result<Vec<ObjectModel>, DdfError> {
         .into_iter()
         .map(|n| parse_object(&doc, n))
         .collect()
+}
+
+/// The offset of the first start tag nested deeper than `limit`, found by a linear scan
+/// (the XML parser recurses on nesting, so depth is checked before it runs). Comments,
+/// CDATA sections, declarations and quoted attribute values are skipped; malformed markup
+/// is left for the parser to report.
+fn too_deep_at(xml: &str, limit: usize) -> Option<usize> {
+    let bytes = xml.as_bytes();
+    let find = |from: usize, pattern: &[u8]| {
+        bytes
+            .get(from..)?
+            .windows(pattern.len())
+            .position(|w| w == pattern)
+            .map(|at| from + at + pattern.len())
+    };
+    let mut depth = 0usize;
+    let mut pos = 0;
+    while let Some(start) = bytes
+        .get(pos..)?
+        .iter()
+        .position(|b| *b == b'<')
+        .map(|at| pos + at)
+    {
+        let rest = bytes.get(start..)?;
+        pos = if rest.starts_with(b"<!--") {
+            find(start, b"-->")?
+        } else if rest.starts_with(b"<![CDATA[") {
+            find(start, b"]]>")?
+        } else if rest.starts_with(b"<?") || rest.starts_with(b"<!") {
+            find(start, b">")?
+        } else if rest.starts_with(b"</") {
+            depth = depth.saturating_sub(1);
+            find(start, b">")?
+        } else {
+            let mut quote = None;
+            let mut end = None;
+            for (at, byte) in rest.iter().enumerate().skip(1) {
+                match (quote, *byte) {
+                    (None, b'"' | b'\'') => quote = Some(*byte),
+                    (Some(q), b) if b == q => quote = None,
+                    (None, b'>') => {
+                        end = Some(at);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            let end = end?;
+            if rest.get(end - 1) != Some(&b'/') {
+                depth += 1;
+                if depth > limit {
+                    return Some(start);
+                }
+            }
+            start + end + 1
+        };
+    }
+    None
 }
 
 /// Parses bytes (a file's content) as a DDF document.
@@ -361,6 +438,17 @@ mod tests {
             Err(DdfError::NotObjectDefinition(_))
         ));
         assert!(matches!(parse_ddf("<LWM2M>"), Err(DdfError::Xml(_))));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_or_parsed_without_recursion() {
+        let depth = 100_000;
+        let deep = format!(
+            "<LWM2M>{}{}</LWM2M>",
+            "<a>".repeat(depth),
+            "</a>".repeat(depth)
+        );
+        assert!(parse_ddf(&deep).is_err());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Object and resource models (OMA LwM2M Core 1.2 §6.1 and Appendix D "LwM2M Object
+//! Object and resource models (OMA LwM2M Core 1.2, resource model, and Appendix D "LwM2M Object
 //! Definition"): what an object's DDF file declares about it and its resources.
 
 use std::collections::BTreeMap;

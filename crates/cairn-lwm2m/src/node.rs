@@ -1,4 +1,4 @@
-//! LwM2M nodes (OMA LwM2M Core 1.2 §6.1 "Resource Model"): an object holds object
+//! LwM2M nodes (OMA LwM2M Core 1.2, resource model): an object holds object
 //! instances, an instance holds resources, a resource is single-instance (one value) or
 //! multiple-instance (values keyed by resource instance id).
 //!

@@ -1,5 +1,5 @@
-//! LwM2M paths (OMA LwM2M Core 1.2 §6.1 "Resource Model" and §7.1 "Object and Resource
-//! identifiers"): the root `/`, an object `/o`, an object instance `/o/i`, a resource
+//! LwM2M paths (OMA LwM2M Core 1.2, resource model and object and resource
+//! identifiers): the root `/`, an object `/o`, an object instance `/o/i`, a resource
 //! `/o/i/r` and a resource instance `/o/i/r/ri`.
 //!
 //! Identifiers are 16-bit; 65535 is reserved by the specification (it is the "no instance"
@@ -11,7 +11,7 @@ use core::str::FromStr;
 
 use thiserror::Error;
 
-/// The largest identifier a path may carry (65535 is reserved, Core §7.1).
+/// The largest identifier a path may carry (65535 is reserved).
 pub const MAX_ID: u16 = 65534;
 
 /// A path into the LwM2M data model.
@@ -70,22 +70,7 @@ impl LwM2mPath {
     /// Builds a path from CoAP Uri-Path segments (`["3", "0", "1"]`); an empty list, or a
     /// single empty segment, is the root.
     pub fn from_segments<S: AsRef<str>>(segments: &[S]) -> Result<Self, PathError> {
-        let segments: Vec<&str> = segments
-            .iter()
-            .map(AsRef::as_ref)
-            .filter(|s| !s.is_empty())
-            .collect();
-        if segments.len() > 4 {
-            return Err(PathError::TooDeep(segments.len()));
-        }
-        let mut ids = [0u16; 4];
-        for (index, segment) in segments.iter().enumerate() {
-            ids[index] = parse_id(segment).ok_or_else(|| PathError::BadSegment {
-                index,
-                segment: (*segment).to_owned(),
-            })?;
-        }
-        Self::from_ids(&ids[..segments.len()])
+        Self::parse_segments(segments.iter().map(AsRef::as_ref), true)
     }
 
     /// The identifiers of the path, from the object down (empty for the root).
@@ -215,17 +200,33 @@ impl FromStr for LwM2mPath {
         if rest.is_empty() {
             return Ok(LwM2mPath::Root);
         }
-        let segments: Vec<&str> = rest.split('/').collect();
-        if segments.len() > 4 {
-            return Err(PathError::TooDeep(segments.len()));
-        }
-        if let Some(index) = segments.iter().position(|s| s.is_empty()) {
-            return Err(PathError::BadSegment {
+        Self::parse_segments(rest.split('/'), false)
+    }
+}
+
+impl LwM2mPath {
+    /// Parses identifiers from segments without allocating; with `skip_empty`, empty
+    /// segments (from doubled or trailing '/') are ignored, otherwise they are an error.
+    pub(crate) fn parse_segments<'a>(
+        segments: impl Iterator<Item = &'a str>,
+        skip_empty: bool,
+    ) -> Result<LwM2mPath, PathError> {
+        let mut ids = [0u16; 4];
+        let mut len = 0;
+        for (index, segment) in segments.enumerate() {
+            if segment.is_empty() && skip_empty {
+                continue;
+            }
+            if len == 4 {
+                return Err(PathError::TooDeep(len + 1));
+            }
+            ids[len] = parse_id(segment).ok_or_else(|| PathError::BadSegment {
                 index,
-                segment: String::new(),
-            });
+                segment: segment.chars().take(16).collect(),
+            })?;
+            len += 1;
         }
-        Self::from_segments(&segments)
+        Self::from_ids(&ids[..len])
     }
 }
 

@@ -1,5 +1,5 @@
 //! A registry of object models keyed by (object id, object version) (OMA LwM2M Core 1.2
-//! §5.2.2 "ObjectVersion" and Appendix D), filled from the built-in core objects and from
+//! "ObjectVersion" and Appendix D), filled from the built-in core objects and from
 //! DDF files.
 
 use std::collections::BTreeMap;

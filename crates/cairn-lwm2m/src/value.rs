@@ -1,6 +1,6 @@
 //! Resource values and their data types (OMA LwM2M Core 1.2 Appendix C "Data Types"):
 //! String, Integer, Unsigned Integer, Float, Boolean, Opaque, Time, Objlnk, Corelnk and
-//! none (executable resources), with the text representation of §7.4.1 (text/plain).
+//! none (executable resources), with the text representation of the Plain Text format (Core §7.4).
 
 use core::fmt;
 
@@ -171,7 +171,7 @@ impl Value {
         }
     }
 
-    /// The text/plain representation (Core §7.4.1): decimal numbers, `0`/`1` booleans,
+    /// The text/plain representation (Core §7.4, Plain Text): decimal numbers, `0`/`1` booleans,
     /// `o:i` links and Base64 for opaque values.
     pub fn to_text(&self) -> String {
         match self {

@@ -1,5 +1,5 @@
 //! Fuzz target: recognition of LwM2M operations in CoAP request parts (Transport Binding
-//! 1.2 §6.4) for the three interfaces. The input is split into Uri-Path, Uri-Query and
+//! 1.2) for the three interfaces. The input is split into Uri-Path, Uri-Query and
 //! payload at 0xFF bytes; the first byte picks method and options.
 #![no_main]
 

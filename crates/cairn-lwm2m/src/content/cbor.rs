@@ -1,7 +1,9 @@
-//! CBOR single values (Content-Format 60, OMA LwM2M Core 1.2 §7.4.6 "CBOR") and the
+//! CBOR single values (Content-Format 60, OMA LwM2M Core 1.2 §7.4, CBOR) and the
 //! value mapping shared by SenML CBOR and LwM2M CBOR: integers as CBOR integers, floats
 //! as the shortest lossless float, booleans, strings as text, opaque as byte strings,
 //! time as an integer (tag 1 accepted on input), object links as `"o:i"` text.
+
+use core::convert::Infallible;
 
 use minicbor::data::{Tag, Type};
 use minicbor::{Decoder, Encoder};
@@ -13,11 +15,22 @@ const FORMAT: &str = "CBOR";
 /// RFC 8949 tag 1: epoch-based date/time.
 const EPOCH_TIME: u64 = 1;
 
+/// The error type of an encoder writing to a `Vec`, which cannot fail.
+pub(crate) type WriteError = minicbor::encode::Error<Infallible>;
+
+/// Runs `write` on an encoder over a fresh buffer and returns the bytes.
+pub(crate) fn encode_with(
+    capacity: usize,
+    write: impl FnOnce(&mut Encoder<Vec<u8>>) -> Result<(), WriteError>,
+) -> Result<Vec<u8>, CodecError> {
+    let mut encoder = Encoder::new(Vec::with_capacity(capacity));
+    write(&mut encoder).map_err(|e| CodecError::unsupported(FORMAT, e.to_string()))?;
+    Ok(encoder.into_writer())
+}
+
 /// Encodes one value as a CBOR data item.
 pub fn encode_value(value: &Value) -> Result<Vec<u8>, CodecError> {
-    let mut encoder = Encoder::new(Vec::new());
-    write_value(&mut encoder, value);
-    Ok(encoder.into_writer())
+    encode_with(16, |encoder| write_value(encoder, value))
 }
 
 /// Decodes exactly one CBOR data item as a value.
@@ -34,23 +47,25 @@ pub fn decode_value(payload: &[u8]) -> Result<Value, CodecError> {
     Ok(value)
 }
 
-/// Writes a value; writing to a `Vec` cannot fail.
-pub(crate) fn write_value(encoder: &mut Encoder<Vec<u8>>, value: &Value) {
-    let _infallible = match value {
-        Value::String(s) | Value::Corelnk(s) => encoder.str(s),
-        Value::Integer(v) | Value::Time(v) => encoder.i64(*v),
-        Value::UnsignedInteger(v) => encoder.u64(*v),
-        Value::Float(v) => write_float(encoder, *v),
-        Value::Boolean(v) => encoder.bool(*v),
-        Value::Opaque(bytes) => encoder.bytes(bytes),
-        Value::Objlnk(link) => encoder.str(&link.to_string()),
+/// Writes a value.
+pub(crate) fn write_value(encoder: &mut Encoder<Vec<u8>>, value: &Value) -> Result<(), WriteError> {
+    match value {
+        Value::String(s) | Value::Corelnk(s) => encoder.str(s)?,
+        Value::Integer(v) | Value::Time(v) => encoder.i64(*v)?,
+        Value::UnsignedInteger(v) => encoder.u64(*v)?,
+        Value::Float(v) => write_float(encoder, *v)?,
+        Value::Boolean(v) => encoder.bool(*v)?,
+        Value::Opaque(bytes) => encoder.bytes(bytes)?,
+        Value::Objlnk(link) => encoder.str(&link.to_string())?,
     };
+    Ok(())
 }
 
+/// A float in 4 bytes when that is lossless, in 8 otherwise.
 fn write_float(
     encoder: &mut Encoder<Vec<u8>>,
     v: f64,
-) -> Result<&mut Encoder<Vec<u8>>, minicbor::encode::Error<core::convert::Infallible>> {
+) -> Result<&mut Encoder<Vec<u8>>, WriteError> {
     let single = v as f32;
     if f64::from(single) == v || v.is_nan() {
         encoder.f32(single)

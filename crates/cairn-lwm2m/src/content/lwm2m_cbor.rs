@@ -1,4 +1,4 @@
-//! LwM2M CBOR (Content-Format 11544, OMA LwM2M Core 1.2 §7.4.7): nested CBOR maps keyed by
+//! LwM2M CBOR (Content-Format 11544, OMA LwM2M Core 1.2 §7.4, LwM2M CBOR): nested CBOR maps keyed by
 //! path identifiers from the root, `{3: {0: {0: "Open Mobile Alliance", 6: {0: 1}}}}`; a
 //! key may also be an array of identifiers standing for several levels (`{[3, 0]: {...}}`).
 //! A null leaf names a path without a value (composite requests).
@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use minicbor::data::Type;
 use minicbor::{Decoder, Encoder};
 
-use crate::content::CodecError;
-use crate::content::cbor::{read_value, write_value};
+use crate::content::cbor::{WriteError, encode_with, read_value, write_value};
+use crate::content::{CodecError, MAX_RECORDS, too_many_records};
 use crate::path::LwM2mPath;
 use crate::value::Value;
 
@@ -46,18 +46,22 @@ fn insert<'a>(
     }
 }
 
-fn write_tree(encoder: &mut Encoder<Vec<u8>>, tree: &BTreeMap<u16, Tree>) {
-    let _ = encoder.map(tree.len() as u64);
+fn write_tree(
+    encoder: &mut Encoder<Vec<u8>>,
+    tree: &BTreeMap<u16, Tree>,
+) -> Result<(), WriteError> {
+    encoder.map(tree.len() as u64)?;
     for (id, child) in tree {
-        let _ = encoder.u16(*id);
+        encoder.u16(*id)?;
         match child {
-            Tree::Leaf(Some(value)) => write_value(encoder, value),
+            Tree::Leaf(Some(value)) => write_value(encoder, value)?,
             Tree::Leaf(None) => {
-                let _ = encoder.null();
+                encoder.null()?;
             }
-            Tree::Branch(children) => write_tree(encoder, children),
+            Tree::Branch(children) => write_tree(encoder, children)?,
         }
     }
+    Ok(())
 }
 
 /// Encodes (path, value) records as nested maps from the root.
@@ -66,9 +70,7 @@ pub fn encode(records: &[(LwM2mPath, Value)]) -> Result<Vec<u8>, CodecError> {
     for (path, value) in records {
         insert(&mut tree, &path.ids(), Some(value))?;
     }
-    let mut encoder = Encoder::new(Vec::with_capacity(records.len() * 12));
-    write_tree(&mut encoder, &tree);
-    Ok(encoder.into_writer())
+    encode_with(records.len() * 12, |encoder| write_tree(encoder, &tree))
 }
 
 /// Encodes paths with null leaves (Read-Composite and Observe-Composite requests).
@@ -77,9 +79,7 @@ pub fn encode_paths(paths: &[LwM2mPath]) -> Result<Vec<u8>, CodecError> {
     for path in paths {
         insert(&mut tree, &path.ids(), None)?;
     }
-    let mut encoder = Encoder::new(Vec::new());
-    write_tree(&mut encoder, &tree);
-    Ok(encoder.into_writer())
+    encode_with(paths.len() * 8, |encoder| write_tree(encoder, &tree))
 }
 
 /// Decodes a payload as (path, value) records; null leaves are refused.
@@ -140,6 +140,9 @@ fn read_map(
             _ => {}
         }
         read += 1;
+        if leaves.len() == MAX_RECORDS {
+            return Err(too_many_records(FORMAT, decoder.position()));
+        }
         let depth = prefix.len();
         read_key(decoder, prefix)?;
         let value_at = decoder.position();

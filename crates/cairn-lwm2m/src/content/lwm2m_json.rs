@@ -1,13 +1,16 @@
-//! LwM2M JSON (Content-Format 11543, legacy 1543; OMA LwM2M Core 1.1 §7.4.5 "JSON", the
-//! format of LwM2M 1.0 §6.4.4): `{"bn":"/3/0/","e":[{"n":"0","sv":"..."}]}` with value
+//! LwM2M JSON (Content-Format 11543, legacy 1543; OMA LwM2M Core 1.1 §7.4, JSON; the
+//! JSON format of LwM2M 1.0): `{"bn":"/3/0/","e":[{"n":"0","sv":"..."}]}` with value
 //! fields `v` (number), `sv` (string, Base64 for opaque), `bv` (boolean), `ov` (object
 //! link) and optional `bt`/`t` times.
 
-use serde_json::Value as Json;
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::Number;
 
 use crate::content::CodecError;
 use crate::content::senml::join_name;
-use crate::content::senml_json::{json_number, number, parse_json, write_json_string};
+use crate::content::senml_json::{BoundedVec, json_number, number, parse_json, write_json_string};
 use crate::path::LwM2mPath;
 use crate::value::{ObjectLink, Value};
 
@@ -16,7 +19,11 @@ const MAX_NAME_LEN: usize = 64;
 
 /// Encodes the records of the node at `path`, names relative to `path`.
 pub fn encode(path: &LwM2mPath, records: &[(LwM2mPath, Value)]) -> Result<Vec<u8>, CodecError> {
-    let base = if path.is_root() {
+    // A single value is named by its full path; several by names relative to "path/".
+    let single = matches!(records, [(record_path, _)] if record_path == path);
+    let base = if single {
+        path.to_string()
+    } else if path.is_root() {
         "/".to_owned()
     } else {
         format!("{path}/")
@@ -53,73 +60,74 @@ pub fn encode(path: &LwM2mPath, records: &[(LwM2mPath, Value)]) -> Result<Vec<u8
     Ok(out.into_bytes())
 }
 
+#[derive(Deserialize)]
+struct JsonDocument<'a> {
+    #[serde(borrow, default)]
+    bn: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    e: BoundedVec<JsonEntry<'a>>,
+}
+
+#[derive(Deserialize)]
+struct JsonEntry<'a> {
+    #[serde(borrow, default)]
+    n: Option<Cow<'a, str>>,
+    #[serde(default)]
+    v: Option<Number>,
+    #[serde(borrow, default)]
+    sv: Option<Cow<'a, str>>,
+    #[serde(default)]
+    bv: Option<bool>,
+    #[serde(borrow, default)]
+    ov: Option<Cow<'a, str>>,
+}
+
 /// Decodes an LwM2M JSON payload as (path, value) records.
 pub fn decode(payload: &[u8]) -> Result<Vec<(LwM2mPath, Value)>, CodecError> {
-    let Json::Object(root) = parse_json(payload, FORMAT)? else {
-        return Err(CodecError::malformed(FORMAT, "expected a JSON object", 0));
-    };
-    let base = match root.get("bn") {
-        None => "",
-        Some(bn) => bn
-            .as_str()
-            .ok_or_else(|| CodecError::malformed(FORMAT, "\"bn\" is not a string", 0))?,
-    };
-    let Some(Json::Array(entries)) = root.get("e") else {
-        return Err(CodecError::malformed(FORMAT, "no \"e\" array", 0));
-    };
-    entries
-        .iter()
+    let document: JsonDocument = parse_json(payload, FORMAT)?;
+    let base = document.bn.as_deref().unwrap_or("");
+    document
+        .e
+        .0
+        .into_iter()
         .enumerate()
         .map(|(index, entry)| record(base, index, entry))
         .collect()
 }
 
-fn record(base: &str, index: usize, entry: &Json) -> Result<(LwM2mPath, Value), CodecError> {
+fn record(base: &str, index: usize, entry: JsonEntry) -> Result<(LwM2mPath, Value), CodecError> {
     let bad = |what: String| CodecError::Record {
         format: FORMAT,
         index,
         what,
     };
-    let Json::Object(fields) = entry else {
-        return Err(bad("an entry is not a JSON object".into()));
-    };
-    let name = match fields.get("n") {
-        None => "",
-        Some(n) => n
-            .as_str()
-            .ok_or_else(|| bad("\"n\" is not a string".into()))?,
-    };
-    let full = join_name(base, name);
-    if full.len() > MAX_NAME_LEN {
+    let name = entry.n.as_deref().unwrap_or("");
+    if base.len() + name.len() > MAX_NAME_LEN {
         return Err(bad(format!(
             "name of {} bytes is too long for a path",
-            full.len()
+            base.len() + name.len()
         )));
     }
-    let path = full
-        .parse::<LwM2mPath>()
-        .map_err(|source| CodecError::Path {
-            name: full.clone(),
-            source,
-        })?;
-    let mut value = None;
-    for (key, field) in fields {
-        let kind = |expected: &str| bad(format!("field {key:?} is not {expected}"));
-        let parsed = match key.as_str() {
-            "v" => json_number(field).ok_or_else(|| kind("a number"))?,
-            "sv" => Value::String(field.as_str().ok_or_else(|| kind("a string"))?.to_owned()),
-            "bv" => Value::Boolean(field.as_bool().ok_or_else(|| kind("a boolean"))?),
-            "ov" => {
-                let text = field.as_str().ok_or_else(|| kind("a string"))?;
-                Value::Objlnk(ObjectLink::parse(text).ok_or_else(|| kind("an object link"))?)
-            }
-            _ => continue,
-        };
-        if value.replace(parsed).is_some() {
-            return Err(bad("more than one value field".into()));
-        }
+    let segments = base.split('/').chain(name.split('/'));
+    let path = LwM2mPath::parse_segments(segments, true).map_err(|source| CodecError::Path {
+        name: join_name(base, name),
+        source,
+    })?;
+    let mut values = Vec::with_capacity(1);
+    values.extend(entry.v.as_ref().map(json_number));
+    values.extend(entry.sv.map(|s| Value::String(s.into_owned())));
+    values.extend(entry.bv.map(Value::Boolean));
+    if let Some(text) = entry.ov {
+        let link = ObjectLink::parse(&text)
+            .ok_or_else(|| bad("field \"ov\" is not an object link".into()))?;
+        values.push(Value::Objlnk(link));
     }
-    let value = value.ok_or_else(|| bad(format!("no value for {path}")))?;
+    if values.len() > 1 {
+        return Err(bad("more than one value field".into()));
+    }
+    let value = values
+        .pop()
+        .ok_or_else(|| bad(format!("no value for {path}")))?;
     Ok((path, value))
 }
 
@@ -147,6 +155,22 @@ mod tests {
                 object_id: 3,
                 instance_id: 0
             })
+        );
+    }
+
+    #[test]
+    fn names_concatenate_to_the_full_path() {
+        let single = [(LwM2mPath::Resource(3, 0, 9), Value::Integer(87))];
+        let text = encode(&LwM2mPath::Resource(3, 0, 9), &single).map(String::from_utf8);
+        assert_eq!(
+            text,
+            Ok(Ok(r#"{"bn":"/3/0/9","e":[{"n":"","v":87}]}"#.to_owned()))
+        );
+        let multiple = [(LwM2mPath::ResourceInstance(3, 0, 7, 0), Value::Integer(1))];
+        let text = encode(&LwM2mPath::Resource(3, 0, 7), &multiple).map(String::from_utf8);
+        assert_eq!(
+            text,
+            Ok(Ok(r#"{"bn":"/3/0/7/","e":[{"n":"0","v":1}]}"#.to_owned()))
         );
     }
 

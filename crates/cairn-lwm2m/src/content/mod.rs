@@ -13,8 +13,8 @@
 //! | SenML CBOR | 112 | [`senml_cbor`] |
 //! | LwM2M CBOR | 11544 | [`lwm2m_cbor`] |
 //!
-//! Decoders never panic on input, allocate at most in proportion to the input, and bound
-//! nesting (JSON by serde_json's recursion limit, CBOR and TLV by the four levels of a
+//! Decoders never panic on input, allocate at most in proportion to the input (and at most
+//! [`MAX_RECORDS`] records), and bound nesting (JSON by serde_json's recursion limit, CBOR and TLV by the four levels of a
 //! path). Values are converted to the type the model declares; without a model the type
 //! the format carries is kept (TLV and octet-stream values stay opaque, text stays text).
 
@@ -109,6 +109,14 @@ impl CodecError {
             what: what.into(),
         }
     }
+}
+
+/// Most records (values, entries, leaves) a payload may hold; decoding stops with an error
+/// past this, so the memory a payload can claim stays bounded whatever its size.
+pub const MAX_RECORDS: usize = 65_536;
+
+pub(crate) fn too_many_records(format: &'static str, at: usize) -> CodecError {
+    CodecError::malformed(format, format!("more than {MAX_RECORDS} records"), at)
 }
 
 /// The content formats [`encode`] and [`decode`] accept.
@@ -347,7 +355,7 @@ pub struct TimestampedRecord {
 }
 
 /// Decodes a SenML payload as a time series (Send with several timestamps per path, Core
-/// §6.4.3), keeping every record in payload order.
+/// §6, Information Reporting), keeping every record in payload order.
 pub fn decode_timestamped(
     payload: &[u8],
     format: ContentFormat,
@@ -501,7 +509,7 @@ pub(crate) mod tests {
         )
     }
 
-    /// Core 1.0 §6.4.4 example (LwM2M JSON), Read /3/0.
+    /// The LwM2M JSON example of Core 1.0 (Read /3/0).
     const DEVICE_LWM2M_JSON: &str = r#"{"bn":"/3/0/","e":[
         {"n":"0","sv":"Open Mobile Alliance"},{"n":"1","sv":"Lightweight M2M Client"},
         {"n":"2","sv":"345000123"},{"n":"3","sv":"1.0"},{"n":"6/0","v":1},{"n":"6/1","v":5},
@@ -509,7 +517,7 @@ pub(crate) mod tests {
         {"n":"9","v":100},{"n":"10","v":15},{"n":"11/0","v":0},{"n":"13","v":1367491215},
         {"n":"14","sv":"+02:00"},{"n":"16","sv":"U"}]}"#;
 
-    /// Core 1.1 §7.4.4 example (SenML JSON), Read /3/0.
+    /// The SenML JSON example of Core 1.1 §7.4 (Read /3/0).
     const DEVICE_SENML_JSON: &str = r#"[{"bn":"/3/0/","n":"0","vs":"Open Mobile Alliance"},
         {"n":"1","vs":"Lightweight M2M Client"},{"n":"2","vs":"345000123"},{"n":"3","vs":"1.0"},
         {"n":"6/0","v":1},{"n":"6/1","v":5},{"n":"7/0","v":3800},{"n":"7/1","v":5000},
@@ -827,7 +835,10 @@ pub(crate) mod tests {
             let models = ModelRegistry::with_core_models();
             let format = SUPPORTED_FORMATS[which % SUPPORTED_FORMATS.len()];
             for path in [LwM2mPath::Object(3), INSTANCE, LwM2mPath::Resource(3, 0, 7), LwM2mPath::ResourceInstance(3, 0, 7, 0)] {
-                let _ = decode(&bytes, format, &path, &models);
+                if let Ok(node) = decode(&bytes, format, &path, &models) {
+                    // Every decoded value costs at least one input byte: memory follows input.
+                    prop_assert!(node.flatten(&path).len() <= bytes.len().max(1));
+                }
             }
             let _ = decode_records(&bytes, format, &models);
             let _ = decode_paths(&bytes, format);

@@ -1,5 +1,5 @@
 //! The SenML data model shared by SenML JSON (110) and SenML CBOR (112) as LwM2M uses it
-//! (RFC 8428 §4, OMA LwM2M Core 1.2 §7.4.4 and §7.4.5): base name and base time
+//! (RFC 8428 §4, OMA LwM2M Core 1.2 §7.4, SenML JSON and SenML CBOR): base name and base time
 //! resolution, the LwM2M value fields (`v`, `vs`, `vb`, `vd`, `vlo`) and the mapping of
 //! resolved names to paths.
 //!
@@ -56,18 +56,21 @@ pub fn resolve(raw: Vec<RawRecord>, format: &'static str) -> Result<Vec<SenmlRec
         if let Some(bt) = record.base_time {
             base_time = Some(bt);
         }
-        let name = join_name(&base_name, record.name.as_deref().unwrap_or(""));
-        if name.len() > MAX_NAME_LEN {
+        let name = record.name.as_deref().unwrap_or("");
+        if base_name.len() + name.len() > MAX_NAME_LEN {
             return Err(CodecError::Record {
                 format,
                 index,
-                what: format!("name of {} bytes is too long for an LwM2M path", name.len()),
+                what: format!(
+                    "name of {} bytes is too long for an LwM2M path",
+                    base_name.len() + name.len()
+                ),
             });
         }
-        let path = name
-            .parse::<LwM2mPath>()
-            .map_err(|source| CodecError::Path {
-                name: name.clone(),
+        let segments = base_name.split('/').chain(name.split('/'));
+        let path =
+            LwM2mPath::parse_segments(segments, true).map_err(|source| CodecError::Path {
+                name: join_name(&base_name, name),
                 source,
             })?;
         let time = match (base_time, record.time) {
@@ -104,13 +107,19 @@ pub(crate) fn join_name(base: &str, name: &str) -> String {
 /// The newest value of each path (by time, then by order), in path order. A record
 /// without a value is an error here: a read response or a write carries values.
 pub fn latest_values(records: Vec<SenmlRecord>) -> Result<Vec<(LwM2mPath, Value)>, CodecError> {
+    if records.windows(2).all(|pair| pair[0].path < pair[1].path) {
+        return records
+            .into_iter()
+            .enumerate()
+            .map(|(index, record)| match record.value {
+                Some(value) => Ok((record.path, value)),
+                None => Err(no_value(index, &record.path)),
+            })
+            .collect();
+    }
     let mut latest: BTreeMap<LwM2mPath, (Option<f64>, Value)> = BTreeMap::new();
     for (index, record) in records.into_iter().enumerate() {
-        let value = record.value.ok_or_else(|| CodecError::Record {
-            format: "SenML",
-            index,
-            what: format!("no value for {}", record.path),
-        })?;
+        let value = record.value.ok_or_else(|| no_value(index, &record.path))?;
         let newer = latest
             .get(&record.path)
             .is_none_or(|(time, _)| record.time.unwrap_or(f64::MIN) >= time.unwrap_or(f64::MIN));
@@ -124,28 +133,42 @@ pub fn latest_values(records: Vec<SenmlRecord>) -> Result<Vec<(LwM2mPath, Value)
         .collect())
 }
 
-/// Records for one node: the first carries the node's path as base name (with a trailing
-/// '/' above resource level), the others names relative to it.
+fn no_value(index: usize, path: &LwM2mPath) -> CodecError {
+    CodecError::Record {
+        format: "SenML",
+        index,
+        what: format!("no value for {path}"),
+    }
+}
+
+/// Records for one node. A single value is one record named by its full path as base
+/// name; otherwise the first record carries the node's path with a trailing '/' as base
+/// name and every record a name relative to it, so that plain concatenation (RFC 8428
+/// §4.5.1) gives the full path: `bn` `/3/0/7/` with `n` `0`, never `/3/0/7` with `0`.
 pub fn records_for(path: &LwM2mPath, node: &LwM2mNode) -> Vec<RawRecord> {
-    let base = match path.depth() {
-        3 | 4 => path.to_string(),
-        _ => format!("{path}/"),
+    let records = node.flatten(path);
+    if let [(record_path, value)] = records.as_slice() {
+        if record_path == path {
+            return vec![RawRecord {
+                base_name: Some(path.to_string()),
+                value: Some(value.clone()),
+                ..Default::default()
+            }];
+        }
+    }
+    let base = if path.is_root() {
+        "/".to_owned()
+    } else {
+        format!("{path}/")
     };
-    let base_len = base.len();
-    node.flatten(path)
+    records
         .into_iter()
         .enumerate()
         .map(|(index, (record_path, value))| {
             let full = record_path.to_string();
             RawRecord {
                 base_name: (index == 0).then(|| base.clone()),
-                name: Some(
-                    full.get(base_len..)
-                        .unwrap_or_default()
-                        .trim_start_matches('/')
-                        .to_owned(),
-                )
-                .filter(|n| !n.is_empty()),
+                name: Some(full.get(base.len()..).unwrap_or_default().to_owned()),
                 value: Some(value),
                 ..Default::default()
             }
@@ -232,6 +255,30 @@ mod tests {
         assert_eq!(
             latest,
             vec![(LwM2mPath::Resource(3303, 0, 5700), Value::Float(21.5))]
+        );
+    }
+
+    #[test]
+    fn encoded_names_concatenate_to_the_full_path() {
+        use crate::node::{LwM2mResource, LwM2mResourceInstance};
+        let multiple = LwM2mNode::Resource(LwM2mResource::multiple(7, [(0, Value::Integer(1))]));
+        let records = records_for(&LwM2mPath::Resource(3, 0, 7), &multiple);
+        assert_eq!(records[0].base_name.as_deref(), Some("/3/0/7/"));
+        assert_eq!(records[0].name.as_deref(), Some("0"));
+        let single = LwM2mNode::Resource(LwM2mResource::single(9, Value::Integer(1)));
+        let records = records_for(&LwM2mPath::Resource(3, 0, 9), &single);
+        assert_eq!(
+            (records[0].base_name.as_deref(), records[0].name.as_deref()),
+            (Some("/3/0/9"), None)
+        );
+        let instance = LwM2mNode::ResourceInstance(LwM2mResourceInstance {
+            id: 1,
+            value: Value::Integer(1),
+        });
+        let records = records_for(&LwM2mPath::ResourceInstance(3, 0, 7, 1), &instance);
+        assert_eq!(
+            (records[0].base_name.as_deref(), records[0].name.as_deref()),
+            (Some("/3/0/7/1"), None)
         );
     }
 

@@ -1,4 +1,4 @@
-//! SenML CBOR (Content-Format 112; RFC 8428 §6, OMA LwM2M Core 1.2 §7.4.5): a CBOR array
+//! SenML CBOR (Content-Format 112; RFC 8428 §6, OMA LwM2M Core 1.2 §7.4, SenML CBOR): a CBOR array
 //! of maps with the integer labels bn=-2, bt=-3, n=0, v=2, vs=3, vb=4, t=6, vd=8 and the
 //! text label "vlo" for object links. Containers are definite or indefinite length; a
 //! value field must be a scalar, so nesting is at most two levels.
@@ -6,9 +6,9 @@
 use minicbor::data::Type;
 use minicbor::{Decoder, Encoder};
 
-use crate::content::CodecError;
-use crate::content::cbor::{read_value, write_value};
+use crate::content::cbor::{WriteError, encode_with, read_value, write_value};
 use crate::content::senml::{RawRecord, SenmlRecord, resolve};
+use crate::content::{CodecError, MAX_RECORDS, too_many_records};
 use crate::value::{ObjectLink, Value};
 
 const FORMAT: &str = "SenML CBOR";
@@ -24,56 +24,50 @@ const OBJLNK_LABEL: &str = "vlo";
 
 /// Writes records as a SenML CBOR array.
 pub fn encode(records: &[RawRecord]) -> Result<Vec<u8>, CodecError> {
-    let mut encoder = Encoder::new(Vec::with_capacity(records.len() * 16));
-    let _ = encoder.array(records.len() as u64);
-    for record in records {
-        let fields = [
-            record.base_name.is_some(),
-            record.base_time.is_some(),
-            record.name.is_some(),
-            record.time.is_some(),
-            record.value.is_some(),
-        ];
-        let _ = encoder.map(fields.iter().filter(|f| **f).count() as u64);
-        if let Some(bn) = &record.base_name {
-            let _ = encoder.i64(BASE_NAME).and_then(|e| e.str(bn));
-        }
-        if let Some(bt) = record.base_time {
-            let _ = encoder.i64(BASE_TIME);
-            write_value(&mut encoder, &Value::Float(bt));
-        }
-        if let Some(n) = &record.name {
-            let _ = encoder.i64(NAME).and_then(|e| e.str(n));
-        }
-        if let Some(t) = record.time {
-            let _ = encoder.i64(TIME);
-            write_value(&mut encoder, &Value::Float(t));
-        }
-        if let Some(value) = &record.value {
-            match value {
-                Value::Integer(_)
-                | Value::Time(_)
-                | Value::UnsignedInteger(_)
-                | Value::Float(_) => {
-                    let _ = encoder.i64(VALUE);
-                }
-                Value::String(_) | Value::Corelnk(_) => {
-                    let _ = encoder.i64(STRING_VALUE);
-                }
-                Value::Boolean(_) => {
-                    let _ = encoder.i64(BOOLEAN_VALUE);
-                }
-                Value::Opaque(_) => {
-                    let _ = encoder.i64(DATA_VALUE);
-                }
-                Value::Objlnk(_) => {
-                    let _ = encoder.str(OBJLNK_LABEL);
-                }
-            }
-            write_value(&mut encoder, value);
-        }
+    encode_with(records.len() * 16, |encoder| {
+        encoder.array(records.len() as u64)?;
+        records
+            .iter()
+            .try_for_each(|record| write_record(encoder, record))
+    })
+}
+
+fn write_record(encoder: &mut Encoder<Vec<u8>>, record: &RawRecord) -> Result<(), WriteError> {
+    let fields = [
+        record.base_name.is_some(),
+        record.base_time.is_some(),
+        record.name.is_some(),
+        record.time.is_some(),
+        record.value.is_some(),
+    ];
+    encoder.map(fields.iter().filter(|f| **f).count() as u64)?;
+    if let Some(bn) = &record.base_name {
+        encoder.i64(BASE_NAME)?.str(bn)?;
     }
-    Ok(encoder.into_writer())
+    if let Some(bt) = record.base_time {
+        encoder.i64(BASE_TIME)?;
+        write_value(encoder, &Value::Float(bt))?;
+    }
+    if let Some(n) = &record.name {
+        encoder.i64(NAME)?.str(n)?;
+    }
+    if let Some(t) = record.time {
+        encoder.i64(TIME)?;
+        write_value(encoder, &Value::Float(t))?;
+    }
+    if let Some(value) = &record.value {
+        match value {
+            Value::Integer(_) | Value::Time(_) | Value::UnsignedInteger(_) | Value::Float(_) => {
+                encoder.i64(VALUE)?
+            }
+            Value::String(_) | Value::Corelnk(_) => encoder.i64(STRING_VALUE)?,
+            Value::Boolean(_) => encoder.i64(BOOLEAN_VALUE)?,
+            Value::Opaque(_) => encoder.i64(DATA_VALUE)?,
+            Value::Objlnk(_) => encoder.str(OBJLNK_LABEL)?,
+        };
+        write_value(encoder, value)?;
+    }
+    Ok(())
 }
 
 /// Parses and resolves a SenML CBOR payload.
@@ -114,6 +108,9 @@ pub fn decode_raw(payload: &[u8]) -> Result<Vec<RawRecord>, CodecError> {
     let mut records = Vec::new();
     let mut index = 0u64;
     while has_next(&mut decoder, len, index)? {
+        if records.len() == MAX_RECORDS {
+            return Err(too_many_records(FORMAT, decoder.position()));
+        }
         records.push(record(&mut decoder, index as usize)?);
         index += 1;
     }
@@ -227,6 +224,34 @@ mod tests {
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].path, LwM2mPath::Resource(3, 0, 0));
         assert_eq!(records[0].value, Some(Value::Integer(100)));
+    }
+
+    /// The shape small embedded clients emit: base name on the first record only, the
+    /// name relative to it, floats always as 8-byte doubles, object links under "vlo".
+    #[test]
+    fn decodes_the_embedded_client_shape() {
+        let mut payload = vec![0x82, 0xa3, 0x21, 0x68];
+        payload.extend_from_slice(b"/3303/0/");
+        payload.extend_from_slice(&[0x00, 0x64]);
+        payload.extend_from_slice(b"5700");
+        payload.extend_from_slice(&[0x02, 0xfb, 0x40, 0x35, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00]);
+        payload.extend_from_slice(&[0xa2, 0x00, 0x64]);
+        payload.extend_from_slice(b"5750");
+        payload.extend_from_slice(&[0x63]);
+        payload.extend_from_slice(b"vlo");
+        payload.extend_from_slice(&[0x63]);
+        payload.extend_from_slice(b"3:0");
+        let records = decode(&payload).expect("valid");
+        assert_eq!(records[0].path, LwM2mPath::Resource(3303, 0, 5700));
+        assert_eq!(records[0].value, Some(Value::Float(21.5)));
+        assert_eq!(records[1].path, LwM2mPath::Resource(3303, 0, 5750));
+        assert_eq!(
+            records[1].value,
+            Some(Value::Objlnk(ObjectLink {
+                object_id: 3,
+                instance_id: 0
+            }))
+        );
     }
 
     #[test]

@@ -1,12 +1,19 @@
-//! SenML JSON (Content-Format 110; RFC 8428 §5, OMA LwM2M Core 1.2 §7.4.4): a JSON array
+//! SenML JSON (Content-Format 110; RFC 8428 §5, OMA LwM2M Core 1.2 §7.4, SenML JSON): a JSON array
 //! of records; LwM2M adds `vlo` for object links, opaque values are base64url in `vd`.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use serde_json::Value as Json;
+use std::borrow::Cow;
 
-use crate::content::CodecError;
+use core::fmt;
+use core::marker::PhantomData;
+
+use serde::de::{Error as _, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::Number;
+
 use crate::content::senml::{RawRecord, SenmlRecord, resolve};
+use crate::content::{CodecError, MAX_RECORDS};
 use crate::value::{ObjectLink, Value, format_float};
 
 const FORMAT: &str = "SenML JSON";
@@ -108,8 +115,11 @@ pub(crate) fn write_json_string(out: &mut String, value: &str) {
     out.push('"');
 }
 
-/// Parses JSON, turning serde_json's line and column into a byte offset.
-pub(crate) fn parse_json(payload: &[u8], format: &'static str) -> Result<Json, CodecError> {
+/// Parses JSON into `T`, turning serde_json's line and column into a byte offset.
+pub(crate) fn parse_json<'a, T: Deserialize<'a>>(
+    payload: &'a [u8],
+    format: &'static str,
+) -> Result<T, CodecError> {
     serde_json::from_slice(payload).map_err(|e| {
         let offset: usize = payload
             .split(|b| *b == b'\n')
@@ -126,80 +136,110 @@ pub fn decode(payload: &[u8]) -> Result<Vec<SenmlRecord>, CodecError> {
     resolve(decode_raw(payload)?, FORMAT)
 }
 
+/// A JSON array of at most [`MAX_RECORDS`] elements; deserialization stops at the first
+/// element past the limit.
+pub(crate) struct BoundedVec<T>(pub Vec<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for BoundedVec<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Elements<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Elements<T> {
+            type Value = BoundedVec<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "an array of at most {MAX_RECORDS} records")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<BoundedVec<T>, A::Error> {
+                let mut elements = Vec::new();
+                while let Some(element) = seq.next_element()? {
+                    if elements.len() == MAX_RECORDS {
+                        return Err(A::Error::custom(format!("more than {MAX_RECORDS} records")));
+                    }
+                    elements.push(element);
+                }
+                Ok(BoundedVec(elements))
+            }
+        }
+
+        deserializer.deserialize_seq(Elements(PhantomData))
+    }
+}
+
+/// One record as it appears in the JSON array; strings are borrowed unless escaped.
+#[derive(Deserialize)]
+struct JsonRecord<'a> {
+    #[serde(borrow, default)]
+    bn: Option<Cow<'a, str>>,
+    #[serde(default)]
+    bt: Option<f64>,
+    #[serde(borrow, default)]
+    n: Option<Cow<'a, str>>,
+    #[serde(default)]
+    t: Option<f64>,
+    #[serde(default)]
+    v: Option<Number>,
+    #[serde(borrow, default)]
+    vs: Option<Cow<'a, str>>,
+    #[serde(default)]
+    vb: Option<bool>,
+    #[serde(borrow, default)]
+    vd: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    vlo: Option<Cow<'a, str>>,
+}
+
 /// Parses a SenML JSON payload without resolving names.
 pub fn decode_raw(payload: &[u8]) -> Result<Vec<RawRecord>, CodecError> {
-    let Json::Array(items) = parse_json(payload, FORMAT)? else {
-        return Err(CodecError::malformed(
-            FORMAT,
-            "expected a JSON array of records",
-            0,
-        ));
-    };
-    items
-        .iter()
+    let BoundedVec(records): BoundedVec<JsonRecord> = parse_json(payload, FORMAT)?;
+    records
+        .into_iter()
         .enumerate()
-        .map(|(index, item)| record(index, item))
+        .map(|(index, record)| raw_record(index, record))
         .collect()
 }
 
-fn record(index: usize, item: &Json) -> Result<RawRecord, CodecError> {
-    let bad = |what: String| CodecError::Record {
+fn raw_record(index: usize, record: JsonRecord) -> Result<RawRecord, CodecError> {
+    let bad = |what: &str| CodecError::Record {
         format: FORMAT,
         index,
-        what,
+        what: what.to_owned(),
     };
-    let Json::Object(fields) = item else {
-        return Err(bad("a record is not a JSON object".into()));
-    };
-    let mut record = RawRecord::default();
-    for (key, field) in fields {
-        let kind = |expected: &str| bad(format!("field {key:?} is not {expected}"));
-        let value = match key.as_str() {
-            "bn" => {
-                record.base_name = Some(field.as_str().ok_or_else(|| kind("a string"))?.to_owned());
-                continue;
-            }
-            "n" => {
-                record.name = Some(field.as_str().ok_or_else(|| kind("a string"))?.to_owned());
-                continue;
-            }
-            "bt" => {
-                record.base_time = Some(field.as_f64().ok_or_else(|| kind("a number"))?);
-                continue;
-            }
-            "t" => {
-                record.time = Some(field.as_f64().ok_or_else(|| kind("a number"))?);
-                continue;
-            }
-            "v" => json_number(field).ok_or_else(|| kind("a number"))?,
-            "vs" => Value::String(field.as_str().ok_or_else(|| kind("a string"))?.to_owned()),
-            "vb" => Value::Boolean(field.as_bool().ok_or_else(|| kind("a boolean"))?),
-            "vd" => {
-                let text = field.as_str().ok_or_else(|| kind("a string"))?;
-                Value::Opaque(decode_base64(text).ok_or_else(|| kind("base64"))?)
-            }
-            "vlo" => {
-                let text = field.as_str().ok_or_else(|| kind("a string"))?;
-                Value::Objlnk(ObjectLink::parse(text).ok_or_else(|| kind("an object link"))?)
-            }
-            _ => continue,
-        };
-        if record.value.replace(value).is_some() {
-            return Err(bad("more than one value field".into()));
-        }
+    let mut values = Vec::with_capacity(1);
+    values.extend(record.v.as_ref().map(json_number));
+    values.extend(record.vs.map(|s| Value::String(s.into_owned())));
+    values.extend(record.vb.map(Value::Boolean));
+    if let Some(text) = record.vd {
+        values.push(Value::Opaque(
+            decode_base64(&text).ok_or_else(|| bad("field \"vd\" is not base64"))?,
+        ));
     }
-    Ok(record)
+    if let Some(text) = record.vlo {
+        let link =
+            ObjectLink::parse(&text).ok_or_else(|| bad("field \"vlo\" is not an object link"))?;
+        values.push(Value::Objlnk(link));
+    }
+    if values.len() > 1 {
+        return Err(bad("more than one value field"));
+    }
+    Ok(RawRecord {
+        base_name: record.bn.map(Cow::into_owned),
+        base_time: record.bt,
+        name: record.n.map(Cow::into_owned),
+        time: record.t,
+        value: values.pop(),
+    })
 }
 
 /// A JSON number as Integer, UnsignedInteger (above i64::MAX) or Float.
-pub(crate) fn json_number(field: &Json) -> Option<Value> {
-    let number = field.as_number()?;
+pub(crate) fn json_number(number: &Number) -> Value {
     if let Some(v) = number.as_i64() {
-        Some(Value::Integer(v))
+        Value::Integer(v)
     } else if let Some(v) = number.as_u64() {
-        Some(Value::UnsignedInteger(v))
+        Value::UnsignedInteger(v)
     } else {
-        number.as_f64().map(Value::Float)
+        Value::Float(number.as_f64().unwrap_or(f64::NAN))
     }
 }
 
@@ -252,6 +292,10 @@ mod tests {
         ));
         assert!(matches!(
             decode(br#"[{"n":"/3/0/0","v":1},{"n":"/3/0/1","v":"x"}]"#),
+            Err(CodecError::Malformed { at: 40..=44, .. })
+        ));
+        assert!(matches!(
+            decode(br#"[{"n":"/3/0/0","v":1},{"n":"/3/0/1","vd":"*"}]"#),
             Err(CodecError::Record { index: 1, .. })
         ));
         assert!(matches!(
@@ -261,6 +305,20 @@ mod tests {
         assert!(decode(b"{}").is_err());
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert!(decode(deep.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn record_count_is_bounded() {
+        let at_limit = format!("[{}{{}}]", "{},".repeat(MAX_RECORDS - 1));
+        assert_eq!(
+            decode_raw(at_limit.as_bytes()).map(|r| r.len()),
+            Ok(MAX_RECORDS)
+        );
+        let over = format!("[{}{{}}]", "{},".repeat(MAX_RECORDS));
+        assert!(matches!(
+            decode_raw(over.as_bytes()),
+            Err(CodecError::Malformed { .. })
+        ));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Plain text (Content-Format 0, OMA LwM2M Core 1.2 §7.4.1) and opaque
-//! (application/octet-stream, 42, §7.4.2): a single resource or resource instance value.
+//! Plain text (Content-Format 0, OMA LwM2M Core 1.2 §7.4, Plain Text) and opaque
+//! (application/octet-stream, 42, §7.4, Opaque): a single resource or resource instance value.
 
 use crate::content::CodecError;
 use crate::model::ModelLookup;

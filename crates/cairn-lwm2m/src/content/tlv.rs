@@ -1,4 +1,4 @@
-//! OMA-TLV (Content-Format 11542, legacy 1542; OMA LwM2M Core 1.2 §7.4.3 "TLV").
+//! OMA-TLV (Content-Format 11542, legacy 1542; OMA LwM2M Core 1.2 §7.4, TLV).
 //!
 //! Each entry is a type byte (bits 7-6: object instance, resource instance, multiple
 //! resource, resource with value; bit 5: 16-bit identifier; bits 4-3: length field size;
@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::content::{CodecError, model_type};
+use crate::content::{CodecError, MAX_RECORDS, model_type, too_many_records};
 use crate::model::ModelLookup;
 use crate::node::{
     LwM2mNode, LwM2mObject, LwM2mObjectInstance, LwM2mResource, LwM2mResourceInstance,
@@ -96,6 +96,9 @@ pub fn parse_entries(bytes: &[u8], base: usize) -> Result<Vec<Tlv<'_>>, CodecErr
                     offset,
                 )
             })?;
+        if entries.len() == MAX_RECORDS {
+            return Err(too_many_records(FORMAT, offset));
+        }
         entries.push(Tlv {
             kind,
             id,
@@ -120,7 +123,7 @@ pub fn encode(node: &LwM2mNode) -> Result<Vec<u8>, CodecError> {
                     TlvKind::ObjectInstance,
                     instance.id,
                     &instance_bytes(instance)?,
-                );
+                )?;
             }
         }
         LwM2mNode::ObjectInstance(instance) => out = instance_bytes(instance)?,
@@ -131,7 +134,7 @@ pub fn encode(node: &LwM2mNode) -> Result<Vec<u8>, CodecError> {
                 TlvKind::ResourceInstance,
                 ri.id,
                 &value_bytes(&ri.value),
-            );
+            )?;
         }
     }
     Ok(out)
@@ -153,7 +156,7 @@ fn write_resource(out: &mut Vec<u8>, resource: &LwM2mResource) -> Result<(), Cod
                 TlvKind::ResourceValue,
                 resource.id,
                 &value_bytes(value),
-            );
+            )?;
         }
         ResourceValue::Multiple(values) => {
             let mut inner = Vec::new();
@@ -163,15 +166,27 @@ fn write_resource(out: &mut Vec<u8>, resource: &LwM2mResource) -> Result<(), Cod
                     TlvKind::ResourceInstance,
                     *ri,
                     &value_bytes(value),
-                );
+                )?;
             }
-            write_entry(out, TlvKind::MultipleResource, resource.id, &inner);
+            write_entry(out, TlvKind::MultipleResource, resource.id, &inner)?;
         }
     }
     Ok(())
 }
 
-fn write_entry(out: &mut Vec<u8>, kind: TlvKind, id: u16, value: &[u8]) {
+/// Largest value a TLV entry can carry: its length field has at most 24 bits.
+pub const MAX_TLV_VALUE_LEN: usize = 0xFF_FFFF;
+
+fn write_entry(out: &mut Vec<u8>, kind: TlvKind, id: u16, value: &[u8]) -> Result<(), CodecError> {
+    if value.len() > MAX_TLV_VALUE_LEN {
+        return Err(CodecError::unsupported(
+            FORMAT,
+            format!(
+                "an entry of {} bytes (the length field has 24 bits)",
+                value.len()
+            ),
+        ));
+    }
     let mut type_byte: u8 = match kind {
         TlvKind::ObjectInstance => 0x00,
         TlvKind::ResourceInstance => 0x40,
@@ -209,6 +224,7 @@ fn write_entry(out: &mut Vec<u8>, kind: TlvKind, id: u16, value: &[u8]) {
     }
     out.extend_from_slice(length_field);
     out.extend_from_slice(value);
+    Ok(())
 }
 
 /// The TLV value bytes of a value: integers in the fewest of 1, 2, 4 or 8 bytes, floats in
@@ -503,7 +519,7 @@ mod tests {
     use crate::registry::ModelRegistry;
     use proptest::prelude::*;
 
-    /// Core §7.4.3 example: Read /3/0 of the example client's Device object.
+    /// The TLV example of Core §7.4: Read /3/0 of the example client's Device object.
     pub(crate) const DEVICE_TLV: &[u8] = &[
         0xC8, 0x00, 0x14, b'O', b'p', b'e', b'n', b' ', b'M', b'o', b'b', b'i', b'l', b'e', b' ',
         b'A', b'l', b'l', b'i', b'a', b'n', b'c', b'e', //
@@ -533,6 +549,40 @@ mod tests {
         assert_eq!(encoded, DEVICE_TLV);
     }
 
+    /// TLV example of the Core specification: Read /2 of an Access Control object with
+    /// instances 0 and 2; instance 2's ACL has a 16-bit resource instance id (310).
+    const ACCESS_CONTROL_TLV: &[u8] = &[
+        0x08, 0x00, 0x0E, 0xC1, 0x00, 0x01, 0xC1, 0x01, 0x00, 0x83, 0x02, 0x41, 0x7F, 0x07, 0xC1,
+        0x03, 0x7F, 0x08, 0x02, 0x12, 0xC1, 0x00, 0x03, 0xC1, 0x01, 0x00, 0x87, 0x02, 0x41, 0x7F,
+        0x07, 0x61, 0x01, 0x36, 0x01, 0xC1, 0x03, 0x7F,
+    ];
+
+    #[test]
+    fn decodes_the_spec_access_control_example() {
+        let models = ModelRegistry::with_core_models();
+        let node = decode(ACCESS_CONTROL_TLV, &LwM2mPath::Object(2), &models).expect("valid TLV");
+        let instance = |id, object, acl: &[(u16, i64)]| {
+            LwM2mObjectInstance::new(
+                id,
+                [
+                    LwM2mResource::single(0, Value::Integer(object)),
+                    LwM2mResource::single(1, Value::Integer(0)),
+                    LwM2mResource::multiple(2, acl.iter().map(|(ri, v)| (*ri, Value::Integer(*v)))),
+                    LwM2mResource::single(3, Value::Integer(127)),
+                ],
+            )
+        };
+        let expected = LwM2mObject::new(
+            2,
+            [
+                instance(0, 1, &[(127, 7)]),
+                instance(2, 3, &[(127, 7), (310, 1)]),
+            ],
+        );
+        assert_eq!(node, LwM2mNode::Object(expected));
+        assert_eq!(encode(&node).expect("encodes"), ACCESS_CONTROL_TLV);
+    }
+
     #[test]
     fn object_links_and_wrapped_instances() {
         let link = Value::Objlnk(ObjectLink {
@@ -552,6 +602,31 @@ mod tests {
         assert_eq!(
             instance.resources[&9].value,
             ResourceValue::Single(Value::Opaque(vec![0x64]))
+        );
+    }
+
+    #[test]
+    fn refuses_values_the_length_field_cannot_express() {
+        let mut out = Vec::new();
+        let too_long = vec![0u8; MAX_TLV_VALUE_LEN + 1];
+        assert!(matches!(
+            write_entry(&mut out, TlvKind::ResourceValue, 0, &too_long),
+            Err(CodecError::Unsupported { .. })
+        ));
+        assert!(write_entry(&mut out, TlvKind::ResourceValue, 0, &too_long[1..]).is_ok());
+        assert_eq!(&out[..5], &[0xD8, 0x00, 0xFF, 0xFF, 0xFF]);
+    }
+
+    #[test]
+    fn entry_count_is_bounded() {
+        let over: Vec<u8> = [0xC0, 0x00].repeat(MAX_RECORDS + 1);
+        assert!(matches!(
+            parse_entries(&over, 0),
+            Err(CodecError::Malformed { .. })
+        ));
+        assert_eq!(
+            parse_entries(&over[2..], 0).map(|e| e.len()),
+            Ok(MAX_RECORDS)
         );
     }
 
@@ -601,7 +676,7 @@ mod tests {
         #[test]
         fn lengths_round_trip(len in 0usize..70_000, id in any::<u16>()) {
             let mut out = Vec::new();
-            write_entry(&mut out, TlvKind::ResourceValue, id, &vec![7u8; len]);
+            write_entry(&mut out, TlvKind::ResourceValue, id, &vec![7u8; len]).map_err(|e| TestCaseError::fail(e.to_string()))?;
             let entries = parse_entries(&out, 0).map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert_eq!(entries.len(), 1);
             prop_assert_eq!(entries[0].id, id);

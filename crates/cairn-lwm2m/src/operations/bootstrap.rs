@@ -1,5 +1,5 @@
-//! Requests a LwM2M Bootstrap-Server sends to a client (OMA LwM2M Core 1.2 §6.1.7
-//! "Bootstrap Interface" and Transport Binding 1.2 §6.4.1, Table 6.4.1-1):
+//! Requests a LwM2M Bootstrap-Server sends to a client (OMA LwM2M Core 1.2 §6,
+//! Bootstrap Interface, and the operation mapping of Transport Binding 1.2):
 //!
 //! | operation | CoAP |
 //! |---|---|

@@ -1,6 +1,6 @@
-//! Requests a client sends (OMA LwM2M Core 1.2 §6.1.3 Bootstrap-Request, §6.2
-//! "Client Registration Interface", §6.4.3 Send; Transport Binding 1.2 §6.4.1, §6.4.2 and
-//! §6.4.4):
+//! Requests a client sends (OMA LwM2M Core 1.2 §6: Bootstrap-Request of the
+//! Bootstrap Interface, the Client Registration Interface, Send of Information Reporting;
+//! mapped to CoAP as Transport Binding 1.2 defines):
 //!
 //! | operation | CoAP |
 //! |---|---|
@@ -458,7 +458,11 @@ fn read_payload(
         }
         let prefix = parameters.alternate_path.as_deref().unwrap_or("");
         let target = link.target.strip_prefix(prefix).unwrap_or(&link.target);
-        let path: LwM2mPath = target.parse()?;
+        // Some clients write relative targets (`<1/0>`); they name the same objects.
+        let path: LwM2mPath = match target.strip_prefix('/') {
+            Some(_) => target.parse()?,
+            None => format!("/{target}").parse()?,
+        };
         if !matches!(path.depth(), 1 | 2) {
             return Err(OperationError::BadPath {
                 operation: "Register",
@@ -572,6 +576,34 @@ mod tests {
     }
 
     #[test]
+    fn tolerates_relative_targets() {
+        let coap = CoapRequest {
+            queries: vec!["ep=node-2".into()],
+            payload: b"<1/0>, <3/0>".to_vec(),
+            ..CoapRequest::new(Method::Post, &["rd"])
+        };
+        let models = ModelRegistry::with_core_models();
+        let Ok(ClientRequest::Register { parameters, .. }) =
+            ClientRequest::from_coap(&coap, &models)
+        else {
+            panic!("not a registration");
+        };
+        let paths: Vec<LwM2mPath> = parameters
+            .objects
+            .iter()
+            .flatten()
+            .map(|o| o.path)
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                LwM2mPath::ObjectInstance(1, 0),
+                LwM2mPath::ObjectInstance(3, 0)
+            ]
+        );
+    }
+
+    #[test]
     fn other_client_operations_round_trip() {
         let models = ModelRegistry::with_core_models();
         let requests = [
@@ -642,6 +674,35 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn registrations_round_trip(
+            endpoint in "[!-~]{1,40}",
+            lifetime in proptest::option::of(any::<u32>()),
+            queue_mode in any::<bool>(),
+            objects in proptest::collection::vec((0u16..=crate::path::MAX_ID, proptest::option::of(0u16..100), proptest::option::of((1u8..3, 0u8..3))), 1..8),
+        ) {
+            let objects = objects
+                .into_iter()
+                .map(|(o, i, v)| RegisteredObject {
+                    path: i.map_or(LwM2mPath::Object(o), |i| LwM2mPath::ObjectInstance(o, i)),
+                    version: v.map(|(major, minor)| Version::new(major, minor)),
+                })
+                .collect();
+            let request = ClientRequest::Register {
+                endpoint,
+                lwm2m_version: Some(Version::V1_2),
+                parameters: RegistrationParameters {
+                    lifetime,
+                    queue_mode,
+                    objects: Some(objects),
+                    ..Default::default()
+                },
+            };
+            let models = ModelRegistry::with_core_models();
+            let coap = request.to_coap().map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(ClientRequest::from_coap(&coap, &models), Ok(request));
+        }
+
         #[test]
         fn from_coap_never_panics(
             path in proptest::collection::vec(prop_oneof![Just("rd".to_owned()), Just("bs".to_owned()), Just("dp".to_owned()), "[a-z0-9]{0,4}"], 0..3),

@@ -1,6 +1,6 @@
 //! LwM2M operations as typed requests and responses, mapped to and from CoAP request and
-//! response parts (OMA LwM2M Core 1.2 §6 "Interfaces" and Transport Binding 1.2 §6.4,
-//! Tables 6.4.1-1 to 6.4.5-1).
+//! response parts (OMA LwM2M Core 1.2 §6 "Interfaces" and the operation-to-CoAP mapping
+//! tables of Transport Binding 1.2).
 //!
 //! - [`server`]: Device Management and Information Reporting requests a LwM2M Server
 //!   sends (Read, Discover, Write, Write-Attributes, Execute, Create, Delete,
@@ -205,7 +205,34 @@ pub(crate) fn base_response(response: &Lwm2mResponse) -> CoapResponse {
     coap
 }
 
-/// One argument of an Execute (Core 1.2 §5.4.5 "Execute", Table 5.4.5-1):
+/// Puts a client's alternate root path (`/lwm2m` from `</lwm2m>;rt="oma.lwm2m"` at
+/// registration) in front of a request's Uri-Path.
+pub fn with_alternate_path(mut coap: CoapRequest, alternate_path: &str) -> CoapRequest {
+    let mut path: Vec<String> = alternate_segments(alternate_path)
+        .map(str::to_owned)
+        .collect();
+    path.append(&mut coap.path);
+    coap.path = path;
+    coap
+}
+
+/// Removes a client's alternate root path from a request's Uri-Path; `None` when the
+/// request is not under it.
+pub fn strip_alternate_path(coap: &CoapRequest, alternate_path: &str) -> Option<CoapRequest> {
+    let prefix: Vec<&str> = alternate_segments(alternate_path).collect();
+    let matches =
+        coap.path.len() >= prefix.len() && coap.path.iter().zip(&prefix).all(|(a, b)| a == b);
+    matches.then(|| CoapRequest {
+        path: coap.path.get(prefix.len()..).unwrap_or_default().to_vec(),
+        ..coap.clone()
+    })
+}
+
+fn alternate_segments(alternate_path: &str) -> impl Iterator<Item = &str> {
+    alternate_path.split('/').filter(|s| !s.is_empty())
+}
+
+/// One argument of an Execute (Core 1.1 and 1.2, Execute operation):
 /// a digit and an optional quoted value, `0='on',1`.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct ExecuteArgument {
@@ -307,6 +334,19 @@ mod tests {
             parse_execute_arguments("01"),
             Err(OperationError::Arguments { at: 1, .. })
         ));
+    }
+
+    #[test]
+    fn alternate_paths() {
+        let read = CoapRequest::new(Method::Get, &["3", "0"]);
+        let prefixed = with_alternate_path(read.clone(), "/lwm2m/");
+        assert_eq!(prefixed.path, ["lwm2m", "3", "0"]);
+        assert_eq!(
+            strip_alternate_path(&prefixed, "/lwm2m"),
+            Some(read.clone())
+        );
+        assert_eq!(strip_alternate_path(&read, "/lwm2m"), None);
+        assert_eq!(strip_alternate_path(&read, "/"), Some(read));
     }
 
     proptest! {

@@ -1,7 +1,6 @@
 //! Requests a LwM2M Server sends to a client: the Device Management and Service
-//! Enablement interface (OMA LwM2M Core 1.2 §6.3) and Observe / Cancel Observation of
-//! Information Reporting (§6.4), mapped to CoAP as Transport Binding 1.2 §6.4.3 and
-//! §6.4.4 define:
+//! Enablement interface and Observe / Cancel Observation of Information Reporting (OMA
+//! LwM2M Core 1.2 §6), mapped to CoAP as Transport Binding 1.2 defines:
 //!
 //! | operation | CoAP |
 //! |---|---|
@@ -25,16 +24,17 @@ use cairn_coap::ContentFormat;
 use crate::attributes::AttributeSet;
 use crate::coap::{CoapRequest, CoapResponse, Method, ResponseCode};
 use crate::content::link::{decode_discover, encode_discover};
+use crate::content::tlv::TlvKind;
 use crate::content::{self, CodecError};
 use crate::model::ModelLookup;
-use crate::node::{LwM2mNode, LwM2mObject, LwM2mObjectInstance};
+use crate::node::{LwM2mNode, LwM2mObject, LwM2mObjectInstance, LwM2mResource};
 use crate::operations::{
     ExecuteArgument, Lwm2mResponse, OperationError, ResponseContent, base_response, error_response,
     format_execute_arguments, not_an_operation, parse_execute_arguments, path_of, segments,
 };
 use crate::path::LwM2mPath;
 
-/// Replace or partial update (Core §6.3.3).
+/// Replace or partial update (Core §6, Device Management).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum WriteMode {
     /// PUT: the target's content is replaced.
@@ -83,7 +83,7 @@ pub enum ServerRequest {
         /// Arguments.
         arguments: Vec<ExecuteArgument>,
     },
-    /// Create.
+    /// Create, with the instance ids the server chose.
     Create {
         /// Target object.
         path: LwM2mPath,
@@ -91,6 +91,17 @@ pub enum ServerRequest {
         format: ContentFormat,
         /// Instances to create.
         instances: Vec<LwM2mObjectInstance>,
+    },
+    /// Create of one instance whose id the client chooses: its resources without an
+    /// object-instance entry, which only TLV can express (the other formats name every
+    /// value with its instance id).
+    CreateWithoutId {
+        /// Target object.
+        path: LwM2mPath,
+        /// Payload format (TLV).
+        format: ContentFormat,
+        /// Resources of the new instance.
+        resources: Vec<LwM2mResource>,
     },
     /// Delete.
     Delete {
@@ -159,7 +170,7 @@ impl ServerRequest {
             ServerRequest::Write { .. } => "Write",
             ServerRequest::WriteAttributes { .. } => "Write-Attributes",
             ServerRequest::Execute { .. } => "Execute",
-            ServerRequest::Create { .. } => "Create",
+            ServerRequest::Create { .. } | ServerRequest::CreateWithoutId { .. } => "Create",
             ServerRequest::Delete { .. } => "Delete",
             ServerRequest::ReadComposite { .. } => "Read-Composite",
             ServerRequest::WriteComposite { .. } => "Write-Composite",
@@ -184,12 +195,14 @@ impl ServerRequest {
             | ServerRequest::WriteAttributes { .. }
             | ServerRequest::Execute { .. }
             | ServerRequest::WriteComposite { .. } => ResponseCode::CHANGED,
-            ServerRequest::Create { .. } => ResponseCode::CREATED,
+            ServerRequest::Create { .. } | ServerRequest::CreateWithoutId { .. } => {
+                ResponseCode::CREATED
+            }
             ServerRequest::Delete { .. } => ResponseCode::DELETED,
         }
     }
 
-    /// Checks that the operation applies to its path (Core §6.3).
+    /// Checks that the operation applies to its path (Core §6).
     pub fn validate(&self) -> Result<(), OperationError> {
         let ok = match self {
             ServerRequest::Read { path, .. }
@@ -207,7 +220,9 @@ impl ServerRequest {
                     }
             }
             ServerRequest::Execute { path, .. } => path.depth() == 3,
-            ServerRequest::Create { path, .. } => path.depth() == 1,
+            ServerRequest::Create { path, .. } | ServerRequest::CreateWithoutId { path, .. } => {
+                path.depth() == 1
+            }
             ServerRequest::Delete { path } => matches!(path.depth(), 2 | 4),
             ServerRequest::ReadComposite { .. }
             | ServerRequest::WriteComposite { .. }
@@ -232,6 +247,7 @@ impl ServerRequest {
             | ServerRequest::WriteAttributes { path, .. }
             | ServerRequest::Execute { path, .. }
             | ServerRequest::Create { path, .. }
+            | ServerRequest::CreateWithoutId { path, .. }
             | ServerRequest::Delete { path }
             | ServerRequest::Observe { path, .. }
             | ServerRequest::CancelObservation { path, .. } => Some(*path),
@@ -292,6 +308,25 @@ impl ServerRequest {
                     instances.iter().cloned(),
                 );
                 coap.payload = content::encode(&LwM2mNode::Object(object), path, *format, models)?;
+            }
+            ServerRequest::CreateWithoutId {
+                path,
+                format,
+                resources,
+            } => {
+                if !is_tlv(*format) {
+                    return Err(OperationError::Codec(CodecError::unsupported(
+                        "Create",
+                        "an instance without id in a format other than TLV",
+                    )));
+                }
+                coap.method = Method::Post;
+                coap.content_format = Some(*format);
+                let instance = LwM2mObjectInstance::new(0, resources.iter().cloned());
+                let instance_path =
+                    LwM2mPath::ObjectInstance(path.object_id().unwrap_or_default(), 0);
+                let node = LwM2mNode::ObjectInstance(instance);
+                coap.payload = content::encode(&node, &instance_path, *format, models)?;
             }
             ServerRequest::Delete { .. } => coap.method = Method::Delete,
             ServerRequest::ReadComposite {
@@ -373,18 +408,7 @@ impl ServerRequest {
                         let format = coap
                             .content_format
                             .ok_or(OperationError::Missing("Content-Format"))?;
-                        let node = content::decode(&coap.payload, format, &path, models)?;
-                        let LwM2mNode::Object(object) = node else {
-                            return Err(OperationError::Codec(CodecError::unsupported(
-                                "Create",
-                                "a payload that is not instances",
-                            )));
-                        };
-                        ServerRequest::Create {
-                            path,
-                            format,
-                            instances: object.instances.into_values().collect(),
-                        }
+                        create(&coap.payload, format, path, models)?
                     }
                     2 => write(coap, path, WriteMode::PartialUpdate, models)?,
                     3 if coap
@@ -564,6 +588,49 @@ fn write(
     })
 }
 
+fn is_tlv(format: ContentFormat) -> bool {
+    format == ContentFormat::LWM2M_TLV || format == ContentFormat::LWM2M_TLV_LEGACY
+}
+
+/// A Create: a TLV payload of resources without an object-instance entry leaves the
+/// instance id to the client; every other payload names its instances.
+fn create(
+    payload: &[u8],
+    format: ContentFormat,
+    path: LwM2mPath,
+    models: &dyn ModelLookup,
+) -> Result<ServerRequest, OperationError> {
+    let object_id = path.object_id().unwrap_or_default();
+    if is_tlv(format) {
+        let entries = crate::content::tlv::parse_entries(payload, 0)?;
+        if entries.iter().any(|e| e.kind != TlvKind::ObjectInstance) {
+            let instance_path = LwM2mPath::ObjectInstance(object_id, 0);
+            let LwM2mNode::ObjectInstance(instance) =
+                content::decode(payload, format, &instance_path, models)?
+            else {
+                return Err(OperationError::Missing("object instance resources"));
+            };
+            let resources = instance.resources.into_values().collect();
+            return Ok(ServerRequest::CreateWithoutId {
+                path,
+                format,
+                resources,
+            });
+        }
+    }
+    match content::decode(payload, format, &path, models)? {
+        LwM2mNode::Object(object) => Ok(ServerRequest::Create {
+            path,
+            format,
+            instances: object.instances.into_values().collect(),
+        }),
+        _ => Err(OperationError::Codec(CodecError::unsupported(
+            "Create",
+            "a payload that is not instances",
+        ))),
+    }
+}
+
 fn single_node(path: &LwM2mPath, value: crate::value::Value) -> LwM2mNode {
     match *path {
         LwM2mPath::ResourceInstance(_, _, _, ri) => {
@@ -637,7 +704,17 @@ mod tests {
             ServerRequest::Create {
                 path: LwM2mPath::Object(1),
                 format: ContentFormat::SENML_JSON,
-                instances: vec![instance],
+                instances: vec![instance.clone()],
+            },
+            ServerRequest::Create {
+                path: LwM2mPath::Object(1),
+                format: ContentFormat::LWM2M_TLV,
+                instances: vec![instance.clone()],
+            },
+            ServerRequest::CreateWithoutId {
+                path: LwM2mPath::Object(1),
+                format: ContentFormat::LWM2M_TLV,
+                resources: instance.resources.into_values().collect(),
             },
             ServerRequest::Delete {
                 path: LwM2mPath::ObjectInstance(1, 1),
@@ -716,6 +793,8 @@ mod tests {
                 (Post, None),
                 (Post, None),
                 (Post, None),
+                (Post, None),
+                (Post, None),
                 (Delete, None),
                 (Fetch, None),
                 (IPatch, None),
@@ -732,7 +811,8 @@ mod tests {
         assert_eq!(codes[0], ResponseCode::CONTENT);
         assert_eq!(codes[2], ResponseCode::CHANGED);
         assert_eq!(codes[7], ResponseCode::CREATED);
-        assert_eq!(codes[8], ResponseCode::DELETED);
+        assert_eq!(codes[9], ResponseCode::CREATED);
+        assert_eq!(codes[10], ResponseCode::DELETED);
     }
 
     #[test]
@@ -781,6 +861,34 @@ mod tests {
     }
 
     #[test]
+    fn create_without_an_instance_id_is_tlv_resources() {
+        let models = ModelRegistry::with_core_models();
+        let coap = CoapRequest {
+            content_format: Some(ContentFormat::LWM2M_TLV),
+            payload: vec![0xC1, 0x00, 0x65, 0xC1, 0x01, 0x3C],
+            ..CoapRequest::new(Method::Post, &["1"])
+        };
+        let Ok(ServerRequest::CreateWithoutId { resources, .. }) =
+            ServerRequest::from_coap(&coap, &models)
+        else {
+            panic!("not a create without instance id");
+        };
+        assert_eq!(
+            resources,
+            [
+                LwM2mResource::single(0, Value::Integer(101)),
+                LwM2mResource::single(1, Value::Integer(60))
+            ]
+        );
+        let senml = ServerRequest::CreateWithoutId {
+            path: LwM2mPath::Object(1),
+            format: ContentFormat::SENML_JSON,
+            resources,
+        };
+        assert!(senml.to_coap(&models).is_err());
+    }
+
+    #[test]
     fn refuses_what_is_not_an_operation() {
         let models = ModelRegistry::with_core_models();
         let patch = CoapRequest::new(Method::Patch, &["3"]);
@@ -810,7 +918,35 @@ mod tests {
         ));
     }
 
+    fn path_strategy(min_depth: usize, max_depth: usize) -> impl Strategy<Value = LwM2mPath> {
+        proptest::collection::vec(0u16..=crate::path::MAX_ID, min_depth..=max_depth)
+            .prop_map(|ids| LwM2mPath::from_ids(&ids).unwrap_or(LwM2mPath::Root))
+    }
+
     proptest! {
+        #[test]
+        fn path_operations_round_trip(
+            path in path_strategy(1, 4),
+            kind in 0usize..5,
+            accept in proptest::option::of(prop_oneof![Just(ContentFormat::SENML_CBOR), Just(ContentFormat::LWM2M_TLV)]),
+            pmin in any::<u32>(),
+        ) {
+            let models = ModelRegistry::with_core_models();
+            let request = match kind {
+                0 => ServerRequest::Read { path, accept },
+                1 => ServerRequest::Observe { path, accept },
+                2 => ServerRequest::CancelObservation { path, accept },
+                3 => ServerRequest::WriteAttributes {
+                    path,
+                    attributes: AttributeSet::new().with(AttributeName::Pmin, AttributeValue::Unsigned(u64::from(pmin))),
+                },
+                _ if path.depth() <= 3 => ServerRequest::Discover { path },
+                _ => ServerRequest::Delete { path },
+            };
+            let coap = request.to_coap(&models).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(ServerRequest::from_coap(&coap, &models), Ok(request));
+        }
+
         #[test]
         fn from_coap_never_panics(
             method in 0usize..7,

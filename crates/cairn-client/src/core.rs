@@ -439,10 +439,27 @@ impl ClientCore {
                 }
                 Lwm2mResponse::empty(changed)
             }
-            ServerRequest::Create {
-                path, instances, ..
-            } => {
-                let created = self.tree.create(path, instances.clone())?;
+            ServerRequest::Create { .. } | ServerRequest::CreateWithoutId { .. } => {
+                let (path, instances) = match operation {
+                    ServerRequest::CreateWithoutId {
+                        path, resources, ..
+                    } => {
+                        // The client picks the id: the lowest one not in use (Core §6.3.6).
+                        let id = self.free_instance_id(path)?;
+                        (
+                            path,
+                            vec![cairn_lwm2m::node::LwM2mObjectInstance::new(
+                                id,
+                                resources.iter().cloned(),
+                            )],
+                        )
+                    }
+                    ServerRequest::Create {
+                        path, instances, ..
+                    } => (path, instances.clone()),
+                    _ => return Err(ObjectError::MethodNotAllowed),
+                };
+                let created = self.tree.create(path, instances)?;
                 self.objects_changed();
                 let location = match created.as_slice() {
                     [one] => vec![
@@ -523,6 +540,18 @@ impl ClientCore {
         })
     }
 
+    /// The lowest instance id of the object at `path` that no instance uses.
+    fn free_instance_id(&self, path: &LwM2mPath) -> Result<u16, ObjectError> {
+        let object = path.object_id().ok_or(ObjectError::MethodNotAllowed)?;
+        let used: Vec<u16> = match self.tree.read(&LwM2mPath::Object(object)) {
+            Ok(LwM2mNode::Object(existing)) => existing.instances.keys().copied().collect(),
+            _ => Vec::new(),
+        };
+        (0..u16::MAX)
+            .find(|id| !used.contains(id))
+            .ok_or(ObjectError::MethodNotAllowed)
+    }
+
     fn check_access(&self, server: ServerId, operation: &ServerRequest) -> Result<(), ObjectError> {
         let short_server_id = self.servers[server.0].short_server_id;
         let count = self.servers.len();
@@ -537,7 +566,9 @@ impl ClientCore {
             | ServerRequest::CancelObservation { path, .. } => check(path, Right::Read),
             ServerRequest::Write { path, .. } => check(path, Right::Write),
             ServerRequest::Execute { path, .. } => check(path, Right::Execute),
-            ServerRequest::Create { path, .. } => check(path, Right::Create),
+            ServerRequest::Create { path, .. } | ServerRequest::CreateWithoutId { path, .. } => {
+                check(path, Right::Create)
+            }
             ServerRequest::Delete { path } => check(path, Right::Delete),
             ServerRequest::ReadComposite { paths, .. } => {
                 paths.iter().try_for_each(|p| check(p, Right::Read))

@@ -247,6 +247,37 @@ async fn client_and_server_over_dtls_psk() {
             .is_err()
     );
 
+    // Create without an instance id (TLV): the client picks the lowest free one.
+    let created = server
+        .send_request(
+            "e2e-device",
+            cairn_lwm2m::ServerRequest::CreateWithoutId {
+                path: LwM2mPath::Object(1),
+                format: ContentFormat::LWM2M_TLV,
+                resources: vec![
+                    LwM2mResource::single(0, Value::Integer(8)),
+                    LwM2mResource::single(1, Value::Integer(120)),
+                    LwM2mResource::single(6, Value::Boolean(false)),
+                    LwM2mResource::single(7, Value::String("U".into())),
+                ],
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.code, cairn_lwm2m::ResponseCode::CREATED);
+    assert_eq!(
+        created.content,
+        cairn_lwm2m::ResponseContent::Location(vec!["1".into(), "1".into()])
+    );
+    let node = server
+        .read("e2e-device", LwM2mPath::Resource(1, 1, 0), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        node,
+        LwM2mNode::Resource(LwM2mResource::single(0, Value::Integer(8)))
+    );
+
     // Observe the current time with pmin = pmax = 1 s: notifications come every second.
     let attributes = AttributeSet::new()
         .with(AttributeName::Pmin, AttributeValue::Unsigned(1))

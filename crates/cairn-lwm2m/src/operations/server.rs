@@ -543,7 +543,9 @@ impl ServerRequest {
             | ServerRequest::CancelObserveComposite { paths, .. } => ResponseContent::Nodes(
                 content::decode_composite(&coap.payload, format()?, paths, models)?,
             ),
-            ServerRequest::Create { .. } if !coap.location_path.is_empty() => {
+            ServerRequest::Create { .. } | ServerRequest::CreateWithoutId { .. }
+                if !coap.location_path.is_empty() =>
+            {
                 ResponseContent::Location(coap.location_path.clone())
             }
             _ => ResponseContent::Empty,

@@ -332,7 +332,7 @@ fn time_response() -> Message {
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` from Unix seconds (civil-from-days, proleptic Gregorian).
-fn format_utc(seconds: u64) -> String {
+pub(crate) fn format_utc(seconds: u64) -> String {
     let days = (seconds / 86_400) as i64;
     let secs = seconds % 86_400;
     let z = days + 719_468;

@@ -8,7 +8,7 @@
 //! whose future is dropped after it started still runs to its commit. Reads do
 //! not touch the disk's write path: a read transaction is an MVCC snapshot that never waits for a
 //! writer, and a lookup is a few B-tree pages already in the page cache. They run inline on the
-//! caller's task (when the method is called; the returned future is already complete); `cargo bench -p cairn-store` measures them in microseconds (BENCHMARKS.md),
+//! caller's task (when the method is called; the returned future is already complete); `cargo bench -p cairn-store` measures them in microseconds (docs/benchmarks.md),
 //! cheaper than the hand-off to another thread would be. The DTLS handshake, whose PSK resolver
 //! is synchronous, can call [`EmbeddedStore::psk_key_blocking`] directly.
 //!

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs Cairn's main job: builds the release binary and starts the CoAP server on
-# 127.0.0.1:5683, serving the files of docs/ (override with CAIRN_SERVE_DIR).
-# Extra arguments are passed to `cairn coap serve`.
+# Runs Cairn's main job: builds the release binary and starts `cairn demo`, an LwM2M
+# server on its embedded store (in ./cairn-demo) with a fleet of simulated devices that
+# register over DTLS-PSK, each with its own random key; it prints what happens until
+# Ctrl-C. Extra arguments go to `cairn demo` (e.g. --devices 50).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,7 +13,5 @@ echo "run: cargo build --release -p cairn" >&2
 cargo build --release --quiet -p cairn
 
 cairn="${CARGO_TARGET_DIR:-$repo/target}/release/cairn"
-serve_dir="${CAIRN_SERVE_DIR:-$repo/docs}"
-listen="${CAIRN_LISTEN:-127.0.0.1:5683}"
-echo "run: cairn coap serve --listen $listen --dir $serve_dir $*" >&2
-exec "$cairn" coap serve --listen "$listen" --dir "$serve_dir" "$@"
+echo "run: cairn demo $*" >&2
+exec "$cairn" demo "$@"

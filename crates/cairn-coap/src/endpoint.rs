@@ -236,7 +236,7 @@ struct Block1Transfer {
 
 #[derive(Debug)]
 struct Representation {
-    key: Vec<u8>,
+    key: u64,
     response: Message,
     expires: Duration,
 }
@@ -300,8 +300,9 @@ struct ServerExchange {
     block2: Option<BlockValue>,
     block1_final: Option<BlockValue>,
     observe: ObserveRequest,
+    /// Set for observe and Block1 requests only (the others never need it).
     path_key: Vec<u8>,
-    representation_key: Vec<u8>,
+    representation_key: u64,
 }
 
 #[derive(Debug)]
@@ -744,14 +745,20 @@ impl Endpoint {
             self.reply_directly(peer, &message, response);
             return Disposition::Accepted;
         }
-        let path_key = path_key(&message);
-        let representation_key = representation_key(&message, &path_key);
+        let observing = matches!(message.code, Code::GET | Code::FETCH)
+            && message.options.contains(OptionNumber::OBSERVE);
+        let path_key = if observing || message.options.contains(OptionNumber::BLOCK1) {
+            path_key(&message)
+        } else {
+            Vec::new()
+        };
+        let representation_key = representation_key(&message);
         let requested_block2 = message
             .options
             .get(OptionNumber::BLOCK2)
             .map(BlockValue::decode);
         if let Some(Some(block)) = requested_block2.filter(|b| b.is_some_and(|b| b.num > 0)) {
-            if let Some(mut response) = self.cached_representation(now, peer, &representation_key) {
+            if let Some(mut response) = self.cached_representation(now, peer, representation_key) {
                 let code = self.slice_block2(&mut response, Some(block)).err();
                 self.reply_directly(peer, &message, code.map_or(response, Message::response));
                 return Disposition::Accepted;
@@ -1205,12 +1212,7 @@ impl Endpoint {
         if exchange.block2.is_none_or(|b| b.num == 0)
             && response.payload.len() > 16usize << self.block_szx
         {
-            self.keep_representation(
-                now,
-                peer,
-                exchange.representation_key.clone(),
-                &mut response,
-            );
+            self.keep_representation(now, peer, exchange.representation_key, &mut response);
         }
         if let Err(code) = self.slice_block2(&mut response, exchange.block2) {
             response = Message::response(code);
@@ -1252,7 +1254,7 @@ impl Endpoint {
         &mut self,
         now: Duration,
         peer: SocketAddr,
-        key: Vec<u8>,
+        key: u64,
         response: &mut Message,
     ) {
         if !response.options.contains(OptionNumber::ETAG) {
@@ -1290,12 +1292,7 @@ impl Endpoint {
         });
     }
 
-    fn cached_representation(
-        &self,
-        now: Duration,
-        peer: SocketAddr,
-        key: &[u8],
-    ) -> Option<Message> {
+    fn cached_representation(&self, now: Duration, peer: SocketAddr, key: u64) -> Option<Message> {
         let state = self.peers.get(&peer)?;
         state
             .representations
@@ -1795,24 +1792,31 @@ fn path_key(message: &Message) -> Vec<u8> {
     key
 }
 
-/// The method, path and query of a request: what identifies the representation whose
-/// blocks a client fetches one by one.
-fn representation_key(message: &Message, path_key: &[u8]) -> Vec<u8> {
-    let mut key = vec![message.code.0];
-    key.extend_from_slice(path_key);
-    for query in message.options.get_all(OptionNumber::URI_QUERY) {
-        key.push(b'?');
-        key.extend_from_slice(query);
+/// The method, path and query of a request, hashed (64-bit FNV-1a): what identifies the
+/// representation whose blocks a client fetches one by one. Computed for every request, so
+/// it allocates nothing.
+fn representation_key(message: &Message) -> u64 {
+    let mut hash = fnv1a(0xcbf2_9ce4_8422_2325, &[message.code.0]);
+    for (number, value) in message.options.iter() {
+        let separator = match number {
+            OptionNumber::URI_PATH => b'/',
+            OptionNumber::URI_QUERY => b'?',
+            _ => continue,
+        };
+        hash = fnv1a(fnv1a(hash, &[separator]), value);
     }
-    key
+    hash
+}
+
+fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(seed, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// An entity tag for a representation: 64-bit FNV-1a of the body.
 fn etag(body: &[u8]) -> [u8; 8] {
-    let hash = body.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    hash.to_be_bytes()
+    fnv1a(0xcbf2_9ce4_8422_2325, body).to_be_bytes()
 }
 
 fn path_key_of(path: &str) -> Vec<u8> {

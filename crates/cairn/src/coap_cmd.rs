@@ -185,12 +185,17 @@ impl DemoResources {
 
     fn handle(&self, request: &Request) -> Reply {
         let message = &request.message;
-        let path = message.uri_path();
-        match (message.code, path.as_str()) {
-            (Code::GET, "/") => text_response(Code::CONTENT, BANNER).into(),
-            (Code::GET, "/.well-known/core") => self.core_links().into(),
-            (Code::GET, "/time") => time_response().into(),
-            (Code::POST | Code::PUT, "/echo") => {
+        let Some(resource) = Resource::of(message) else {
+            return match message.code {
+                Code::GET => self.file(message),
+                _ => Message::response(Code::NOT_FOUND).into(),
+            };
+        };
+        match (message.code, resource) {
+            (Code::GET, Resource::Root) => text_response(Code::CONTENT, BANNER).into(),
+            (Code::GET, Resource::Core) => self.core_links().into(),
+            (Code::GET, Resource::Time) => time_response().into(),
+            (Code::POST | Code::PUT, Resource::Echo) => {
                 let mut response = Message::response(Code::CHANGED);
                 response.payload.clone_from(&message.payload);
                 if let Some(format) = message.content_format() {
@@ -198,11 +203,7 @@ impl DemoResources {
                 }
                 response.into()
             }
-            (_, "/" | "/.well-known/core" | "/time" | "/echo") => {
-                Message::response(Code::METHOD_NOT_ALLOWED).into()
-            }
-            (Code::GET, _) => self.file(message),
-            _ => Message::response(Code::NOT_FOUND).into(),
+            _ => Message::response(Code::METHOD_NOT_ALLOWED).into(),
         }
     }
 
@@ -247,6 +248,30 @@ impl DemoResources {
                 Err(_) => Message::response(Code::NOT_FOUND),
             }
         }))
+    }
+}
+
+/// The fixed resources of the demo server.
+#[derive(Clone, Copy)]
+enum Resource {
+    Root,
+    Core,
+    Time,
+    Echo,
+}
+
+impl Resource {
+    /// Matches the Uri-Path without building a string (this is every request's path).
+    fn of(message: &Message) -> Option<Resource> {
+        let mut segments = message.options.get_all(OptionNumber::URI_PATH);
+        let resource = match (segments.next(), segments.next()) {
+            (None, _) => Resource::Root,
+            (Some(b".well-known"), Some(b"core")) => Resource::Core,
+            (Some(b"time"), None) => Resource::Time,
+            (Some(b"echo"), None) => Resource::Echo,
+            _ => return None,
+        };
+        segments.next().is_none().then_some(resource)
     }
 }
 
@@ -307,7 +332,7 @@ fn time_response() -> Message {
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` from Unix seconds (civil-from-days, proleptic Gregorian).
-fn format_utc(seconds: u64) -> String {
+pub(crate) fn format_utc(seconds: u64) -> String {
     let days = (seconds / 86_400) as i64;
     let secs = seconds % 86_400;
     let z = days + 719_468;

@@ -3,6 +3,7 @@
 mod bench;
 mod client_cmd;
 mod coap_cmd;
+mod demo_cmd;
 mod fleet_cmd;
 mod hex;
 mod keys_cmd;
@@ -28,6 +29,8 @@ struct Cli {
 enum Command {
     /// CoAP server and client tools.
     Coap(coap_cmd::CoapArgs),
+    /// A server and a fleet of simulated devices registering over DTLS, with what happens.
+    Demo(demo_cmd::DemoArgs),
     /// The LwM2M device-management server with its embedded store.
     Server(server_cmd::ServerArgs),
     /// Manage devices' security information in the server's store.
@@ -64,6 +67,7 @@ fn main() -> anyhow::Result<()> {
     init_logging(cli.log.as_deref(), cli.log_json);
     match cli.command {
         Command::Coap(args) => coap_cmd::run(args),
+        Command::Demo(args) => demo_cmd::run(args),
         Command::Server(args) => server_cmd::run_server(args),
         Command::Device(args) => server_cmd::run_device(args),
         Command::Bench(args) => bench::run(args),

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use cairn_lwm2m::node::{LwM2mNode, ResourceValue};
@@ -193,6 +193,14 @@ async fn manage(server: LwM2mServer, endpoint: String) {
         }
         Ok(other) => println!("read         {endpoint} /3/0: {}", show(&other)),
         Err(error) => println!("read         {endpoint} failed: {error}"),
+    }
+    // A notification at most every 5 s (pmin), at least every 30 s (pmax).
+    let attributes = AttributeSet::new()
+        .with(AttributeName::Pmin, AttributeValue::Unsigned(5))
+        .with(AttributeName::Pmax, AttributeValue::Unsigned(30));
+    let target = LwM2mPath::Resource(3, 0, 13);
+    if let Err(error) = server.write_attributes(&endpoint, target, attributes).await {
+        println!("attributes   {endpoint} failed: {error}");
     }
     match server
         .observe(&endpoint, LwM2mPath::Resource(3, 0, 13), None)

@@ -46,7 +46,7 @@ pub struct ServerArgs {
     #[arg(long, env = "CAIRN_QUEUE_TIMEOUT_S")]
     queue_timeout_s: Option<u64>,
     /// A directory of extra object models (OMA DDF XML files).
-    #[arg(long, env = "CAIRN_MODELS_DIR")]
+    #[arg(long, alias = "models", env = "CAIRN_MODELS_DIR")]
     models_dir: Option<PathBuf>,
 }
 

@@ -8,7 +8,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use cairn_coap::link_format::{self, Link};
 use cairn_coap::{CoapUri, Code, Config, ContentFormat, Message, MessageType, OptionNumber};
-use cairn_dtls::{ClientConfig, Psk, PskResolver, ServerConfig};
+use cairn_dtls::{
+    CipherSuite, ClientCertificateConfig, ClientConfig, Credentials, PeerVerifier, Psk,
+    PskResolver, ServerCertificateConfig, ServerConfig, X509Verifier,
+};
 use cairn_transport::{CoapEndpoint, Reply, Request, Security, text_response};
 use clap::{Args, Subcommand};
 
@@ -46,10 +49,59 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1)]
     threads: usize,
     /// UDP address for CoAP over DTLS (`coaps://`), with the PSK options.
-    #[arg(long, requires = "psk_identity")]
+    #[arg(long)]
     dtls_listen: Option<SocketAddr>,
     #[command(flatten)]
     psk: PskArgs,
+    #[command(flatten)]
+    certificates: CertificateArgs,
+}
+
+/// Certificate mode (TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8 and friends, P-256), PEM files as
+/// `cairn keys` writes them.
+#[derive(Debug, Args, Clone)]
+pub struct CertificateArgs {
+    /// Our certificate chain (PEM); with --key.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// Our private key (PEM).
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Trust anchors (PEM) to verify the peer: on the server, client certificates are then
+    /// required (mutual authentication); on the client, the server is verified against them.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Certificate revocation list (PEM) checked with --ca (hard fail).
+    #[arg(long, requires = "ca")]
+    crl: Option<PathBuf>,
+    /// Name the server's certificate must carry (client; default: the URI's host when it is a
+    /// name, none for an address literal).
+    #[arg(long)]
+    server_name: Option<String>,
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+impl CertificateArgs {
+    fn credentials(&self) -> anyhow::Result<Option<Credentials>> {
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Ok(Some(Credentials::from_pem(&read(cert)?, &read(key)?)?)),
+            _ => Ok(None),
+        }
+    }
+
+    fn verifier(&self) -> anyhow::Result<Option<PeerVerifier>> {
+        let Some(ca) = &self.ca else {
+            return Ok(None);
+        };
+        let mut verifier = X509Verifier::from_pem(&read(ca)?)?;
+        if let Some(crl) = &self.crl {
+            verifier.add_crl_pem(&read(crl)?)?;
+        }
+        Ok(Some(PeerVerifier::x509(verifier)))
+    }
 }
 
 /// A pre-shared key for DTLS (TLS_PSK_WITH_AES_128_CCM_8 and _CCM).
@@ -126,6 +178,8 @@ pub struct ClientArgs {
     timeout: u64,
     #[command(flatten)]
     psk: PskArgs,
+    #[command(flatten)]
+    certificates: CertificateArgs,
 }
 
 #[derive(Debug, Args)]
@@ -369,12 +423,29 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
     );
     endpoints.push(plain);
     if let Some(address) = args.dtls_listen {
-        let (identity, key) = args
-            .psk
-            .credentials()?
-            .context("--dtls-listen needs --psk-identity and --psk-key")?;
-        let resolver = Arc::new(StaticPsk { identity, key });
-        let security = Security::DtlsServer(ServerConfig::new(resolver));
+        let psk = args.psk.credentials()?;
+        let credentials = args.certificates.credentials()?;
+        let config = match (psk, credentials) {
+            (None, None) => bail!("--dtls-listen needs --psk-identity/--psk-key or --cert/--key"),
+            (Some((identity, key)), None) => {
+                ServerConfig::new(Arc::new(StaticPsk { identity, key }))
+            }
+            (psk, Some(credentials)) => {
+                let client_auth = args.certificates.verifier()?;
+                let mut config = ServerConfig::with_certificate(ServerCertificateConfig {
+                    credentials,
+                    client_auth,
+                });
+                if let Some((identity, key)) = psk {
+                    // Both modes on one socket: the client's offer picks.
+                    config.psk_resolver = Arc::new(StaticPsk { identity, key });
+                    config.cipher_suites =
+                        [CipherSuite::ECDHE_ECDSA.as_slice(), &CipherSuite::PSK].concat();
+                }
+                config
+            }
+        };
+        let security = Security::DtlsServer(config);
         let secured =
             CoapEndpoint::bind_secured(address, Config::default(), security, Some(handler))
                 .await
@@ -425,13 +496,34 @@ async fn client_endpoint(
         "[::]:0"
     }
     .parse()?;
-    let security = match (uri.secure, args.psk.credentials()?) {
-        (false, _) => Security::NoSec,
-        (true, Some((identity, key))) => Security::DtlsClient {
+    let security = match (
+        uri.secure,
+        args.psk.credentials()?,
+        args.certificates.verifier()?,
+    ) {
+        (false, _, _) => Security::NoSec,
+        (true, _, Some(server_auth)) => {
+            let server_name = args.certificates.server_name.clone().or_else(|| {
+                (uri.host.parse::<std::net::IpAddr>().is_err()).then(|| uri.host.clone())
+            });
+            let credentials = args.certificates.credentials()?;
+            let config = ClientConfig::with_certificate(ClientCertificateConfig {
+                credentials,
+                server_auth,
+                server_name,
+            });
+            Security::DtlsClient {
+                config,
+                server: target,
+            }
+        }
+        (true, Some((identity, key)), None) => Security::DtlsClient {
             config: ClientConfig::new(identity, key),
             server: target,
         },
-        (true, None) => bail!("coaps:// needs --psk-identity and --psk-key"),
+        (true, None, None) => {
+            bail!("coaps:// needs --psk-identity and --psk-key, or --ca (and --cert/--key)")
+        }
     };
     let endpoint = CoapEndpoint::bind_secured(local, Config::default(), security, None).await?;
     Ok((target, endpoint))

@@ -329,6 +329,11 @@ struct ClientRequest {
     sent: bool,
 }
 
+/// The endpoint's hash maps: foldhash, seeded per map from the process's random state, so
+/// keys a peer chooses (its address, its tokens) cannot be aimed at one bucket, at a
+/// fraction of SipHash's cost on every datagram.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// A small deterministic generator for message IDs, tokens and jitter.
 ///
 /// Seed it from the operating system: tokens are the only defence of unsecured CoAP against
@@ -353,7 +358,7 @@ pub struct Endpoint {
     block_szx: u8,
     rng: SplitMix64,
     next_id: u64,
-    peers: HashMap<SocketAddr, Peer>,
+    peers: Map<SocketAddr, Peer>,
     /// Peers in the order they arrived, for eviction when the table is full.
     peer_order: VecDeque<SocketAddr>,
     timers: BinaryHeap<Reverse<(Duration, TimerKind)>>,
@@ -361,10 +366,10 @@ pub struct Endpoint {
     piggyback_deadlines: VecDeque<(Duration, ExchangeId)>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
-    exchanges: HashMap<ExchangeId, ServerExchange>,
-    requests: HashMap<RequestId, ClientRequest>,
-    tokens: HashMap<(SocketAddr, Token), RequestId>,
-    observations: HashMap<ObservationId, Observation>,
+    exchanges: Map<ExchangeId, ServerExchange>,
+    requests: Map<RequestId, ClientRequest>,
+    tokens: Map<(SocketAddr, Token), RequestId>,
+    observations: Map<ObservationId, Observation>,
     representation_bytes: usize,
     sweep_scheduled: bool,
 }
@@ -378,16 +383,16 @@ impl Endpoint {
             block_szx,
             rng: SplitMix64(seed),
             next_id: 1,
-            peers: HashMap::new(),
+            peers: Map::default(),
             peer_order: VecDeque::new(),
             timers: BinaryHeap::new(),
             piggyback_deadlines: VecDeque::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
-            exchanges: HashMap::new(),
-            requests: HashMap::new(),
-            tokens: HashMap::new(),
-            observations: HashMap::new(),
+            exchanges: Map::default(),
+            requests: Map::default(),
+            tokens: Map::default(),
+            observations: Map::default(),
             representation_bytes: 0,
             sweep_scheduled: false,
         }

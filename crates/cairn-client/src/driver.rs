@@ -28,6 +28,8 @@ pub struct ServerConnection {
     pub short_server_id: u16,
     /// Its UDP address.
     pub address: SocketAddr,
+    /// The local address to send from (any address of the server's family when `None`).
+    pub local_ip: Option<std::net::IpAddr>,
     /// DTLS PSK identity and key (`coaps://`), or `None` for plain CoAP.
     pub psk: Option<(Vec<u8>, Psk)>,
     /// Registration parameters.
@@ -146,10 +148,10 @@ impl Client {
         };
         let mut servers = Vec::new();
         for (connection, server) in connections.into_iter().zip(ids) {
-            let local: SocketAddr = if connection.address.is_ipv4() {
-                SocketAddr::from(([0, 0, 0, 0], 0))
-            } else {
-                SocketAddr::from(([0u16; 8], 0))
+            let local: SocketAddr = match connection.local_ip {
+                Some(ip) => SocketAddr::new(ip, 0),
+                None if connection.address.is_ipv4() => SocketAddr::from(([0, 0, 0, 0], 0)),
+                None => SocketAddr::from(([0u16; 8], 0)),
             };
             let security = match connection.psk {
                 Some((identity, key)) => Security::DtlsClient {

@@ -108,6 +108,7 @@ async fn start_client(
     let connection = ServerConnection {
         short_server_id: 1,
         address: server,
+        local_ip: None,
         psk,
         settings: RegistrationSettings::new("device-1"),
         coap: Config::default(),

@@ -99,6 +99,7 @@ async fn start_client(
     let connection = ServerConnection {
         short_server_id: 1,
         address: server,
+        local_ip: None,
         psk: Some((IDENTITY.as_bytes().to_vec(), Psk::new(KEY.to_vec()))),
         settings: RegistrationSettings::new("e2e-device"),
         coap: Config::default(),

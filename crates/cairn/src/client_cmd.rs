@@ -96,6 +96,8 @@ pub struct DeviceSetup {
     pub serial: String,
     pub server_uri: String,
     pub address: SocketAddr,
+    /// The local address to send from (the fleet spreads devices over 127.0.0.x).
+    pub local_ip: Option<std::net::IpAddr>,
     pub psk: Option<(Vec<u8>, Zeroizing<Vec<u8>>)>,
     pub lifetime: u32,
     pub lwm2m_version: Version,
@@ -148,6 +150,7 @@ pub async fn build_client(
     let connection = ServerConnection {
         short_server_id: SHORT_SERVER_ID,
         address: setup.address,
+        local_ip: setup.local_ip,
         psk: setup
             .psk
             .map(|(identity, key)| (identity, Psk::new(key.to_vec()))),
@@ -180,6 +183,7 @@ async fn client_command(args: ClientArgs) -> anyhow::Result<()> {
         endpoint: args.endpoint.clone(),
         server_uri: args.server.clone(),
         address,
+        local_ip: None,
         psk,
         lifetime: args.lifetime,
         lwm2m_version: args.lwm2m_version,

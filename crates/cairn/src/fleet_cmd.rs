@@ -39,6 +39,10 @@ pub struct FleetArgs {
     /// One PSK (hex) shared by every device; each device's identity is its endpoint name.
     #[arg(long, conflicts_with = "psk_file")]
     psk_key_hex: Option<PskKey>,
+    /// Local address the devices send from (one source address holds at most about
+    /// 28,000 sockets: the kernel's ephemeral port range).
+    #[arg(long)]
+    bind: Option<std::net::IpAddr>,
     /// Devices started per second.
     #[arg(long, default_value_t = 100.0)]
     rate: f64,
@@ -206,6 +210,7 @@ async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
             endpoint: device.endpoint,
             server_uri: args.server.clone(),
             address,
+            local_ip: args.bind,
             psk: device.psk,
             lifetime: args.lifetime,
             lwm2m_version: Version::V1_1,

@@ -163,9 +163,12 @@ fn run_in(dir: &Path, args: &Lwm2mBenchArgs) -> anyhow::Result<()> {
         let exe = std::env::current_exe()?;
         let started = Instant::now();
         let mut fleets = Fleets(Vec::new());
-        for file in &psk_files {
+        for (n, file) in psk_files.iter().enumerate() {
+            // Each fleet process sends from its own loopback address: one address has
+            // only the kernel's ~28,000 ephemeral ports.
+            let bind = format!("127.0.{}.{}", 1 + n / 250, 2 + n % 250);
             let child = Command::new(&exe)
-                .args(["fleet", "--server", &format!("coaps://{address}"), "--psk-file"])
+                .args(["fleet", "--server", &format!("coaps://{address}"), "--bind", &bind, "--psk-file"])
                 .arg(file)
                 .args(["--rate", &args.rate.to_string(), "--hold", "100000", "--lifetime", "3600"])
                 .stdin(Stdio::null())

@@ -36,17 +36,8 @@ impl FromStr for PskKey {
     type Err = anyhow::Error;
 
     fn from_str(text: &str) -> anyhow::Result<PskKey> {
-        let text = text.trim();
-        anyhow::ensure!(!text.is_empty(), "the key is empty");
-        anyhow::ensure!(text.len() % 2 == 0, "odd number of hex digits");
-        let bytes = (0..text.len())
-            .step_by(2)
-            .map(|i| {
-                let pair = text.get(i..i + 2).context("not ASCII")?;
-                u8::from_str_radix(pair, 16).with_context(|| format!("invalid hex digits {pair:?}"))
-            })
-            .collect::<anyhow::Result<Vec<u8>>>()?;
-        Ok(PskKey(Zeroizing::new(bytes)))
+        anyhow::ensure!(!text.trim().is_empty(), "the key is empty");
+        Ok(PskKey(Zeroizing::new(crate::hex::decode(text)?)))
     }
 }
 

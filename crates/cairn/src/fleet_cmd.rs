@@ -78,39 +78,15 @@ struct Device {
     psk: Option<(Vec<u8>, Zeroizing<Vec<u8>>)>,
 }
 
-/// Reads `endpoint,identity,hexkey` lines; errors name the line, never the key.
+/// The devices of a credential file.
 fn read_psk_file(path: &Path) -> anyhow::Result<Vec<Device>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut devices = Vec::new();
-    for (index, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-        let [endpoint, identity, key] = fields.as_slice() else {
-            bail!(
-                "{}:{}: expected endpoint,identity,hexkey",
-                path.display(),
-                index + 1
-            );
-        };
-        anyhow::ensure!(
-            !endpoint.is_empty() && !identity.is_empty(),
-            "{}:{}: empty endpoint or identity",
-            path.display(),
-            index + 1
-        );
-        let key: PskKey = key
-            .parse()
-            .with_context(|| format!("{}:{}: invalid key", path.display(), index + 1))?;
-        devices.push(Device {
-            endpoint: (*endpoint).to_owned(),
-            psk: Some((identity.as_bytes().to_vec(), key.0)),
-        });
-    }
-    Ok(devices)
+    Ok(crate::psk_file::read(path)?
+        .into_iter()
+        .map(|entry| Device {
+            endpoint: entry.endpoint,
+            psk: Some((entry.identity, entry.key.0)),
+        })
+        .collect())
 }
 
 fn devices(args: &FleetArgs, secure: bool) -> anyhow::Result<Vec<Device>> {

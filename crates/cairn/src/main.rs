@@ -7,6 +7,7 @@ mod demo_cmd;
 mod fleet_cmd;
 mod hex;
 mod keys_cmd;
+mod psk_file;
 mod server_cmd;
 
 use clap::{Parser, Subcommand};

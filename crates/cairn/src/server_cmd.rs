@@ -214,48 +214,31 @@ struct AddArgs {
     no_sec: bool,
 }
 
-/// Reads `endpoint,identity,hexkey` lines; errors name the line, never the key.
+/// The security information of a credential file; every key must be at least 16 bytes.
 fn read_psk_file(path: &Path) -> anyhow::Result<Vec<SecurityInfo>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let created_at_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let mut infos = Vec::new();
-    for (number, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-        let [endpoint, identity, key] = fields[..] else {
-            bail!(
-                "{}:{}: expected endpoint,identity,hexkey",
+    crate::psk_file::read(path)?
+        .into_iter()
+        .map(|entry| {
+            anyhow::ensure!(
+                entry.key.0.len() >= 16,
+                "{}: the key of {} is shorter than 16 bytes",
                 path.display(),
-                number + 1
+                entry.endpoint
             );
-        };
-        let key = crate::hex::decode(key)
-            .ok()
-            .filter(|k| k.len() >= 16)
-            .with_context(|| {
-                format!(
-                    "{}:{}: the key must be at least 16 bytes of hex",
-                    path.display(),
-                    number + 1
-                )
-            })?;
-        infos.push(SecurityInfo {
-            endpoint: endpoint.to_owned(),
-            mode: SecurityMode::Psk {
-                identity: identity.as_bytes().to_vec(),
-                key: SecretBytes::new(key),
-            },
-            created_at_ms,
-        });
-    }
-    Ok(infos)
+            Ok(SecurityInfo {
+                endpoint: entry.endpoint,
+                mode: SecurityMode::Psk {
+                    identity: entry.identity,
+                    key: SecretBytes::new(entry.key.0.to_vec()),
+                },
+                created_at_ms,
+            })
+        })
+        .collect()
 }
 
 impl std::fmt::Debug for AddArgs {

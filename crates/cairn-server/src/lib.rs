@@ -23,8 +23,10 @@ use cairn_lwm2m::{
     AttributeSet, ClientRequest, CoapRequest, CoapResponse, LwM2mPath, Lwm2mResponse,
     ModelRegistry, OperationError, ResponseCode, ResponseContent, ServerRequest, WriteMode,
 };
-use cairn_transport::{CoapEndpoint, Observation, Reply, Request, Security, TransportError};
-use tokio::sync::{Notify, broadcast, mpsc};
+use cairn_transport::{
+    CoapEndpoint, Mailbox, ObservationHandle, Reply, Request, Security, TransportError,
+};
+use tokio::sync::{Notify, broadcast};
 
 pub use cairn_store::{
     EmbeddedStore, ObservationStore, PeerIdentity, Registration, RegistrationStore, SecurityInfo,
@@ -166,6 +168,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct LwM2mServer {
     inner: Arc<Inner>,
+    /// How long API calls wait for a device's answer; the configured default when `None`.
+    timeout: Option<Duration>,
 }
 
 fn unix_millis() -> u64 {
@@ -226,7 +230,10 @@ impl LwM2mServer {
         let _ = slot.set(Arc::downgrade(&inner));
         restore_observations(&inner).await;
         tokio::spawn(expire_registrations(Arc::downgrade(&inner)));
-        Ok(LwM2mServer { inner })
+        Ok(LwM2mServer {
+            inner,
+            timeout: None,
+        })
     }
 
     /// The bound CoAP and DTLS addresses.
@@ -294,6 +301,29 @@ impl LwM2mServer {
         }
     }
 
+    /// The same server, with API calls that wait `timeout` for the device's answer instead of
+    /// the configured `request_timeout`: `server.with_timeout(d).read(...)`.
+    pub fn with_timeout(&self, timeout: Duration) -> LwM2mServer {
+        LwM2mServer {
+            inner: self.inner.clone(),
+            timeout: Some(timeout),
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(self.inner.config.request_timeout)
+    }
+
+    async fn send(
+        &self,
+        endpoint: &str,
+        request: &ServerRequest,
+    ) -> Result<Lwm2mResponse, ServerError> {
+        self.inner
+            .send_request(endpoint, request, self.timeout())
+            .await
+    }
+
     pub fn models(&self) -> &ModelRegistry {
         &self.inner.config.models
     }
@@ -304,7 +334,7 @@ impl LwM2mServer {
         endpoint: &str,
         request: ServerRequest,
     ) -> Result<Lwm2mResponse, ServerError> {
-        self.inner.send_request(endpoint, &request).await
+        self.send(endpoint, &request).await
     }
 
     /// Read (Core §6.3.1).
@@ -315,8 +345,7 @@ impl LwM2mServer {
         accept: Option<cairn_coap::ContentFormat>,
     ) -> Result<LwM2mNode, ServerError> {
         let response = self
-            .inner
-            .send_request(endpoint, &ServerRequest::Read { path, accept })
+            .send(endpoint, &ServerRequest::Read { path, accept })
             .await?;
         node_of(response)
     }
@@ -327,8 +356,7 @@ impl LwM2mServer {
         endpoint: &str,
         path: LwM2mPath,
     ) -> Result<Lwm2mResponse, ServerError> {
-        self.inner
-            .send_request(endpoint, &ServerRequest::Discover { path })
+        self.send(endpoint, &ServerRequest::Discover { path })
             .await
             .and_then(success)
     }
@@ -352,8 +380,7 @@ impl LwM2mServer {
             format,
             node,
         };
-        self.inner
-            .send_request(endpoint, &request)
+        self.send(endpoint, &request)
             .await
             .and_then(success)
             .map(drop)
@@ -367,8 +394,7 @@ impl LwM2mServer {
         attributes: AttributeSet,
     ) -> Result<(), ServerError> {
         let request = ServerRequest::WriteAttributes { path, attributes };
-        self.inner
-            .send_request(endpoint, &request)
+        self.send(endpoint, &request)
             .await
             .and_then(success)
             .map(drop)
@@ -382,8 +408,7 @@ impl LwM2mServer {
         arguments: Vec<ExecuteArgument>,
     ) -> Result<(), ServerError> {
         let request = ServerRequest::Execute { path, arguments };
-        self.inner
-            .send_request(endpoint, &request)
+        self.send(endpoint, &request)
             .await
             .and_then(success)
             .map(drop)
@@ -402,16 +427,12 @@ impl LwM2mServer {
             format,
             instances,
         };
-        self.inner
-            .send_request(endpoint, &request)
-            .await
-            .and_then(success)
+        self.send(endpoint, &request).await.and_then(success)
     }
 
     /// Delete (Core §6.3.7).
     pub async fn delete(&self, endpoint: &str, path: LwM2mPath) -> Result<(), ServerError> {
-        self.inner
-            .send_request(endpoint, &ServerRequest::Delete { path })
+        self.send(endpoint, &ServerRequest::Delete { path })
             .await
             .and_then(success)
             .map(drop)
@@ -430,8 +451,7 @@ impl LwM2mServer {
             accept: Some(format),
         };
         match self
-            .inner
-            .send_request(endpoint, &request)
+            .send(endpoint, &request)
             .await
             .and_then(success)?
             .content
@@ -451,8 +471,7 @@ impl LwM2mServer {
         format: cairn_coap::ContentFormat,
     ) -> Result<(), ServerError> {
         let request = ServerRequest::WriteComposite { nodes, format };
-        self.inner
-            .send_request(endpoint, &request)
+        self.send(endpoint, &request)
             .await
             .and_then(success)
             .map(drop)
@@ -465,7 +484,62 @@ impl LwM2mServer {
         path: LwM2mPath,
         accept: Option<cairn_coap::ContentFormat>,
     ) -> Result<(LwM2mNode, Notifications), ServerError> {
-        self.inner.observe(endpoint, path, accept).await
+        let request = ServerRequest::Observe { path, accept };
+        let mailbox = Arc::new(Mailbox::default());
+        let (response, notifications) = self
+            .inner
+            .observe(
+                endpoint,
+                request,
+                Subscriber::Node(mailbox.clone()),
+                self.timeout(),
+            )
+            .await?;
+        Ok((
+            node_of(response)?,
+            Notifications {
+                mailbox,
+                cancel: Some(notifications),
+            },
+        ))
+    }
+
+    /// Observe-Composite (Core §6.4.3, LwM2M 1.1 and later): the current values of `paths`
+    /// and a stream of notifications, each with the values of every path.
+    pub async fn observe_composite(
+        &self,
+        endpoint: &str,
+        paths: Vec<LwM2mPath>,
+        format: cairn_coap::ContentFormat,
+    ) -> Result<
+        (
+            BTreeMap<LwM2mPath, LwM2mNode>,
+            Notifications<BTreeMap<LwM2mPath, LwM2mNode>>,
+        ),
+        ServerError,
+    > {
+        let request = ServerRequest::ObserveComposite {
+            paths,
+            format,
+            accept: Some(format),
+        };
+        let mailbox = Arc::new(Mailbox::default());
+        let (response, notifications) = self
+            .inner
+            .observe(
+                endpoint,
+                request,
+                Subscriber::Nodes(mailbox.clone()),
+                self.timeout(),
+            )
+            .await?;
+        Ok((
+            nodes_of(response)?,
+            Notifications {
+                mailbox,
+                cancel: Some(notifications),
+            },
+        ))
     }
 
     /// The content format to write in for a device: by its LwM2M version.
@@ -550,22 +624,42 @@ fn node_of(response: Lwm2mResponse) -> Result<LwM2mNode, ServerError> {
 }
 
 /// Notifications of one observation; dropping it cancels the observation on the device.
-pub struct Notifications {
-    receiver: mpsc::Receiver<LwM2mNode>,
-    cancel: Option<tokio::sync::oneshot::Sender<()>>,
+pub struct Notifications<T = LwM2mNode> {
+    mailbox: Arc<Mailbox<T>>,
+    cancel: Option<ObservationHandle>,
 }
 
-impl Notifications {
+impl<T> Notifications<T> {
     /// The next notified value, or `None` once the observation has ended.
-    pub async fn next(&mut self) -> Option<LwM2mNode> {
-        self.receiver.recv().await
+    pub async fn next(&mut self) -> Option<T> {
+        self.mailbox.recv().await
     }
 
     /// Cancels the observation actively (GET with Observe = 1).
     pub fn cancel(mut self) {
-        if let Some(cancel) = self.cancel.take() {
-            let _ = cancel.send(());
+        self.cancel_now();
+    }
+
+    fn cancel_now(&mut self) {
+        self.mailbox.receiver_dropped();
+        if let Some(handle) = self.cancel.take() {
+            handle.cancel_soon();
         }
+    }
+}
+
+impl<T> Drop for Notifications<T> {
+    fn drop(&mut self) {
+        self.cancel_now();
+    }
+}
+
+fn nodes_of(response: Lwm2mResponse) -> Result<BTreeMap<LwM2mPath, LwM2mNode>, ServerError> {
+    match success(response)?.content {
+        ResponseContent::Nodes(nodes) => Ok(nodes),
+        _ => Err(ServerError::Operation(OperationError::Missing(
+            "nodes in the response",
+        ))),
     }
 }
 
@@ -618,6 +712,7 @@ impl Inner {
         &self,
         endpoint: &str,
         request: &ServerRequest,
+        timeout: Duration,
     ) -> Result<Lwm2mResponse, ServerError> {
         request.validate()?;
         let registration = self.reachable(endpoint).await?;
@@ -627,7 +722,6 @@ impl Inner {
             .for_versions(&registration::object_versions(&registration));
         let message = request.to_coap(&models)?.to_message();
         let socket = self.socket(&registration)?;
-        let timeout = self.config.request_timeout;
         let response =
             tokio::time::timeout(timeout, socket.request(registration.peer_address, message))
                 .await
@@ -636,13 +730,15 @@ impl Inner {
         Ok(request.decode_response(&coap, &models)?)
     }
 
+    /// Registers an observation (single or composite) whose notifications go to the event bus
+    /// and to `subscriber`; returns the first response.
     async fn observe(
         self: &Arc<Self>,
         endpoint: &str,
-        path: LwM2mPath,
-        accept: Option<cairn_coap::ContentFormat>,
-    ) -> Result<(LwM2mNode, Notifications), ServerError> {
-        let request = ServerRequest::Observe { path, accept };
+        request: ServerRequest,
+        subscriber: Subscriber,
+        timeout: Duration,
+    ) -> Result<(Lwm2mResponse, ObservationHandle), ServerError> {
         request.validate()?;
         let registration = self.reachable(endpoint).await?;
         let models = self
@@ -651,54 +747,45 @@ impl Inner {
             .for_versions(&registration::object_versions(&registration));
         let message = request.to_coap(&models)?.to_message();
         let socket = self.socket(&registration)?;
-        let timeout = self.config.request_timeout;
-        let (first, observation) =
-            tokio::time::timeout(timeout, socket.observe(registration.peer_address, message))
-                .await
-                .map_err(|_| ServerError::Timeout(timeout))??;
-        let response = request.decode_response(&CoapResponse::from_message(&first)?, &models)?;
-        let node = node_of(response)?;
-        // Kept in the store so that notifications still reach the server after a restart.
-        let record = match observation.token() {
-            Some(token) => {
-                let record = cairn_store::Observation {
-                    id: cairn_store::random_id()?,
-                    registration_id: registration.id.clone(),
-                    endpoint: endpoint.to_owned(),
-                    token: token.to_vec(),
-                    paths: vec![path.to_string()],
-                    content_format: accept.map(|f| f.value()),
-                    peer_address: registration.peer_address,
-                    created_at_ms: unix_millis(),
-                };
-                self.stores
-                    .observations
-                    .add_observation(record.clone())
-                    .await?;
-                Some(record.id)
+        let (paths, content_format) = match &request {
+            ServerRequest::Observe { path, accept } => (vec![*path], accept.map(|f| f.value())),
+            ServerRequest::ObserveComposite { paths, accept, .. } => {
+                (paths.clone(), accept.map(|f| f.value()))
             }
-            None => None,
+            _ => unreachable_observe(),
         };
-        let (sender, receiver) = mpsc::channel(64);
-        let (cancel, cancelled) = tokio::sync::oneshot::channel();
-        tokio::spawn(forward_notifications(
-            Arc::downgrade(self),
-            Forward {
+        let record_id = cairn_store::random_id()?;
+        let sink = Arc::new(ObservationSink {
+            inner: Arc::downgrade(self),
+            endpoint: endpoint.into(),
+            request,
+            record: Some(record_id.clone().into()),
+            subscriber,
+        });
+        let (first, handle) = tokio::time::timeout(
+            timeout,
+            socket.observe_with(registration.peer_address, message, sink.clone()),
+        )
+        .await
+        .map_err(|_| ServerError::Timeout(timeout))??;
+        let response = sink
+            .request
+            .decode_response(&CoapResponse::from_message(&first)?, &models)?;
+        // Kept in the store so that notifications still reach the server after a restart.
+        if let Some(token) = handle.token() {
+            let record = cairn_store::Observation {
+                id: record_id,
+                registration_id: registration.id.clone(),
                 endpoint: endpoint.to_owned(),
-                request,
-                record,
-                sender: Some(sender),
-                cancelled: Some(cancelled),
-            },
-            observation,
-        ));
-        Ok((
-            node,
-            Notifications {
-                receiver,
-                cancel: Some(cancel),
-            },
-        ))
+                token: token.to_vec(),
+                paths: paths.iter().map(ToString::to_string).collect(),
+                content_format,
+                peer_address: registration.peer_address,
+                created_at_ms: unix_millis(),
+            };
+            self.stores.observations.add_observation(record).await?;
+        }
+        Ok((response, handle))
     }
 
     // ----- client registration interface -----
@@ -1006,90 +1093,119 @@ fn error_message(code: ResponseCode, diagnostic: &str) -> Message {
     message
 }
 
-/// Where the notifications of one observation go.
-struct Forward {
-    endpoint: String,
-    request: ServerRequest,
-    /// The observation's id in the store.
-    record: Option<String>,
-    /// The API caller's stream; `None` for an observation restored after a restart, whose
-    /// notifications go to the event bus only.
-    sender: Option<mpsc::Sender<LwM2mNode>>,
-    cancelled: Option<tokio::sync::oneshot::Receiver<()>>,
+fn unreachable_observe() -> ! {
+    unreachable!("only Observe and Observe-Composite requests are observations")
 }
 
-async fn forward_notifications(
+/// The API caller that reads an observation's notifications, if any.
+enum Subscriber {
+    /// An observation restored after a restart: its notifications go to the event bus only.
+    None,
+    Node(Arc<Mailbox<LwM2mNode>>),
+    Nodes(Arc<Mailbox<BTreeMap<LwM2mPath, LwM2mNode>>>),
+}
+
+/// Where the notifications of one observation go: decoded on the socket's task, published on
+/// the event bus and handed to the subscriber. No task or channel per observation.
+struct ObservationSink {
     inner: std::sync::Weak<Inner>,
-    mut forward: Forward,
-    mut observation: Observation,
-) {
-    let path = forward.request.path().unwrap_or(LwM2mPath::Root);
-    let endpoint = forward.endpoint.clone();
-    loop {
-        let cancelled = async {
-            match forward.cancelled.as_mut() {
-                Some(cancelled) => {
-                    let _ = cancelled.await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        let caller_gone = async {
-            match &forward.sender {
-                Some(sender) => sender.closed().await,
-                None => std::future::pending().await,
-            }
-        };
-        let message = tokio::select! {
-            message = observation.next() => message,
-            () = cancelled => None,
-            () = caller_gone => None,
-        };
-        let Some(message) = message else {
-            break;
-        };
-        let Some(inner) = inner.upgrade() else {
-            return;
-        };
-        let registration = inner
+    endpoint: Box<str>,
+    /// The Observe or Observe-Composite request, to decode the notifications.
+    request: ServerRequest,
+    /// The observation's id in the store.
+    record: Option<Box<str>>,
+    subscriber: Subscriber,
+}
+
+impl ObservationSink {
+    fn decode(&self, inner: &Inner, message: &Message) -> Result<ResponseContent, ServerError> {
+        let versions = inner
             .registry
             .read()
             .ok()
-            .and_then(|r| r.by_endpoint(&endpoint).cloned());
-        let versions = registration
-            .map(|r| registration::object_versions(&r))
+            .and_then(|r| {
+                r.by_endpoint(&self.endpoint)
+                    .map(registration::object_versions)
+            })
             .unwrap_or_default();
         let models = inner.config.models.for_versions(&versions);
-        let decoded = CoapResponse::from_message(&message)
-            .map_err(ServerError::from)
-            .and_then(|coap| Ok(forward.request.decode_response(&coap, &models)?))
-            .and_then(node_of);
-        match decoded {
-            Ok(node) => {
+        let coap = CoapResponse::from_message(message)?;
+        let response = success(self.request.decode_response(&coap, &models)?)?;
+        Ok(response.content)
+    }
+}
+
+impl cairn_transport::NotificationSink for ObservationSink {
+    fn deliver(&self, message: Message) -> bool {
+        let Some(inner) = self.inner.upgrade() else {
+            return false;
+        };
+        let wanted = match &self.subscriber {
+            Subscriber::None => true,
+            Subscriber::Node(mailbox) => !mailbox.is_receiver_gone(),
+            Subscriber::Nodes(mailbox) => !mailbox.is_receiver_gone(),
+        };
+        if !wanted {
+            return false;
+        }
+        let content = match self.decode(&inner, &message) {
+            Ok(content) => content,
+            Err(error) => {
+                tracing::debug!(endpoint = %self.endpoint, %error, "notification dropped");
+                return true;
+            }
+        };
+        match content {
+            ResponseContent::Node(node) => {
+                let path = self.request.path().unwrap_or(LwM2mPath::Root);
                 inner.publish(ServerEvent::Notification {
-                    endpoint: endpoint.clone(),
+                    endpoint: self.endpoint.to_string(),
                     path,
                     node: node.clone(),
                 });
-                if let Some(sender) = &forward.sender {
-                    let _ = sender.try_send(node);
+                match &self.subscriber {
+                    Subscriber::Node(mailbox) => mailbox.push(node),
+                    Subscriber::Nodes(mailbox) => mailbox.push(BTreeMap::from([(path, node)])),
+                    Subscriber::None => true,
                 }
             }
-            Err(error) => tracing::debug!(%endpoint, %error, "notification dropped"),
+            ResponseContent::Nodes(nodes) => {
+                for (path, node) in &nodes {
+                    inner.publish(ServerEvent::Notification {
+                        endpoint: self.endpoint.to_string(),
+                        path: *path,
+                        node: node.clone(),
+                    });
+                }
+                match &self.subscriber {
+                    Subscriber::Nodes(mailbox) => mailbox.push(nodes),
+                    Subscriber::Node(_) | Subscriber::None => true,
+                }
+            }
+            _ => true,
         }
     }
-    // The observation ended on purpose (cancelled, caller gone, or ended by the device):
-    // forget it, here and in the store. One that ends because the server stops is kept.
-    let Some(inner) = inner.upgrade() else {
-        return;
-    };
-    if inner.stopping.load(std::sync::atomic::Ordering::SeqCst) {
-        return;
-    }
-    observation.cancel().await;
-    if let Some(id) = forward.record {
-        if let Err(error) = inner.stores.observations.remove_observation(&id).await {
-            tracing::warn!(%error, "cannot remove an ended observation");
+
+    /// The observation ended on purpose (cancelled, caller gone, or ended by the device):
+    /// forget it, here and in the store. One that ends because the server stops is kept.
+    fn closed(&self) {
+        match &self.subscriber {
+            Subscriber::None => {}
+            Subscriber::Node(mailbox) => mailbox.close(),
+            Subscriber::Nodes(mailbox) => mailbox.close(),
+        }
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        if inner.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        if let Some(id) = self.record.clone() {
+            tokio::spawn(async move {
+                if let Err(error) = inner.stores.observations.remove_observation(&id).await {
+                    tracing::warn!(%error, "cannot remove an ended observation");
+                }
+            });
         }
     }
 }
@@ -1115,15 +1231,29 @@ async fn restore_observations(inner: &Arc<Inner>) {
             }
         };
         for record in observations {
-            let Some(path) = record
+            let Ok(paths) = record
                 .paths
-                .first()
-                .and_then(|p| p.parse::<LwM2mPath>().ok())
+                .iter()
+                .map(|p| p.parse::<LwM2mPath>())
+                .collect::<Result<Vec<_>, _>>()
             else {
                 continue;
             };
+            if paths.is_empty() {
+                continue;
+            }
             let accept = record.content_format.map(cairn_coap::ContentFormat);
-            let request = ServerRequest::Observe { path, accept };
+            let request = match paths.as_slice() {
+                [path] => ServerRequest::Observe {
+                    path: *path,
+                    accept,
+                },
+                _ => ServerRequest::ObserveComposite {
+                    paths: paths.clone(),
+                    format: accept.unwrap_or(cairn_coap::ContentFormat::SENML_CBOR),
+                    accept,
+                },
+            };
             let models = inner
                 .config
                 .models
@@ -1134,25 +1264,25 @@ async fn restore_observations(inner: &Arc<Inner>) {
             let Ok(socket) = inner.socket(&registration) else {
                 continue;
             };
+            let sink = Arc::new(ObservationSink {
+                inner: Arc::downgrade(inner),
+                endpoint: registration.endpoint.as_str().into(),
+                request,
+                record: Some(record.id.into()),
+                subscriber: Subscriber::None,
+            });
             match socket
-                .resume_observation(registration.peer_address, &record.token, coap.to_message())
+                .resume_observation_with(
+                    registration.peer_address,
+                    &record.token,
+                    coap.to_message(),
+                    sink,
+                )
                 .await
             {
-                Ok(observation) => {
-                    let forward = Forward {
-                        endpoint: registration.endpoint.clone(),
-                        request,
-                        record: Some(record.id),
-                        sender: None,
-                        cancelled: None,
-                    };
-                    tokio::spawn(forward_notifications(
-                        Arc::downgrade(inner),
-                        forward,
-                        observation,
-                    ));
-                    restored += 1;
-                }
+                // The handle is not kept: a restored observation lasts until the device ends
+                // it or the registration goes.
+                Ok(_handle) => restored += 1,
                 Err(error) => tracing::warn!(%error, "cannot restore an observation"),
             }
         }

@@ -128,6 +128,11 @@ impl Driver {
             self.process_events();
             self.flush().await;
         }
+        for (_, sink) in self.sinks.drain() {
+            if let ResponseSink::Stream { rest, .. } = sink {
+                rest.closed();
+            }
+        }
     }
 
     fn receive(&mut self) {
@@ -290,23 +295,27 @@ impl Driver {
             } => {
                 let observing = message.observe().is_some() && message.code.is_success();
                 let token = self.endpoint.request_token(id);
-                let _ = first.send(Ok((id, token, message)));
-                if observing {
+                let waiting = first.send(Ok((id, token, message))).is_ok();
+                if observing && waiting {
                     self.sinks
                         .insert(id, ResponseSink::Stream { first: None, rest });
+                } else {
+                    if observing {
+                        let _ = self.endpoint.cancel(self.now(), id, false);
+                    }
+                    rest.closed();
                 }
             }
             ResponseSink::Stream { first: None, rest } => {
                 let ended = message.observe().is_none() || !message.code.is_success();
-                match rest.try_send(message) {
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        let _ = self.endpoint.cancel(self.now(), id, false);
-                    }
-                    _ if ended => {}
-                    _ => {
-                        self.sinks
-                            .insert(id, ResponseSink::Stream { first: None, rest });
-                    }
+                if !rest.deliver(message) {
+                    let _ = self.endpoint.cancel(self.now(), id, false);
+                    rest.closed();
+                } else if ended {
+                    rest.closed();
+                } else {
+                    self.sinks
+                        .insert(id, ResponseSink::Stream { first: None, rest });
                 }
             }
         }
@@ -334,7 +343,9 @@ impl Driver {
                 }
             },
             Command::Cancel { id, deregister } => {
-                self.sinks.remove(&id);
+                if let Some(ResponseSink::Stream { rest, .. }) = self.sinks.remove(&id) {
+                    rest.closed();
+                }
                 let _ = self.endpoint.cancel(now, id, deregister);
             }
             Command::Resume {
@@ -408,10 +419,12 @@ fn fail(sink: ResponseSink, error: TransportError) {
             let _ = sender.send(Err(error));
         }
         ResponseSink::Stream {
-            first: Some(first), ..
+            first: Some(first),
+            rest,
         } => {
             let _ = first.send(Err(error));
+            rest.closed();
         }
-        ResponseSink::Stream { first: None, .. } => {}
+        ResponseSink::Stream { first: None, rest } => rest.closed(),
     }
 }

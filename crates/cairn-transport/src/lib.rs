@@ -7,8 +7,10 @@
 //! [`CoapEndpoint::observe`] and [`CoapEndpoint::ping`].
 
 mod driver;
+mod observe;
 mod security;
 
+pub use observe::{MAILBOX_CAPACITY, Mailbox, NotificationSink, Observation, ObservationHandle};
 pub use security::Security;
 
 use std::future::Future;
@@ -99,7 +101,7 @@ pub(crate) enum Command {
         peer: SocketAddr,
         token: cairn_coap::Token,
         message: Message,
-        rest: mpsc::Sender<Message>,
+        rest: Arc<dyn NotificationSink>,
         done: oneshot::Sender<Result<cairn_coap::RequestId, TransportError>>,
     },
     Respond {
@@ -123,7 +125,7 @@ pub(crate) enum ResponseSink {
     Once(oneshot::Sender<Result<Message, TransportError>>),
     Stream {
         first: Option<FirstResponse>,
-        rest: mpsc::Sender<Message>,
+        rest: Arc<dyn NotificationSink>,
     },
 }
 
@@ -212,29 +214,40 @@ impl CoapEndpoint {
     pub async fn observe(
         &self,
         peer: SocketAddr,
-        mut message: Message,
+        message: Message,
     ) -> Result<(Message, Observation), TransportError> {
+        let mailbox = Arc::new(Mailbox::default());
+        let (response, handle) = self.observe_with(peer, message, mailbox.clone()).await?;
+        Ok((response, Observation { handle, mailbox }))
+    }
+
+    /// Registers an observation whose notifications go to `sink`, on the endpoint's task.
+    /// Returns the first response; the sink sees only the notifications that follow.
+    pub async fn observe_with(
+        &self,
+        peer: SocketAddr,
+        mut message: Message,
+        sink: Arc<dyn NotificationSink>,
+    ) -> Result<(Message, ObservationHandle), TransportError> {
         message
             .options
             .set_uint(cairn_coap::OptionNumber::OBSERVE, 0);
         let (first, first_response) = oneshot::channel();
-        let (rest, notifications) = mpsc::channel(64);
         self.command(Command::Request {
             peer,
             message,
             sink: ResponseSink::Stream {
                 first: Some(first),
-                rest,
+                rest: sink,
             },
         })
         .await?;
         let (id, token, response) = first_response.await.map_err(|_| TransportError::Closed)??;
         Ok((
             response,
-            Observation {
+            ObservationHandle {
                 id,
                 token,
-                notifications,
                 commands: self.commands.clone(),
             },
         ))
@@ -249,24 +262,37 @@ impl CoapEndpoint {
         token: &[u8],
         message: Message,
     ) -> Result<Observation, TransportError> {
+        let mailbox = Arc::new(Mailbox::default());
+        let handle = self
+            .resume_observation_with(peer, token, message, mailbox.clone())
+            .await?;
+        Ok(Observation { handle, mailbox })
+    }
+
+    /// [`CoapEndpoint::resume_observation`] with the notifications going to `sink`.
+    pub async fn resume_observation_with(
+        &self,
+        peer: SocketAddr,
+        token: &[u8],
+        message: Message,
+        sink: Arc<dyn NotificationSink>,
+    ) -> Result<ObservationHandle, TransportError> {
         let token = cairn_coap::Token::new(token).ok_or(TransportError::Endpoint(
             cairn_coap::EndpointError::UnknownRequest,
         ))?;
-        let (rest, notifications) = mpsc::channel(64);
         let (done, resumed) = oneshot::channel();
         self.command(Command::Resume {
             peer,
             token,
             message,
-            rest,
+            rest: sink,
             done,
         })
         .await?;
         let id = resumed.await.map_err(|_| TransportError::Closed)??;
-        Ok(Observation {
+        Ok(ObservationHandle {
             id,
             token: Some(token),
-            notifications,
             commands: self.commands.clone(),
         })
     }
@@ -297,38 +323,6 @@ impl CoapEndpoint {
         if let Some(task) = task {
             let _ = task.await;
         }
-    }
-}
-
-/// Notifications of an observation; dropping it forgets the observation (the next
-/// notification is answered with Reset), [`Observation::cancel`] deregisters explicitly.
-pub struct Observation {
-    id: cairn_coap::RequestId,
-    token: Option<cairn_coap::Token>,
-    notifications: mpsc::Receiver<Message>,
-    commands: mpsc::Sender<Command>,
-}
-
-impl Observation {
-    /// The token the peer's notifications carry (to persist the observation).
-    pub fn token(&self) -> Option<&[u8]> {
-        self.token.as_ref().map(cairn_coap::Token::as_bytes)
-    }
-
-    /// The next fresh notification, or `None` once the observation has ended.
-    pub async fn next(&mut self) -> Option<Message> {
-        self.notifications.recv().await
-    }
-
-    /// Deregisters with a GET carrying Observe = 1 (RFC 7641 §3.6).
-    pub async fn cancel(self) {
-        let _ = self
-            .commands
-            .send(Command::Cancel {
-                id: self.id,
-                deregister: true,
-            })
-            .await;
     }
 }
 

@@ -2,10 +2,15 @@
 //!
 //! `redb` is a copy-on-write B-tree with ACID transactions; a commit with
 //! [`Durability::Immediate`] is on disk when it returns, so every write that returns `Ok` survives
-//! a crash or a `SIGKILL`. Each store operation is one transaction.
+//! a crash or a `SIGKILL`. Each store operation is one transaction, except the hot writes
+//! (registrations and observations), which are committed in groups: a writer thread takes
+//! every such write queued while it was committing the previous group, runs them in one
+//! transaction and answers each once that transaction is on disk (one `fsync` for the group).
+//! If one write of a group fails, the group is rolled back and its writes run again one by one,
+//! so a failing write never takes others with it.
 //!
-//! Writes end in an `fsync`, so they run on tokio's blocking pool (`spawn_blocking`); a write
-//! whose future is dropped after it started still runs to its commit. Reads do
+//! Other writes end in an `fsync` too, so they run on tokio's blocking pool (`spawn_blocking`);
+//! a write whose future is dropped after it started still runs to its commit. Reads do
 //! not touch the disk's write path: a read transaction is an MVCC snapshot that never waits for a
 //! writer, and a lookup is a few B-tree pages already in the page cache. They run inline on the
 //! caller's task (when the method is called; the returned future is already complete); `cargo bench -p cairn-store` measures them in microseconds (docs/benchmarks.md),
@@ -77,6 +82,8 @@ const CACHE_BYTES: usize = 16 << 20;
 #[derive(Clone)]
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
+    /// The group-commit writer of the hot writes (registrations, observations).
+    writer: Arc<GroupWriter>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -145,9 +152,9 @@ impl EmbeddedStore {
             data_dir,
         };
         inner.initialize()?;
-        Ok(Self {
-            inner: Arc::new(inner),
-        })
+        let inner = Arc::new(inner);
+        let writer = Arc::new(GroupWriter::start(inner.clone())?);
+        Ok(Self { inner, writer })
     }
 
     /// The data directory.
@@ -194,6 +201,28 @@ impl EmbeddedStore {
                 .spawn_blocking(move || inner.write(operation))
                 .await
                 .map_err(|e| StoreError::Task(e.to_string()))?
+        })
+    }
+
+    /// A write that shares its transaction and `fsync` with the other writes queued at the
+    /// same moment (group commit). `operation` may run twice: if another write of the group
+    /// fails, the group is rolled back and each write runs again in its own transaction.
+    fn write_grouped<T, F>(&self, operation: F) -> StoreFuture<'static, T>
+    where
+        T: Send + 'static,
+        F: FnMut(&Inner, &WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let queued = self.writer.submit(Box::new(Grouped {
+            operation,
+            result: None,
+            reply,
+        }));
+        Box::pin(async move {
+            queued?;
+            answer
+                .await
+                .map_err(|_| StoreError::Task("the store's writer stopped".into()))?
         })
     }
 
@@ -703,19 +732,19 @@ impl RegistrationStore for EmbeddedStore {
         &self,
         registration: Registration,
     ) -> StoreFuture<'_, Option<Deregistration>> {
-        self.write(move |inner, txn| inner.add_registration(txn, &registration))
+        self.write_grouped(move |inner, txn| inner.add_registration(txn, &registration))
     }
 
     fn update_registration(
         &self,
         update: RegistrationUpdate,
     ) -> StoreFuture<'_, Option<UpdatedRegistration>> {
-        self.write(move |inner, txn| inner.update_registration(txn, update))
+        self.write_grouped(move |inner, txn| inner.update_registration(txn, update.clone()))
     }
 
     fn remove_registration<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Deregistration>> {
         let id = id.to_owned();
-        self.write(move |inner, txn| inner.remove_registration(txn, &id))
+        self.write_grouped(move |inner, txn| inner.remove_registration(txn, &id))
     }
 
     fn get_registration<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Registration>> {
@@ -792,12 +821,12 @@ impl SecurityStore for EmbeddedStore {
 
 impl ObservationStore for EmbeddedStore {
     fn add_observation(&self, observation: Observation) -> StoreFuture<'_, ()> {
-        self.write(move |inner, txn| inner.add_observation(txn, &observation))
+        self.write_grouped(move |inner, txn| inner.add_observation(txn, &observation))
     }
 
     fn remove_observation<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Observation>> {
         let id = id.to_owned();
-        self.write(move |inner, txn| inner.remove_observation(txn, &id))
+        self.write_grouped(move |inner, txn| inner.remove_observation(txn, &id))
     }
 
     fn get_observation<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<Observation>> {
@@ -853,6 +882,150 @@ impl BlobStore for EmbeddedStore {
 
 /// Up to `limit` entries of a string-keyed table after the key `after`, converted (`None` skips
 /// an entry), and the cursor of the next page.
+/// Most writes one group commit takes.
+const GROUP_LIMIT: usize = 512;
+
+/// One write of a group: run, then answered once its group is on disk.
+trait GroupedWrite: Send {
+    /// Runs the write in `txn`; `false` if it failed (its error is kept for the answer).
+    fn apply(&mut self, inner: &Inner, txn: &WriteTransaction) -> bool;
+    /// Answers the caller: the write's result if `committed` is `Ok`, else the commit's error.
+    fn finish(self: Box<Self>, committed: Result<(), StoreError>);
+}
+
+struct Grouped<T, F> {
+    operation: F,
+    result: Option<Result<T, StoreError>>,
+    reply: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> GroupedWrite for Grouped<T, F>
+where
+    T: Send,
+    F: FnMut(&Inner, &WriteTransaction) -> Result<T, StoreError> + Send,
+{
+    fn apply(&mut self, inner: &Inner, txn: &WriteTransaction) -> bool {
+        let result = (self.operation)(inner, txn);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn finish(self: Box<Self>, committed: Result<(), StoreError>) {
+        let never_run = || StoreError::Task("a grouped write was never run".into());
+        let answer = match (self.result, committed) {
+            // A write that failed was rolled back with its transaction: its own error.
+            (Some(Err(error)), _) => Err(error),
+            (Some(Ok(value)), Ok(())) => Ok(value),
+            (_, Err(error)) => Err(error),
+            (None, Ok(())) => Err(never_run()),
+        };
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// The thread that commits queued writes in groups: one transaction and one `fsync` for all
+/// the writes that arrived while the previous group was committing. A registration flood
+/// costs one `fsync` per group instead of one per device.
+struct GroupWriter {
+    queue: std::sync::Mutex<Option<std::sync::mpsc::Sender<Box<dyn GroupedWrite>>>>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl GroupWriter {
+    fn start(inner: Arc<Inner>) -> Result<Self, StoreError> {
+        let (queue, writes) = std::sync::mpsc::channel::<Box<dyn GroupedWrite>>();
+        let thread = std::thread::Builder::new()
+            .name("cairn-store-writer".into())
+            .spawn(move || {
+                while let Ok(first) = writes.recv() {
+                    let mut group = vec![first];
+                    while group.len() < GROUP_LIMIT {
+                        match writes.try_recv() {
+                            Ok(write) => group.push(write),
+                            Err(_) => break,
+                        }
+                    }
+                    commit_group(&inner, group);
+                }
+            })
+            .map_err(|e| StoreError::Task(format!("cannot start the store's writer: {e}")))?;
+        Ok(GroupWriter {
+            queue: std::sync::Mutex::new(Some(queue)),
+            thread: std::sync::Mutex::new(Some(thread)),
+        })
+    }
+
+    fn submit(&self, write: Box<dyn GroupedWrite>) -> Result<(), StoreError> {
+        let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        queue
+            .as_ref()
+            .and_then(|queue| queue.send(write).ok())
+            .ok_or_else(|| StoreError::Task("the store's writer stopped".into()))
+    }
+}
+
+impl Drop for GroupWriter {
+    /// Lets the writer commit what is queued, then waits for it, so that the database is
+    /// closed when the last handle of the store is gone (a restart can reopen it at once).
+    fn drop(&mut self) {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn commit_group(inner: &Inner, mut group: Vec<Box<dyn GroupedWrite>>) {
+    if group.len() > 1 {
+        match apply_all(inner, &mut group) {
+            Ok(true) => {
+                for write in group {
+                    write.finish(Ok(()));
+                }
+                return;
+            }
+            // One write failed: the group is rolled back, and each write runs alone below.
+            Ok(false) => {}
+            Err(error) => {
+                let message = error.to_string();
+                for write in group {
+                    write.finish(Err(StoreError::Task(message.clone())));
+                }
+                return;
+            }
+        }
+    }
+    for mut write in group {
+        let committed = (|| {
+            let mut txn = inner.db.begin_write()?;
+            txn.set_durability(Durability::Immediate);
+            if write.apply(inner, &txn) {
+                txn.commit()?;
+            } else {
+                txn.abort()?;
+            }
+            Ok(())
+        })();
+        write.finish(committed);
+    }
+}
+
+/// Runs every write of `group` in one transaction and commits it: `Ok(false)` (and nothing
+/// committed) if one of them failed.
+fn apply_all(inner: &Inner, group: &mut [Box<dyn GroupedWrite>]) -> Result<bool, StoreError> {
+    let mut txn = inner.db.begin_write()?;
+    txn.set_durability(Durability::Immediate);
+    for write in group.iter_mut() {
+        if !write.apply(inner, &txn) {
+            txn.abort()?;
+            return Ok(false);
+        }
+    }
+    txn.commit()?;
+    Ok(true)
+}
+
 fn page<V, T>(
     table: &impl ReadableTable<&'static str, V>,
     after: Option<&str>,

@@ -416,10 +416,16 @@ async fn data_survives_reopening() {
 }
 
 #[test]
-fn writes_outside_a_tokio_runtime_fail_cleanly() {
+fn writes_outside_a_tokio_runtime_fail_cleanly_or_run_on_the_writer_thread() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
+    // Registrations go to the group-commit writer thread: no runtime needed.
     let future = store.add_registration(registration("ep", "id", 0));
+    futures_lite_block_on(future).unwrap();
+    let stored = futures_lite_block_on(store.get_registration("id")).unwrap();
+    assert_eq!(stored.map(|r| r.endpoint).as_deref(), Some("ep"));
+    // Other writes run on tokio's blocking pool, and say so without one.
+    let future = store.remove_expired_registrations(u64::MAX, 10);
     let result = futures_lite_block_on(future);
     assert!(matches!(result, Err(StoreError::Task(_))));
 }
@@ -493,4 +499,50 @@ async fn concurrent_writers_and_readers_from_many_tasks() {
             .unwrap();
         assert_eq!(info.endpoint, format!("ep{i}"));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_registrations_share_commits_and_a_failing_one_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store
+        .add_registration(registration("owner", "taken", 0))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for n in 0..300 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            // Every 50th write reuses an id that belongs to another endpoint: a conflict.
+            let id = if n % 50 == 7 {
+                "taken".to_string()
+            } else {
+                format!("id{n}")
+            };
+            store
+                .add_registration(registration(&format!("ep{n}"), &id, 0))
+                .await
+        }));
+    }
+    let mut conflicts = 0;
+    for (n, task) in tasks.into_iter().enumerate() {
+        match task.await.unwrap() {
+            Ok(_) => assert_ne!(n % 50, 7),
+            Err(StoreError::Conflict(_)) => {
+                assert_eq!(n % 50, 7);
+                conflicts += 1;
+            }
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+    assert_eq!(conflicts, 6);
+    drop(store);
+    // Everything acknowledged is on disk.
+    let store = open(dir.path());
+    for n in (0..300).filter(|n| n % 50 != 7) {
+        let stored = store.get_registration(&format!("id{n}")).await.unwrap();
+        assert_eq!(stored.unwrap().endpoint, format!("ep{n}"));
+    }
+    let owner = store.get_registration("taken").await.unwrap().unwrap();
+    assert_eq!(owner.endpoint, "owner");
 }

@@ -257,12 +257,7 @@ impl LwM2mServer {
     }
 
     pub fn registration(&self, endpoint: &str) -> Option<Registration> {
-        self.inner
-            .registry
-            .read()
-            .ok()?
-            .by_endpoint(endpoint)
-            .cloned()
+        self.inner.registry.read().ok()?.by_endpoint(endpoint)
     }
 
     /// Adds or replaces the security information of an endpoint (durably).
@@ -585,7 +580,7 @@ impl cairn_transport::Handler for DeviceHandler {
         let Ok(mut registry) = inner.registry.write() else {
             return;
         };
-        if let Some(mut registration) = registry.by_address(old).cloned() {
+        if let Some(mut registration) = registry.by_address(old) {
             tracing::info!(endpoint = %registration.endpoint, %old, %new, "device address changed");
             registration.peer_address = new;
             registry.insert(registration);
@@ -692,7 +687,7 @@ impl Inner {
                 .registry
                 .read()
                 .ok()
-                .and_then(|r| r.by_endpoint(endpoint).cloned())
+                .and_then(|r| r.by_endpoint(endpoint))
                 .ok_or_else(|| ServerError::UnknownEndpoint(endpoint.into()))?;
             let awake_until =
                 registration.last_update_ms + self.config.awake_window.as_millis() as u64;
@@ -899,7 +894,7 @@ impl Inner {
         {
             let registry = self.registry.read().map_err(|_| internal())?;
             if registry.len() >= self.config.max_registrations
-                && registry.by_endpoint(&endpoint).is_none()
+                && !registry.contains_endpoint(&endpoint)
             {
                 return Err((
                     ResponseCode::SERVICE_UNAVAILABLE,
@@ -967,7 +962,7 @@ impl Inner {
                 "the registration belongs to another identity".into(),
             ));
         }
-        Ok(registration.clone())
+        Ok(registration)
     }
 
     async fn update(
@@ -1041,16 +1036,15 @@ impl Inner {
         identity: &PeerIdentity,
         nodes: BTreeMap<LwM2mPath, LwM2mNode>,
     ) -> Result<Message, Refusal> {
-        let registry = self.registry.read().map_err(|_| internal())?;
-        let registration = registry
-            .by_address(peer)
-            .filter(|r| r.identity == *identity)
+        let endpoint = self
+            .registry
+            .read()
+            .map_err(|_| internal())?
+            .endpoint_at(peer, identity)
             .ok_or((
                 ResponseCode::FORBIDDEN,
                 "Send from a client that is not registered".to_string(),
             ))?;
-        let endpoint = registration.endpoint.clone();
-        drop(registry);
         self.publish(ServerEvent::Send { endpoint, nodes });
         Ok(Message::response(Code::CHANGED))
     }
@@ -1123,10 +1117,7 @@ impl ObservationSink {
             .registry
             .read()
             .ok()
-            .and_then(|r| {
-                r.by_endpoint(&self.endpoint)
-                    .map(registration::object_versions)
-            })
+            .and_then(|r| r.object_versions_of(&self.endpoint))
             .unwrap_or_default();
         let models = inner.config.models.for_versions(&versions);
         let coap = CoapResponse::from_message(message)?;

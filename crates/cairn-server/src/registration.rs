@@ -2,7 +2,9 @@
 //! the store's registration records by id, endpoint and address, and what the server derives
 //! from a record (object versions, security).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use hashbrown::HashTable;
 use std::net::SocketAddr;
 
 use cairn_coap::link_format;
@@ -15,7 +17,12 @@ pub const DEFAULT_LIFETIME: u32 = 86_400;
 
 /// The object versions a registration declared (`</3>;ver=1.1`), for choosing models.
 pub fn object_versions(registration: &Registration) -> BTreeMap<u16, Version> {
-    let Ok(links) = link_format::parse(&registration.object_links) else {
+    object_versions_of_links(&registration.object_links)
+}
+
+/// [`object_versions`] of a registration's link-format payload.
+pub fn object_versions_of_links(object_links: &str) -> BTreeMap<u16, Version> {
+    let Ok(links) = link_format::parse(object_links) else {
         return BTreeMap::new();
     };
     let mut versions = BTreeMap::new();
@@ -44,6 +51,13 @@ pub fn object_versions(registration: &Registration) -> BTreeMap<u16, Version> {
     versions
 }
 
+/// The link targets of a registration's link-format payload (`/3/0`).
+fn object_paths(object_links: &str) -> Vec<String> {
+    link_format::parse(object_links)
+        .map(|links| links.iter().map(|l| l.target.to_string()).collect())
+        .unwrap_or_default()
+}
+
 /// The objects of a registration as CoRE link format (`</3>;ver=1.1,</3/0>`), as stored.
 pub fn object_links(objects: &[cairn_lwm2m::RegisteredObject]) -> String {
     let links: Vec<link_format::Link> = objects
@@ -70,77 +84,307 @@ pub fn is_secure(registration: &Registration) -> bool {
 }
 
 /// Registrations indexed by id, endpoint name and address.
-#[derive(Default, Debug)]
+///
+/// Held for every registered device, so it is kept small: each registration is one compact
+/// entry in a slab (strings boxed to their length, the common LwM2M versions and bindings not
+/// allocated at all, the object paths derived from the links when asked for), and the three
+/// indexes are hash tables of slab positions that store no key of their own.
+#[derive(Default)]
 pub struct Registry {
-    by_id: HashMap<String, Registration>,
-    id_of_endpoint: HashMap<String, String>,
-    id_of_address: HashMap<SocketAddr, String>,
+    entries: Vec<Option<Entry>>,
+    free: Vec<u32>,
+    by_id: HashTable<u32>,
+    by_endpoint: HashTable<u32>,
+    by_address: HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
+    len: usize,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").field("len", &self.len).finish()
+    }
+}
+
+struct Entry {
+    id: Box<str>,
+    endpoint: Box<str>,
+    object_links: Box<str>,
+    identity: Identity,
+    sms_number: Option<Box<str>>,
+    lwm2m_version: Text,
+    binding: Text,
+    peer_address: SocketAddr,
+    registered_at_ms: u64,
+    last_update_ms: u64,
+    lifetime_s: u32,
+    queue_mode: bool,
+}
+
+enum Identity {
+    Unsecured,
+    Psk(Box<[u8]>),
+    Rpk(Box<[u8]>),
+    X509(Box<str>),
+}
+
+/// A short text that is usually one of a few known values.
+enum Text {
+    Known(&'static str),
+    Other(Box<str>),
+}
+
+impl Text {
+    fn new(text: String, known: &[&'static str]) -> Text {
+        match known.iter().find(|k| **k == text) {
+            Some(k) => Text::Known(k),
+            None => Text::Other(text.into_boxed_str()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Text::Known(text) => text,
+            Text::Other(text) => text,
+        }
+    }
+}
+
+const VERSIONS: &[&str] = &["1.0", "1.1", "1.2"];
+const BINDINGS: &[&str] = &["U", "UQ", "T", "TQ", "S", "N", "US", "UQS"];
+
+impl Entry {
+    fn new(registration: Registration) -> Entry {
+        Entry {
+            id: registration.id.into_boxed_str(),
+            endpoint: registration.endpoint.into_boxed_str(),
+            object_links: registration.object_links.into_boxed_str(),
+            identity: match registration.identity {
+                PeerIdentity::Unsecured => Identity::Unsecured,
+                PeerIdentity::Psk(id) => Identity::Psk(id.into_boxed_slice()),
+                PeerIdentity::Rpk(key) => Identity::Rpk(key.into_boxed_slice()),
+                PeerIdentity::X509(name) => Identity::X509(name.into_boxed_str()),
+            },
+            sms_number: registration.sms_number.map(String::into_boxed_str),
+            lwm2m_version: Text::new(registration.lwm2m_version, VERSIONS),
+            binding: Text::new(registration.binding, BINDINGS),
+            peer_address: registration.peer_address,
+            registered_at_ms: registration.registered_at_ms,
+            last_update_ms: registration.last_update_ms,
+            lifetime_s: registration.lifetime_s,
+            queue_mode: registration.queue_mode,
+        }
+    }
+
+    fn registration(&self) -> Registration {
+        Registration {
+            id: self.id.to_string(),
+            endpoint: self.endpoint.to_string(),
+            lifetime_s: self.lifetime_s,
+            lwm2m_version: self.lwm2m_version.as_str().to_owned(),
+            binding: self.binding.as_str().to_owned(),
+            queue_mode: self.queue_mode,
+            sms_number: self.sms_number.as_deref().map(str::to_owned),
+            object_links: self.object_links.to_string(),
+            object_paths: object_paths(&self.object_links),
+            peer_address: self.peer_address,
+            identity: match &self.identity {
+                Identity::Unsecured => PeerIdentity::Unsecured,
+                Identity::Psk(id) => PeerIdentity::Psk(id.to_vec()),
+                Identity::Rpk(key) => PeerIdentity::Rpk(key.to_vec()),
+                Identity::X509(name) => PeerIdentity::X509(name.to_string()),
+            },
+            registered_at_ms: self.registered_at_ms,
+            last_update_ms: self.last_update_ms,
+        }
+    }
 }
 
 impl Registry {
-    /// Adds a registration, returning the one it replaces (same endpoint).
+    fn hash<T: std::hash::Hash + ?Sized>(&self, value: &T) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(value)
+    }
+
+    fn entry(&self, slot: u32) -> &Entry {
+        self.entries[slot as usize]
+            .as_ref()
+            .expect("registry indexes point at live entries")
+    }
+
+    fn slot_of_id(&self, id: &str) -> Option<u32> {
+        self.by_id
+            .find(self.hash(id), |&slot| &*self.entry(slot).id == id)
+            .copied()
+    }
+
+    fn slot_of_endpoint(&self, endpoint: &str) -> Option<u32> {
+        self.by_endpoint
+            .find(self.hash(endpoint), |&slot| {
+                &*self.entry(slot).endpoint == endpoint
+            })
+            .copied()
+    }
+
+    fn slot_of_address(&self, address: SocketAddr) -> Option<u32> {
+        self.by_address
+            .find(self.hash(&address), |&slot| {
+                self.entry(slot).peer_address == address
+            })
+            .copied()
+    }
+
+    /// Adds a registration, returning the one it replaces (same endpoint or same id).
     pub fn insert(&mut self, registration: Registration) -> Option<Registration> {
         let previous = self
-            .id_of_endpoint
-            .get(&registration.endpoint)
-            .cloned()
+            .slot_of_endpoint(&registration.endpoint)
+            .map(|slot| self.entry(slot).id.to_string())
             .and_then(|id| self.remove(&id));
-        self.id_of_endpoint
-            .insert(registration.endpoint.clone(), registration.id.clone());
-        self.id_of_address
-            .insert(registration.peer_address, registration.id.clone());
-        self.by_id.insert(registration.id.clone(), registration);
+        // Ids are unique: one still held by another endpoint goes too.
+        let same_id = self.remove(&registration.id);
+        let previous = previous.or(same_id);
+        let entry = Entry::new(registration);
+        let (id_hash, endpoint_hash, address_hash) = (
+            self.hash(&*entry.id),
+            self.hash(&*entry.endpoint),
+            self.hash(&entry.peer_address),
+        );
+        let address = entry.peer_address;
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.entries[slot as usize] = Some(entry);
+                slot
+            }
+            None => {
+                self.entries.push(Some(entry));
+                (self.entries.len() - 1) as u32
+            }
+        };
+        let Registry {
+            entries,
+            by_id,
+            by_endpoint,
+            by_address,
+            hasher,
+            ..
+        } = self;
+        use std::hash::BuildHasher;
+        let entries: &Vec<Option<Entry>> = entries;
+        by_id.insert_unique(id_hash, slot, |&s| {
+            hasher.hash_one(&*entries[s as usize].as_ref().expect("live entry").id)
+        });
+        by_endpoint.insert_unique(endpoint_hash, slot, |&s| {
+            hasher.hash_one(&*entries[s as usize].as_ref().expect("live entry").endpoint)
+        });
+        // Two registrations may come from one address (a NAT): the newest one owns it.
+        if let Ok(found) = by_address.find_entry(address_hash, |&s| {
+            entries[s as usize]
+                .as_ref()
+                .expect("live entry")
+                .peer_address
+                == address
+        }) {
+            found.remove();
+        }
+        by_address.insert_unique(address_hash, slot, |&s| {
+            hasher.hash_one(
+                entries[s as usize]
+                    .as_ref()
+                    .expect("live entry")
+                    .peer_address,
+            )
+        });
+        self.len += 1;
         previous
     }
 
     pub fn remove(&mut self, id: &str) -> Option<Registration> {
-        let registration = self.by_id.remove(id)?;
-        if self
-            .id_of_endpoint
-            .get(&registration.endpoint)
-            .is_some_and(|i| i == id)
-        {
-            self.id_of_endpoint.remove(&registration.endpoint);
+        let slot = self.slot_of_id(id)?;
+        let entry = self.entries[slot as usize].take()?;
+        let id_hash = self.hash(&*entry.id);
+        let endpoint_hash = self.hash(&*entry.endpoint);
+        let address_hash = self.hash(&entry.peer_address);
+        for (table, hash) in [
+            (&mut self.by_id, id_hash),
+            (&mut self.by_endpoint, endpoint_hash),
+            (&mut self.by_address, address_hash),
+        ] {
+            if let Ok(found) = table.find_entry(hash, |&s| s == slot) {
+                found.remove();
+            }
         }
-        if self
-            .id_of_address
-            .get(&registration.peer_address)
-            .is_some_and(|i| i == id)
-        {
-            self.id_of_address.remove(&registration.peer_address);
+        self.free.push(slot);
+        self.len -= 1;
+        if self.len == 0 {
+            *self = Registry {
+                hasher: self.hasher.clone(),
+                ..Registry::default()
+            };
         }
-        Some(registration)
+        Some(entry.registration())
     }
 
-    pub fn get(&self, id: &str) -> Option<&Registration> {
-        self.by_id.get(id)
+    pub fn get(&self, id: &str) -> Option<Registration> {
+        Some(self.entry(self.slot_of_id(id)?).registration())
     }
 
-    pub fn by_endpoint(&self, endpoint: &str) -> Option<&Registration> {
-        self.by_id.get(self.id_of_endpoint.get(endpoint)?)
+    pub fn by_endpoint(&self, endpoint: &str) -> Option<Registration> {
+        Some(self.entry(self.slot_of_endpoint(endpoint)?).registration())
     }
 
-    pub fn by_address(&self, address: SocketAddr) -> Option<&Registration> {
-        self.by_id.get(self.id_of_address.get(&address)?)
+    pub fn by_address(&self, address: SocketAddr) -> Option<Registration> {
+        Some(self.entry(self.slot_of_address(address)?).registration())
+    }
+
+    /// Whether `endpoint` is registered (without copying its registration).
+    pub fn contains_endpoint(&self, endpoint: &str) -> bool {
+        self.slot_of_endpoint(endpoint).is_some()
+    }
+
+    /// The endpoint registered from `address` and its identity's owner check, without copying
+    /// the registration.
+    pub fn endpoint_at(&self, address: SocketAddr, identity: &PeerIdentity) -> Option<String> {
+        let entry = self.entry(self.slot_of_address(address)?);
+        let same = match (&entry.identity, identity) {
+            (Identity::Unsecured, PeerIdentity::Unsecured) => true,
+            (Identity::Psk(a), PeerIdentity::Psk(b)) => **a == **b,
+            (Identity::Rpk(a), PeerIdentity::Rpk(b)) => **a == **b,
+            (Identity::X509(a), PeerIdentity::X509(b)) => **a == **b,
+            _ => false,
+        };
+        same.then(|| entry.endpoint.to_string())
+    }
+
+    /// The object versions `endpoint` registered with, without copying its registration.
+    pub fn object_versions_of(&self, endpoint: &str) -> Option<BTreeMap<u16, Version>> {
+        let entry = self.entry(self.slot_of_endpoint(endpoint)?);
+        Some(object_versions_of_links(&entry.object_links))
     }
 
     pub fn all(&self) -> Vec<Registration> {
-        let mut list: Vec<_> = self.by_id.values().cloned().collect();
+        let mut list: Vec<_> = self
+            .entries
+            .iter()
+            .flatten()
+            .map(Entry::registration)
+            .collect();
         list.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
         list
     }
 
     pub fn len(&self) -> usize {
-        self.by_id.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
+        self.len == 0
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     pub(crate) fn registration(id: &str, endpoint: &str, port: u16) -> Registration {
@@ -188,5 +432,82 @@ mod tests {
         registry.insert(record);
         let address = SocketAddr::from(([127, 0, 0, 1], 1));
         assert_eq!(registry.by_address(address).unwrap().id, "a");
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert { id: u8, endpoint: u8, port: u8 },
+        Remove { id: u8 },
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u8..12, 0u8..8, 0u8..6).prop_map(|(id, endpoint, port)| Op::Insert {
+                id,
+                endpoint,
+                port
+            }),
+            (0u8..12).prop_map(|id| Op::Remove { id }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The slab and its three indexes answer as a plain list of registrations would.
+        #[test]
+        fn the_registry_behaves_like_a_list(ops in proptest::collection::vec(op(), 0..200)) {
+            let mut registry = Registry::default();
+            // The model: live registrations, and which id owns each address.
+            let mut live: Vec<Registration> = Vec::new();
+            let mut owner: HashMap<u16, String> = HashMap::new();
+            for op in ops {
+                match op {
+                    Op::Insert { id, endpoint, port } => {
+                        let record = registration(&format!("id{id}"), &format!("ep{endpoint}"), port.into());
+                        let replaced = live
+                            .iter()
+                            .position(|r| r.endpoint == record.endpoint)
+                            .or_else(|| live.iter().position(|r| r.id == record.id))
+                            .map(|i| live.remove(i));
+                        if let Some(old) = &replaced {
+                            if owner.get(&old.peer_address.port()) == Some(&old.id) {
+                                owner.remove(&old.peer_address.port());
+                            }
+                        }
+                        // The same id may still be live under another endpoint: it goes too.
+                        if let Some(i) = live.iter().position(|r| r.id == record.id) {
+                            let old = live.remove(i);
+                            if owner.get(&old.peer_address.port()) == Some(&old.id) {
+                                owner.remove(&old.peer_address.port());
+                            }
+                        }
+                        owner.insert(port.into(), record.id.clone());
+                        live.push(record.clone());
+                        let got = registry.insert(record);
+                        proptest::prop_assert_eq!(got.map(|r| r.id), replaced.map(|r| r.id));
+                    }
+                    Op::Remove { id } => {
+                        let id = format!("id{id}");
+                        let expected = live.iter().position(|r| r.id == id).map(|i| live.remove(i));
+                        if let Some(old) = &expected {
+                            if owner.get(&old.peer_address.port()) == Some(&old.id) {
+                                owner.remove(&old.peer_address.port());
+                            }
+                        }
+                        proptest::prop_assert_eq!(registry.remove(&id), expected);
+                    }
+                }
+                proptest::prop_assert_eq!(registry.len(), live.len());
+                for record in &live {
+                    proptest::prop_assert_eq!(registry.get(&record.id), Some(record.clone()));
+                    proptest::prop_assert_eq!(registry.by_endpoint(&record.endpoint), Some(record.clone()));
+                }
+                for port in 0..6u16 {
+                    let address = SocketAddr::from(([127, 0, 0, 1], port));
+                    let expected = owner.get(&port).cloned();
+                    proptest::prop_assert_eq!(registry.by_address(address).map(|r| r.id), expected);
+                }
+            }
+        }
     }
 }

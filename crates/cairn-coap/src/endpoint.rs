@@ -536,6 +536,31 @@ impl Endpoint {
         let peers = &self.peers;
         self.peer_order
             .retain(|address| peers.contains_key(address));
+        self.shrink_maps();
+    }
+
+    /// Gives back the room of the maps a burst left mostly empty (a hash map never shrinks on
+    /// its own): after a registration storm, the idle fleet should cost what it holds.
+    fn shrink_maps(&mut self) {
+        fn shrink<K: Eq + core::hash::Hash, V>(map: &mut Map<K, V>) {
+            if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+                map.shrink_to(map.len() * 2);
+            }
+        }
+        shrink(&mut self.peers);
+        shrink(&mut self.exchanges);
+        shrink(&mut self.requests);
+        shrink(&mut self.tokens);
+        shrink(&mut self.observations);
+        if self.peer_order.capacity() > 64 && self.peer_order.len() < self.peer_order.capacity() / 4
+        {
+            self.peer_order.shrink_to(self.peer_order.len() * 2);
+        }
+        for peer in self.peers.values_mut() {
+            if peer.dedup.is_empty() {
+                peer.dedup = VecDeque::new();
+            }
+        }
     }
 
     // ----- input -----
@@ -686,6 +711,10 @@ impl Endpoint {
         }
         if state.dedup.len() >= capacity {
             state.dedup.pop_front();
+        }
+        if state.dedup.capacity() == 0 {
+            // Most peers have one exchange at a time: no room for four on the first one.
+            state.dedup.reserve_exact(1);
         }
         state.dedup.push_back(DedupEntry {
             message_id: message.message_id,

@@ -12,6 +12,12 @@ mod server_cmd;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of the C library's allocator: a server holding many small per-device
+/// records fragments glibc's arenas, and mimalloc gives freed pages back (docs/benchmarks.md
+/// has the figures).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Cairn: secure device management for IoT fleets (LwM2M over CoAP/DTLS).
 #[derive(Debug, Parser)]
 #[command(name = "cairn", version, about)]

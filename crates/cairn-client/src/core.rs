@@ -23,7 +23,7 @@ use crate::access::{self, Right};
 use crate::error::ClientError;
 use crate::object::{ClientAction, ObjectError};
 use crate::objects::{ids, server_resources};
-use crate::observe::{NotificationAttributes, Observation};
+use crate::observe::{CompositeObservation, NotificationAttributes, Observation};
 use crate::registration::{Registration, RegistrationEvent, RegistrationSettings, RequestFailure};
 use crate::tree::ObjectTree;
 
@@ -55,6 +55,9 @@ pub struct Notification {
     pub server: ServerId,
     /// The Uri-Path of the observed resource (`/3/0/13`).
     pub path: String,
+    /// For an Observe-Composite, the body of the FETCH that registered it (its identity
+    /// beside the path, RFC 8132 §2.4); `None` for an Observe.
+    pub fetch_body: Option<Vec<u8>>,
     /// The notification's response parts (2.05 with content, or an error that ends it).
     pub response: CoapResponse,
 }
@@ -87,6 +90,7 @@ struct ServerSession {
     registration: Registration,
     attributes: BTreeMap<LwM2mPath, AttributeSet>,
     observations: Vec<Observation>,
+    composites: Vec<CompositeObservation>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -139,6 +143,7 @@ impl ClientCore {
             registration: Registration::new(settings, objects),
             attributes: BTreeMap::new(),
             observations: Vec::new(),
+            composites: Vec::new(),
         });
         ServerId(self.servers.len() - 1)
     }
@@ -192,6 +197,11 @@ impl ClientCore {
             for observation in &mut session.observations {
                 if observation.path.starts_with(path) || path.starts_with(&observation.path) {
                     observation.next_check = observation.next_check.min(now);
+                }
+            }
+            for composite in &mut session.composites {
+                if composite.concerns(path) {
+                    composite.next_check = composite.next_check.min(now);
                 }
             }
         }
@@ -255,7 +265,10 @@ impl ClientCore {
             .servers
             .iter()
             .filter(|s| s.registration.is_registered())
-            .flat_map(|s| s.observations.iter().map(|o| o.next_check));
+            .flat_map(|s| {
+                let single = s.observations.iter().map(|o| o.next_check);
+                single.chain(s.composites.iter().map(|c| c.next_check))
+            });
         registrations.chain(observations).min()
     }
 
@@ -287,6 +300,7 @@ impl ClientCore {
                 if was_registered && !session.registration.is_registered() {
                     // A new registration starts without the old one's observations.
                     session.observations.clear();
+                    session.composites.clear();
                 }
             }
             Purpose::Send => self.events.push_back(Event::SendCompleted {
@@ -299,6 +313,9 @@ impl ClientCore {
 
     /// The next notification due at `now`.
     pub fn poll_notification(&mut self, now: Duration) -> Option<Notification> {
+        if let Some(notification) = self.poll_composite_notification(now) {
+            return Some(notification);
+        }
         let period = self.evaluation_period;
         loop {
             // Each evaluation moves the observation's next check past `now`, so this ends.
@@ -321,6 +338,7 @@ impl ClientCore {
                     return Some(Notification {
                         server,
                         path: uri_path(&path),
+                        fetch_body: None,
                         response: CoapResponse::new(error.code()),
                     });
                 }
@@ -338,7 +356,68 @@ impl ClientCore {
             return Some(Notification {
                 server,
                 path: uri_path(&path),
+                fetch_body: None,
                 response: encode_content(&self.tree, &path, current, format),
+            });
+        }
+    }
+
+    /// The next Observe-Composite notification due at `now`.
+    fn poll_composite_notification(&mut self, now: Duration) -> Option<Notification> {
+        let period = self.evaluation_period;
+        loop {
+            let (index, position) = self
+                .servers
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.registration.is_registered())
+                .find_map(|(i, s)| {
+                    let due = s.composites.iter().position(|c| c.next_check <= now)?;
+                    Some((i, due))
+                })?;
+            let paths: Vec<LwM2mPath> = self.servers[index].composites[position]
+                .members
+                .iter()
+                .map(|m| m.path)
+                .collect();
+            let attributes: Vec<_> = paths
+                .iter()
+                .map(|p| self.attributes_for(&self.servers[index], p))
+                .collect();
+            let current: Vec<Option<LwM2mNode>> =
+                paths.iter().map(|p| self.tree.read(p).ok()).collect();
+            let session = &mut self.servers[index];
+            let composite = &mut session.composites[position];
+            if !composite.evaluate(now, &current, &attributes, period) {
+                continue;
+            }
+            let nodes: BTreeMap<LwM2mPath, LwM2mNode> = paths
+                .iter()
+                .zip(current)
+                .filter_map(|(path, node)| Some((*path, node?)))
+                .collect();
+            let request = ServerRequest::ObserveComposite {
+                paths: paths.clone(),
+                format: composite.format,
+                accept: Some(composite.format),
+            };
+            let fetch_body = composite.body.clone();
+            if session.registration.is_asleep() {
+                session.registration.wake();
+            }
+            let response = Lwm2mResponse::with_content(
+                ResponseCode::CONTENT,
+                ResponseContent::Nodes(nodes),
+                Some(request_format(&request)),
+            );
+            let response = request
+                .encode_response(&response, &self.tree)
+                .unwrap_or_else(|_| CoapResponse::new(ResponseCode::INTERNAL_SERVER_ERROR));
+            return Some(Notification {
+                server: ServerId(index),
+                path: uri_path(&LwM2mPath::Root),
+                fetch_body: Some(fetch_body),
+                response,
             });
         }
     }
@@ -348,6 +427,14 @@ impl ClientCore {
     pub fn observation_gone(&mut self, server: ServerId, path: &str) {
         if let Some(session) = self.servers.get_mut(server.0) {
             session.observations.retain(|o| uri_path(&o.path) != path);
+        }
+    }
+
+    /// [`ClientCore::observation_gone`] for an Observe-Composite, by the FETCH body that
+    /// registered it.
+    pub fn composite_observation_gone(&mut self, server: ServerId, fetch_body: &[u8]) {
+        if let Some(session) = self.servers.get_mut(server.0) {
+            session.composites.retain(|c| c.body != fetch_body);
         }
     }
 
@@ -366,7 +453,7 @@ impl ClientCore {
             Ok(operation) => operation,
             Err(error) => return request_error(&error),
         };
-        let response = match self.operate(now, server, &operation) {
+        let response = match self.operate(now, server, &operation, &request.payload) {
             Ok(response) => response,
             Err(error) => Lwm2mResponse::error(error.code(), Some(error.to_string())),
         };
@@ -382,6 +469,7 @@ impl ClientCore {
         now: Duration,
         server: ServerId,
         operation: &ServerRequest,
+        body: &[u8],
     ) -> Result<Lwm2mResponse, ObjectError> {
         let changed = ResponseCode::CHANGED;
         self.check_access(server, operation)?;
@@ -530,12 +618,72 @@ impl ClientCore {
                 let format = self.format_for(*accept)?;
                 content(self.tree.read(path)?, format)
             }
-            ServerRequest::ObserveComposite { .. }
-            | ServerRequest::CancelObserveComposite { .. } => {
-                return Ok(Lwm2mResponse::error(
-                    ResponseCode::NOT_IMPLEMENTED,
-                    Some("Observe-Composite is not supported (#7)".into()),
-                ));
+            ServerRequest::ObserveComposite { paths, accept, .. } => {
+                let format = accept.unwrap_or(ContentFormat::SENML_CBOR);
+                if !matches!(
+                    format,
+                    ContentFormat::SENML_CBOR
+                        | ContentFormat::SENML_JSON
+                        | ContentFormat::LWM2M_CBOR
+                ) {
+                    return Err(ObjectError::NotAcceptable);
+                }
+                let mut nodes = BTreeMap::new();
+                let mut members = Vec::new();
+                for path in paths {
+                    match self.tree.read(path) {
+                        Ok(node) => {
+                            members.push(Observation::new(*path, format, node.clone(), now));
+                            nodes.insert(*path, node);
+                        }
+                        Err(ObjectError::NotFound) => {
+                            members.push(Observation::new(
+                                *path,
+                                format,
+                                LwM2mNode::Object(cairn_lwm2m::node::LwM2mObject::new(0, [])),
+                                now,
+                            ));
+                        }
+                        Err(error) => return Err(error),
+                    }
+                }
+                let session = &mut self.servers[server.0];
+                session.composites.retain(|c| c.body != body);
+                let mut composite = CompositeObservation {
+                    members,
+                    format,
+                    body: body.to_vec(),
+                    next_check: now,
+                };
+                let attributes: Vec<_> = paths
+                    .iter()
+                    .map(|p| self.attributes_for(&self.servers[server.0], p))
+                    .collect();
+                composite.schedule_first(now, &attributes, self.evaluation_period);
+                self.servers[server.0].composites.push(composite);
+                Lwm2mResponse::with_content(
+                    ResponseCode::CONTENT,
+                    ResponseContent::Nodes(nodes),
+                    Some(format),
+                )
+            }
+            ServerRequest::CancelObserveComposite { paths, accept, .. } => {
+                let session = &mut self.servers[server.0];
+                session
+                    .composites
+                    .retain(|c| !c.members.iter().map(|m| m.path).eq(paths.iter().copied()));
+                let format = accept.unwrap_or(ContentFormat::SENML_CBOR);
+                let mut nodes = BTreeMap::new();
+                for path in paths {
+                    if let Ok(node) = self.tree.read(path) {
+                        nodes.insert(*path, node);
+                    }
+                }
+                Lwm2mResponse::with_content(
+                    ResponseCode::CONTENT,
+                    ResponseContent::Nodes(nodes),
+                    Some(format),
+                )
             }
         })
     }
@@ -750,6 +898,14 @@ fn request_error(error: &OperationError) -> CoapResponse {
 }
 
 /// `/3/0/13` for a path.
+/// The content format a composite request's notifications are encoded in.
+fn request_format(request: &ServerRequest) -> ContentFormat {
+    match request {
+        ServerRequest::ObserveComposite { accept, format, .. } => accept.unwrap_or(*format),
+        _ => ContentFormat::SENML_CBOR,
+    }
+}
+
 fn uri_path(path: &LwM2mPath) -> String {
     path.to_string()
 }

@@ -234,15 +234,24 @@ impl Client {
                     continue;
                 };
                 let message = notification.response.to_message();
-                let delivered = connected
-                    .endpoint
-                    .notify(&notification.path, message)
-                    .await
-                    .unwrap_or(0);
+                let delivered = match &notification.fetch_body {
+                    Some(body) => connected
+                        .endpoint
+                        .notify_fetch(&notification.path, body, message)
+                        .await
+                        .unwrap_or(0),
+                    None => connected
+                        .endpoint
+                        .notify(&notification.path, message)
+                        .await
+                        .unwrap_or(0),
+                };
                 if delivered == 0 {
-                    self.shared
-                        .lock()
-                        .observation_gone(notification.server, &notification.path);
+                    let mut core = self.shared.lock();
+                    match &notification.fetch_body {
+                        Some(body) => core.composite_observation_gone(notification.server, body),
+                        None => core.observation_gone(notification.server, &notification.path),
+                    }
                 }
             }
             if finished || stop_by.is_some_and(|t| Instant::now() >= t) {

@@ -161,6 +161,94 @@ impl Observation {
     }
 }
 
+/// One Observe-Composite held by a server (Core 1.1 §6.4.3): its paths, each evaluated with
+/// its own attributes; a notification carries the values of every path when any of them is
+/// due.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompositeObservation {
+    /// One entry per observed path, in request order.
+    pub members: Vec<Observation>,
+    /// The format of its notifications.
+    pub format: ContentFormat,
+    /// The FETCH body that registered it: with the path, what identifies it to CoAP.
+    pub body: Vec<u8>,
+    /// When to evaluate next.
+    pub next_check: Duration,
+}
+
+impl CompositeObservation {
+    /// Whether a change at `path` may change what this observation reports.
+    pub fn concerns(&self, path: &LwM2mPath) -> bool {
+        self.members
+            .iter()
+            .any(|m| m.path.starts_with(path) || path.starts_with(&m.path))
+    }
+
+    /// Schedules the first evaluation after the first response, sent at `now`.
+    pub fn schedule_first(
+        &mut self,
+        now: Duration,
+        attributes: &[NotificationAttributes],
+        evaluation_period: Duration,
+    ) {
+        self.next_check = self
+            .members
+            .iter()
+            .zip(attributes)
+            .map(|(_, a)| now + a.pmin.max(evaluation_period))
+            .min()
+            .unwrap_or(now + evaluation_period);
+    }
+
+    /// Decides at `now` whether to notify: when any path is due under its own attributes.
+    /// `current` holds each path's value (`None`: gone). Updates the schedule.
+    pub fn evaluate(
+        &mut self,
+        now: Duration,
+        current: &[Option<LwM2mNode>],
+        attributes: &[NotificationAttributes],
+        evaluation_period: Duration,
+    ) -> bool {
+        let mut probes = self.members.clone();
+        let mut due = false;
+        for ((probe, value), attributes) in probes.iter_mut().zip(current).zip(attributes) {
+            if let Some(value) = value {
+                due |= probe.evaluate(now, value, attributes, evaluation_period);
+            } else {
+                probe.next_check = now + evaluation_period;
+            }
+        }
+        if due {
+            // Every value goes out: every path starts its periods again.
+            for ((member, value), attributes) in
+                self.members.iter_mut().zip(current).zip(attributes)
+            {
+                if let Some(value) = value {
+                    member.last_value = value.clone();
+                }
+                member.last_sent = now;
+                let period = evaluation_period
+                    .max(attributes.pmin)
+                    .max(attributes.epmin.unwrap_or_default());
+                let mut next = now + period;
+                if let Some(pmax) = attributes.pmax {
+                    next = next.min(now + pmax);
+                }
+                member.next_check = next;
+            }
+        } else {
+            self.members = probes;
+        }
+        self.next_check = self
+            .members
+            .iter()
+            .map(|m| m.next_check)
+            .min()
+            .unwrap_or(now + evaluation_period);
+        due
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -782,7 +782,17 @@ impl Endpoint {
         let observing = matches!(message.code, Code::GET | Code::FETCH)
             && message.options.contains(OptionNumber::OBSERVE);
         let path_key = if observing || message.options.contains(OptionNumber::BLOCK1) {
-            path_key(&message)
+            let mut key = path_key(&message);
+            if observing
+                && message.code == Code::FETCH
+                && !message.options.contains(OptionNumber::BLOCK1)
+            {
+                // A FETCH observation is identified by its body too (RFC 8132 §2.4): two
+                // Observe-Composite requests for different paths are two observations.
+                key.push(0);
+                key.extend_from_slice(&message.payload);
+            }
+            key
         } else {
             Vec::new()
         };
@@ -1426,7 +1436,18 @@ impl Endpoint {
 
     /// The observations registered on a resource path (as in [`Message::uri_path`]).
     pub fn observers(&self, path: &str) -> Vec<ObservationId> {
-        let key = path_key_of(path);
+        self.observers_by_key(path_key_of(path))
+    }
+
+    /// The observations registered by a FETCH on `path` with `body` (RFC 8132 §2.4).
+    pub fn observers_of_fetch(&self, path: &str, body: &[u8]) -> Vec<ObservationId> {
+        let mut key = path_key_of(path);
+        key.push(0);
+        key.extend_from_slice(body);
+        self.observers_by_key(key)
+    }
+
+    fn observers_by_key(&self, key: Vec<u8>) -> Vec<ObservationId> {
         let mut ids: Vec<_> = self
             .observations
             .iter()

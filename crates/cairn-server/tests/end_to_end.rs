@@ -333,3 +333,71 @@ async fn client_and_server_over_dtls_psk() {
     assert_eq!(gone.endpoint, "e2e-device");
     assert!(server.registration("e2e-device").is_none());
 }
+
+/// Observe-Composite: the first response holds every path's value, and the notifications
+/// that follow carry them all; a second composite of other paths is a separate observation.
+#[tokio::test]
+async fn observe_composite_streams_every_path() {
+    let (_dir, server) = start_server().await;
+    let address = server.local_addrs().1.unwrap();
+    let mut events = server.events();
+    let (_client, stop, task) = start_client(address).await;
+    next_event(&mut events, |e| match e {
+        ServerEvent::Registered(r) => Some(r),
+        _ => None,
+    })
+    .await;
+
+    // The clock changes every second; pmax = 1 s makes the manufacturer go out too.
+    let attributes = AttributeSet::new()
+        .with(AttributeName::Pmin, AttributeValue::Unsigned(1))
+        .with(AttributeName::Pmax, AttributeValue::Unsigned(1));
+    server
+        .write_attributes("e2e-device", LwM2mPath::Resource(3, 0, 13), attributes)
+        .await
+        .unwrap();
+    let paths = vec![LwM2mPath::Resource(3, 0, 0), LwM2mPath::Resource(3, 0, 13)];
+    let (first, mut notifications) = server
+        .observe_composite("e2e-device", paths.clone(), ContentFormat::SENML_CBOR)
+        .await
+        .unwrap();
+    assert_eq!(first.keys().copied().collect::<Vec<_>>(), paths);
+    let (other_first, mut other) = server
+        .observe_composite(
+            "e2e-device",
+            vec![LwM2mPath::Resource(3, 0, 1)],
+            ContentFormat::SENML_JSON,
+        )
+        .await
+        .unwrap();
+    assert!(other_first.contains_key(&LwM2mPath::Resource(3, 0, 1)));
+    let mut times = Vec::new();
+    for _ in 0..2 {
+        let next = timeout(Duration::from_secs(10), notifications.next())
+            .await
+            .expect("a notification within 10 s")
+            .expect("the observation goes on");
+        assert_eq!(next.keys().copied().collect::<Vec<_>>(), paths);
+        let LwM2mNode::Resource(manufacturer) = &next[&LwM2mPath::Resource(3, 0, 0)] else {
+            panic!("{next:?}")
+        };
+        assert_eq!(
+            manufacturer.value,
+            ResourceValue::Single(Value::String("Cairn Devices".into()))
+        );
+        times.push(next[&LwM2mPath::Resource(3, 0, 13)].clone());
+    }
+    assert_ne!(times[0], times[1], "the clock moved between notifications");
+    // The other composite (serial number, no attributes) is not notified with the clock's
+    // values: anything it gets carries its own path only.
+    if let Ok(Some(nodes)) = timeout(Duration::from_millis(300), other.next()).await {
+        assert_eq!(
+            nodes.keys().copied().collect::<Vec<_>>(),
+            vec![LwM2mPath::Resource(3, 0, 1)]
+        );
+    }
+    notifications.cancel();
+    drop(other);
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}

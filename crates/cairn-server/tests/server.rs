@@ -948,3 +948,52 @@ async fn a_device_behind_a_changing_nat_keeps_its_registration() {
         LwM2mResource::single(0, Value::String("Roaming".into()))
     );
 }
+
+/// A per-call timeout is honoured, independent of the configured one: a device that
+/// acknowledges but never answers costs the caller the time it chose.
+#[tokio::test]
+async fn a_call_with_its_own_timeout_gives_up_in_time() {
+    let (_dir, server) = start_server().await;
+    let (_, dtls) = server.local_addrs();
+    let security = Security::DtlsClient {
+        config: ClientConfig::new("identity-1", Psk::new(KEY.to_vec())),
+        server: dtls.unwrap(),
+    };
+    let silent = |_: &Request| Reply::Pending(Box::pin(std::future::pending()));
+    let endpoint = CoapEndpoint::bind_secured(
+        "127.0.0.1:0".parse().unwrap(),
+        Config::default(),
+        security,
+        Some(Arc::new(silent)),
+    )
+    .await
+    .unwrap();
+    let response = endpoint
+        .request(dtls.unwrap(), register_message("dev-1", 300))
+        .await
+        .unwrap();
+    assert_eq!(response.code, Code::CREATED);
+
+    let started = std::time::Instant::now();
+    let result = server
+        .with_timeout(Duration::from_millis(400))
+        .read("dev-1", LwM2mPath::Resource(3, 0, 0), None)
+        .await;
+    let waited = started.elapsed();
+    assert!(
+        matches!(result, Err(ServerError::Timeout(d)) if d == Duration::from_millis(400)),
+        "{result:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    // The server's own default is untouched.
+    assert!(matches!(
+        server
+            .with_timeout(Duration::from_millis(50))
+            .read("dev-1", LwM2mPath::Resource(3, 0, 0), None)
+            .await,
+        Err(ServerError::Timeout(d)) if d == Duration::from_millis(50)
+    ));
+}

@@ -369,10 +369,14 @@ impl Driver {
             }
             Command::Notify {
                 path,
+                fetch_body,
                 response,
                 done,
             } => {
-                let observers = self.endpoint.observers(&path);
+                let observers = match fetch_body {
+                    Some(body) => self.endpoint.observers_of_fetch(&path, &body),
+                    None => self.endpoint.observers(&path),
+                };
                 let mut count = 0;
                 for id in observers {
                     if self.endpoint.notify(now, id, response.clone()).is_ok() {

@@ -110,6 +110,8 @@ pub(crate) enum Command {
     },
     Notify {
         path: String,
+        /// The body of the FETCH that registered the observations, if they came by FETCH.
+        fetch_body: Option<Vec<u8>>,
         response: Message,
         done: oneshot::Sender<usize>,
     },
@@ -309,6 +311,26 @@ impl CoapEndpoint {
         let (done, count) = oneshot::channel();
         self.command(Command::Notify {
             path: path.to_owned(),
+            fetch_body: None,
+            response,
+            done,
+        })
+        .await?;
+        count.await.map_err(|_| TransportError::Closed)
+    }
+
+    /// Notifies every observer that registered with a FETCH of `path` carrying `body` (an
+    /// LwM2M Observe-Composite); returns how many there were.
+    pub async fn notify_fetch(
+        &self,
+        path: &str,
+        body: &[u8],
+        response: Message,
+    ) -> Result<usize, TransportError> {
+        let (done, count) = oneshot::channel();
+        self.command(Command::Notify {
+            path: path.to_owned(),
+            fetch_body: Some(body.to_vec()),
             response,
             done,
         })

@@ -358,7 +358,8 @@ pub struct Endpoint {
     block_szx: u8,
     rng: SplitMix64,
     next_id: u64,
-    peers: Map<SocketAddr, Peer>,
+    /// Boxed, for the same reason as `requests`.
+    peers: Map<SocketAddr, Box<Peer>>,
     /// Peers in the order they arrived, for eviction when the table is full.
     peer_order: VecDeque<SocketAddr>,
     timers: BinaryHeap<Reverse<(Duration, TimerKind)>>,
@@ -367,7 +368,9 @@ pub struct Endpoint {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     exchanges: Map<ExchangeId, ServerExchange>,
-    requests: Map<RequestId, ClientRequest>,
+    /// Boxed: an observation keeps its request for as long as it lasts, and a server holds
+    /// one per device; the table's empty slots then cost a pointer, not a request.
+    requests: Map<RequestId, Box<ClientRequest>>,
     tokens: Map<(SocketAddr, Token), RequestId>,
     observations: Map<ObservationId, Observation>,
     representation_bytes: usize,
@@ -464,7 +467,8 @@ impl Endpoint {
                 return None;
             }
             let first_message_id = self.rng.next() as u16;
-            self.peers.insert(address, Peer::new(first_message_id, now));
+            self.peers
+                .insert(address, Box::new(Peer::new(first_message_id, now)));
             self.peer_order.push_back(address);
             if !self.sweep_scheduled {
                 self.sweep_scheduled = true;
@@ -746,7 +750,7 @@ impl Endpoint {
             response.message_id = self
                 .peers
                 .get_mut(&peer)
-                .map(Peer::allocate_message_id)
+                .map(|p| p.allocate_message_id())
                 .unwrap_or(0);
         }
         let bytes = response.to_bytes();
@@ -1279,7 +1283,7 @@ impl Endpoint {
                 response.message_id = self
                     .peers
                     .get_mut(&peer)
-                    .map(Peer::allocate_message_id)
+                    .map(|p| p.allocate_message_id())
                     .unwrap_or(0);
                 self.send(peer, response.to_bytes());
                 response.message_id
@@ -1508,7 +1512,7 @@ impl Endpoint {
             let message_id = self
                 .peers
                 .get_mut(&peer)
-                .map(Peer::allocate_message_id)
+                .map(|p| p.allocate_message_id())
                 .unwrap_or(0);
             response.message_id = message_id;
             self.send(peer, response.to_bytes());
@@ -1601,7 +1605,7 @@ impl Endpoint {
         let observing = message.observe() == Some(0);
         self.requests.insert(
             id,
-            ClientRequest {
+            Box::new(ClientRequest {
                 peer,
                 token,
                 template: message,
@@ -1612,7 +1616,7 @@ impl Endpoint {
                 observing,
                 last_notification: None,
                 sent: false,
-            },
+            }),
         );
         self.tokens.insert((peer, token), id);
         if must_wait {
@@ -1633,7 +1637,7 @@ impl Endpoint {
             .ok_or(EndpointError::TooManyPeers)?;
         self.requests.insert(
             id,
-            ClientRequest {
+            Box::new(ClientRequest {
                 peer,
                 token: Token::EMPTY,
                 template: ping.clone(),
@@ -1644,7 +1648,7 @@ impl Endpoint {
                 observing: false,
                 last_notification: None,
                 sent: true,
-            },
+            }),
         );
         self.send_confirmable(now, peer, ping, ConPurpose::Ping(id));
         Ok(id)
@@ -1726,7 +1730,7 @@ impl Endpoint {
                 .retain(|o| o.purpose != ConPurpose::Request(id));
             state.queued.retain(|q| *q != id);
         }
-        Some(request)
+        Some(*request)
     }
 
     fn fail_request(&mut self, id: RequestId, error: RequestError) {
@@ -1777,7 +1781,7 @@ impl Endpoint {
         template.options.set_uint(OptionNumber::OBSERVE, 0);
         self.requests.insert(
             id,
-            ClientRequest {
+            Box::new(ClientRequest {
                 peer,
                 token,
                 template,
@@ -1788,7 +1792,7 @@ impl Endpoint {
                 observing: true,
                 last_notification: None,
                 sent: true,
-            },
+            }),
         );
         self.tokens.insert((peer, token), id);
         Ok(id)

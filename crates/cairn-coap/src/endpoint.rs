@@ -1257,14 +1257,20 @@ impl Endpoint {
         } else {
             response.options.remove(OptionNumber::OBSERVE);
         }
-        if exchange.block2.is_none_or(|b| b.num == 0)
+        // A handler that cut its own block (a large resource served from shared memory) is
+        // passed through: no copy of the whole representation is kept per peer.
+        let sliced_by_handler = response.options.contains(OptionNumber::BLOCK2);
+        if !sliced_by_handler
+            && exchange.block2.is_none_or(|b| b.num == 0)
             && response.payload.len() > 16usize << self.block_szx
         {
             self.keep_representation(now, peer, exchange.representation_key, &mut response);
         }
-        if let Err(code) = self.slice_block2(&mut response, exchange.block2) {
-            response = Message::response(code);
-            response.token = exchange.token;
+        if !sliced_by_handler {
+            if let Err(code) = self.slice_block2(&mut response, exchange.block2) {
+                response = Message::response(code);
+                response.token = exchange.token;
+            }
         }
         let message_id = match (exchange.request_type, exchange.acknowledged) {
             (MessageType::Confirmable, false) => {

@@ -6,6 +6,8 @@
 //! [`LwM2mServer::observe`], ...) sends them requests. What happens is published on an event
 //! bus ([`LwM2mServer::events`]) for the operator side.
 
+pub mod campaign;
+pub mod firmware;
 pub mod registration;
 pub mod security;
 
@@ -136,6 +138,8 @@ pub struct Stores {
     pub registrations: Arc<dyn RegistrationStore>,
     pub security: Arc<dyn SecurityStore>,
     pub observations: Arc<dyn ObservationStore>,
+    /// Firmware images and campaign state.
+    pub blobs: Arc<dyn cairn_store::BlobStore>,
     /// Synchronous PSK lookups for the DTLS handshake.
     pub psk_resolver: Arc<dyn cairn_dtls::PskResolver>,
 }
@@ -147,6 +151,7 @@ impl Stores {
             registrations: Arc::new(store.clone()),
             security: Arc::new(store.clone()),
             observations: Arc::new(store.clone()),
+            blobs: Arc::new(store.clone()),
             psk_resolver: Arc::new(StorePskResolver(store)),
         }
     }
@@ -162,6 +167,8 @@ struct Inner {
     wake: Mutex<HashMap<String, Arc<Notify>>>,
     /// Set by `shutdown`: observations ending then are kept for the next start.
     stopping: std::sync::atomic::AtomicBool,
+    firmware: firmware::Repository,
+    campaigns: Mutex<HashMap<String, campaign::Running>>,
 }
 
 /// A running LwM2M server.
@@ -220,20 +227,24 @@ impl LwM2mServer {
         let inner = Arc::new(Inner {
             config,
             registry: RwLock::new(registry),
-            stores,
             events,
             coap,
             dtls,
             wake: Mutex::new(HashMap::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            firmware: firmware::Repository::new(stores.blobs.clone()),
+            campaigns: Mutex::new(HashMap::new()),
+            stores,
         });
         let _ = slot.set(Arc::downgrade(&inner));
         restore_observations(&inner).await;
         tokio::spawn(expire_registrations(Arc::downgrade(&inner)));
-        Ok(LwM2mServer {
+        let server = LwM2mServer {
             inner,
             timeout: None,
-        })
+        };
+        server.resume_campaigns().await;
+        Ok(server)
     }
 
     /// The bound CoAP and DTLS addresses.
@@ -545,6 +556,237 @@ impl LwM2mServer {
         Ok(preferred_format(registration::lwm2m_version(&registration)))
     }
 
+    // ----- firmware and campaigns -----
+
+    /// Adds a firmware image to the repository; devices download it from `/fw/{id}`.
+    pub async fn add_firmware(
+        &self,
+        name: &str,
+        version: &str,
+        bytes: Vec<u8>,
+    ) -> Result<firmware::FirmwareImage, firmware::FirmwareError> {
+        self.inner
+            .firmware
+            .add(name, version, bytes, unix_millis())
+            .await
+    }
+
+    /// Every firmware image, oldest first.
+    pub async fn firmware_images(
+        &self,
+    ) -> Result<Vec<firmware::FirmwareImage>, firmware::FirmwareError> {
+        self.inner.firmware.list().await
+    }
+
+    /// Removes a firmware image; whether it existed.
+    pub async fn remove_firmware(&self, id: &str) -> Result<bool, firmware::FirmwareError> {
+        self.inner.firmware.remove(id).await
+    }
+
+    /// The URI a device downloads `path` from: on the socket it registered on.
+    pub(crate) fn package_uri(
+        &self,
+        secure: bool,
+        host: Option<&str>,
+        path: &str,
+    ) -> Option<String> {
+        let (coap, dtls) = self.local_addrs();
+        let (scheme, address) = if secure {
+            ("coaps", dtls?)
+        } else {
+            ("coap", coap?)
+        };
+        let host = match host {
+            Some(host) => host.to_owned(),
+            None if address.ip().is_unspecified() => "127.0.0.1".into(),
+            None => match address.ip() {
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                std::net::IpAddr::V4(ip) => ip.to_string(),
+            },
+        };
+        Some(format!("{scheme}://{host}:{}{path}", address.port()))
+    }
+
+    /// Starts a campaign; returns its id. Its progress is in [`LwM2mServer::campaign`].
+    pub async fn start_campaign(
+        &self,
+        spec: campaign::CampaignSpec,
+    ) -> Result<String, campaign::CampaignError> {
+        spec.validate()?;
+        if self
+            .inner
+            .firmware
+            .get(&spec.image_id)
+            .await
+            .map_err(|_| campaign::CampaignError::UnknownImage(spec.image_id.clone()))?
+            .is_none()
+        {
+            return Err(campaign::CampaignError::UnknownImage(spec.image_id));
+        }
+        let now = unix_millis();
+        let status = campaign::CampaignStatus {
+            id: cairn_store::random_id().map_err(ServerError::from)?,
+            devices: spec
+                .targets
+                .iter()
+                .map(|t| (t.clone(), campaign::DeviceOutcome::Pending))
+                .collect(),
+            spec,
+            state: campaign::CampaignState::Running,
+            wave: 0,
+            halt_reason: None,
+            started_at_ms: now,
+            updated_at_ms: now,
+        };
+        let id = status.id.clone();
+        let shared = Arc::new(Mutex::new(status));
+        self.save_campaign(&shared).await;
+        self.launch_campaign(shared);
+        Ok(id)
+    }
+
+    fn launch_campaign(&self, status: Arc<Mutex<campaign::CampaignStatus>>) {
+        let id = status.lock().unwrap_or_else(|e| e.into_inner()).id.clone();
+        let (control, receiver) = tokio::sync::watch::channel(campaign::Control::Run);
+        self.inner
+            .campaigns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                id,
+                campaign::Running {
+                    status: status.clone(),
+                    control,
+                },
+            );
+        tokio::spawn(campaign::run(self.clone(), status, receiver));
+    }
+
+    /// Campaigns that were running when the server stopped go on.
+    async fn resume_campaigns(&self) {
+        let Ok(page) = self
+            .inner
+            .stores
+            .blobs
+            .list_blob_keys(cairn_store::BlobKind::Campaign, None, 10_000)
+            .await
+        else {
+            return;
+        };
+        for key in page.items {
+            let Ok(Some(bytes)) = self
+                .inner
+                .stores
+                .blobs
+                .get_blob(cairn_store::BlobKind::Campaign, &key)
+                .await
+            else {
+                continue;
+            };
+            let Ok(mut status) = serde_json::from_slice::<campaign::CampaignStatus>(&bytes) else {
+                tracing::warn!(campaign = %key, "a stored campaign does not decode");
+                continue;
+            };
+            if status.is_finished() {
+                continue;
+            }
+            // Devices caught in the middle are asked again.
+            for outcome in status.devices.values_mut() {
+                if *outcome == campaign::DeviceOutcome::InProgress {
+                    *outcome = campaign::DeviceOutcome::Pending;
+                }
+            }
+            status.state = campaign::CampaignState::Running;
+            tracing::info!(campaign = %key, "resuming a campaign");
+            self.launch_campaign(Arc::new(Mutex::new(status)));
+        }
+    }
+
+    pub(crate) async fn save_campaign(&self, status: &Mutex<campaign::CampaignStatus>) {
+        let (id, bytes) = {
+            let status = status.lock().unwrap_or_else(|e| e.into_inner());
+            (status.id.clone(), serde_json::to_vec(&*status))
+        };
+        let Ok(bytes) = bytes else {
+            return;
+        };
+        if let Err(error) = self
+            .inner
+            .stores
+            .blobs
+            .put_blob(cairn_store::BlobKind::Campaign, &id, bytes)
+            .await
+        {
+            tracing::error!(%error, campaign = %id, "cannot save a campaign");
+        }
+    }
+
+    /// A campaign's progress (also of finished campaigns, from the store).
+    pub async fn campaign(&self, id: &str) -> Option<campaign::CampaignStatus> {
+        let running = self
+            .inner
+            .campaigns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .map(|r| r.status.lock().unwrap_or_else(|e| e.into_inner()).clone());
+        if running.is_some() {
+            return running;
+        }
+        let bytes = self
+            .inner
+            .stores
+            .blobs
+            .get_blob(cairn_store::BlobKind::Campaign, id)
+            .await
+            .ok()??;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn control_campaign(
+        &self,
+        id: &str,
+        control: campaign::Control,
+    ) -> Result<(), campaign::CampaignError> {
+        let campaigns = self
+            .inner
+            .campaigns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let running = campaigns
+            .get(id)
+            .ok_or_else(|| campaign::CampaignError::Unknown(id.into()))?;
+        let state = running
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .state;
+        if matches!(
+            state,
+            campaign::CampaignState::Halted
+                | campaign::CampaignState::Cancelled
+                | campaign::CampaignState::Completed
+        ) {
+            return Err(campaign::CampaignError::Finished(state));
+        }
+        let _ = running.control.send(control);
+        Ok(())
+    }
+
+    /// Holds back the devices not yet started (those in progress finish).
+    pub fn pause_campaign(&self, id: &str) -> Result<(), campaign::CampaignError> {
+        self.control_campaign(id, campaign::Control::Pause)
+    }
+
+    pub fn resume_campaign(&self, id: &str) -> Result<(), campaign::CampaignError> {
+        self.control_campaign(id, campaign::Control::Run)
+    }
+
+    /// Stops the campaign: devices not yet started are left alone.
+    pub fn cancel_campaign(&self, id: &str) -> Result<(), campaign::CampaignError> {
+        self.control_campaign(id, campaign::Control::Cancel)
+    }
+
     /// Stops the device sockets.
     pub async fn shutdown(&self) {
         self.inner
@@ -567,7 +809,19 @@ impl DeviceHandler {
 
 impl cairn_transport::Handler for DeviceHandler {
     fn handle(&self, request: &Request) -> Reply {
+        let firmware = request
+            .message
+            .options
+            .get(cairn_coap::OptionNumber::URI_PATH)
+            .is_some_and(|first| first == b"fw");
         match self.inner() {
+            Some(inner) if firmware => {
+                let message = request.message.clone();
+                Reply::Pending(Box::pin(async move {
+                    let block_size = inner.config.coap.block_size;
+                    inner.firmware.serve(&message, block_size).await
+                }))
+            }
             Some(inner) => Reply::Pending(Box::pin(inner.handle_client(request.clone()))),
             None => Reply::Ready(Message::response(Code::SERVICE_UNAVAILABLE)),
         }

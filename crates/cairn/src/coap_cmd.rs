@@ -73,6 +73,10 @@ pub struct CertificateArgs {
     /// must present one of them. Any other key is refused.
     #[arg(long)]
     rpk: Vec<PathBuf>,
+    /// Validated peer certificate chains remembered, so that a peer that connects again with
+    /// the same chain costs no signature verification of it (0: validate every chain).
+    #[arg(long, default_value_t = cairn_dtls::pki::DEFAULT_CHAIN_CACHE)]
+    chain_cache: usize,
     /// Trust anchors (PEM) to verify the peer: on the server, client certificates are then
     /// required (mutual authentication); on the client, the server is verified against them.
     #[arg(long)]
@@ -102,7 +106,7 @@ impl CertificateArgs {
     fn verifier(&self) -> anyhow::Result<Option<PeerVerifier>> {
         let mut verifier = PeerVerifier::default();
         if let Some(ca) = &self.ca {
-            let mut x509 = X509Verifier::from_pem(&read(ca)?)?;
+            let mut x509 = X509Verifier::from_pem(&read(ca)?)?.with_chain_cache(self.chain_cache);
             if let Some(crl) = &self.crl {
                 x509.add_crl_pem(&read(crl)?)?;
             }

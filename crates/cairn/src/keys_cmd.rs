@@ -40,7 +40,8 @@ struct GenEcArgs {
     /// Private key file to create.
     #[arg(long)]
     out: PathBuf,
-    /// Also write the public key (SubjectPublicKeyInfo, the RFC 7250 raw public key) here.
+    /// Where to write the public key (SubjectPublicKeyInfo, the RFC 7250 raw public key);
+    /// default: the key file's name with the extension `.pub` (PEM, or DER with --der).
     #[arg(long)]
     public: Option<PathBuf>,
     /// Write DER instead of PEM.
@@ -168,15 +169,30 @@ fn gen_ec(args: &GenEcArgs) -> anyhow::Result<()> {
     } else {
         write_secret(&args.out, key.serialize_pem().as_bytes())?;
     }
-    if let Some(public) = &args.public {
-        if args.der {
-            write_public(public, &key.subject_public_key_info())?;
-        } else {
-            write_public(public, key.public_key_pem().as_bytes())?;
-        }
+    let public = args
+        .public
+        .clone()
+        .unwrap_or_else(|| default_public_path(&args.out));
+    if args.der {
+        write_public(&public, &key.subject_public_key_info())?;
+    } else {
+        write_public(&public, key.public_key_pem().as_bytes())?;
     }
+    eprintln!("public key in {}", public.display());
     println!("{}", hex(&key.subject_public_key_info()));
     Ok(())
+}
+
+/// `device.key` → `device.pub` (`device.pub` → `device.pub.pub`).
+fn default_public_path(key: &Path) -> PathBuf {
+    let public = key.with_extension("pub");
+    if public == key {
+        let mut name = key.as_os_str().to_owned();
+        name.push(".pub");
+        PathBuf::from(name)
+    } else {
+        public
+    }
 }
 
 fn ca_params(common_name: &str, days: i64) -> CertificateParams {
@@ -437,5 +453,37 @@ mod tests {
             0o600
         );
         cairn_dtls::PrivateKey::from_pem(&fs::read(&key).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn gen_ec_writes_the_public_key_beside_the_private_key() {
+        let temp = tempfile::tempdir().unwrap();
+        for der in [false, true] {
+            let key = temp.path().join(if der { "der.key" } else { "pem.key" });
+            gen_ec(&GenEcArgs {
+                out: key.clone(),
+                public: None,
+                der,
+            })
+            .unwrap();
+            let public = fs::read(key.with_extension("pub")).unwrap();
+            let private = if der {
+                cairn_dtls::PrivateKey::from_der(&fs::read(&key).unwrap()).unwrap()
+            } else {
+                cairn_dtls::PrivateKey::from_pem(&fs::read(&key).unwrap()).unwrap()
+            };
+            assert_eq!(
+                crate::coap_cmd::parse_public_key(&public).unwrap(),
+                private.subject_public_key_info()
+            );
+        }
+        assert_eq!(
+            default_public_path(Path::new("a/device.pub")),
+            PathBuf::from("a/device.pub.pub")
+        );
+        assert_eq!(
+            default_public_path(Path::new("device")),
+            PathBuf::from("device.pub")
+        );
     }
 }

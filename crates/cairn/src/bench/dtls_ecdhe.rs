@@ -93,6 +93,8 @@ impl Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     CairnX509,
+    /// X.509 with the verifier's chain cache off: every handshake validates the chain.
+    CairnX509Uncached,
     CairnRpk,
     LibcoapX509,
 }
@@ -101,6 +103,7 @@ impl Target {
     fn name(self) -> &'static str {
         match self {
             Target::CairnX509 => "cairn x509",
+            Target::CairnX509Uncached => "cairn x509 no-cache",
             Target::CairnRpk => "cairn rpk",
             Target::LibcoapX509 => "libcoap x509",
         }
@@ -108,7 +111,7 @@ impl Target {
 
     fn mode(self) -> Mode {
         match self {
-            Target::CairnX509 | Target::LibcoapX509 => Mode::X509,
+            Target::CairnX509 | Target::CairnX509Uncached | Target::LibcoapX509 => Mode::X509,
             Target::CairnRpk => Mode::RawPublicKey,
         }
     }
@@ -117,7 +120,7 @@ impl Target {
     fn spawn(self, pki: &BenchPki) -> anyhow::Result<(ServerProcess, SocketAddr)> {
         let path = |file: &str| pki.path(file).into_os_string();
         let (plain, dtls, program, args): (_, _, _, Vec<OsString>) = match self {
-            Target::CairnX509 | Target::CairnRpk => {
+            Target::CairnX509 | Target::CairnX509Uncached | Target::CairnRpk => {
                 let (plain, dtls) = (free_loopback_address()?, free_loopback_address()?);
                 let mut args: Vec<OsString> = [
                     "coap",
@@ -130,11 +133,15 @@ impl Target {
                 .map(OsString::from)
                 .to_vec();
                 args.extend(["--key".into(), path("server.key")]);
-                if self == Target::CairnX509 {
-                    args.extend(["--cert".into(), path("server.pem")]);
-                    args.extend(["--ca".into(), path("ca.pem")]);
-                } else {
-                    args.extend(["--rpk".into(), path("client.pub")]);
+                match self {
+                    Target::CairnRpk => args.extend(["--rpk".into(), path("client.pub")]),
+                    _ => {
+                        args.extend(["--cert".into(), path("server.pem")]);
+                        args.extend(["--ca".into(), path("ca.pem")]);
+                    }
+                }
+                if self == Target::CairnX509Uncached {
+                    args.extend(["--chain-cache".into(), "0".into()]);
                 }
                 (
                     plain,
@@ -365,13 +372,18 @@ struct Running {
 }
 
 pub fn run(options: Options) -> anyhow::Result<()> {
-    let targets: Vec<Target> = [Target::CairnX509, Target::CairnRpk, Target::LibcoapX509]
-        .into_iter()
-        .filter(|target| match target {
-            Target::CairnX509 | Target::CairnRpk => options.cairn,
-            Target::LibcoapX509 => options.libcoap,
-        })
-        .collect();
+    let targets: Vec<Target> = [
+        Target::CairnX509,
+        Target::CairnX509Uncached,
+        Target::CairnRpk,
+        Target::LibcoapX509,
+    ]
+    .into_iter()
+    .filter(|target| match target {
+        Target::CairnX509 | Target::CairnX509Uncached | Target::CairnRpk => options.cairn,
+        Target::LibcoapX509 => options.libcoap,
+    })
+    .collect();
     let request = GetRequest::new(&options.path);
     if cfg!(debug_assertions) {
         eprintln!(
@@ -439,7 +451,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         }
     }
     println!(
-        "{:<13} {:>12} {:>14} {:>12} {:>9} {:>8} {:>12} {:>17} {:>9}",
+        "{:<19} {:>12} {:>14} {:>12} {:>9} {:>8} {:>12} {:>17} {:>9}",
         "server",
         "handshakes/s",
         "server CPU us",
@@ -458,7 +470,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         let per_cpu_second = per_cpu_second(window);
         let limit = costs.limit(server.target.mode().verifies());
         println!(
-            "{:<13} {:>12.0} {:>14} {:>12} {:>9.0} {:>8} {:>12.2} {:>17} {:>9}",
+            "{:<19} {:>12.0} {:>14} {:>12} {:>9.0} {:>8} {:>12.2} {:>17} {:>9}",
             server.target.name(),
             window.per_second(),
             format_option(window.server_cpu_us(), 1),

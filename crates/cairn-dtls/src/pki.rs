@@ -251,6 +251,7 @@ pub struct X509Verifier {
     time: Option<UnixTime>,
     usage: Option<(CertificateUsage, Vec<u8>)>,
     cache: Mutex<ChainCache>,
+    identity_prefix: Vec<u8>,
 }
 
 /// Validated chains by the SHA-256 of what was validated, oldest evicted first.
@@ -319,7 +320,16 @@ impl X509Verifier {
                 capacity: DEFAULT_CHAIN_CACHE,
                 ..ChainCache::default()
             }),
+            identity_prefix: Vec::new(),
         })
+    }
+
+    /// Puts `prefix` before the common name in the identities this verifier returns, so that
+    /// an application serving several modes on one socket can tell a certificate's common
+    /// name from, say, a PSK identity.
+    pub fn with_identity_prefix(mut self, prefix: &[u8]) -> Self {
+        self.identity_prefix = prefix.to_vec();
+        self
     }
 
     /// Remembers up to `capacity` validated chains (0: validate every chain in full).
@@ -441,7 +451,10 @@ impl X509Verifier {
         if let Some(peer) = cached {
             return Ok(peer);
         }
-        let (peer, not_after) = self.verify_uncached(chain, role, time)?;
+        let (mut peer, not_after) = self.verify_uncached(chain, role, time)?;
+        if !self.identity_prefix.is_empty() {
+            peer.identity = [self.identity_prefix.as_slice(), &peer.identity].concat();
+        }
         let until = [
             Some(now.saturating_add(CHAIN_CACHE_SECONDS)),
             Some(not_after),

@@ -240,9 +240,9 @@ async fn client_command(args: ClientArgs) -> anyhow::Result<()> {
     let psk = match (secure, args.psk_identity, args.psk_key) {
         (true, Some(identity), Some(key)) => Some((identity.into_bytes(), key.0)),
         (true, None, None) if certificate.is_some() => None,
-        (true, _, _) => bail!(
-            "coaps:// needs --psk-identity and --psk-key, --cert/--key/--ca, or --key/--rpk"
-        ),
+        (true, _, _) => {
+            bail!("coaps:// needs --psk-identity and --psk-key, --cert/--key/--ca, or --key/--rpk")
+        }
         (false, Some(_), _) => bail!("--psk-identity needs a coaps:// server"),
         (false, _, _) => None,
     };

@@ -15,9 +15,9 @@ use cairn_server::{
     ServerConfig, ServerEvent, Stores,
 };
 use cairn_store::{SecretBytes, X509Expectation};
+use clap::{Args, Subcommand};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
-use clap::{Args, Subcommand};
 use serde::Deserialize;
 
 /// Default data directory.
@@ -71,8 +71,9 @@ fn device_certificates(args: &ServerArgs) -> anyhow::Result<Option<DeviceCertifi
     let Some(key) = &args.key else {
         return Ok(None);
     };
-    let read =
-        |path: &Path| std::fs::read(path).with_context(|| format!("cannot read {}", path.display()));
+    let read = |path: &Path| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
     let credentials = match &args.cert {
         Some(cert) => Credentials::from_pem(&read(cert)?, &read(key)?)
             .with_context(|| format!("{} with {}", cert.display(), key.display()))?,

@@ -49,7 +49,7 @@ pub struct ClientArgs {
     /// Endpoint client name.
     #[arg(long)]
     endpoint: String,
-    /// LwM2M Server URI: `coap://host:5683` or `coaps://host:5684` (DTLS-PSK).
+    /// LwM2M Server URI: `coap://host:5683` or `coaps://host:5684` (DTLS: PSK, X.509 or RPK).
     #[arg(long)]
     server: String,
     /// PSK identity (`coaps://`).

@@ -543,16 +543,27 @@ mod tests {
         );
     }
 
+    /// The generator in certificate mode against a real peer: libcoap's server with mutual
+    /// X.509 authentication (scripts/setup.sh installs it).
     #[test]
-    fn crypto_costs_are_measured() {
-        let costs = CryptoCosts::measure().unwrap();
-        for cost in [
-            costs.sign_us,
-            costs.verify_us,
-            costs.keygen_us,
-            costs.ecdh_us,
-        ] {
-            assert!(cost > 0.0 && cost < 100_000.0, "{costs:?}");
-        }
+    fn measures_libcoap_with_certificates() {
+        let pki = BenchPki::new().unwrap();
+        let (mut server, dtls) = Target::LibcoapX509
+            .spawn(&pki)
+            .expect("coap-server-openssl (run scripts/setup.sh)");
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let request = GetRequest::new("/");
+        let credentials = pki.client_credentials(Mode::X509).unwrap();
+        server.wait_until_ready(&request, &stop).unwrap();
+        dtls_load::probe(&mut server, dtls, &credentials, &request, &stop).unwrap();
+        let timing = Timing {
+            warmup: Duration::from_millis(100),
+            measured: Duration::from_millis(700),
+        };
+        let window =
+            dtls_load::run_handshakes(&mut server, dtls, &credentials, &request, 4, timing, &stop)
+                .unwrap();
+        assert!(window.completed > 5, "{window:?}");
+        assert!(per_cpu_second(&window).is_some_and(|rate| rate > 0.0));
     }
 }

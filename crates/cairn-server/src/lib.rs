@@ -798,17 +798,18 @@ impl Inner {
                     .get_security_info(endpoint)
                     .await
                     .map_err(store_refusal)?;
-                let expected = info.is_some_and(|info| {
-                    matches!(
-                        info.mode,
-                        SecurityMode::X509(X509Expectation::CommonName(expected))
-                            if expected == *common_name
-                    )
-                });
-                (
-                    expected && common_name == endpoint,
-                    "the endpoint name is not the certificate's common name",
-                )
+                match info.map(|info| info.mode) {
+                    Some(SecurityMode::X509(X509Expectation::CommonName(expected))) => (
+                        expected == *common_name && common_name == endpoint,
+                        "the endpoint name is not the certificate's common name",
+                    ),
+                    // The session carries the common name only, not the certificate.
+                    Some(SecurityMode::X509(X509Expectation::Fingerprint(_))) => (
+                        false,
+                        "certificate fingerprints are not checked here: register the common name",
+                    ),
+                    _ => (false, "this endpoint may not use an X.509 certificate"),
+                }
             }
         };
         if allowed {

@@ -26,7 +26,7 @@ const DEFAULT_DATA_DIR: &str = "./cairn-data";
 #[derive(Debug, Args)]
 pub struct ServerArgs {
     /// TOML file with any of the settings below (`data_dir`, `coap_listen`, `dtls_listen`,
-    /// `request_timeout_s`, `queue_timeout_s`, `models_dir`).
+    /// `request_timeout_s`, `queue_timeout_s`, `models_dir`, `cert`, `key`, `ca`, `crl`).
     #[arg(long, env = "CAIRN_CONFIG")]
     config: Option<PathBuf>,
     /// Where the embedded store lives (default ./cairn-data).
@@ -66,20 +66,35 @@ pub struct ServerArgs {
     crl: Vec<PathBuf>,
 }
 
-/// The certificate mode of the DTLS listener from `--cert`, `--key`, `--ca` and `--crl`.
-fn device_certificates(args: &ServerArgs) -> anyhow::Result<Option<DeviceCertificates>> {
-    let Some(key) = &args.key else {
+/// The certificate mode of the DTLS listener from `--cert`, `--key`, `--ca` and `--crl`,
+/// or else from the configuration file.
+fn device_certificates(
+    args: &ServerArgs,
+    file: &FileConfig,
+) -> anyhow::Result<Option<DeviceCertificates>> {
+    let cert = args.cert.as_ref().or(file.cert.as_ref());
+    let ca = args.ca.as_ref().or(file.ca.as_ref());
+    let Some(key) = args.key.as_ref().or(file.key.as_ref()) else {
+        anyhow::ensure!(
+            cert.is_none() && ca.is_none(),
+            "the certificate modes need the server's private key (--key or `key`)"
+        );
         return Ok(None);
+    };
+    let crl_files = if args.crl.is_empty() {
+        file.crl.as_deref().unwrap_or_default()
+    } else {
+        args.crl.as_slice()
     };
     let read = |path: &Path| {
         std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
     };
-    let credentials = match &args.cert {
+    let credentials = match cert {
         Some(cert) => Credentials::from_pem(&read(cert)?, &read(key)?)
             .with_context(|| format!("{} with {}", cert.display(), key.display()))?,
         None => Credentials::raw_public_key(crate::coap_cmd::read_private_key(key)?),
     };
-    let trust_anchors = match &args.ca {
+    let trust_anchors = match ca {
         Some(ca) => CertificateDer::pem_slice_iter(&read(ca)?)
             .map(|cert| cert.map(|cert| cert.to_vec()))
             .collect::<Result<Vec<_>, _>>()
@@ -87,7 +102,7 @@ fn device_certificates(args: &ServerArgs) -> anyhow::Result<Option<DeviceCertifi
         None => Vec::new(),
     };
     let mut crls = Vec::new();
-    for path in &args.crl {
+    for path in crl_files {
         for crl in CertificateRevocationListDer::pem_slice_iter(&read(path)?) {
             crls.push(
                 crl.with_context(|| format!("{}: not a PEM CRL", path.display()))?
@@ -113,6 +128,10 @@ struct FileConfig {
     request_timeout_s: Option<u64>,
     queue_timeout_s: Option<u64>,
     models_dir: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    crl: Option<Vec<PathBuf>>,
 }
 
 fn read_config(path: Option<&Path>) -> anyhow::Result<FileConfig> {
@@ -126,7 +145,7 @@ fn read_config(path: Option<&Path>) -> anyhow::Result<FileConfig> {
 
 pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let file = read_config(args.config.as_deref())?;
-    let certificates = device_certificates(&args)?;
+    let certificates = device_certificates(&args, &file)?;
     let data_dir = args
         .data_dir
         .or(file.data_dir)

@@ -415,6 +415,10 @@ impl X509Verifier {
     /// Sets the policy for certificates no CRL covers.
     pub fn with_revocation_policy(mut self, policy: RevocationPolicy) -> Self {
         self.revocation = policy;
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.entries.clear();
+            cache.order.clear();
+        }
         self
     }
 

@@ -1,5 +1,5 @@
-//! The tokio driver of [`ClientCore`]: one `cairn-transport` endpoint (plain CoAP or
-//! DTLS-PSK) per server, requests from servers answered by the core on the endpoint's
+//! The tokio driver of [`ClientCore`]: one `cairn-transport` endpoint (plain CoAP, DTLS-PSK,
+//! or DTLS with an X.509 certificate or a raw public key) per server, requests from servers answered by the core on the endpoint's
 //! task, and one task per client that runs timers, sends the core's requests and
 //! notifications and reports events. Many clients share one runtime (the fleet).
 
@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use cairn_coap::Config;
-use cairn_dtls::{ClientConfig, Psk};
+use cairn_dtls::{ClientCertificateConfig, ClientConfig, Psk};
 use cairn_lwm2m::{CoapRequest, CoapResponse, LwM2mPath, ResponseCode};
 use cairn_transport::{CoapEndpoint, Handler, Reply, Request, Security, TransportError};
 use tokio::sync::{Notify, mpsc};
@@ -32,6 +32,9 @@ pub struct ServerConnection {
     pub local_ip: Option<std::net::IpAddr>,
     /// DTLS PSK identity and key (`coaps://`), or `None` for plain CoAP.
     pub psk: Option<(Vec<u8>, Psk)>,
+    /// DTLS in certificate mode (`coaps://`, ECDHE-ECDSA): the device's certificate or raw
+    /// public key and how the server is verified. Takes precedence over `psk`.
+    pub certificate: Option<ClientCertificateConfig>,
     /// Registration parameters.
     pub settings: RegistrationSettings,
     /// CoAP transmission parameters.
@@ -50,6 +53,7 @@ impl std::fmt::Debug for ServerConnection {
                     .as_ref()
                     .map(|(identity, _)| String::from_utf8_lossy(identity)),
             )
+            .field("certificate", &self.certificate.is_some())
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
@@ -153,12 +157,16 @@ impl Client {
                 None if connection.address.is_ipv4() => SocketAddr::from(([0, 0, 0, 0], 0)),
                 None => SocketAddr::from(([0u16; 8], 0)),
             };
-            let security = match connection.psk {
-                Some((identity, key)) => Security::DtlsClient {
+            let security = match (connection.certificate, connection.psk) {
+                (Some(certificate), _) => Security::DtlsClient {
+                    config: ClientConfig::with_certificate(certificate),
+                    server: connection.address,
+                },
+                (None, Some((identity, key))) => Security::DtlsClient {
                     config: ClientConfig::new(identity, key),
                     server: connection.address,
                 },
-                None => Security::NoSec,
+                (None, None) => Security::NoSec,
             };
             let handler = Arc::new(ServerHandler {
                 shared: shared.clone(),

@@ -110,6 +110,7 @@ async fn start_client(
         address: server,
         local_ip: None,
         psk,
+        certificate: None,
         settings: RegistrationSettings::new("device-1"),
         coap: Config::default(),
     };

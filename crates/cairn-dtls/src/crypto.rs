@@ -230,11 +230,10 @@ pub fn aead_open(
 
 type HmacSha256 = Hmac<Sha256>;
 
-fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    // HMAC takes keys of any length (RFC 2104 §2), so construction cannot fail.
-    let Ok(mut mac) = <HmacSha256 as Mac>::new_from_slice(key) else {
-        return [0; 32];
-    };
+/// HMAC-SHA-256 of the concatenated `parts` from a keyed state, which is cloned rather than
+/// keyed anew (keying costs two SHA-256 blocks).
+fn hmac(keyed: &HmacSha256, parts: &[&[u8]]) -> [u8; 32] {
+    let mut mac = keyed.clone();
     for part in parts {
         mac.update(part);
     }
@@ -243,17 +242,25 @@ fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
 
 /// The TLS 1.2 PRF: `P_SHA256(secret, label + seed)` (RFC 5246 §5), filling `out`.
 pub fn prf(secret: &[u8], label: &[u8], seed: &[&[u8]], out: &mut [u8]) {
+    // HMAC takes keys of any length (RFC 2104 §2), so keying cannot fail.
+    let Ok(keyed) = <HmacSha256 as Mac>::new_from_slice(secret) else {
+        return;
+    };
     let mut label_seed: Vec<&[u8]> = Vec::with_capacity(seed.len() + 1);
     label_seed.push(label);
     label_seed.extend_from_slice(seed);
-    let mut a = Zeroizing::new(hmac(secret, &label_seed));
-    for chunk in out.chunks_mut(32) {
+    let mut a = Zeroizing::new(hmac(&keyed, &label_seed));
+    let mut chunks = out.chunks_mut(32).peekable();
+    while let Some(chunk) = chunks.next() {
         let mut parts: Vec<&[u8]> = Vec::with_capacity(label_seed.len() + 1);
         parts.push(a.as_slice());
         parts.extend_from_slice(&label_seed);
-        let block = Zeroizing::new(hmac(secret, &parts));
+        let block = Zeroizing::new(hmac(&keyed, &parts));
         chunk.copy_from_slice(&block[..chunk.len()]);
-        *a = hmac(secret, &[a.as_slice()]);
+        // A(i + 1) only when another block follows.
+        if chunks.peek().is_some() {
+            *a = hmac(&keyed, &[a.as_slice()]);
+        }
     }
 }
 
@@ -439,10 +446,16 @@ impl EphemeralKey {
         p256_shared_secret(&self.private, peer_point)
     }
 
-    /// A fresh key pair.
+    /// A fresh key pair, drawn by `aws-lc-rs` from its own CSPRNG: importing a scalar drawn
+    /// from `rng` would cost a second scalar multiplication (aws-lc checks that an imported
+    /// private key matches its public key), a third more than the generation itself.
+    /// `rng` is used only if aws-lc cannot generate.
     #[cfg(feature = "aws-lc-rs")]
     pub fn generate(rng: &mut dyn rand_core::CryptoRng) -> Self {
         use aws_lc_rs::agreement::{ECDH_P256, PrivateKey};
+        if let Ok(private) = PrivateKey::generate(&ECDH_P256) {
+            return Self { private };
+        }
         loop {
             let secret = random_p256_secret(rng);
             let bytes = Zeroizing::new(secret.to_bytes());

@@ -8,8 +8,8 @@
 //! [`X509Verifier::at_time`].
 
 use core::time::Duration;
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use p256::ecdsa::SigningKey;
 use p256::pkcs8::{DecodePrivateKey, EncodePublicKey};
@@ -29,6 +29,10 @@ use crate::error::CertificateError;
 
 /// Most certificates accepted in a peer's chain (end entity included).
 pub const MAX_CHAIN_LEN: usize = 8;
+/// Validated chains an [`X509Verifier`] remembers by default.
+pub const DEFAULT_CHAIN_CACHE: usize = 1024;
+/// How long a validated chain is remembered at most, in seconds.
+pub const CHAIN_CACHE_SECONDS: u64 = 300;
 
 /// OID of id-ecPublicKey (RFC 5480 §2.1.1).
 const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
@@ -231,12 +235,53 @@ pub enum CertificateUsage {
 }
 
 /// Validates X.509 chains against trust anchors, with optional CRLs.
+///
+/// A chain that validated is remembered (up to [`DEFAULT_CHAIN_CACHE`] chains, see
+/// [`X509Verifier::with_chain_cache`]), so that a device that connects again with the same
+/// chain costs no signature verification of it: the same DER chain, for the same role and
+/// server name, gets the same answer until the earliest of [`CHAIN_CACHE_SECONDS`], the end
+/// of a certificate's validity and the next update of a CRL. CRLs are fixed once the
+/// verifier is shared, so a revocation takes a new verifier, which starts with an empty cache.
 pub struct X509Verifier {
     anchors: Vec<TrustAnchor<'static>>,
     crls: Vec<CertRevocationList<'static>>,
+    /// The earliest next update of the CRLs (Unix seconds).
+    crls_next_update: Option<u64>,
     revocation: RevocationPolicy,
     time: Option<UnixTime>,
     usage: Option<(CertificateUsage, Vec<u8>)>,
+    cache: Mutex<ChainCache>,
+    identity_prefix: Vec<u8>,
+}
+
+/// Validated chains by the SHA-256 of what was validated, oldest evicted first.
+#[derive(Debug, Default)]
+struct ChainCache {
+    capacity: usize,
+    entries: HashMap<[u8; 32], (VerifiedPeer, u64)>,
+    order: VecDeque<[u8; 32]>,
+}
+
+impl ChainCache {
+    fn get(&self, key: &[u8; 32], now: u64) -> Option<VerifiedPeer> {
+        let (peer, until) = self.entries.get(key)?;
+        (now < *until).then(|| peer.clone())
+    }
+
+    fn insert(&mut self, key: [u8; 32], peer: VerifiedPeer, until: u64) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.entries.insert(key, (peer, until)).is_none() {
+            self.order.push_back(key);
+        }
+        while self.entries.len() > self.capacity {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            self.entries.remove(&oldest);
+        }
+    }
 }
 
 impl core::fmt::Debug for X509Verifier {
@@ -267,10 +312,35 @@ impl X509Verifier {
         Ok(Self {
             anchors,
             crls: Vec::new(),
+            crls_next_update: None,
             revocation: RevocationPolicy::HardFail,
             time: None,
             usage: None,
+            cache: Mutex::new(ChainCache {
+                capacity: DEFAULT_CHAIN_CACHE,
+                ..ChainCache::default()
+            }),
+            identity_prefix: Vec::new(),
         })
+    }
+
+    /// Puts `prefix` before the common name in the identities this verifier returns, so that
+    /// an application serving several modes on one socket can tell a certificate's common
+    /// name from, say, a PSK identity.
+    pub fn with_identity_prefix(mut self, prefix: &[u8]) -> Self {
+        self.identity_prefix = prefix.to_vec();
+        self
+    }
+
+    /// Remembers up to `capacity` validated chains (0: validate every chain in full).
+    pub fn with_chain_cache(self, capacity: usize) -> Self {
+        if let Ok(mut cache) = self.cache.lock() {
+            *cache = ChainCache {
+                capacity,
+                ..ChainCache::default()
+            };
+        }
+        self
     }
 
     /// A verifier for an LwM2M server provisioned with `server_certificate` (DER) and a
@@ -317,7 +387,19 @@ impl X509Verifier {
     pub fn add_crl_der(&mut self, der: &[u8]) -> Result<(), CertificateError> {
         let crl =
             OwnedCertRevocationList::from_der(der).map_err(|_| CertificateError::Malformed)?;
+        let next_update = x509_parser::revocation_list::CertificateRevocationList::from_der(der)
+            .ok()
+            .and_then(|(_, parsed)| parsed.next_update())
+            .map_or(0, |time| u64::try_from(time.timestamp()).unwrap_or(0));
+        self.crls_next_update = Some(
+            self.crls_next_update
+                .map_or(next_update, |earlier| earlier.min(next_update)),
+        );
         self.crls.push(crl.into());
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.entries.clear();
+            cache.order.clear();
+        }
         Ok(())
     }
 
@@ -333,6 +415,10 @@ impl X509Verifier {
     /// Sets the policy for certificates no CRL covers.
     pub fn with_revocation_policy(mut self, policy: RevocationPolicy) -> Self {
         self.revocation = policy;
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.entries.clear();
+            cache.order.clear();
+        }
         self
     }
 
@@ -352,11 +438,52 @@ impl X509Verifier {
         chain: &[Vec<u8>],
         role: PeerRole<'_>,
     ) -> Result<VerifiedPeer, CertificateError> {
-        let (end_entity_der, intermediates) =
-            chain.split_first().ok_or(CertificateError::Missing)?;
+        if chain.is_empty() {
+            return Err(CertificateError::Missing);
+        }
         if chain.len() > MAX_CHAIN_LEN {
             return Err(CertificateError::ChainTooLong);
         }
+        let time = self.time.unwrap_or_else(UnixTime::now);
+        let now = time.as_secs();
+        let key = chain_cache_key(chain, role);
+        let cached = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(&key, now));
+        if let Some(peer) = cached {
+            return Ok(peer);
+        }
+        let (mut peer, not_after) = self.verify_uncached(chain, role, time)?;
+        if !self.identity_prefix.is_empty() {
+            peer.identity = [self.identity_prefix.as_slice(), &peer.identity].concat();
+        }
+        let until = [
+            Some(now.saturating_add(CHAIN_CACHE_SECONDS)),
+            Some(not_after),
+            self.crls_next_update,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(now);
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(key, peer.clone(), until);
+        }
+        Ok(peer)
+    }
+
+    /// [`Self::verify`] without the cache; also returns the end of the validity of the chain
+    /// (the earliest `notAfter`, in Unix seconds).
+    fn verify_uncached(
+        &self,
+        chain: &[Vec<u8>],
+        role: PeerRole<'_>,
+        time: UnixTime,
+    ) -> Result<(VerifiedPeer, u64), CertificateError> {
+        let (end_entity_der, intermediates) =
+            chain.split_first().ok_or(CertificateError::Missing)?;
         let end_entity_der = CertificateDer::from(end_entity_der.as_slice());
         let intermediates: Vec<CertificateDer<'_>> = intermediates
             .iter()
@@ -366,11 +493,10 @@ impl X509Verifier {
             if end_entity_der.as_ref() != pinned.as_slice() {
                 return Err(CertificateError::UnknownIssuer);
             }
-            return pinned_peer(pinned);
+            return pinned_peer(pinned).map(|peer| (peer, u64::MAX));
         }
         let end_entity =
             EndEntityCert::try_from(&end_entity_der).map_err(|_| CertificateError::Malformed)?;
-        let time = self.time.unwrap_or_else(UnixTime::now);
         let usage = match role {
             PeerRole::Server(_) => KeyUsage::server_auth(),
             PeerRole::Client => KeyUsage::client_auth(),
@@ -461,11 +587,44 @@ impl X509Verifier {
             }
         }
         let public_point = p256_point_of(certificate.public_key())?;
-        Ok(VerifiedPeer {
+        let mut not_after = not_after_of(&certificate);
+        for der in intermediates {
+            let (_, intermediate) =
+                X509Certificate::from_der(der.as_ref()).map_err(|_| CertificateError::Malformed)?;
+            not_after = not_after.min(not_after_of(&intermediate));
+        }
+        let peer = VerifiedPeer {
             identity: common_name.into_bytes(),
             public_point,
-        })
+        };
+        Ok((peer, not_after))
     }
+}
+
+/// The end of a certificate's validity, in Unix seconds (0 if before 1970).
+fn not_after_of(certificate: &X509Certificate<'_>) -> u64 {
+    u64::try_from(certificate.validity().not_after.timestamp()).unwrap_or(0)
+}
+
+/// What a chain's validation depends on besides the verifier: the chain, the role and the
+/// expected server name.
+fn chain_cache_key(chain: &[Vec<u8>], role: PeerRole<'_>) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    match role {
+        PeerRole::Client => hash.update([0]),
+        PeerRole::Server(None) => hash.update([1]),
+        PeerRole::Server(Some(name)) => {
+            hash.update([2]);
+            hash.update((name.len() as u64).to_be_bytes());
+            hash.update(name.as_bytes());
+        }
+    }
+    for certificate in chain {
+        hash.update((certificate.len() as u64).to_be_bytes());
+        hash.update(certificate);
+    }
+    hash.finalize().into()
 }
 
 /// Which peer a chain is validated for.

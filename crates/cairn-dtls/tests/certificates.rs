@@ -763,3 +763,50 @@ fn lwm2m_certificate_usages() {
         unknown_ca
     );
 }
+
+/// A validated chain is remembered, but never past the end of its validity, and a chain
+/// with one byte changed is validated anew.
+#[test]
+fn remembered_chains_still_expire_and_tampered_chains_are_checked() {
+    use cairn_dtls::pki::PeerRole;
+    let ca = TestCa::new("Cairn cache CA");
+    let now = time::OffsetDateTime::now_utc();
+    let mut leaf = Leaf::new("urn:dev:cache", 40);
+    leaf.not_after = now + time::Duration::hours(1);
+    let issued = ca.issue(leaf);
+    let chain = vec![issued.cert_der.clone()];
+    let unix_now = now.unix_timestamp() as u64;
+    for capacity in [0, 16] {
+        let mut verifier = verifier(&ca).with_chain_cache(capacity).at_time(unix_now);
+        for _ in 0..2 {
+            let peer = verifier.verify(&chain, PeerRole::Client).unwrap();
+            assert_eq!(peer.identity, b"urn:dev:cache");
+        }
+        let mut tampered = chain.clone();
+        let last = tampered[0].len() - 1;
+        tampered[0][last] ^= 1;
+        assert!(verifier.verify(&tampered, PeerRole::Client).is_err());
+        // Two hours later the certificate has expired, remembered or not.
+        verifier = verifier.at_time(unix_now + 7200);
+        assert_eq!(
+            verifier.verify(&chain, PeerRole::Client),
+            Err(cairn_dtls::CertificateError::Expired)
+        );
+    }
+}
+
+/// Adding a CRL forgets what was validated before it.
+#[test]
+fn a_crl_added_later_refuses_a_remembered_chain() {
+    use cairn_dtls::pki::PeerRole;
+    let ca = TestCa::new("Cairn cache CA");
+    let issued = ca.issue(Leaf::new("urn:dev:revoked-later", 41));
+    let chain = vec![issued.cert_der.clone()];
+    let mut verifier = verifier(&ca);
+    verifier.verify(&chain, PeerRole::Client).unwrap();
+    verifier.add_crl_der(&ca.crl(&[41])).unwrap();
+    assert_eq!(
+        verifier.verify(&chain, PeerRole::Client),
+        Err(cairn_dtls::CertificateError::Revoked)
+    );
+}

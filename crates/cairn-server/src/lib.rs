@@ -32,10 +32,10 @@ use tokio::sync::{Notify, broadcast};
 
 pub use cairn_store::{
     EmbeddedStore, ObservationStore, PeerIdentity, Registration, RegistrationStore, SecurityInfo,
-    SecurityInfoSummary, SecurityMode, SecurityStore, StoreError,
+    SecurityInfoSummary, SecurityMode, SecurityStore, StoreError, X509Expectation,
 };
 pub use registration::Registry;
-pub use security::StorePskResolver;
+pub use security::{DeviceCertificates, StorePskResolver, peer_identity};
 
 /// Server settings.
 #[derive(Clone)]
@@ -60,6 +60,8 @@ pub struct ServerConfig {
     pub models: Arc<ModelRegistry>,
     /// CoAP transmission parameters and limits of the device sockets.
     pub coap: cairn_coap::Config,
+    /// Certificate mode of the DTLS listener (X.509 and raw-public-key devices), beside PSK.
+    pub certificates: Option<DeviceCertificates>,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +77,7 @@ impl Default for ServerConfig {
             max_registrations: 1_000_000,
             models: Arc::new(ModelRegistry::with_core_models()),
             coap: cairn_coap::Config::default(),
+            certificates: None,
         }
     }
 }
@@ -125,6 +128,8 @@ pub enum ServerError {
     Transport(#[from] TransportError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    #[error("certificate configuration: {0}")]
+    Certificate(#[from] cairn_dtls::CertificateError),
     #[error("cannot bind {address}: {source}")]
     Bind {
         address: SocketAddr,
@@ -211,6 +216,12 @@ impl LwM2mServer {
                     length: 8,
                     node_prefix: Vec::new(),
                 });
+                if let Some(certificates) = &config.certificates {
+                    dtls_config.certificate = Some(Arc::new(certificates.server_config()?));
+                    dtls_config
+                        .cipher_suites
+                        .extend(cairn_dtls::CipherSuite::ECDHE_ECDSA);
+                }
                 Some(
                     CoapEndpoint::bind_secured(
                         address,
@@ -1051,10 +1062,7 @@ impl Inner {
             }
             Err(error) => return error_message(ResponseCode::BAD_REQUEST, &error.to_string()),
         };
-        let identity = match request.identity.as_deref() {
-            Some(identity) => PeerIdentity::Psk(identity.to_vec()),
-            None => PeerIdentity::Unsecured,
-        };
+        let identity = peer_identity(request.identity.as_deref());
         let result = match operation {
             ClientRequest::Register {
                 endpoint,
@@ -1109,8 +1117,35 @@ impl Inner {
                     "unsecured registration is not allowed for this endpoint",
                 )
             }
-            PeerIdentity::Rpk(_) | PeerIdentity::X509(_) => {
-                (false, "this security mode is not served here")
+            PeerIdentity::Rpk(key) => {
+                let info = security
+                    .get_security_info(endpoint)
+                    .await
+                    .map_err(store_refusal)?;
+                (
+                    info.is_some_and(|info| {
+                        matches!(info.mode, SecurityMode::Rpk { public_key_der } if public_key_der == *key)
+                    }),
+                    "the endpoint name does not belong to this raw public key",
+                )
+            }
+            PeerIdentity::X509(common_name) => {
+                let info = security
+                    .get_security_info(endpoint)
+                    .await
+                    .map_err(store_refusal)?;
+                match info.map(|info| info.mode) {
+                    Some(SecurityMode::X509(X509Expectation::CommonName(expected))) => (
+                        expected == *common_name && common_name == endpoint,
+                        "the endpoint name is not the certificate's common name",
+                    ),
+                    // The session carries the common name only, not the certificate.
+                    Some(SecurityMode::X509(X509Expectation::Fingerprint(_))) => (
+                        false,
+                        "certificate fingerprints are not checked here: register the common name",
+                    ),
+                    _ => (false, "this endpoint may not use an X.509 certificate"),
+                }
             }
         };
         if allowed {

@@ -4,9 +4,99 @@
 //!
 //! Keys stay in the store, encrypted at rest; a key is decrypted for one handshake and
 //! dropped (zeroized) after it.
+//!
+//! Certificate modes share the DTLS socket with PSK ([`DeviceCertificates`]): an X.509
+//! device's chain is validated against the configured trust anchors (and CRLs) during the
+//! handshake, a raw public key (RFC 7250) is accepted once the device proves it holds the
+//! private key, and registration then checks the endpoint's security information: the
+//! registered public key, or the certificate's common name, which must be the endpoint
+//! name. The session's identity says which mode authenticated it ([`peer_identity`]).
 
-use cairn_dtls::{Psk, PskResolver};
-use cairn_store::EmbeddedStore;
+use std::sync::Arc;
+
+use cairn_dtls::{
+    Credentials, PeerVerifier, Psk, PskResolver, RawPublicKeyResolver, ServerCertificateConfig,
+    X509Verifier,
+};
+use cairn_store::{EmbeddedStore, PeerIdentity};
+
+/// Marks a session identity that is an X.509 common name.
+const X509_IDENTITY: &[u8] = b"\0x509:";
+/// Marks a session identity that is a raw public key (DER SubjectPublicKeyInfo).
+const RPK_IDENTITY: &[u8] = b"\0rpk:";
+
+/// The certificate mode of the server's DTLS listener, beside PSK.
+#[derive(Clone)]
+pub struct DeviceCertificates {
+    /// The server's key and, for X.509 devices, its certificate chain (end entity first);
+    /// a key alone serves raw-public-key devices only.
+    pub credentials: Credentials,
+    /// Trust anchors (DER) for device certificates; none: X.509 devices are refused.
+    pub trust_anchors: Vec<Vec<u8>>,
+    /// CRLs (DER) of the device certificates' issuers; a listed certificate is refused.
+    pub crls: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for DeviceCertificates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceCertificates")
+            .field("chain", &self.credentials.chain.len())
+            .field("trust_anchors", &self.trust_anchors.len())
+            .field("crls", &self.crls.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeviceCertificates {
+    /// The DTLS engine's certificate configuration: devices must authenticate (mutual
+    /// authentication), with an X.509 chain or a raw public key.
+    pub fn server_config(&self) -> Result<ServerCertificateConfig, cairn_dtls::CertificateError> {
+        let x509 = if self.trust_anchors.is_empty() {
+            None
+        } else {
+            let mut verifier =
+                X509Verifier::new(&self.trust_anchors)?.with_identity_prefix(X509_IDENTITY);
+            for crl in &self.crls {
+                verifier.add_crl_der(crl)?;
+            }
+            Some(Arc::new(verifier))
+        };
+        Ok(ServerCertificateConfig {
+            credentials: self.credentials.clone(),
+            client_auth: Some(PeerVerifier {
+                x509,
+                raw_public_keys: Some(Arc::new(AnyRawPublicKey)),
+            }),
+        })
+    }
+}
+
+/// Accepts every raw public key at the handshake, with the key itself as the identity: the
+/// handshake proves the device holds the private key, and registration checks that the key
+/// is the one registered for the endpoint (the store has no index by public key that a
+/// handshake could consult).
+struct AnyRawPublicKey;
+
+impl RawPublicKeyResolver for AnyRawPublicKey {
+    fn identity(&self, subject_public_key_info: &[u8]) -> Option<Vec<u8>> {
+        Some([RPK_IDENTITY, subject_public_key_info].concat())
+    }
+}
+
+/// What a DTLS session's identity says about how the device authenticated: a PSK
+/// identity, an X.509 common name or a raw public key; no session is [`PeerIdentity::Unsecured`].
+pub fn peer_identity(identity: Option<&[u8]>) -> PeerIdentity {
+    let Some(identity) = identity else {
+        return PeerIdentity::Unsecured;
+    };
+    if let Some(common_name) = identity.strip_prefix(X509_IDENTITY) {
+        PeerIdentity::X509(String::from_utf8_lossy(common_name).into_owned())
+    } else if let Some(key) = identity.strip_prefix(RPK_IDENTITY) {
+        PeerIdentity::Rpk(key.to_vec())
+    } else {
+        PeerIdentity::Psk(identity.to_vec())
+    }
+}
 
 /// Resolves PSK identities from the embedded store, synchronously (the DTLS engine is sans-IO
 /// and cannot wait).
@@ -15,6 +105,10 @@ pub struct StorePskResolver(pub EmbeddedStore);
 
 impl PskResolver for StorePskResolver {
     fn key(&self, identity: &[u8]) -> Option<Psk> {
+        // A PSK identity can never pass for a certificate-mode identity.
+        if identity.first() == Some(&0) {
+            return None;
+        }
         match self.0.psk_key_blocking(identity) {
             Ok(Some((_, key))) => Some(Psk::new(key.expose().to_vec())),
             Ok(None) => None,
@@ -23,5 +117,31 @@ impl PskResolver for StorePskResolver {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_identities_name_their_mode() {
+        assert_eq!(peer_identity(None), PeerIdentity::Unsecured);
+        assert_eq!(
+            peer_identity(Some(b"dev-1")),
+            PeerIdentity::Psk(b"dev-1".to_vec())
+        );
+        assert_eq!(
+            peer_identity(Some(b"\0x509:urn:dev:1")),
+            PeerIdentity::X509("urn:dev:1".into())
+        );
+        assert_eq!(
+            peer_identity(Some(&[RPK_IDENTITY, &[0x30, 0x59]].concat())),
+            PeerIdentity::Rpk(vec![0x30, 0x59])
+        );
+        assert_eq!(
+            AnyRawPublicKey.identity(&[0x30]),
+            Some([RPK_IDENTITY, &[0x30]].concat())
+        );
     }
 }

@@ -101,6 +101,7 @@ async fn start_client(
         address: server,
         local_ip: None,
         psk: Some((IDENTITY.as_bytes().to_vec(), Psk::new(KEY.to_vec()))),
+        certificate: None,
         settings: RegistrationSettings::new("e2e-device"),
         coap: Config::default(),
     };

@@ -1,6 +1,7 @@
 //! `cairn client`: one LwM2M device with the standard objects (Security, Server, Access
 //! Control, Device, Connectivity Monitoring) that registers with a server over `coap://` or
-//! `coaps://` (DTLS-PSK), stays registered until Ctrl-C, then de-registers.
+//! `coaps://` (DTLS with a PSK, an X.509 certificate or a raw public key), stays registered
+//! until Ctrl-C, then de-registers.
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -16,7 +17,9 @@ use cairn_client::{
     ServerConnection,
 };
 use cairn_coap::{CoapUri, Config};
-use cairn_dtls::Psk;
+use cairn_dtls::{
+    ClientCertificateConfig, Credentials, PeerVerifier, Psk, RawPublicKeys, X509Verifier,
+};
 use cairn_lwm2m::{ModelRegistry, Version};
 use clap::Args;
 use zeroize::Zeroizing;
@@ -46,7 +49,7 @@ pub struct ClientArgs {
     /// Endpoint client name.
     #[arg(long)]
     endpoint: String,
-    /// LwM2M Server URI: `coap://host:5683` or `coaps://host:5684` (DTLS-PSK).
+    /// LwM2M Server URI: `coap://host:5683` or `coaps://host:5684` (DTLS: PSK, X.509 or RPK).
     #[arg(long)]
     server: String,
     /// PSK identity (`coaps://`).
@@ -67,6 +70,58 @@ pub struct ClientArgs {
     /// Serial number reported in the Device object (defaults to the endpoint name).
     #[arg(long)]
     serial: Option<String>,
+    /// The device's certificate chain (PEM; its common name is the endpoint name), with
+    /// --key and --ca (`coaps://`, X.509 mode).
+    #[arg(long, requires_all = ["key", "ca"])]
+    cert: Option<std::path::PathBuf>,
+    /// The device's private key (PEM or DER): with --cert (X.509), or alone with --rpk (raw
+    /// public key mode).
+    #[arg(long)]
+    key: Option<std::path::PathBuf>,
+    /// Trust anchors (PEM) the server's certificate must chain to.
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
+    /// The server's raw public key (PEM `PUBLIC KEY` or DER), raw public key mode.
+    #[arg(long, requires = "key", conflicts_with = "cert")]
+    rpk: Option<std::path::PathBuf>,
+    /// Name the server's certificate must carry (default: the URI's host when it is a name).
+    #[arg(long)]
+    server_name: Option<String>,
+}
+
+impl ClientArgs {
+    /// The certificate mode, when --cert or --rpk is given.
+    fn certificate(&self, server_host: &str) -> anyhow::Result<Option<ClientCertificateConfig>> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+        };
+        match (&self.cert, &self.key, &self.ca, &self.rpk) {
+            (Some(cert), Some(key), Some(ca), None) => {
+                let server_name = self.server_name.clone().or_else(|| {
+                    (server_host.parse::<std::net::IpAddr>().is_err())
+                        .then(|| server_host.to_string())
+                });
+                Ok(Some(ClientCertificateConfig {
+                    credentials: Some(Credentials::from_pem(&read(cert)?, &read(key)?)?),
+                    server_auth: PeerVerifier::x509(X509Verifier::from_pem(&read(ca)?)?),
+                    server_name,
+                }))
+            }
+            (None, Some(key), None, Some(rpk)) => {
+                let mut keys = RawPublicKeys::new();
+                keys.insert(crate::coap_cmd::read_public_key(rpk)?, b"server".to_vec());
+                Ok(Some(ClientCertificateConfig {
+                    credentials: Some(Credentials::raw_public_key(
+                        crate::coap_cmd::read_private_key(key)?,
+                    )),
+                    server_auth: PeerVerifier::raw_public_keys(Arc::new(keys)),
+                    server_name: None,
+                }))
+            }
+            (None, None, None, None) => Ok(None),
+            _ => bail!("give --cert, --key and --ca (X.509), or --key and --rpk (raw public key)"),
+        }
+    }
 }
 
 /// The address of a `coap://` or `coaps://` URI, and whether it is secured.
@@ -90,6 +145,8 @@ pub struct DeviceSetup {
     /// The local address to send from (the fleet spreads devices over 127.0.0.x).
     pub local_ip: Option<std::net::IpAddr>,
     pub psk: Option<(Vec<u8>, Zeroizing<Vec<u8>>)>,
+    /// Certificate mode (X.509 or raw public key) instead of a PSK.
+    pub certificate: Option<ClientCertificateConfig>,
     pub lifetime: u32,
     pub lwm2m_version: Version,
     pub queue_mode: bool,
@@ -104,9 +161,18 @@ pub async fn build_client(
 ) -> anyhow::Result<Client> {
     const SHORT_SERVER_ID: u16 = 1;
     let mut security = SecurityObject::new();
-    let (mode, identity, key) = match &setup.psk {
-        Some((identity, key)) => (SecurityMode::PreSharedKey, identity.clone(), key.to_vec()),
-        None => (SecurityMode::NoSec, Vec::new(), Vec::new()),
+    let (mode, identity, key) = match (&setup.certificate, &setup.psk) {
+        (Some(certificate), _) => {
+            let mode = match &certificate.credentials {
+                Some(credentials) if credentials.chain.is_empty() => SecurityMode::RawPublicKey,
+                _ => SecurityMode::Certificate,
+            };
+            (mode, Vec::new(), Vec::new())
+        }
+        (None, Some((identity, key))) => {
+            (SecurityMode::PreSharedKey, identity.clone(), key.to_vec())
+        }
+        (None, None) => (SecurityMode::NoSec, Vec::new(), Vec::new()),
     };
     security.add_server(&setup.server_uri, mode, identity, key, SHORT_SERVER_ID);
     let binding = if setup.queue_mode && setup.lwm2m_version == Version::V1_0 {
@@ -145,6 +211,7 @@ pub async fn build_client(
         psk: setup
             .psk
             .map(|(identity, key)| (identity, Psk::new(key.to_vec()))),
+        certificate: setup.certificate,
         settings,
         coap: setup.coap,
     };
@@ -162,9 +229,20 @@ pub fn run(args: ClientArgs) -> anyhow::Result<()> {
 
 async fn client_command(args: ClientArgs) -> anyhow::Result<()> {
     let (address, secure) = resolve_server(&args.server).await?;
+    let host = CoapUri::parse(&args.server)
+        .map(|uri| uri.host)
+        .unwrap_or_default();
+    let certificate = args.certificate(&host)?;
+    anyhow::ensure!(
+        secure || certificate.is_none(),
+        "certificates and raw public keys need a coaps:// server"
+    );
     let psk = match (secure, args.psk_identity, args.psk_key) {
         (true, Some(identity), Some(key)) => Some((identity.into_bytes(), key.0)),
-        (true, _, _) => bail!("coaps:// needs --psk-identity and --psk-key"),
+        (true, None, None) if certificate.is_some() => None,
+        (true, _, _) => {
+            bail!("coaps:// needs --psk-identity and --psk-key, --cert/--key/--ca, or --key/--rpk")
+        }
         (false, Some(_), _) => bail!("--psk-identity needs a coaps:// server"),
         (false, _, _) => None,
     };
@@ -176,6 +254,7 @@ async fn client_command(args: ClientArgs) -> anyhow::Result<()> {
         address,
         local_ip: None,
         psk,
+        certificate,
         lifetime: args.lifetime,
         lwm2m_version: args.lwm2m_version,
         queue_mode: args.queue_mode,

@@ -9,8 +9,8 @@ use anyhow::{Context, bail};
 use cairn_coap::link_format::{self, Link};
 use cairn_coap::{CoapUri, Code, Config, ContentFormat, Message, MessageType, OptionNumber};
 use cairn_dtls::{
-    CipherSuite, ClientCertificateConfig, ClientConfig, Credentials, PeerVerifier, Psk,
-    PskResolver, ServerCertificateConfig, ServerConfig, X509Verifier,
+    CipherSuite, ClientCertificateConfig, ClientConfig, Credentials, PeerVerifier, PrivateKey, Psk,
+    PskResolver, RawPublicKeys, ServerCertificateConfig, ServerConfig, X509Verifier,
 };
 use cairn_transport::{CoapEndpoint, Reply, Request, Security, text_response};
 use clap::{Args, Subcommand};
@@ -57,16 +57,26 @@ pub struct ServeArgs {
     certificates: CertificateArgs,
 }
 
-/// Certificate mode (TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8 and friends, P-256), PEM files as
-/// `cairn keys` writes them.
+/// Certificate mode (TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8 and friends, P-256) with X.509
+/// certificates or raw public keys (RFC 7250), PEM files as `cairn keys` writes them.
 #[derive(Debug, Args, Clone)]
 pub struct CertificateArgs {
     /// Our certificate chain (PEM); with --key.
     #[arg(long, requires = "key")]
     cert: Option<PathBuf>,
-    /// Our private key (PEM).
-    #[arg(long, requires = "cert")]
+    /// Our private key (PEM or DER). Without --cert, our raw public key is presented.
+    #[arg(long)]
     key: Option<PathBuf>,
+    /// A peer's raw public key (PEM `PUBLIC KEY` or DER SubjectPublicKeyInfo, as
+    /// `cairn keys gen-ec` writes it); repeat for several. On the server, clients must then
+    /// present one of these keys (or a certificate from --ca); on the client, the server
+    /// must present one of them. Any other key is refused.
+    #[arg(long)]
+    rpk: Vec<PathBuf>,
+    /// Validated peer certificate chains remembered, so that a peer that connects again with
+    /// the same chain costs no signature verification of it (0: validate every chain).
+    #[arg(long, default_value_t = cairn_dtls::pki::DEFAULT_CHAIN_CACHE)]
+    chain_cache: usize,
     /// Trust anchors (PEM) to verify the peer: on the server, client certificates are then
     /// required (mutual authentication); on the client, the server is verified against them.
     #[arg(long)]
@@ -88,20 +98,79 @@ impl CertificateArgs {
     fn credentials(&self) -> anyhow::Result<Option<Credentials>> {
         match (&self.cert, &self.key) {
             (Some(cert), Some(key)) => Ok(Some(Credentials::from_pem(&read(cert)?, &read(key)?)?)),
+            (None, Some(key)) => Ok(Some(Credentials::raw_public_key(read_private_key(key)?))),
             _ => Ok(None),
         }
     }
 
     fn verifier(&self) -> anyhow::Result<Option<PeerVerifier>> {
-        let Some(ca) = &self.ca else {
-            return Ok(None);
-        };
-        let mut verifier = X509Verifier::from_pem(&read(ca)?)?;
-        if let Some(crl) = &self.crl {
-            verifier.add_crl_pem(&read(crl)?)?;
+        let mut verifier = PeerVerifier::default();
+        if let Some(ca) = &self.ca {
+            let mut x509 = X509Verifier::from_pem(&read(ca)?)?.with_chain_cache(self.chain_cache);
+            if let Some(crl) = &self.crl {
+                x509.add_crl_pem(&read(crl)?)?;
+            }
+            verifier.x509 = Some(Arc::new(x509));
         }
-        Ok(Some(PeerVerifier::x509(verifier)))
+        if !self.rpk.is_empty() {
+            let mut keys = RawPublicKeys::new();
+            for path in &self.rpk {
+                let identity = path
+                    .file_stem()
+                    .map(|stem| stem.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                keys.insert(read_public_key(path)?, identity.into_bytes());
+            }
+            verifier.raw_public_keys = Some(Arc::new(keys));
+        }
+        Ok((verifier.x509.is_some() || verifier.raw_public_keys.is_some()).then_some(verifier))
     }
+}
+
+/// A P-256 private key from a PEM (`PRIVATE KEY`, `EC PRIVATE KEY`) or DER file.
+pub(crate) fn read_private_key(path: &Path) -> anyhow::Result<PrivateKey> {
+    let bytes = read(path)?;
+    PrivateKey::from_pem(&bytes)
+        .or_else(|_| PrivateKey::from_der(&bytes))
+        .map_err(|error| anyhow::anyhow!("{}: not a P-256 private key ({error})", path.display()))
+}
+
+/// A raw public key (DER SubjectPublicKeyInfo) from a PEM `PUBLIC KEY` or DER file; only
+/// P-256 keys are accepted.
+pub(crate) fn read_public_key(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let bytes = read(path)?;
+    parse_public_key(&bytes).with_context(|| {
+        format!(
+            "{}: not a P-256 public key (PEM PUBLIC KEY or DER SubjectPublicKeyInfo)",
+            path.display()
+        )
+    })
+}
+
+/// The DER SubjectPublicKeyInfo of PEM or DER contents, checked to be a P-256 key.
+pub(crate) fn parse_public_key(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
+    use x509_parser::prelude::{FromDer, SubjectPublicKeyInfo};
+    let der = match x509_parser::pem::parse_x509_pem(bytes) {
+        Ok((_, pem)) => {
+            anyhow::ensure!(pem.label == "PUBLIC KEY", "PEM label {}", pem.label);
+            pem.contents
+        }
+        Err(_) => bytes.to_vec(),
+    };
+    let (rest, info) = SubjectPublicKeyInfo::from_der(&der).context("malformed DER")?;
+    anyhow::ensure!(rest.is_empty(), "trailing bytes after the key");
+    let curve = info
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|parameters| parameters.as_oid().ok())
+        .map(|oid| oid.to_id_string());
+    anyhow::ensure!(
+        info.algorithm.algorithm.to_id_string() == "1.2.840.10045.2.1"
+            && curve.as_deref() == Some("1.2.840.10045.3.1.7"),
+        "not an EC key on secp256r1"
+    );
+    Ok(der)
 }
 
 /// A pre-shared key for DTLS (TLS_PSK_WITH_AES_128_CCM_8 and _CCM).
@@ -426,7 +495,11 @@ async fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         let psk = args.psk.credentials()?;
         let credentials = args.certificates.credentials()?;
         let config = match (psk, credentials) {
-            (None, None) => bail!("--dtls-listen needs --psk-identity/--psk-key or --cert/--key"),
+            (None, None) => {
+                bail!(
+                    "--dtls-listen needs --psk-identity/--psk-key, or --key (with --cert for X.509)"
+                )
+            }
             (Some((identity, key)), None) => {
                 ServerConfig::new(Arc::new(StaticPsk { identity, key }))
             }
@@ -521,9 +594,9 @@ async fn client_endpoint(
             config: ClientConfig::new(identity, key),
             server: target,
         },
-        (true, None, None) => {
-            bail!("coaps:// needs --psk-identity and --psk-key, or --ca (and --cert/--key)")
-        }
+        (true, None, None) => bail!(
+            "coaps:// needs --psk-identity and --psk-key, or --ca or --rpk (and --key, with --cert for X.509)"
+        ),
     };
     let endpoint = CoapEndpoint::bind_secured(local, Config::default(), security, None).await?;
     Ok((target, endpoint))

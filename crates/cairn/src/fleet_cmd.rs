@@ -188,6 +188,7 @@ async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
             address,
             local_ip: args.bind,
             psk: device.psk,
+            certificate: None,
             lifetime: args.lifetime,
             lwm2m_version: Version::V1_1,
             queue_mode: false,

@@ -1,4 +1,4 @@
-//! `cairn keys gen-ec | ca init | ca issue | ca revoke`: ECDSA P-256 keys and a small
+//! `cairn keys gen-ec | public | ca init | ca issue | ca revoke`: ECDSA P-256 keys and a small
 //! certificate authority for the LwM2M certificate modes (X.509 and raw public keys).
 //!
 //! A CA directory holds `ca.pem`/`ca.der` (the CA certificate), `ca.key` (its key), `serial`
@@ -31,6 +31,9 @@ pub struct KeysArgs {
 enum KeysCommand {
     /// Generate an ECDSA P-256 key (PKCS#8 PEM, mode 0600) and print its public key.
     GenEc(GenEcArgs),
+    /// Write the public key (the RFC 7250 raw public key) of an existing private key, e.g. a
+    /// server's certificate key for devices that pin it.
+    Public(PublicArgs),
     /// The certificate authority.
     Ca(CaArgs),
 }
@@ -40,9 +43,23 @@ struct GenEcArgs {
     /// Private key file to create.
     #[arg(long)]
     out: PathBuf,
-    /// Also write the public key (SubjectPublicKeyInfo, the RFC 7250 raw public key) here.
+    /// Where to write the public key (SubjectPublicKeyInfo, the RFC 7250 raw public key);
+    /// default: the key file's name with the extension `.pub` (PEM, or DER with --der).
     #[arg(long)]
     public: Option<PathBuf>,
+    /// Write DER instead of PEM.
+    #[arg(long)]
+    der: bool,
+}
+
+#[derive(Debug, Args)]
+struct PublicArgs {
+    /// Private key (PEM or DER).
+    #[arg(long)]
+    key: PathBuf,
+    /// Public key file to write.
+    #[arg(long)]
+    out: PathBuf,
     /// Write DER instead of PEM.
     #[arg(long)]
     der: bool,
@@ -129,6 +146,7 @@ struct CaRevokeArgs {
 pub fn run(args: KeysArgs) -> anyhow::Result<()> {
     match args.command {
         KeysCommand::GenEc(args) => gen_ec(&args),
+        KeysCommand::Public(args) => public_key(&args),
         KeysCommand::Ca(CaArgs { command }) => match command {
             CaCommand::Init(args) => ca_init(&args),
             CaCommand::Issue(args) => ca_issue(&args).map(|_| ()),
@@ -168,15 +186,55 @@ fn gen_ec(args: &GenEcArgs) -> anyhow::Result<()> {
     } else {
         write_secret(&args.out, key.serialize_pem().as_bytes())?;
     }
-    if let Some(public) = &args.public {
-        if args.der {
-            write_public(public, &key.subject_public_key_info())?;
-        } else {
-            write_public(public, key.public_key_pem().as_bytes())?;
-        }
+    let public = args
+        .public
+        .clone()
+        .unwrap_or_else(|| default_public_path(&args.out));
+    if args.der {
+        write_public(&public, &key.subject_public_key_info())?;
+    } else {
+        write_public(&public, key.public_key_pem().as_bytes())?;
     }
+    eprintln!("public key in {}", public.display());
     println!("{}", hex(&key.subject_public_key_info()));
     Ok(())
+}
+
+fn public_key(args: &PublicArgs) -> anyhow::Result<()> {
+    let key = crate::coap_cmd::read_private_key(&args.key)?;
+    let der = key.subject_public_key_info();
+    if args.der {
+        write_public(&args.out, &der)?;
+    } else {
+        write_public(&args.out, public_pem(&der).as_bytes())?;
+    }
+    println!("{}", hex(&der));
+    Ok(())
+}
+
+/// A `PUBLIC KEY` PEM block of a DER SubjectPublicKeyInfo.
+fn public_pem(der: &[u8]) -> String {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
+    for line in encoded.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str("-----END PUBLIC KEY-----\n");
+    pem
+}
+
+/// `device.key` → `device.pub` (`device.pub` → `device.pub.pub`).
+fn default_public_path(key: &Path) -> PathBuf {
+    let public = key.with_extension("pub");
+    if public == key {
+        let mut name = key.as_os_str().to_owned();
+        name.push(".pub");
+        PathBuf::from(name)
+    } else {
+        public
+    }
 }
 
 fn ca_params(common_name: &str, days: i64) -> CertificateParams {
@@ -437,5 +495,48 @@ mod tests {
             0o600
         );
         cairn_dtls::PrivateKey::from_pem(&fs::read(&key).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn gen_ec_writes_the_public_key_beside_the_private_key() {
+        let temp = tempfile::tempdir().unwrap();
+        for der in [false, true] {
+            let key = temp.path().join(if der { "der.key" } else { "pem.key" });
+            gen_ec(&GenEcArgs {
+                out: key.clone(),
+                public: None,
+                der,
+            })
+            .unwrap();
+            let public = fs::read(key.with_extension("pub")).unwrap();
+            let private = if der {
+                cairn_dtls::PrivateKey::from_der(&fs::read(&key).unwrap()).unwrap()
+            } else {
+                cairn_dtls::PrivateKey::from_pem(&fs::read(&key).unwrap()).unwrap()
+            };
+            assert_eq!(
+                crate::coap_cmd::parse_public_key(&public).unwrap(),
+                private.subject_public_key_info()
+            );
+        }
+        let written = temp.path().join("again.pub");
+        public_key(&PublicArgs {
+            key: temp.path().join("pem.key"),
+            out: written.clone(),
+            der: false,
+        })
+        .unwrap();
+        assert_eq!(
+            fs::read(&written).unwrap(),
+            fs::read(temp.path().join("pem.pub")).unwrap()
+        );
+        assert_eq!(
+            default_public_path(Path::new("a/device.pub")),
+            PathBuf::from("a/device.pub.pub")
+        );
+        assert_eq!(
+            default_public_path(Path::new("device")),
+            PathBuf::from("device.pub")
+        );
     }
 }

@@ -9,12 +9,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use cairn_dtls::Credentials;
 use cairn_server::{
-    EmbeddedStore, LwM2mServer, SecurityInfo, SecurityMode, SecurityStore, ServerConfig,
-    ServerEvent, Stores,
+    DeviceCertificates, EmbeddedStore, LwM2mServer, SecurityInfo, SecurityMode, SecurityStore,
+    ServerConfig, ServerEvent, Stores,
 };
-use cairn_store::SecretBytes;
+use cairn_store::{SecretBytes, X509Expectation};
 use clap::{Args, Subcommand};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use serde::Deserialize;
 
 /// Default data directory.
@@ -23,7 +26,7 @@ const DEFAULT_DATA_DIR: &str = "./cairn-data";
 #[derive(Debug, Args)]
 pub struct ServerArgs {
     /// TOML file with any of the settings below (`data_dir`, `coap_listen`, `dtls_listen`,
-    /// `request_timeout_s`, `queue_timeout_s`, `models_dir`).
+    /// `request_timeout_s`, `queue_timeout_s`, `models_dir`, `cert`, `key`, `ca`, `crl`).
     #[arg(long, env = "CAIRN_CONFIG")]
     config: Option<PathBuf>,
     /// Where the embedded store lives (default ./cairn-data).
@@ -48,6 +51,70 @@ pub struct ServerArgs {
     /// A directory of extra object models (OMA DDF XML files).
     #[arg(long, alias = "models", env = "CAIRN_MODELS_DIR")]
     models_dir: Option<PathBuf>,
+    /// The server's certificate chain (PEM, end entity first) for X.509 devices, with --key.
+    #[arg(long, requires = "key", env = "CAIRN_CERT")]
+    cert: Option<PathBuf>,
+    /// The server's private key (PEM or DER): turns on the certificate modes of the DTLS
+    /// listener (raw public keys; X.509 too with --cert and --ca).
+    #[arg(long, env = "CAIRN_KEY")]
+    key: Option<PathBuf>,
+    /// Trust anchors (PEM) that device certificates must chain to.
+    #[arg(long, requires = "key", env = "CAIRN_CA")]
+    ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM) of the device CAs; repeat for several.
+    #[arg(long, requires = "ca")]
+    crl: Vec<PathBuf>,
+}
+
+/// The certificate mode of the DTLS listener from `--cert`, `--key`, `--ca` and `--crl`,
+/// or else from the configuration file.
+fn device_certificates(
+    args: &ServerArgs,
+    file: &FileConfig,
+) -> anyhow::Result<Option<DeviceCertificates>> {
+    let cert = args.cert.as_ref().or(file.cert.as_ref());
+    let ca = args.ca.as_ref().or(file.ca.as_ref());
+    let Some(key) = args.key.as_ref().or(file.key.as_ref()) else {
+        anyhow::ensure!(
+            cert.is_none() && ca.is_none(),
+            "the certificate modes need the server's private key (--key or `key`)"
+        );
+        return Ok(None);
+    };
+    let crl_files = if args.crl.is_empty() {
+        file.crl.as_deref().unwrap_or_default()
+    } else {
+        args.crl.as_slice()
+    };
+    let read = |path: &Path| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let credentials = match cert {
+        Some(cert) => Credentials::from_pem(&read(cert)?, &read(key)?)
+            .with_context(|| format!("{} with {}", cert.display(), key.display()))?,
+        None => Credentials::raw_public_key(crate::coap_cmd::read_private_key(key)?),
+    };
+    let trust_anchors = match ca {
+        Some(ca) => CertificateDer::pem_slice_iter(&read(ca)?)
+            .map(|cert| cert.map(|cert| cert.to_vec()))
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("{}: not PEM certificates", ca.display()))?,
+        None => Vec::new(),
+    };
+    let mut crls = Vec::new();
+    for path in crl_files {
+        for crl in CertificateRevocationListDer::pem_slice_iter(&read(path)?) {
+            crls.push(
+                crl.with_context(|| format!("{}: not a PEM CRL", path.display()))?
+                    .to_vec(),
+            );
+        }
+    }
+    Ok(Some(DeviceCertificates {
+        credentials,
+        trust_anchors,
+        crls,
+    }))
 }
 
 /// The `--config` file.
@@ -61,6 +128,10 @@ struct FileConfig {
     request_timeout_s: Option<u64>,
     queue_timeout_s: Option<u64>,
     models_dir: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    crl: Option<Vec<PathBuf>>,
 }
 
 fn read_config(path: Option<&Path>) -> anyhow::Result<FileConfig> {
@@ -74,6 +145,7 @@ fn read_config(path: Option<&Path>) -> anyhow::Result<FileConfig> {
 
 pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let file = read_config(args.config.as_deref())?;
+    let certificates = device_certificates(&args, &file)?;
     let data_dir = args
         .data_dir
         .or(file.data_dir)
@@ -105,6 +177,7 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         tracing::info!(count, dir = %dir.display(), "object models loaded");
         config.models = std::sync::Arc::new(models);
     }
+    config.certificates = certificates;
     let store = open_store(&data_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -212,6 +285,14 @@ struct AddArgs {
     /// Allow this endpoint to register without DTLS.
     #[arg(long)]
     no_sec: bool,
+    /// The device's raw public key (PEM `PUBLIC KEY` or DER SubjectPublicKeyInfo, as
+    /// `cairn keys gen-ec` writes it): the device authenticates with it (RFC 7250).
+    #[arg(long, conflicts_with_all = ["psk_identity", "no_sec", "x509"])]
+    rpk: Option<PathBuf>,
+    /// The device authenticates with an X.509 certificate from the server's --ca whose common
+    /// name is the endpoint name.
+    #[arg(long, conflicts_with_all = ["psk_identity", "no_sec"])]
+    x509: bool,
 }
 
 /// The security information of a credential file; every key must be at least 16 bytes.
@@ -247,6 +328,8 @@ impl std::fmt::Debug for AddArgs {
             .field("endpoint", &self.endpoint)
             .field("psk_identity", &self.psk_identity)
             .field("no_sec", &self.no_sec)
+            .field("rpk", &self.rpk)
+            .field("x509", &self.x509)
             .finish_non_exhaustive()
     }
 }
@@ -262,7 +345,17 @@ pub fn run_device(args: DeviceArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         match args.command {
             DeviceCommand::Add(add) => {
+                let public_key_der = match &add.rpk {
+                    Some(rpk) => Some(crate::coap_cmd::read_public_key(rpk)?),
+                    None => None,
+                };
                 let mode = match (add.psk_identity, add.psk_key, add.no_sec) {
+                    _ if add.x509 => {
+                        SecurityMode::X509(X509Expectation::CommonName(add.endpoint.clone()))
+                    }
+                    _ if public_key_der.is_some() => SecurityMode::Rpk {
+                        public_key_der: public_key_der.unwrap_or_default(),
+                    },
                     (Some(identity), Some(key), false) => {
                         let key =
                             crate::hex::decode(&key).context("--psk-key must be hexadecimal")?;
@@ -276,7 +369,7 @@ pub fn run_device(args: DeviceArgs) -> anyhow::Result<()> {
                         }
                     }
                     (None, _, true) => SecurityMode::NoSec,
-                    _ => bail!("give --psk-identity with --psk-key, or --no-sec"),
+                    _ => bail!("give --psk-identity with --psk-key, --rpk, --x509 or --no-sec"),
                 };
                 let created_at_ms = SystemTime::now()
                     .duration_since(UNIX_EPOCH)

@@ -15,6 +15,10 @@ use crate::objects::ids;
 pub enum SecurityMode {
     /// 0: pre-shared key.
     PreSharedKey,
+    /// 1: raw public key (RFC 7250).
+    RawPublicKey,
+    /// 2: X.509 certificate.
+    Certificate,
     /// 3: no security.
     NoSec,
 }
@@ -23,6 +27,8 @@ impl SecurityMode {
     fn value(self) -> i64 {
         match self {
             SecurityMode::PreSharedKey => 0,
+            SecurityMode::RawPublicKey => 1,
+            SecurityMode::Certificate => 2,
             SecurityMode::NoSec => 3,
         }
     }

@@ -72,6 +72,11 @@ pub struct DtlsBenchArgs {
     /// Path of the resource to GET.
     #[arg(long, default_value = "/")]
     path: String,
+    /// Instead of PSK: ECDHE-ECDSA handshakes with mutual authentication (X.509 and raw
+    /// public keys), against the crypto-bound limit of one server core (see
+    /// docs/benchmarks.md). Uses --seconds, --rounds, --warmup, --handshake-clients, --only.
+    #[arg(long)]
+    ecdhe: bool,
 }
 
 /// A server under test.
@@ -151,7 +156,7 @@ impl Target {
 }
 
 /// A loopback address whose port and the next one were both free a moment ago.
-fn free_port_pair() -> anyhow::Result<SocketAddr> {
+pub(super) fn free_port_pair() -> anyhow::Result<SocketAddr> {
     for _ in 0..100 {
         let address = free_loopback_address()?;
         let Some(next) = address.port().checked_add(1) else {
@@ -186,8 +191,19 @@ pub fn run(args: DtlsBenchArgs) -> anyhow::Result<()> {
         warmup: Duration::from_secs_f64(args.warmup),
         measured: Duration::from_secs_f64(args.seconds / f64::from(args.rounds)),
     };
+    if args.ecdhe {
+        return super::dtls_ecdhe::run(super::dtls_ecdhe::Options {
+            timing,
+            rounds: usize::from(args.rounds),
+            clients: usize::from(args.handshake_clients),
+            cairn: targets.contains(&Target::Cairn),
+            libcoap: targets.contains(&Target::Libcoap),
+            path: args.path,
+            seconds: args.seconds,
+        });
+    }
     let rounds = usize::from(args.rounds);
-    let credentials = Credentials {
+    let credentials = Credentials::Psk {
         identity: PSK_IDENTITY.into(),
         key: PSK_KEY.into(),
     };

@@ -18,11 +18,12 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use cairn_dtls::{CipherSuite, ClientConfig, ClientEndpoint, Event, Psk};
+use cairn_dtls::{CipherSuite, ClientCertificateConfig, ClientConfig, ClientEndpoint, Event, Psk};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Registry, Token};
 use quinn_udp::UdpSocketState;
@@ -50,11 +51,23 @@ const HELD_PORTS: std::ops::RangeInclusive<u16> = 10_000..=65_000;
 /// The held-sessions load stops when no session was established for this long.
 const HOLD_STALL: Duration = Duration::from_secs(10);
 
-/// The PSK identity and key the clients use.
+/// How the clients authenticate.
 #[derive(Debug, Clone)]
-pub struct Credentials {
-    pub identity: Vec<u8>,
-    pub key: Vec<u8>,
+pub enum Credentials {
+    /// A PSK identity and key; TLS_PSK_WITH_AES_128_CCM_8 only.
+    Psk { identity: Vec<u8>, key: Vec<u8> },
+    /// Certificate mode (X.509 or raw public key); the ECDHE-ECDSA suites.
+    Certificate(Arc<ClientCertificateConfig>),
+}
+
+impl Credentials {
+    /// The mode and suite, for messages.
+    fn describe(&self) -> &'static str {
+        match self {
+            Credentials::Psk { .. } => "DTLS-PSK handshake (TLS_PSK_WITH_AES_128_CCM_8)",
+            Credentials::Certificate(_) => "ECDHE-ECDSA handshake",
+        }
+    }
 }
 
 /// Warm-up and measured window lengths.
@@ -196,17 +209,23 @@ impl Clock {
     }
 }
 
-/// A client endpoint for `server` that offers TLS_PSK_WITH_AES_128_CCM_8 only.
+/// A client endpoint for `server` that offers TLS_PSK_WITH_AES_128_CCM_8 only (PSK), or
+/// the ECDHE-ECDSA suites (certificate mode).
 fn client_endpoint(
     credentials: &Credentials,
     server: SocketAddr,
     seed: u64,
 ) -> anyhow::Result<ClientEndpoint> {
-    let mut config = ClientConfig::new(
-        credentials.identity.clone(),
-        Psk::new(credentials.key.clone()),
-    );
-    config.cipher_suites = vec![CipherSuite::PskWithAes128Ccm8];
+    let config = match credentials {
+        Credentials::Psk { identity, key } => {
+            let mut config = ClientConfig::new(identity.clone(), Psk::new(key.clone()));
+            config.cipher_suites = vec![CipherSuite::PskWithAes128Ccm8];
+            config
+        }
+        Credentials::Certificate(certificate) => {
+            ClientConfig::with_certificate(ClientCertificateConfig::clone(certificate))
+        }
+    };
     ClientEndpoint::new(config, Box::new(StdRng::seed_from_u64(seed)), server)
         .map_err(|error| anyhow::anyhow!("cannot make a DTLS client: {error}"))
 }
@@ -587,9 +606,9 @@ pub fn probe(
             Outcome::Running => {}
             Outcome::Done => return handshaker.finish(Outcome::Done).map_err(Into::into),
             Outcome::Failed => bail!(
-                "the {} server did not complete a DTLS-PSK handshake (TLS_PSK_WITH_AES_128_CCM_8) and a GET on {dtls} \
-                 within {} s",
+                "the {} server did not complete a {} and a GET on {dtls} within {} s",
                 server.name(),
+                credentials.describe(),
                 HANDSHAKE_GIVE_UP.as_secs()
             ),
         }

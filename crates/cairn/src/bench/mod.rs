@@ -3,6 +3,7 @@
 mod coap;
 mod cpu;
 mod dtls;
+mod dtls_ecdhe;
 mod dtls_load;
 mod echo;
 mod load;
@@ -27,6 +28,7 @@ enum BenchCommand {
     Coap(coap::CoapBenchArgs),
     /// CoAP over DTLS-PSK: handshakes/s, GETs/s over long-lived sessions and server CPU per
     /// unit, Cairn's server beside libcoap's `coap-server-openssl`; memory per idle session.
+    /// With --ecdhe: ECDHE-ECDSA handshakes (X.509, raw public keys) against the P-256 limit.
     Dtls(dtls::DtlsBenchArgs),
     /// LwM2M: registrations/s of simulated devices over new DTLS-PSK sessions, memory per
     /// registered device with one observation each, and Read round trips/s.

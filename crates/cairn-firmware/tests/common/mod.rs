@@ -141,16 +141,16 @@ pub struct Rig {
 
 impl Rig {
     pub fn new(path: Path, seed: u64, old: &[u8]) -> Self {
-        let slot_sectors = 40;
+        let slot_sectors = (old.len() * 5 / 4).div_ceil(SECTOR);
         let layout = match path {
             Path::FullAB | Path::DeltaAB => Layout {
                 slot_sectors,
-                staging_sectors: 16,
+                staging_sectors: (slot_sectors / 2).max(4),
                 strategy: Strategy::AB,
             },
             Path::DeltaInPlace => Layout {
                 slot_sectors,
-                staging_sectors: 16,
+                staging_sectors: (slot_sectors / 2).max(4),
                 strategy: Strategy::InPlace { window: WINDOW },
             },
         };
@@ -215,6 +215,18 @@ pub enum Outcome {
 /// the bootloader starts. Panics on a brick (no bootable image) or when the
 /// device runs something that is neither image.
 pub fn drive(rig: &Rig, package: &Package, old: &[u8], new: &[u8]) -> Outcome {
+    drive_with(rig, package, old, new, &mut |_| {})
+}
+
+/// [`drive`], calling `after_cut` each time the power comes back after a
+/// cut (to arm the next fault).
+pub fn drive_with(
+    rig: &Rig,
+    package: &Package,
+    old: &[u8],
+    new: &[u8],
+    after_cut: &mut dyn FnMut(&SimPower),
+) -> Outcome {
     let old_digest = sha256(old);
     let new_digest = sha256(new);
     let mut restarts = 0;
@@ -223,7 +235,10 @@ pub fn drive(rig: &Rig, package: &Package, old: &[u8], new: &[u8]) -> Outcome {
     let mut device = loop {
         match rig.open() {
             Ok(device) => break device,
-            Err(e) if e.is_power_loss() => rig.power.restore(),
+            Err(e) if e.is_power_loss() => {
+                rig.power.restore();
+                after_cut(&rig.power);
+            }
             Err(e) => panic!("device does not open: {e}"),
         }
     };
@@ -240,11 +255,15 @@ pub fn drive(rig: &Rig, package: &Package, old: &[u8], new: &[u8]) -> Outcome {
         // A restart: the device comes up again from its flash contents.
         if !rig.power.is_powered() {
             rig.power.restore();
+            after_cut(&rig.power);
         }
         device = loop {
             match rig.open() {
                 Ok(device) => break device,
-                Err(e) if e.is_power_loss() => rig.power.restore(),
+                Err(e) if e.is_power_loss() => {
+                    rig.power.restore();
+                    after_cut(&rig.power);
+                }
                 Err(e) => panic!("device does not reopen: {e}"),
             }
         };

@@ -26,7 +26,10 @@ fn measure(name: &str, old: &[u8], new: &[u8]) {
     let started = Instant::now();
     let rebuilt = apply_patch(old, &patch, new.len() as u64).expect("apply");
     let apply_time = started.elapsed();
-    assert_eq!(rebuilt, new, "{name}: the patch does not reproduce the new image");
+    assert_eq!(
+        rebuilt, new,
+        "{name}: the patch does not reproduce the new image"
+    );
     println!(
         "{name}: old {} B, new {} B, patch {} B, delta_ratio={:.4} ({:.2}% of full), diff {:.0} ms, apply {:.0} ms",
         old.len(),
@@ -42,7 +45,11 @@ fn measure(name: &str, old: &[u8], new: &[u8]) {
 fn c_library(extra: bool) -> String {
     let mut source = String::from("#include <stdint.h>\n");
     for i in 0..3000u32 {
-        let k = if extra && i == 1500 { 7777 } else { i.wrapping_mul(2_654_435_761) >> 8 };
+        let k = if extra && i == 1500 {
+            7777
+        } else {
+            i.wrapping_mul(2_654_435_761) >> 8
+        };
         source.push_str(&format!(
             "uint32_t f{i}(uint32_t x) {{ uint32_t a = x ^ {k}u; for (int j = 0; j < {}; j++) {{ a = a * 33u + (uint32_t)j + f{}(a); if (a % 7u == {}u) break; }} return a + {k}u; }}\n",
             i % 5 + 1,
@@ -79,7 +86,10 @@ fn main() {
 
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("firmware-delta-bench");
     let _ = std::fs::create_dir_all(&dir);
-    match (compile(&dir, "v1", &c_library(false)), compile(&dir, "v2", &c_library(true))) {
+    match (
+        compile(&dir, "v1", &c_library(false)),
+        compile(&dir, "v2", &c_library(true)),
+    ) {
         (Some(v1), Some(v2)) => measure("cc-shared-object", &v1, &v2),
         _ => println!("cc-shared-object: skipped (no working `cc`)"),
     }

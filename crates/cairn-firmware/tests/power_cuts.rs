@@ -4,7 +4,6 @@
 
 mod common;
 
-use cairn_firmware::*;
 use common::*;
 
 fn sweep(path: Path, stride: u64) {

@@ -88,6 +88,10 @@ struct SignArgs {
     /// Signed manifest file to write.
     #[arg(long)]
     out: PathBuf,
+    /// Also write the package file (manifest and payload in one, for the /5 Package
+    /// resource or a Package URI).
+    #[arg(long)]
+    package_out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -178,6 +182,7 @@ fn sign(args: SignArgs) -> anyhow::Result<()> {
     );
     let key = SigningKey::from_text(&text).context("reading the private key")?;
     let image = read(&args.image)?;
+    let mut payload_bytes = image.clone();
     let payload = match (&args.precursor, args.delta) {
         (Some(_), false) => bail!("--precursor is the base of a delta: add --delta"),
         (None, _) => Payload::Full,
@@ -197,11 +202,13 @@ fn sign(args: SignArgs) -> anyhow::Result<()> {
                 100.0 * patch.len() as f64 / image.len().max(1) as f64,
                 image.len()
             );
-            Payload::Delta {
+            let payload = Payload::Delta {
                 precursor_digest: sha256(&old),
                 patch_digest: sha256(&patch),
                 patch_size: patch.len() as u64,
-            }
+            };
+            payload_bytes = patch;
+            payload
         }
     };
     let manifest = Manifest {
@@ -219,6 +226,11 @@ fn sign(args: SignArgs) -> anyhow::Result<()> {
     Manifest::from_payload(&manifest.to_payload()).context("manifest fields")?;
     let signed = sign_manifest(&manifest, &key);
     fs::write(&args.out, &signed).with_context(|| format!("writing {}", args.out.display()))?;
+    if let Some(path) = &args.package_out {
+        let package = cairn_firmware::package::encode_package(&signed, &payload_bytes);
+        fs::write(path, &package).with_context(|| format!("writing {}", path.display()))?;
+        println!("package: {} ({} bytes)", path.display(), package.len());
+    }
     println!(
         "manifest: {} ({} bytes, sequence {}, key id {})",
         args.out.display(),

@@ -415,9 +415,9 @@ impl<F: Flash, S: ProtectedStorage> Device<F, S> {
         }
         let end = offset.saturating_add(data.len() as u64);
         if end > manifest.payload_size() {
-            let error = UpdateError::TooLarge {
-                needed: end,
-                available: manifest.payload_size(),
+            let error = UpdateError::PayloadTooLong {
+                received: end,
+                expected: manifest.payload_size(),
             };
             return Err(self.refuse(error, true));
         }
@@ -428,7 +428,9 @@ impl<F: Flash, S: ProtectedStorage> Device<F, S> {
         self.pending.extend_from_slice(&data[skip..]);
         let sector_size = self.sector_size();
         while self.pending.len() >= sector_size {
-            self.flush_sector(&manifest, sector_size)?;
+            if let Err(e) = self.flush_sector(&manifest, sector_size) {
+                return Err(self.refuse(e, true));
+            }
         }
         Ok(())
     }
@@ -465,7 +467,9 @@ impl<F: Flash, S: ProtectedStorage> Device<F, S> {
         }
         if !self.pending.is_empty() {
             let len = self.pending.len();
-            self.flush_sector(&manifest, len)?;
+            if let Err(e) = self.flush_sector(&manifest, len) {
+                return Err(self.refuse(e, true));
+            }
         }
         match self.verify_download(&manifest) {
             Ok(()) => {}

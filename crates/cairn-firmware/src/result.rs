@@ -83,6 +83,8 @@ pub enum UpdateError {
     TooLarge { needed: u64, available: u64 },
     #[error("a chunk at offset {offset} does not follow the {expected} bytes received")]
     OutOfOrder { offset: u64, expected: u64 },
+    #[error("the package runs to {received} bytes, the manifest says {expected}")]
+    PayloadTooLong { received: u64, expected: u64 },
     #[error("the package ends after {received} of {expected} bytes")]
     Incomplete { received: u64, expected: u64 },
     #[error("the device has no installed image to update from")]
@@ -132,7 +134,9 @@ pub fn update_result(error: &UpdateError) -> UpdateResult {
         UpdateError::PayloadDigestMismatch | UpdateError::ImageDigestMismatch => {
             IntegrityCheckFailure
         }
-        UpdateError::OutOfOrder { .. } | UpdateError::Incomplete { .. } => IntegrityCheckFailure,
+        UpdateError::OutOfOrder { .. }
+        | UpdateError::Incomplete { .. }
+        | UpdateError::PayloadTooLong { .. } => IntegrityCheckFailure,
         UpdateError::TooLarge { .. } => NotEnoughFlash,
         UpdateError::Flash(_) | UpdateError::Storage(_) | UpdateError::State(_) => UpdateFailed,
         UpdateError::NotProvisioned | UpdateError::WrongState(_) => UpdateFailed,

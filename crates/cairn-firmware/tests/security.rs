@@ -301,3 +301,39 @@ fn a_resumed_download_continues_from_the_persisted_offset_and_a_new_etag_restart
     assert_eq!(device.update_state(), UpdateState::Idle);
     assert_eq!(device.update_result(), UpdateResult::Cancelled);
 }
+
+#[test]
+fn a_flash_that_keeps_failing_reports_update_failed_and_keeps_the_old_image() {
+    use cairn_firmware::sim::FaultRates;
+    let old = firmware_image(21, SMALL);
+    let new = edited(&old, 1, 22);
+    let rig = Rig::new(Path::FullAB, 5, &old);
+    let package = package(&old, &new, 2, false, &signer());
+    let mut device = rig.open().unwrap();
+    device.begin(&package.manifest, b"t", None).unwrap();
+    rig.power.set_rates(FaultRates {
+        write_failure: 1_000_000,
+        ..FaultRates::default()
+    });
+    let error = device.write_chunk(0, &package.payload).unwrap_err();
+    assert_eq!(error, UpdateError::Flash(FlashError::Unreliable));
+    assert_eq!(device.update_result(), UpdateResult::UpdateFailed);
+    rig.power.set_rates(FaultRates::default());
+    let mut device = rig.open().unwrap();
+    let booted = device.boot().unwrap();
+    assert_eq!((booted.slot, booted.sequence), (Slot::A, 1));
+}
+
+#[test]
+fn a_package_longer_than_its_manifest_is_refused() {
+    let s = setup(Path::FullAB);
+    let package = package(&s.old, &s.new, 2, false, &signer());
+    let mut longer = package.payload.clone();
+    longer.extend_from_slice(b"more");
+    let (error, result) = s.refused(&package.manifest, &longer);
+    assert!(
+        matches!(error, UpdateError::PayloadTooLong { .. }),
+        "{error:?}"
+    );
+    assert_eq!(result, UpdateResult::IntegrityCheckFailure);
+}

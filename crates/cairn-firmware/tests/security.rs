@@ -337,3 +337,30 @@ fn a_package_longer_than_its_manifest_is_refused() {
     );
     assert_eq!(result, UpdateResult::IntegrityCheckFailure);
 }
+
+#[test]
+fn an_in_place_device_refuses_a_full_image_larger_than_its_staging_area() {
+    let s = setup(Path::DeltaInPlace);
+    let big = firmware_image(5, s.rig.layout.staging_sectors * SECTOR + 1);
+    let signed = sign_manifest(&manifest_for(&big, 2, Payload::Full), &signer());
+    let (error, result) = s.refused(&signed, &big);
+    assert!(matches!(error, UpdateError::TooLarge { .. }), "{error:?}");
+    assert_eq!(result, UpdateResult::NotEnoughFlash);
+}
+
+#[test]
+fn wear_is_counted_and_the_storage_banks_take_turns() {
+    let old = firmware_image(21, SMALL);
+    let new = edited(&old, 1, 22);
+    let rig = Rig::new(Path::FullAB, 5, &old);
+    let package = package(&old, &new, 2, false, &signer());
+    assert_eq!(drive(&rig, &package, &old, &new), Outcome::Updated);
+    let wear = rig.meta.wear();
+    // Two banks of two sectors; each record fits in the first sector of its bank.
+    let (first, second) = (wear[0], wear[2]);
+    assert!(first > 2 && second > 2, "{wear:?}");
+    assert!(first.abs_diff(second) <= 1, "banks not alternating: {wear:?}");
+    let slot_b = &rig.flash.wear()[rig.layout.slot_sectors..2 * rig.layout.slot_sectors];
+    let written = SMALL.div_ceil(SECTOR) + 1;
+    assert!(slot_b[..written].iter().all(|&n| n == 1), "{slot_b:?}");
+}

@@ -9,7 +9,7 @@
 //! in pieces of the caller's choosing and asks an [`OldImage`] for the old
 //! bytes it needs, so the old image can stay in flash, and a device can
 //! apply a patch in place as long as every read lands where the old bytes
-//! still are (see [`crate::inplace`]). Every length and offset in the patch
+//! still are (see [`crate::device`]). Every length and offset in the patch
 //! is untrusted and checked; nothing is allocated from a patch's numbers.
 
 use bzip2::read::BzDecoder;
@@ -94,7 +94,12 @@ pub struct PatchDecoder<'p> {
     add_left: u64,
     copy_left: u64,
     seek_pending: Option<i64>,
+    /// Controls in a row that produced nothing (bounded, so a patch cannot
+    /// spin the decoder on an endless stream of empty controls).
+    idle_controls: u32,
 }
+
+const MAX_IDLE_CONTROLS: u32 = 64;
 
 impl<'p> PatchDecoder<'p> {
     pub fn new(patch: &'p [u8]) -> Result<Self, DeltaError> {
@@ -121,6 +126,7 @@ impl<'p> PatchDecoder<'p> {
             add_left: 0,
             copy_left: 0,
             seek_pending: None,
+            idle_controls: 0,
         })
     }
 
@@ -142,6 +148,14 @@ impl<'p> PatchDecoder<'p> {
         let remaining = self.new_size - self.produced;
         if add > remaining || copy > remaining - add {
             return Err(DeltaError::Corrupt("control runs past the new size"));
+        }
+        if add == 0 && copy == 0 {
+            self.idle_controls += 1;
+            if self.idle_controls > MAX_IDLE_CONTROLS {
+                return Err(DeltaError::Corrupt("controls make no progress"));
+            }
+        } else {
+            self.idle_controls = 0;
         }
         self.add_left = add;
         self.copy_left = copy;

@@ -648,7 +648,7 @@ impl<F: Flash, S: ProtectedStorage> Device<F, S> {
 
     /// Decides what to run after a restart, finishing an in-place patch or
     /// settling a trial first. Boots only an image whose digest matches its
-    /// signed manifest; [`UpdateError::NoBootableImage`] when none does.
+    /// signed manifest; [`BootFailure::NoBootableImage`] when none does.
     pub fn boot(&mut self) -> Result<Booted, BootFailure> {
         self.pending.clear();
         self.booted = None;

@@ -359,7 +359,10 @@ fn wear_is_counted_and_the_storage_banks_take_turns() {
     // Two banks of two sectors; each record fits in the first sector of its bank.
     let (first, second) = (wear[0], wear[2]);
     assert!(first > 2 && second > 2, "{wear:?}");
-    assert!(first.abs_diff(second) <= 1, "banks not alternating: {wear:?}");
+    assert!(
+        first.abs_diff(second) <= 1,
+        "banks not alternating: {wear:?}"
+    );
     let slot_b = &rig.flash.wear()[rig.layout.slot_sectors..2 * rig.layout.slot_sectors];
     let written = SMALL.div_ceil(SECTOR) + 1;
     assert!(slot_b[..written].iter().all(|&n| n == 1), "{slot_b:?}");

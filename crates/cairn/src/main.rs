@@ -4,6 +4,7 @@ mod bench;
 mod client_cmd;
 mod coap_cmd;
 mod demo_cmd;
+mod firmware_cmd;
 mod fleet_cmd;
 mod hex;
 mod keys_cmd;
@@ -50,6 +51,8 @@ enum Command {
     Fleet(fleet_cmd::FleetArgs),
     /// ECDSA P-256 keys and a certificate authority for the certificate modes.
     Keys(keys_cmd::KeysArgs),
+    /// Firmware signing keys, signed manifests and delta patches.
+    Firmware(firmware_cmd::FirmwareArgs),
 }
 
 fn init_logging(filter: Option<&str>, json: bool) {
@@ -81,5 +84,6 @@ fn main() -> anyhow::Result<()> {
         Command::Client(args) => client_cmd::run(args),
         Command::Fleet(args) => fleet_cmd::run(args),
         Command::Keys(args) => keys_cmd::run(args),
+        Command::Firmware(args) => firmware_cmd::run(args),
     }
 }

@@ -166,7 +166,7 @@ pub fn routes() -> Router<WebState> {
             Errors are `{\"error\": {\"code\", \"message\"}}`."
     ),
     paths(
-        setup, login, second_factor, totp_enrol, totp_confirm, logout, me, list_devices,
+        openapi, setup, login, second_factor, totp_enrol, totp_confirm, logout, me, list_devices,
         get_device, delete_device, read, discover, samples, write, execute, create,
         delete_instance, write_attributes, read_composite, write_composite, list_observations,
         observe, cancel_observation, events, list_security, add_security, remove_security,
@@ -199,6 +199,9 @@ impl utoipa::Modify for SecurityAddon {
     }
 }
 
+/// This document.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "meta",
+    responses((status = 200, description = "The OpenAPI 3.1 document")))]
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }

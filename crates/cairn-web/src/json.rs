@@ -9,8 +9,7 @@
 use std::collections::BTreeMap;
 
 use cairn_lwm2m::node::{
-    LwM2mNode, LwM2mObject, LwM2mObjectInstance, LwM2mResource, LwM2mResourceInstance,
-    ResourceValue,
+    LwM2mNode, LwM2mObjectInstance, LwM2mResource, LwM2mResourceInstance, ResourceValue,
 };
 use cairn_lwm2m::{LwM2mPath, ModelRegistry, ResourceType, Value};
 use serde_json::{Map, Number, Value as Json, json};
@@ -197,17 +196,16 @@ pub fn json_to_node(
     })
 }
 
-/// An empty object (for tests and for building instances).
-pub fn empty_object(id: u16) -> LwM2mObject {
-    LwM2mObject {
-        id,
-        instances: BTreeMap::new(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn empty_object(id: u16) -> cairn_lwm2m::node::LwM2mObject {
+        cairn_lwm2m::node::LwM2mObject {
+            id,
+            instances: BTreeMap::new(),
+        }
+    }
 
     #[test]
     fn values_map_to_json_types() {

@@ -216,6 +216,7 @@ impl WebState {
         source: &str,
         outcome: &str,
     ) {
+        tracing::info!(actor, action, target, source, outcome, "audit");
         let entry = AuditEntry {
             seq: 0,
             at_ms: self.now_ms(),
@@ -231,7 +232,7 @@ impl WebState {
     }
 
     /// Keeps a live value for the console's plot, dropping what is older than the retention.
-    pub(crate) fn record_sample(&self, endpoint: &str, path: String, value: serde_json::Value) {
+    pub fn record_sample(&self, endpoint: &str, path: String, value: serde_json::Value) {
         let now = self.now_ms();
         let horizon = now.saturating_sub(self.inner.config.telemetry_retention.as_millis() as u64);
         if let Ok(mut samples) = self.inner.samples.lock() {

@@ -191,19 +191,11 @@ impl WebState {
 
     /// A fresh one-time setup link, replacing any previous one.
     pub async fn issue_setup_link(&self) -> Result<String, ApiError> {
-        let token = auth::random_token("setup_")?;
+        let config = &self.inner.config;
         let expires = self
             .now_ms()
-            .saturating_add(self.inner.config.setup_token_ttl.as_millis() as u64);
-        self.inner
-            .accounts
-            .put_setup_token(auth::digest(&token), expires)
-            .await?;
-        Ok(format!(
-            "{}/setup?token={}",
-            self.inner.config.public_url.trim_end_matches('/'),
-            token.as_str()
-        ))
+            .saturating_add(config.setup_token_ttl.as_millis() as u64);
+        issue_setup_link(&*self.inner.accounts, &config.public_url, expires).await
     }
 
     /// Appends to the audit log (a failure to write it is logged, and the action's answer
@@ -310,6 +302,37 @@ impl WebState {
             }
         })
     }
+}
+
+/// Stores a fresh one-time setup token (its digest), replacing any previous one, and returns
+/// the link that uses it: `{public_url}/setup?token=...`, valid until `expires_at_ms`.
+pub async fn issue_setup_link(
+    accounts: &dyn AccountStore,
+    public_url: &str,
+    expires_at_ms: u64,
+) -> Result<String, ApiError> {
+    let token = auth::random_token("setup_")?;
+    accounts
+        .put_setup_token(auth::digest(&token), expires_at_ms)
+        .await?;
+    Ok(format!(
+        "{}/setup?token={}",
+        public_url.trim_end_matches('/'),
+        token.as_str()
+    ))
+}
+
+/// Binds `listen`, starts the background work and serves the application on a task; returns
+/// the bound address.
+pub async fn spawn(
+    listen: SocketAddr,
+    state: WebState,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let address = listener.local_addr()?;
+    state.spawn_background();
+    Ok((address, tokio::spawn(serve(listener, state, tls))))
 }
 
 /// Creates a user offline (the `cairn admin create` command): checks the password's strength

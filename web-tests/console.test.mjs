@@ -63,9 +63,11 @@ async function check(condition, message) {
 async function main() {
   mkdirSync(shots, { recursive: true });
   const profile = mkdtempSync(join(tmpdir(), "cairn-chromium-"));
-  const browser = await chromium.launch({
+  // A fresh profile directory (playwright passes it as --user-data-dir).
+  const context = await chromium.launchPersistentContext(profile, {
     executablePath,
     headless: true,
+    viewport: { width: 1366, height: 900 },
     args: [
       "--no-sandbox",
       "--disable-gpu",
@@ -74,13 +76,11 @@ async function main() {
       "--disable-background-networking",
       "--disable-component-update",
       "--disable-sync",
-      `--user-data-dir=${profile}`,
     ],
   });
   const violations = [];
   try {
-    const context = await browser.newContext({ viewport: { width: 1366, height: 900 } });
-    const page = await context.newPage();
+    const page = context.pages()[0] || (await context.newPage());
     page.setDefaultTimeout(20_000);
     page.on("console", (message) => {
       if (/Content Security Policy/i.test(message.text())) violations.push(message.text());
@@ -159,14 +159,12 @@ async function main() {
     const last = page.locator("#chart-last");
     await last.waitFor();
     const first = await last.textContent();
-    await page.waitForFunction(
-      (before) => {
-        const el = document.getElementById("chart-last");
-        return el && el.textContent !== before;
-      },
-      first,
-      { timeout: 30_000 },
-    );
+    // Polled from here: the page's CSP forbids the eval that waitForFunction would use.
+    const deadline = Date.now() + 30_000;
+    while ((await last.textContent()) === first) {
+      if (Date.now() > deadline) throw new Error(`the observed value stayed ${first}`);
+      await new Promise((r) => setTimeout(r, 250));
+    }
     const changed = await last.textContent();
     console.log(`observed ${first} then ${changed}`);
     await check(
@@ -180,7 +178,7 @@ async function main() {
     }
     console.log(`web console end-to-end test passed; screenshots in ${shots}`);
   } finally {
-    await browser.close();
+    await context.close();
     rmSync(profile, { recursive: true, force: true });
   }
 }

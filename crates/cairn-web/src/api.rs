@@ -734,7 +734,7 @@ async fn get_device(
 }
 
 /// Removes a device: its security information (it can no longer connect over DTLS), its
-/// observations and the values the web side kept of it.
+/// registration and observations, and the values the web side kept of it.
 #[utoipa::path(delete, path = "/api/devices/{endpoint}", tag = "devices",
     params(("endpoint" = String, Path)),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
@@ -745,7 +745,8 @@ async fn delete_device(
     Path(endpoint): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let had_security = state.inner.server.remove_security(&endpoint).await?;
-    let was_known = had_security || state.inner.server.registration(&endpoint).is_some();
+    let was_registered = state.inner.server.remove_registration(&endpoint).await?;
+    let was_known = had_security || was_registered;
     state.forget_device(&endpoint);
     let outcome = if was_known { "ok" } else { "not_found" };
     state

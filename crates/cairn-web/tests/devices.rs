@@ -465,6 +465,12 @@ async fn operations_on_a_registered_device() {
     let removed = h.call(Method::DELETE, &base(""), &admin, None).await;
     assert_eq!(removed.status, StatusCode::NO_CONTENT);
     assert!(h.store.get_security_info(ENDPOINT).await.unwrap().is_none());
+    assert!(h.server.registration(ENDPOINT).is_none());
+    let list = h
+        .call(Method::GET, "/api/devices", &viewer, None)
+        .await
+        .json();
+    assert_eq!(list["total"], 0);
     let samples = h
         .call(Method::GET, &base("/samples"), &viewer, None)
         .await

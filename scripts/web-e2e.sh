@@ -12,8 +12,13 @@ die() { printf 'web-e2e: error: %s\n' "$*" >&2; exit 1; }
 [[ -x ${CHROMIUM:-/usr/bin/chromium} ]] || die "chromium is not installed (run scripts/setup.sh)"
 [[ -d web-tests/node_modules/playwright-core ]] || die "run 'npm ci' in web-tests (scripts/setup.sh)"
 
-cargo build -q -p cairn
-cairn="$repo/target/debug/cairn"
+# CAIRN_BIN: a cairn binary already built (the Rust test that runs this script passes its own).
+if [[ -n ${CAIRN_BIN:-} ]]; then
+    cairn="$CAIRN_BIN"
+else
+    cargo build -q -p cairn
+    cairn="$repo/target/debug/cairn"
+fi
 
 free_port() {
     python3 -c 'import socket,sys; s=socket.socket(socket.AF_INET, getattr(socket, sys.argv[1])); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' "$1"

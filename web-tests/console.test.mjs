@@ -135,6 +135,23 @@ async function main() {
     if (!link) throw new Error("no registered device in the fleet table");
     await page.screenshot({ path: join(shots, "02-fleet.png") });
     const endpoint = (await link.textContent()).trim();
+
+    // Search as you type (htmx swaps the table in): only the matching device stays.
+    const rows = page.locator("#fleet tbody tr");
+    const total = await rows.count();
+    await page.getByLabel("Endpoint contains").fill(endpoint);
+    for (let i = 0; i < 40 && (await rows.count()) !== 1; i++) {
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    await check(rows.count().then((n) => n === 1), `the search keeps 1 of ${total} devices`);
+    await page.getByLabel("Endpoint contains").fill("no-such-device");
+    for (let i = 0; i < 40 && (await rows.count()) !== 0; i++) {
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    await check(rows.count().then((n) => n === 0), "the search can match nothing");
+    await page.getByLabel("Endpoint contains").fill("");
+    await page.locator("#fleet a").first().waitFor();
+    link = page.locator("#fleet a", { hasText: endpoint });
     await link.click();
     await page.waitForURL(`${base}/devices/${endpoint}`);
 

@@ -35,6 +35,7 @@ struct Assets;
 pub fn routes() -> Router<WebState> {
     Router::new()
         .route("/", get(fleet_page))
+        .route("/fleet/rows", get(fleet_rows))
         .route("/login", get(login_page).post(login_submit))
         .route("/login/totp", get(totp_page).post(totp_submit))
         .route("/setup", get(setup_page).post(setup_submit))
@@ -546,6 +547,42 @@ async fn fleet_page(
                 ("queue", "Queue mode"),
                 ("offline", "Offline"),
             ],
+            devices: page.items,
+            total: page.total,
+            next: page.next.unwrap_or_default(),
+        }),
+        Err(error) => error.into_response(),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "fleet_rows.html")]
+struct FleetRows {
+    q: String,
+    status: String,
+    devices: Vec<DeviceSummary>,
+    total: usize,
+    next: String,
+}
+
+/// The fleet table alone, for htmx (search as you type, refresh every few seconds). A
+/// request whose session ended gets 401 with `HX-Redirect` to the sign-in page.
+async fn fleet_rows(
+    State(state): State<WebState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    Query(query): Query<DeviceQuery>,
+) -> Response {
+    if session::authenticate(&state, &Method::GET, &headers, peer, None)
+        .await
+        .is_err()
+    {
+        return (StatusCode::UNAUTHORIZED, [("hx-redirect", "/login")]).into_response();
+    }
+    match api::filtered_fleet(&state, &query).await {
+        Ok(page) => render(&FleetRows {
+            q: query.q.clone().unwrap_or_default(),
+            status: query.status.clone().unwrap_or_default(),
             devices: page.items,
             total: page.total,
             next: page.next.unwrap_or_default(),

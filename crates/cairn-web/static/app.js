@@ -37,15 +37,19 @@
     return typeof value === "object" ? JSON.stringify(value) : String(value);
   }
 
-  // Local times for <time data-ms>.
-  for (const el of document.querySelectorAll("time[data-ms]")) {
-    const ms = Number(el.dataset.ms);
-    if (ms > 0) {
-      const date = new Date(ms);
-      el.textContent = date.toLocaleString();
-      el.dateTime = date.toISOString();
+  // Local times for <time data-ms>, also in fragments htmx swaps in.
+  function localTimes() {
+    for (const el of document.querySelectorAll("time[data-ms]")) {
+      const ms = Number(el.dataset.ms);
+      if (ms > 0 && !el.dateTime) {
+        const date = new Date(ms);
+        el.textContent = date.toLocaleString();
+        el.dateTime = date.toISOString();
+      }
     }
   }
+  localTimes();
+  document.body.addEventListener("htmx:afterSwap", localTimes);
 
   // Forms that post JSON to the API (users, tokens, security).
   for (const form of document.querySelectorAll("form[data-api-form]")) {

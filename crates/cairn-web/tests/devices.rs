@@ -444,6 +444,25 @@ async fn operations_on_a_registered_device() {
         );
     }
 
+    // The fleet table fragment htmx refreshes: filtered, and 401 + HX-Redirect once signed out.
+    let request = Request::builder()
+        .uri("/fleet/rows?q=web&status=registered")
+        .header(
+            header::COOKIE,
+            format!("cairn_session={}", admin.session_id()),
+        )
+        .body(Body::empty())
+        .unwrap();
+    let rows = h.send(request, support::PEER).await;
+    assert_eq!(rows.status, StatusCode::OK);
+    assert!(rows.text.contains(&format!("href=\"/devices/{ENDPOINT}\"")));
+    assert!(rows.text.contains("1 devices match"));
+    let rows = h.call(Method::GET, "/fleet/rows?q=zzz", &admin, None).await;
+    assert!(rows.text.contains("0 devices match"));
+    let anonymous = h.call(Method::GET, "/fleet/rows", &Auth::None, None).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(anonymous.headers.get("hx-redirect").unwrap(), "/login");
+
     // The device page renders the model-aware tree.
     let request = Request::builder()
         .uri(format!("/devices/{ENDPOINT}"))

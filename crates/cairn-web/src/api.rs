@@ -509,7 +509,7 @@ pub struct DeviceSummary {
     pub expires_at_ms: Option<u64>,
 }
 
-fn summary_of(registration: &Registration) -> DeviceSummary {
+pub(crate) fn summary_of(registration: &Registration) -> DeviceSummary {
     DeviceSummary {
         endpoint: registration.endpoint.clone(),
         status: if registration.queue_mode {

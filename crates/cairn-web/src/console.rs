@@ -620,19 +620,12 @@ async fn device_page(
             "Back to the fleet",
         );
     };
-    let summary = api::fleet(&state)
-        .await
-        .ok()
-        .and_then(|all| all.into_iter().find(|d| d.endpoint == endpoint));
-    let Some(summary) = summary else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
     render(&DevicePage {
         page: Chrome::of(&principal, &endpoint),
         endpoint: endpoint.clone(),
         can_operate: principal.role >= Role::Operator,
         device: DeviceView {
-            summary,
+            summary: api::summary_of(&registration),
             lifetime_s: registration.lifetime_s,
             objects: api::object_tree(&state, &registration),
         },

@@ -9,7 +9,8 @@ use cairn_store::StoreError;
 use serde::Serialize;
 
 /// An error answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
 pub struct ApiError {
     /// The HTTP status.
     pub status: StatusCode,

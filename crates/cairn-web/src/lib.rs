@@ -39,7 +39,7 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderName, HeaderValue, Request};
 use axum::response::Response;
-use cairn_server::LwM2mServer;
+use cairn_server::{LwM2mServer, ServerEvent};
 use cairn_store::{AccountStore, AuditEntry, LockoutPolicy, Role, User};
 use tokio::sync::oneshot;
 
@@ -208,13 +208,16 @@ impl WebState {
         source: &str,
         outcome: &str,
     ) {
-        tracing::info!(actor, action, target, source, outcome, "audit");
+        // Fields can come from the request (a user name typed at sign-in): bounded.
+        let bounded = |text: &str| text.chars().take(200).collect::<String>();
+        let (actor, target) = (bounded(actor), bounded(target));
+        tracing::info!(%actor, action, %target, source, outcome, "audit");
         let entry = AuditEntry {
             seq: 0,
             at_ms: self.now_ms(),
-            actor: actor.to_owned(),
+            actor,
             action: action.to_owned(),
-            target: target.to_owned(),
+            target,
             source: source.to_owned(),
             outcome: outcome.to_owned(),
         };
@@ -223,7 +226,8 @@ impl WebState {
         }
     }
 
-    /// Keeps a live value for the console's plot, dropping what is older than the retention.
+    /// Keeps a live value for the console's plot, dropping what is older than the retention
+    /// (the background task keeps the values of the paths observed from the web side).
     pub fn record_sample(&self, endpoint: &str, path: String, value: serde_json::Value) {
         let now = self.now_ms();
         let horizon = now.saturating_sub(self.inner.config.telemetry_retention.as_millis() as u64);
@@ -272,12 +276,25 @@ impl WebState {
         if let Ok(mut samples) = self.inner.samples.lock() {
             samples.remove(endpoint);
         }
+        self.forget_observations(endpoint);
+    }
+
+    /// Forgets the observations started from the web side on a device (it left).
+    pub(crate) fn forget_observations(&self, endpoint: &str) {
         if let Ok(mut observations) = self.inner.observations.lock() {
             observations.retain(|(ep, _), _| ep != endpoint);
         }
     }
 
-    /// Starts the background work: recording observed values and sweeping old data.
+    /// Whether the web side observes this path of this device (only those values are kept).
+    pub(crate) fn is_observed(&self, endpoint: &str, path: &str) -> bool {
+        self.inner.observations.lock().is_ok_and(|observations| {
+            observations.contains_key(&(endpoint.to_owned(), path.to_owned()))
+        })
+    }
+
+    /// Starts the background work: recording the values of the paths observed from the web
+    /// side, forgetting observations of devices that left, and sweeping old data.
     pub fn spawn_background(&self) -> tokio::task::JoinHandle<()> {
         let state = self.clone();
         tokio::spawn(async move {
@@ -286,13 +303,14 @@ impl WebState {
             loop {
                 tokio::select! {
                     event = events.recv() => match event {
-                        Ok(cairn_server::ServerEvent::Notification { endpoint, path, node }) => {
-                            state.record_sample(&endpoint, path.to_string(), json::node_to_json(&node));
-                        }
-                        Ok(cairn_server::ServerEvent::Send { endpoint, nodes }) => {
-                            for (path, node) in nodes {
-                                state.record_sample(&endpoint, path.to_string(), json::node_to_json(&node));
+                        Ok(ServerEvent::Notification { endpoint, path, node }) => {
+                            let path = path.to_string();
+                            if state.is_observed(&endpoint, &path) {
+                                state.record_sample(&endpoint, path, json::node_to_json(&node));
                             }
+                        }
+                        Ok(ServerEvent::Deregistered(r) | ServerEvent::Expired(r)) => {
+                            state.forget_observations(&r.endpoint);
                         }
                         Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,

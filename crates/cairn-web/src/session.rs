@@ -366,7 +366,11 @@ pub async fn login_password(
             .await;
         return Err(ApiError::too_many("too_many_attempts", wait));
     }
-    let user = state.inner.accounts.get_user(username).await?;
+    // A name that cannot exist is not looked up (nor written to the audit log at length).
+    let user = match check_username(username) {
+        Ok(()) => state.inner.accounts.get_user(username).await?,
+        Err(_) => None,
+    };
     if let Some(user) = &user
         && user.locked_until_ms > now
     {

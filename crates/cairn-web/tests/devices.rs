@@ -147,6 +147,7 @@ fn base(path: &str) -> String {
 async fn operations_on_a_registered_device() {
     let h = harness_with_device().await;
     let (admin, [viewer, operator, _]) = h.admin_and_tokens().await;
+    let background = h.state.spawn_background();
     let device = start_device(&h).await;
 
     // The fleet: filter by substring and status, paginate.
@@ -496,6 +497,7 @@ async fn operations_on_a_registered_device() {
         .json();
     assert!(samples.as_array().unwrap().is_empty());
     device.stop().await;
+    background.abort();
 }
 
 #[tokio::test]

@@ -1946,3 +1946,23 @@ async fn list_audit(
 ) -> Result<Json<Vec<AuditInfo>>, ApiError> {
     Ok(Json(audit_page(&state, query.before, query.limit).await?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// Hex decoding round-trips and refuses what is not hex, without panicking.
+        #[test]
+        fn hex_round_trips(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let text: String = bytes.iter().map(|b| format!("{b:02X}")).collect();
+            proptest::prop_assert_eq!(decode_hex(&text).map(|k| k.to_vec()), Some(bytes));
+        }
+
+        #[test]
+        fn any_text_decodes_or_not(text in ".{0,80}") {
+            let _ = decode_hex(&text);
+            let _ = parse_path(&text);
+        }
+    }
+}

@@ -410,4 +410,14 @@ mod tests {
         }
         assert!(throttle.admit(ip, 0).is_err());
     }
+
+    proptest::proptest! {
+        /// Any typed code or recovery code is checked without panicking.
+        #[test]
+        fn any_code_is_checked(code in ".{0,40}", now in proptest::num::u64::ANY) {
+            let _ = totp_match(&[1; 20], &code, now);
+            let _ = recovery_digest(&code);
+            let _ = check_password_strength(&code, "user");
+        }
+    }
 }

@@ -263,4 +263,51 @@ mod tests {
             json!({"id": 3, "instances": {}})
         );
     }
+
+    fn arbitrary_json() -> impl proptest::strategy::Strategy<Value = Json> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Json::Null),
+            any::<bool>().prop_map(Json::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<u64>().prop_map(|n| json!(n)),
+            any::<f64>().prop_map(|f| Number::from_f64(f).map_or(Json::Null, Json::Number)),
+            ".{0,12}".prop_map(Json::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Json::Array),
+                prop::collection::btree_map("[0-9]{1,3}|.{0,4}", inner, 0..4)
+                    .prop_map(|m| Json::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever JSON arrives for whatever path, conversion answers (a node or an error)
+        /// and never panics.
+        #[test]
+        fn any_json_at_any_path_converts_or_errs(
+            json in arbitrary_json(),
+            ids in proptest::collection::vec(0u16..20, 0..=4),
+        ) {
+            let models = ModelRegistry::with_core_models();
+            let path = LwM2mPath::from_ids(&ids).unwrap_or(LwM2mPath::Root);
+            let _ = json_to_node(&models, &path, &json);
+        }
+
+        /// An integer written as a number or as text reads back as the same number.
+        #[test]
+        fn integers_round_trip(n in any_i64(), as_text in proptest::bool::ANY) {
+            let models = ModelRegistry::with_core_models();
+            let path = LwM2mPath::Resource(1, 0, 1);
+            let json = if as_text { json!(n.to_string()) } else { json!(n) };
+            let node = json_to_node(&models, &path, &json).unwrap();
+            proptest::prop_assert_eq!(node_to_json(&node), json!(n));
+        }
+    }
+
+    fn any_i64() -> impl proptest::strategy::Strategy<Value = i64> {
+        proptest::num::i64::ANY
+    }
 }

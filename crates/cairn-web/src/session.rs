@@ -695,3 +695,42 @@ pub async fn confirm_enrolment(
         codes,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_by_exact_name() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; cairn_session_x=2; cairn_session=abc"),
+        );
+        headers.append(header::COOKIE, HeaderValue::from_static("other=3"));
+        assert_eq!(cookie(&headers, SESSION_COOKIE), Some("abc"));
+        assert_eq!(cookie(&headers, "other"), Some("3"));
+        assert_eq!(cookie(&headers, "missing"), None);
+    }
+
+    #[test]
+    fn user_names_are_bounded_and_plain() {
+        assert!(check_username("ops.team-1@example").is_ok());
+        for bad in ["", "a b", "x/y", "é", &"a".repeat(65)] {
+            assert!(check_username(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any cookie header (valid header bytes) parses without panicking.
+        #[test]
+        fn any_cookie_header_parses(text in "[ -~]{0,200}", name in "[a-z_]{1,16}") {
+            let mut headers = HeaderMap::new();
+            if let Ok(value) = HeaderValue::from_str(&text) {
+                headers.insert(header::COOKIE, value);
+            }
+            let _ = cookie(&headers, &name);
+            let _ = check_username(&text);
+        }
+    }
+}

@@ -149,7 +149,13 @@ pub async fn start_web(
     let scheme = if tls.is_some() { "https" } else { "http" };
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} for the web console (choose another address with \
+                 --web-listen, or disable it with --no-web)",
+                settings.listen
+            )
+        })?;
     let address = listener.local_addr()?;
     let public_url = settings
         .public_url

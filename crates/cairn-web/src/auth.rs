@@ -261,10 +261,12 @@ impl LoginThrottle {
 
     /// Whether an attempt from `address` may go ahead; `Err` carries the seconds to wait.
     pub fn admit(&self, address: IpAddr, now_ms: u64) -> Result<(), u64> {
-        if let Ok(failures) = self.failures.lock()
-            && let Some(&(_, until)) = failures.get(&address)
-            && until > now_ms
-        {
+        let locked_until = self
+            .failures
+            .lock()
+            .ok()
+            .and_then(|failures| failures.get(&address).map(|&(_, until)| until));
+        if let Some(until) = locked_until.filter(|&until| until > now_ms) {
             return Err((until - now_ms).div_ceil(1000));
         }
         self.rate.check_key(&address).map_err(|_| 60)

@@ -149,8 +149,9 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, Json(body)).into_response();
-        if let Some(seconds) = self.retry_after_s
-            && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
+        if let Some(value) = self
+            .retry_after_s
+            .and_then(|seconds| HeaderValue::from_str(&seconds.to_string()).ok())
         {
             response.headers_mut().insert("retry-after", value);
         }

@@ -371,9 +371,7 @@ pub async fn login_password(
         Ok(()) => state.inner.accounts.get_user(username).await?,
         Err(_) => None,
     };
-    if let Some(user) = &user
-        && user.locked_until_ms > now
-    {
+    if let Some(user) = user.as_ref().filter(|user| user.locked_until_ms > now) {
         state.inner.throttle.failed(ip, now);
         state
             .audit(username, "login", username, &source, "account_locked")

@@ -124,10 +124,10 @@ async fn start_device(h: &Harness) -> Device {
     });
     tokio::time::timeout(Duration::from_secs(15), async {
         loop {
-            if let Ok(ServerEvent::Registered(r)) = events.recv().await
-                && r.endpoint == ENDPOINT
-            {
-                return;
+            if let Ok(ServerEvent::Registered(r)) = events.recv().await {
+                if r.endpoint == ENDPOINT {
+                    return;
+                }
             }
         }
     })

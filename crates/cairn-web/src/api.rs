@@ -150,6 +150,11 @@ pub fn routes() -> Router<WebState> {
         .route("/api/security/{endpoint}", delete(remove_security))
         .route("/api/users", get(list_users).post(create_user))
         .route("/api/users/{username}", delete(delete_user))
+        .route(
+            "/api/users/{username}/role",
+            axum::routing::put(change_role),
+        )
+        .route("/api/me/password", post(change_password))
         .route("/api/tokens", get(list_tokens).post(create_token))
         .route("/api/tokens/{id}", delete(revoke_token))
         .route("/api/audit", get(list_audit))
@@ -170,7 +175,7 @@ pub fn routes() -> Router<WebState> {
         get_device, delete_device, read, discover, samples, write, execute, create,
         delete_instance, write_attributes, read_composite, write_composite, list_observations,
         observe, cancel_observation, events, list_security, add_security, remove_security,
-        list_users, create_user, delete_user, list_tokens, create_token, revoke_token,
+        list_users, create_user, delete_user, change_role, change_password, list_tokens, create_token, revoke_token,
         list_audit
     ),
     components(schemas(ErrorBody, NextStep, session::Enrolment)),
@@ -1747,6 +1752,126 @@ async fn delete_user(
     }
     .await;
     audited(&state, &principal, "user.delete", &username, result).await
+}
+
+/// A new role.
+#[derive(Deserialize, ToSchema)]
+pub struct RoleRequest {
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+}
+
+/// Changes a user's role (effective at their next request; a new admin enrols TOTP at next
+/// sign-in). The last admin cannot be demoted.
+#[utoipa::path(put, path = "/api/users/{username}/role", tag = "users",
+    params(("username" = String, Path)), request_body = RoleRequest,
+    responses((status = 200, body = UserInfo), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn change_role(
+    State(state): State<WebState>,
+    Admin(principal): Admin,
+    Path(username): Path<String>,
+    Body(request): Body<RoleRequest>,
+) -> Result<Json<UserInfo>, ApiError> {
+    let target = format!("{username} -> {}", request.role);
+    let result = async {
+        let role = parse_role(&request.role)?;
+        let users = state.inner.accounts.list_users().await?;
+        let mut user = users
+            .iter()
+            .find(|u| u.username == username)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("no user {username:?}")))?;
+        let admins = users.iter().filter(|u| u.role == Role::Admin).count();
+        if user.role == Role::Admin && role != Role::Admin && admins <= 1 {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "last_admin",
+                "the last administrator cannot be demoted",
+            ));
+        }
+        user.role = role;
+        state.inner.accounts.update_user(user.clone()).await?;
+        Ok(Json(user_info(&user)))
+    }
+    .await;
+    audited(&state, &principal, "user.role", &target, result).await
+}
+
+/// A password change.
+#[derive(Deserialize, ToSchema)]
+pub struct PasswordRequest {
+    pub current_password: String,
+    /// At least 12 characters, not a common password.
+    pub new_password: String,
+}
+
+/// Changes the caller's own password (a session only, not an API token). Every session of the
+/// user ends but this one, which gets a new id.
+#[utoipa::path(post, path = "/api/me/password", tag = "auth", request_body = PasswordRequest,
+    responses((status = 200, body = LoginAnswer), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn change_password(
+    State(state): State<WebState>,
+    Viewer(principal): Viewer,
+    Body(request): Body<PasswordRequest>,
+) -> Result<Response, ApiError> {
+    let session::Credential::Session { digest, .. } = &principal.credential else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "session_required",
+            "change a password from a signed-in session, not with an API token",
+        ));
+    };
+    let username = principal.username.clone();
+    let result = async {
+        let mut user = state
+            .inner
+            .accounts
+            .get_user(&username)
+            .await?
+            .ok_or_else(ApiError::unauthenticated)?;
+        let hashing = state.inner.config.password_hashing.clone();
+        let current = Zeroizing::new(request.current_password.clone());
+        let hash = user.password_hash.clone();
+        let valid = tokio::task::spawn_blocking(move || hashing.verify(&current, &hash))
+            .await
+            .map_err(|_| ApiError::internal("password verification"))?;
+        if !valid {
+            state
+                .inner
+                .throttle
+                .failed(principal.peer.ip(), state.now_ms());
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                "the current password is wrong",
+            ));
+        }
+        auth::check_password_strength(&request.new_password, &username)?;
+        user.password_hash = hash_password(&state, &request.new_password).await?;
+        state.inner.accounts.update_user(user).await?;
+        state.inner.accounts.remove_sessions_of(&username).await?;
+        let (id, session) = session::issue_session(
+            &state,
+            &username,
+            cairn_store::SessionStage::Authenticated,
+            Some(*digest),
+            None,
+        )
+        .await?;
+        Ok(with_session_cookie(
+            &state,
+            &id,
+            Json(LoginAnswer {
+                next: NextStep::Done,
+                csrf_token: session.csrf_token,
+            }),
+        ))
+    }
+    .await;
+    audited(&state, &principal, "user.password", &username, result).await
 }
 
 /// An API token, without its secret.

@@ -44,6 +44,7 @@ pub fn routes() -> Router<WebState> {
         .route("/logout", axum::routing::post(logout_submit))
         .route("/devices/{endpoint}", get(device_page))
         .route("/audit", get(audit_page))
+        .route("/account", get(account_page))
         .route("/users", get(users_page))
         .route("/tokens", get(tokens_page))
         .route("/security", get(security_page))
@@ -756,6 +757,26 @@ async fn security_page(State(state): State<WebState>, PageUser(principal): PageU
                 })
                 .collect(),
         }),
+        Err(error) => ApiError::from(error).into_response(),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "account.html")]
+struct AccountPage {
+    page: Chrome,
+    totp_enrolled: bool,
+    recovery_codes_left: usize,
+}
+
+async fn account_page(State(state): State<WebState>, PageUser(principal): PageUser) -> Response {
+    match state.inner.accounts.get_user(&principal.username).await {
+        Ok(Some(user)) => render(&AccountPage {
+            page: Chrome::of(&principal, "Your account"),
+            totp_enrolled: user.totp_secret.is_some(),
+            recovery_codes_left: user.recovery_codes.len(),
+        }),
+        Ok(None) => Redirect::to("/login").into_response(),
         Err(error) => ApiError::from(error).into_response(),
     }
 }

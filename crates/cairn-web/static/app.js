@@ -61,7 +61,7 @@
         body[key] = input && input.type === "number" ? Number(value) : value;
       }
       try {
-        const data = await api("POST", form.getAttribute("action"), body);
+        const data = await api(form.dataset.method || "POST", form.getAttribute("action"), body);
         if (form.dataset.show && data && data[form.dataset.show]) {
           show("Copy this now, it is not shown again: " + data[form.dataset.show], false);
         } else {

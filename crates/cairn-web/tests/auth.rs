@@ -738,6 +738,9 @@ async fn pages_have_no_inline_script_or_style() {
         "/users",
         "/tokens",
         "/security",
+        "/account",
+        "/enrol",
+        "/fleet/rows",
         "/bootstrap",
         "/firmware",
     ] {
@@ -988,6 +991,12 @@ fn endpoints() -> Vec<(
             Some(json!({"username": "matrix", "password": PASSWORD, "role": "viewer"})),
             Some(Role::Admin),
         ),
+        (
+            Method::PUT,
+            "/api/users/matrix/role",
+            Some(json!({"role": "operator"})),
+            Some(Role::Admin),
+        ),
         (Method::DELETE, "/api/users/matrix", None, Some(Role::Admin)),
         (Method::GET, "/api/tokens", None, Some(Role::Admin)),
         (
@@ -1091,6 +1100,7 @@ async fn the_openapi_document_lists_every_endpoint() {
             .replace("/dev/", "/{endpoint}/")
             .replace("/api/devices/dev", "/api/devices/{endpoint}")
             .replace("/api/security/m", "/api/security/{endpoint}")
+            .replace("/api/users/matrix/role", "/api/users/{username}/role")
             .replace("/api/users/matrix", "/api/users/{username}")
             .replace("/api/tokens/none", "/api/tokens/{id}");
         let entry = paths
@@ -1196,4 +1206,135 @@ async fn errors_are_json_with_stable_codes() {
         .await;
     assert_eq!(role.error_code(), "invalid_role");
     assert!(role.json()["error"]["message"].as_str().unwrap().len() > 5);
+}
+
+#[tokio::test]
+async fn users_change_their_password_from_a_session_only() {
+    let h = harness().await;
+    let (_, [viewer_token, _, _]) = h.admin_and_tokens().await;
+    h.add_user("mia", Role::Viewer, None).await;
+    let other = h.sign_in("mia", None).await;
+    let session = h.sign_in("mia", None).await;
+    let change =
+        |current: &str, new: &str| json!({"current_password": current, "new_password": new});
+    let wrong = h
+        .call(
+            Method::POST,
+            "/api/me/password",
+            &session,
+            Some(change("nope nope nope", "a brand new passphrase")),
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    let weak = h
+        .call(
+            Method::POST,
+            "/api/me/password",
+            &session,
+            Some(change(PASSWORD, "password1234")),
+        )
+        .await;
+    assert_eq!(weak.error_code(), "weak_password");
+    let by_token = h
+        .call(
+            Method::POST,
+            "/api/me/password",
+            &viewer_token,
+            Some(change(PASSWORD, "a brand new passphrase")),
+        )
+        .await;
+    assert_eq!(by_token.status, StatusCode::FORBIDDEN);
+    assert_eq!(by_token.error_code(), "session_required");
+    let changed = h
+        .call(
+            Method::POST,
+            "/api/me/password",
+            &session,
+            Some(change(PASSWORD, "a brand new passphrase")),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.text);
+    let renewed = Auth::Session {
+        id: changed.session_cookie().unwrap(),
+        csrf: None,
+    };
+    assert_ne!(renewed.session_id(), session.session_id());
+    assert_eq!(
+        h.call(Method::GET, "/api/me", &renewed, None).await.status,
+        StatusCode::OK
+    );
+    for ended in [&session, &other] {
+        assert_eq!(
+            h.call(Method::GET, "/api/me", ended, None).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        try_login(&h, "mia", PASSWORD, support::PEER).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        try_login(&h, "mia", "a brand new passphrase", support::PEER)
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn roles_change_but_the_last_admin_stays() {
+    let h = harness().await;
+    let (admin, _) = h.admin_and_tokens().await;
+    h.add_user("noah", Role::Viewer, None).await;
+    let noah = h.sign_in("noah", None).await;
+    assert_eq!(
+        h.call(Method::GET, "/api/users", &noah, None).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let promoted = h
+        .call(
+            Method::PUT,
+            "/api/users/noah/role",
+            &admin,
+            Some(json!({"role": "admin"})),
+        )
+        .await;
+    assert_eq!(promoted.status, StatusCode::OK, "{}", promoted.text);
+    assert_eq!(promoted.json()["role"], "admin");
+    // The role applies at once; a new admin without TOTP must enrol at the next sign-in.
+    assert_eq!(
+        h.call(Method::GET, "/api/users", &noah, None).await.status,
+        StatusCode::OK
+    );
+    let login = try_login(&h, "noah", PASSWORD, support::PEER).await;
+    assert_eq!(login.json()["next"], "enrol_totp");
+    // Two admins: one can be demoted, not both.
+    let demoted = h
+        .call(
+            Method::PUT,
+            "/api/users/noah/role",
+            &admin,
+            Some(json!({"role": "viewer"})),
+        )
+        .await;
+    assert_eq!(demoted.status, StatusCode::OK);
+    let last = h
+        .call(
+            Method::PUT,
+            "/api/users/root/role",
+            &admin,
+            Some(json!({"role": "operator"})),
+        )
+        .await;
+    assert_eq!(last.status, StatusCode::CONFLICT);
+    assert_eq!(last.error_code(), "last_admin");
+    let unknown = h
+        .call(
+            Method::PUT,
+            "/api/users/nobody/role",
+            &admin,
+            Some(json!({"role": "viewer"})),
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
 }

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what Cairn's run and test scripts need on a Debian machine with Rust:
-# system packages (libcoap's tools, OpenSSL, the autotools that build tinydtls) and a
-# Python venv at .venv with aiocoap and DTLSSocket (tinydtls), the interop peers.
+# system packages (libcoap's tools, OpenSSL, the autotools that build tinydtls, Chromium for
+# the web console's browser tests) and a Python venv at .venv with aiocoap and DTLSSocket
+# (tinydtls), the interop peers; and web-tests/node_modules (playwright-core, from its lock).
 # Idempotent: a second run installs nothing and prints nothing but its last line.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$repo/.venv"
-apt_packages=(libcoap3-bin openssl autoconf automake libtool pkg-config python3-venv)
+apt_packages=(libcoap3-bin openssl autoconf automake libtool pkg-config python3-venv chromium)
 python_packages=(aiocoap DTLSSocket)
 
 say() { printf 'setup: %s\n' "$*" >&2; }
@@ -101,6 +102,16 @@ create_venv() {
     venv_is_ready || die "the venv at $venv was built but cannot import ${python_packages[*]}"
 }
 
+# The browser tests' driver, exactly as locked in web-tests/package-lock.json.
+install_web_tests() {
+    command -v npm >/dev/null 2>&1 || install_apt_packages nodejs npm
+    [[ -d $repo/web-tests/node_modules/playwright-core ]] && return 0
+    say "installing web-tests/node_modules (npm ci)"
+    (cd "$repo/web-tests" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) ||
+        die "npm ci failed in web-tests"
+}
+
 install_apt_packages "${apt_packages[@]}"
 venv_is_ready || create_venv
-say "ready (system packages and $venv)"
+install_web_tests
+say "ready (system packages, $venv and web-tests/node_modules)"

@@ -299,6 +299,31 @@ impl LwM2mServer {
             .is_some())
     }
 
+    /// Removes an endpoint's registration and its stored observations, as a de-registration
+    /// would (a `Deregistered` event is published); `false` if it was not registered. The
+    /// device may register again if its credentials still allow it.
+    pub async fn remove_registration(&self, endpoint: &str) -> Result<bool, ServerError> {
+        let Some(registration) = self.registration(endpoint) else {
+            return Ok(false);
+        };
+        self.inner
+            .stores
+            .registrations
+            .remove_registration(&registration.id)
+            .await?;
+        let removed = self
+            .inner
+            .registry
+            .write()
+            .ok()
+            .and_then(|mut registry| registry.remove(&registration.id));
+        if let Some(removed) = removed {
+            tracing::info!(endpoint = %removed.endpoint, "registration removed by the operator");
+            self.inner.publish(ServerEvent::Deregistered(removed));
+        }
+        Ok(true)
+    }
+
     /// Every endpoint's security information, without secrets.
     pub async fn security_summaries(&self) -> Result<Vec<SecurityInfoSummary>, ServerError> {
         let mut all = Vec::new();

@@ -1060,6 +1060,19 @@ where
     })
 }
 
+/// Access for the other modules of this crate that keep their own tables in the same file.
+impl EmbeddedStore {
+    /// The database.
+    pub(crate) fn database(&self) -> &Database {
+        &self.inner.db
+    }
+
+    /// The master key that seals secrets at rest.
+    pub(crate) fn master_key(&self) -> &MasterKey {
+        &self.inner.master_key
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

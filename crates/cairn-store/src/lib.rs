@@ -21,12 +21,17 @@
 //! # }
 //! ```
 
+pub mod accounts;
 pub mod embedded;
 pub mod error;
 pub mod record;
 pub mod secret;
 pub mod store;
 
+pub use accounts::{
+    AccountStore, ApiToken, AuditEntry, LockoutPolicy, Role, Session, SessionStage, SetupOutcome,
+    TokenDigest, User,
+};
 pub use embedded::EmbeddedStore;
 pub use error::{DecodeError, MasterKeyError, StoreError};
 pub use record::{

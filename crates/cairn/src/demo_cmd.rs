@@ -29,6 +29,12 @@ pub struct DemoArgs {
     /// UDP address the server listens on for DTLS.
     #[arg(long, default_value = "127.0.0.1:5684")]
     dtls_listen: std::net::SocketAddr,
+    /// TCP address of the web console and REST API.
+    #[arg(long, default_value = cairn_web::DEFAULT_LISTEN)]
+    web_listen: std::net::SocketAddr,
+    /// Do not start the web console.
+    #[arg(long)]
+    no_web: bool,
 }
 
 struct Fleet(Child);
@@ -91,8 +97,17 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             dtls_listen: Some(args.dtls_listen),
             ..ServerConfig::default()
         };
-        let server = LwM2mServer::start(config, Stores::embedded(store)).await?;
+        let server = LwM2mServer::start(config, Stores::embedded(store.clone())).await?;
         let mut events = server.events();
+        if !args.no_web {
+            let web = crate::server_cmd::WebSettings {
+                listen: args.web_listen,
+                tls: None,
+                public_url: None,
+                retention: std::time::Duration::from_secs(7 * 24 * 3600),
+            };
+            crate::server_cmd::start_web(web, &server, &store).await?;
+        }
         println!("server: LwM2M over DTLS on coaps://{}", args.dtls_listen);
         println!(
             "server: {} devices provisioned with random pre-shared keys",

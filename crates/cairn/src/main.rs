@@ -1,5 +1,6 @@
 //! `cairn`: the command-line entry point.
 
+mod admin_cmd;
 mod bench;
 mod client_cmd;
 mod coap_cmd;
@@ -43,6 +44,8 @@ enum Command {
     Server(server_cmd::ServerArgs),
     /// Manage devices' security information in the server's store.
     Device(server_cmd::DeviceArgs),
+    /// Manage the web console's users offline (create an admin, print a setup link).
+    Admin(admin_cmd::AdminArgs),
     /// Benchmarks against real peers.
     Bench(bench::BenchArgs),
     /// An LwM2M device that registers with a server until Ctrl-C.
@@ -80,6 +83,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => demo_cmd::run(args),
         Command::Server(args) => server_cmd::run_server(args),
         Command::Device(args) => server_cmd::run_device(args),
+        Command::Admin(args) => admin_cmd::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Client(args) => client_cmd::run(args),
         Command::Fleet(args) => fleet_cmd::run(args),

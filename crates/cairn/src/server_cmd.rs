@@ -26,7 +26,9 @@ const DEFAULT_DATA_DIR: &str = "./cairn-data";
 #[derive(Debug, Args)]
 pub struct ServerArgs {
     /// TOML file with any of the settings below (`data_dir`, `coap_listen`, `dtls_listen`,
-    /// `request_timeout_s`, `queue_timeout_s`, `models_dir`, `cert`, `key`, `ca`, `crl`).
+    /// `request_timeout_s`, `queue_timeout_s`, `models_dir`, `cert`, `key`, `ca`, `crl`,
+    /// `web_listen`, `no_web`, `web_tls_cert`, `web_tls_key`, `web_public_url`,
+    /// `telemetry_retention_days`).
     #[arg(long, env = "CAIRN_CONFIG")]
     config: Option<PathBuf>,
     /// Where the embedded store lives (default ./cairn-data).
@@ -64,6 +66,8 @@ pub struct ServerArgs {
     /// Certificate revocation lists (PEM) of the device CAs; repeat for several.
     #[arg(long, requires = "ca")]
     crl: Vec<PathBuf>,
+    #[command(flatten)]
+    web: WebArgs,
 }
 
 /// The certificate mode of the DTLS listener from `--cert`, `--key`, `--ca` and `--crl`,
@@ -117,6 +121,30 @@ fn device_certificates(
     }))
 }
 
+/// The web console and REST API listener.
+#[derive(Debug, Args, Default)]
+pub struct WebArgs {
+    /// TCP address of the web console and REST API (default 127.0.0.1:8080).
+    #[arg(long, env = "CAIRN_WEB_LISTEN")]
+    web_listen: Option<SocketAddr>,
+    /// Do not start the web console and REST API.
+    #[arg(long, env = "CAIRN_NO_WEB")]
+    no_web: bool,
+    /// PEM certificate chain: serve the console over HTTPS (with --web-tls-key).
+    #[arg(long, env = "CAIRN_WEB_TLS_CERT", requires = "web_tls_key")]
+    web_tls_cert: Option<PathBuf>,
+    /// PEM private key of --web-tls-cert.
+    #[arg(long, env = "CAIRN_WEB_TLS_KEY", requires = "web_tls_cert")]
+    web_tls_key: Option<PathBuf>,
+    /// The console's URL as users reach it (for the printed links), when it is behind a
+    /// proxy or a name.
+    #[arg(long, env = "CAIRN_WEB_PUBLIC_URL")]
+    web_public_url: Option<String>,
+    /// Days the web side keeps observed values for its plots (default 7).
+    #[arg(long, env = "CAIRN_TELEMETRY_RETENTION_DAYS")]
+    telemetry_retention_days: Option<u64>,
+}
+
 /// The `--config` file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -132,6 +160,105 @@ struct FileConfig {
     key: Option<PathBuf>,
     ca: Option<PathBuf>,
     crl: Option<Vec<PathBuf>>,
+    web_listen: Option<SocketAddr>,
+    no_web: Option<bool>,
+    web_tls_cert: Option<PathBuf>,
+    web_tls_key: Option<PathBuf>,
+    web_public_url: Option<String>,
+    telemetry_retention_days: Option<u64>,
+}
+
+/// The web listener's settings, resolved from flags, environment and the config file.
+pub struct WebSettings {
+    pub listen: SocketAddr,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub public_url: Option<String>,
+    pub retention: Duration,
+}
+
+impl WebSettings {
+    /// `None` when the web side is disabled.
+    fn resolve(args: WebArgs, file: &FileConfig) -> anyhow::Result<Option<WebSettings>> {
+        if args.no_web || file.no_web.unwrap_or(false) {
+            return Ok(None);
+        }
+        let listen = match args.web_listen.or(file.web_listen) {
+            Some(listen) => listen,
+            None => cairn_web::DEFAULT_LISTEN.parse()?,
+        };
+        let tls = match (
+            args.web_tls_cert.or(file.web_tls_cert.clone()),
+            args.web_tls_key.or(file.web_tls_key.clone()),
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => bail!("give both web_tls_cert and web_tls_key, or neither"),
+        };
+        let days = args
+            .telemetry_retention_days
+            .or(file.telemetry_retention_days)
+            .unwrap_or(7);
+        Ok(Some(WebSettings {
+            listen,
+            tls,
+            public_url: args.web_public_url.or(file.web_public_url.clone()),
+            retention: Duration::from_secs(days.saturating_mul(24 * 3600)),
+        }))
+    }
+}
+
+/// Starts the web console and REST API for `server`; prints its URL, and the one-time setup
+/// link when there is no user yet.
+pub async fn start_web(
+    settings: WebSettings,
+    server: &LwM2mServer,
+    store: &EmbeddedStore,
+) -> anyhow::Result<()> {
+    let tls = match &settings.tls {
+        Some((cert, key)) => Some(cairn_web::tls::server_config(cert, key)?),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} for the web console (choose another address with \
+                 --web-listen, or disable it with --no-web)",
+                settings.listen
+            )
+        })?;
+    let address = listener.local_addr()?;
+    let public_url = settings
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("{scheme}://{address}"));
+    let config = cairn_web::WebConfig {
+        public_url,
+        https: tls.is_some(),
+        telemetry_retention: settings.retention,
+        ..cairn_web::WebConfig::default()
+    };
+    let state =
+        cairn_web::WebState::new(server.clone(), std::sync::Arc::new(store.clone()), config);
+    let setup_link = state
+        .issue_setup_link_if_no_users()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot issue the setup link: {}", e.message))?;
+    state.spawn_background();
+    tokio::spawn(async move {
+        if let Err(error) = cairn_web::serve(listener, state, tls).await {
+            tracing::error!(%error, "the web listener stopped");
+        }
+    });
+    eprintln!("cairn server: web console on {scheme}://{address}");
+    if let Some(link) = setup_link {
+        // Printed, never logged: it is a one-time credential.
+        eprintln!(
+            "cairn server: no user yet; create the first administrator within 1 hour at\n  {link}"
+        );
+    }
+    Ok(())
 }
 
 fn read_config(path: Option<&Path>) -> anyhow::Result<FileConfig> {
@@ -146,6 +273,7 @@ fn read_config(path: Option<&Path>) -> anyhow::Result<FileConfig> {
 pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let file = read_config(args.config.as_deref())?;
     let certificates = device_certificates(&args, &file)?;
+    let web = WebSettings::resolve(args.web, &file)?;
     let data_dir = args
         .data_dir
         .or(file.data_dir)
@@ -183,7 +311,10 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let server = LwM2mServer::start(config, Stores::embedded(store)).await?;
+        let server = LwM2mServer::start(config, Stores::embedded(store.clone())).await?;
+        if let Some(web) = web {
+            start_web(web, &server, &store).await?;
+        }
         let (coap, dtls) = server.local_addrs();
         eprintln!("cairn server: data in {}", data_dir.display());
         if let Some(address) = coap {
@@ -231,7 +362,7 @@ fn log_event(event: &ServerEvent) {
     }
 }
 
-fn open_store(data_dir: &Path) -> anyhow::Result<EmbeddedStore> {
+pub(crate) fn open_store(data_dir: &Path) -> anyhow::Result<EmbeddedStore> {
     EmbeddedStore::open(data_dir).with_context(|| {
         format!(
             "cannot open the store in {} (is a cairn server already running on it?)",

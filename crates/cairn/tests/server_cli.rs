@@ -38,6 +38,8 @@ fn start_server(
             &format!("127.0.0.1:{coap}"),
             "--dtls-listen",
             &format!("127.0.0.1:{dtls}"),
+            "--web-listen",
+            "127.0.0.1:0",
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -1,0 +1,198 @@
+//! `cairn server` with its web listener, and `cairn admin`, as an operator runs them: the first
+//! start prints a one-time setup link that works once over HTTP; with an administrator created
+//! offline no link is printed; `--no-web` starts no listener.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use support::*;
+
+/// Starts `cairn server` (devices over DTLS on a free port, web on a free port) and returns it
+/// with its stderr lines.
+fn start_server(data_dir: &std::path::Path, extra: &[&str]) -> (Peer, mpsc::Receiver<String>) {
+    let mut child = cairn()
+        .args(["--log", "info", "server", "--no-coap", "--data-dir"])
+        .arg(data_dir)
+        .args(["--dtls-listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start cairn server");
+    let stderr = child.stderr.take().unwrap();
+    let (lines, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (
+        Peer {
+            child,
+            name: "cairn server".into(),
+        },
+        receiver,
+    )
+}
+
+/// Lines until one contains `until`.
+fn lines_until(lines: &mpsc::Receiver<String>, until: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(30)) {
+        let done = line.contains(until);
+        seen.push(line);
+        if done {
+            return seen;
+        }
+    }
+    panic!("no line with {until:?}; saw:\n{}", seen.join("\n"));
+}
+
+/// One HTTP/1.1 request; the status code, headers and body.
+fn http(address: SocketAddr, request: &str) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_owned(), body.to_owned())
+}
+
+fn get(address: SocketAddr, path: &str) -> (u16, String, String) {
+    http(
+        address,
+        &format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+fn web_address(lines: &[String]) -> SocketAddr {
+    let line = lines
+        .iter()
+        .find(|l| l.contains("web console on http://"))
+        .unwrap();
+    line.rsplit("http://")
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_first_start_prints_a_setup_link_that_works_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, lines) = start_server(dir.path(), &["--web-listen", "127.0.0.1:0"]);
+    let seen = lines_until(&lines, "/setup?token=");
+    let address = web_address(&seen);
+    let link = seen.last().unwrap().trim();
+    let path = link.split_once(&address.to_string()).unwrap().1.to_owned();
+    let token = path.split("token=").nth(1).unwrap().to_owned();
+
+    let (status, head, body) = get(address, "/login");
+    assert_eq!(status, 200);
+    assert!(
+        head.to_lowercase()
+            .contains("content-security-policy: default-src 'self'")
+    );
+    assert!(body.contains("Sign in"));
+    assert_eq!(get(address, &path).0, 200);
+
+    let body = format!(
+        r#"{{"token":"{token}","username":"root","password":"correct horse battery staple"}}"#
+    );
+    let request = |body: &str| {
+        format!(
+            "POST /api/setup HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let (status, head, answer) = http(address, &request(&body));
+    assert_eq!(status, 200, "{answer}");
+    assert!(head.contains("cairn_session="));
+    assert!(answer.contains("enrol_totp"));
+    let (status, _, answer) = http(address, &request(&body.replace("root", "root2")));
+    assert_eq!(status, 401);
+    assert!(answer.contains("invalid_setup_token"));
+    // The API answers without a session: 401 in JSON.
+    let (status, _, answer) = get(address, "/api/devices");
+    assert_eq!(status, 401);
+    assert!(answer.contains("\"code\":\"unauthenticated\""));
+}
+
+#[test]
+fn an_admin_created_offline_means_no_setup_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let weak = run_with_timeout(
+        cairn()
+            .args(["admin", "create", "--username", "ops", "--data-dir"])
+            .arg(dir.path())
+            .env("CAIRN_ADMIN_PASSWORD", "password1234"),
+        Duration::from_secs(60),
+    );
+    assert!(!weak.status.success());
+    assert!(String::from_utf8_lossy(&weak.stderr).contains("common"));
+    let created = run_with_timeout(
+        cairn()
+            .args(["admin", "create", "--username", "ops", "--data-dir"])
+            .arg(dir.path())
+            .env("CAIRN_ADMIN_PASSWORD", "correct horse battery staple"),
+        Duration::from_secs(60),
+    );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let (mut server, lines) = start_server(dir.path(), &["--web-listen", "127.0.0.1:0"]);
+    let seen = lines_until(&lines, "registrations restored");
+    assert!(seen.iter().any(|l| l.contains("web console on")));
+    assert!(!seen.iter().any(|l| l.contains("setup?token")), "{seen:?}");
+    let address = web_address(&seen);
+    let login = r#"{"username":"ops","password":"correct horse battery staple"}"#;
+    let (status, _, answer) = http(
+        address,
+        &format!(
+            "POST /api/auth/login HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{login}",
+            login.len()
+        ),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer.contains("enrol_totp"),
+        "an admin must enrol TOTP: {answer}"
+    );
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+
+    // Offline, a new setup link can still be printed.
+    let link = run_with_timeout(
+        cairn()
+            .args(["admin", "setup-link", "--data-dir"])
+            .arg(dir.path()),
+        Duration::from_secs(60),
+    );
+    assert!(link.status.success());
+    assert!(String::from_utf8_lossy(&link.stdout).contains("/setup?token=setup_"));
+}
+
+#[test]
+fn no_web_starts_no_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, lines) = start_server(dir.path(), &["--no-web"]);
+    let seen = lines_until(&lines, "registrations restored");
+    assert!(!seen.iter().any(|l| l.contains("web console")), "{seen:?}");
+}

@@ -21,12 +21,18 @@
 //! # }
 //! ```
 
+pub mod bootstrap;
 pub mod embedded;
 pub mod error;
 pub mod record;
 pub mod secret;
 pub mod store;
 
+pub use bootstrap::{
+    AclConfig, BootstrapSettings, BootstrapStatus, BootstrapStore, BootstrapTemplate,
+    CredentialKind, DeviceBootstrapConfig, DeviceCredentials, DmCredential, DmCredentialSource,
+    DmServerConfig, PskCredential, WeakKey,
+};
 pub use embedded::EmbeddedStore;
 pub use error::{DecodeError, MasterKeyError, StoreError};
 pub use record::{

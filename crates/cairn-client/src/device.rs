@@ -22,6 +22,7 @@ use crate::bootstrap::BootstrapSession;
 use crate::core::{ClientCore, Event};
 use crate::credentials::{CredentialError, CredentialVault, DeviceState, load_state, store_state};
 use crate::driver::{Client, ServerConnection};
+use crate::object::ClientAction;
 use crate::objects::{
     Connectivity, DeviceInfo, DeviceObject, SecurityMode, SecurityObject, ServerInstance,
     standard_tree, system_time,
@@ -136,6 +137,8 @@ enum Bootstrapped {
 enum Registered {
     Shutdown,
     Refused(String),
+    /// A server executed the Bootstrap-Request Trigger.
+    BootstrapTriggered,
 }
 
 /// The UDP address of a `coap://` or `coaps://` URI.
@@ -204,6 +207,7 @@ pub async fn run_device(
                     on_event(&DeviceEvent::RegistrationFailed { reason });
                     must_bootstrap = true;
                 }
+                Registered::BootstrapTriggered => must_bootstrap = true,
             }
             continue;
         }
@@ -504,8 +508,14 @@ async fn register(
     };
     let mut last_failure = String::from("registration failed");
     let mut stop = shutdown.clone();
+    let trigger = Arc::new(tokio::sync::Notify::new());
+    let triggered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let woken = trigger.clone();
     let stopping = async move {
-        let _ = stop.wait_for(|stop| *stop).await;
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => {}
+            () = woken.notified() => {}
+        }
     };
     let result = client
         .run(stopping, |event| {
@@ -528,11 +538,18 @@ async fn register(
                     _ => {}
                 }
             }
+            if let Event::Action(ClientAction::BootstrapRequest { .. }) = event {
+                triggered.store(true, std::sync::atomic::Ordering::SeqCst);
+                trigger.notify_one();
+            }
             on_event(&DeviceEvent::Client(event.clone()));
         })
         .await;
     if *shutdown.borrow() {
         return Registered::Shutdown;
+    }
+    if triggered.load(std::sync::atomic::Ordering::SeqCst) {
+        return Registered::BootstrapTriggered;
     }
     match result {
         Ok(()) => Registered::Refused(last_failure),

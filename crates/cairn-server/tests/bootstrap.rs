@@ -630,3 +630,96 @@ async fn configurations_with_keys_derived_from_identifiers_are_refused() {
     servers.bootstrap.shutdown().await;
     servers.dm.shutdown().await;
 }
+
+fn dm_identity(vault_dir: &std::path::Path) -> Vec<u8> {
+    load_state(&FileVault::open(vault_dir).unwrap(), &*models())
+        .unwrap()
+        .unwrap()
+        .dm_accounts()[0]
+        .account
+        .identity
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_gives_fresh_credentials_and_keeps_the_old_ones_until_the_device_proves_the_new() {
+    use cairn_dtls::PskResolver;
+    let servers = start().await;
+    let resolver =
+        cairn_server::bootstrap::security::TransitionalPskResolver(servers.store.clone());
+    let vault_dir = tempfile::tempdir().unwrap();
+    provision(&servers, "dev-rotate", vault_dir.path()).await;
+    let mut device = spawn_device(vault_dir.path(), None);
+    wait_device(&mut device, |e| matches!(e, DeviceEvent::Registered { .. })).await;
+    let first = dm_identity(vault_dir.path());
+    stop(device).await;
+
+    // The device comes back and registers with its credential; the rotation's bootstrap is cut
+    // in the middle of the writes.
+    let mut device = spawn_device(vault_dir.path(), Some(PowerCut::AtBootstrapRequest(5)));
+    wait_device(&mut device, |e| matches!(e, DeviceEvent::Registered { .. })).await;
+    let report = servers
+        .bootstrap
+        .rotate(
+            &servers.dm,
+            &["dev-rotate".to_owned()],
+            Duration::from_secs(3),
+        )
+        .await;
+    assert_eq!(report.pending, vec!["dev-rotate"]);
+    assert!(report.rotated.is_empty() && report.failed.is_empty());
+    let exit = tokio::time::timeout(Duration::from_secs(30), device.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit, DeviceExit::PowerCut);
+    assert_eq!(
+        dm_identity(vault_dir.path()),
+        first,
+        "the vault kept the old credential"
+    );
+    let stored = servers
+        .store
+        .get_device_credentials("dev-rotate")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(stored.dm.as_ref().unwrap().current.identity, first);
+    assert!(
+        resolver.key(&first).is_some(),
+        "the old credential is still accepted"
+    );
+
+    // Power returns: the device registers with its old credential, which still works.
+    let mut device = spawn_device(vault_dir.path(), None);
+    wait_device(&mut device, |e| matches!(e, DeviceEvent::Registered { .. })).await;
+    assert_eq!(
+        servers.dm.registration("dev-rotate").unwrap().identity,
+        PeerIdentity::Psk(first.clone())
+    );
+    // A second rotation completes: fresh credentials, the old one refused.
+    let report = servers
+        .bootstrap
+        .rotate(
+            &servers.dm,
+            &["dev-rotate".to_owned(), "dev-unknown".to_owned()],
+            Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(report.rotated, vec!["dev-rotate"]);
+    assert_eq!(report.failed.len(), 1);
+    let second = dm_identity(vault_dir.path());
+    assert_ne!(second, first);
+    assert_eq!(
+        servers.dm.registration("dev-rotate").unwrap().identity,
+        PeerIdentity::Psk(second.clone())
+    );
+    assert!(
+        resolver.key(&first).is_none(),
+        "the old credential is refused"
+    );
+    assert!(resolver.key(&second).is_some());
+    stop(device).await;
+    servers.bootstrap.shutdown().await;
+    servers.dm.shutdown().await;
+}

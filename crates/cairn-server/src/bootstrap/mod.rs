@@ -91,6 +91,18 @@ pub enum BootstrapEvent {
     Refused { endpoint: String, reason: String },
 }
 
+/// What a rotation did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RotationReport {
+    /// Devices registered again with fresh credentials; their previous ones are refused.
+    pub rotated: Vec<String>,
+    /// Devices marked for rotation that did not complete it in time (not registered, or
+    /// still bootstrapping).
+    pub pending: Vec<String>,
+    /// Devices that could not be asked, and why.
+    pub failed: Vec<(String, String)>,
+}
+
 /// Where the Bootstrap-Server keeps its data.
 #[derive(Clone)]
 pub struct BootstrapStores {
@@ -279,6 +291,65 @@ impl BootstrapServer {
             .put_device_credentials(device)
             .await?;
         Ok(true)
+    }
+
+    /// Rotates the credentials of registered devices: marks each for rotation, executes the
+    /// Bootstrap-Request Trigger (/1/x/9) through the DM server, and waits up to `wait` for each
+    /// device to register with fresh credentials (its previous ones are refused from then on).
+    pub async fn rotate(
+        &self,
+        server: &LwM2mServer,
+        endpoints: &[String],
+        wait: Duration,
+    ) -> RotationReport {
+        let mut events = self.events();
+        let mut report = RotationReport::default();
+        let mut waiting = std::collections::BTreeSet::new();
+        for endpoint in endpoints {
+            match self.request_rotation(endpoint).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    report
+                        .failed
+                        .push((endpoint.clone(), "no bootstrap credentials".into()));
+                    continue;
+                }
+                Err(error) => {
+                    report.failed.push((endpoint.clone(), error.to_string()));
+                    continue;
+                }
+            }
+            let Some(registration) = server.registration(endpoint) else {
+                report.pending.push(endpoint.clone());
+                continue;
+            };
+            let instance = registration
+                .object_paths
+                .iter()
+                .find_map(|p| p.strip_prefix("/1/").and_then(|i| i.parse::<u16>().ok()))
+                .unwrap_or(0);
+            let trigger = cairn_lwm2m::LwM2mPath::Resource(1, instance, 9);
+            match server.execute(endpoint, trigger, Vec::new()).await {
+                Ok(()) => {
+                    waiting.insert(endpoint.clone());
+                }
+                Err(error) => report.failed.push((endpoint.clone(), error.to_string())),
+            }
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        while !waiting.is_empty() {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Ok(BootstrapEvent::CredentialsProven { endpoint })) => {
+                    if waiting.remove(&endpoint) {
+                        report.rotated.push(endpoint);
+                    }
+                }
+                Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => break,
+            }
+        }
+        report.pending.extend(waiting);
+        report
     }
 
     /// Stops the sockets and the running sequences.

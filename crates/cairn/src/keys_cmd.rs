@@ -33,6 +33,9 @@ enum KeysCommand {
     GenEc(GenEcArgs),
     /// The certificate authority.
     Ca(CaArgs),
+    /// Factory bootstrap credentials for N devices: one file per device, and a manifest
+    /// sealed to the Bootstrap-Server's key.
+    Factory(crate::factory_cmd::FactoryArgs),
 }
 
 #[derive(Debug, Args)]
@@ -134,6 +137,7 @@ pub fn run(args: KeysArgs) -> anyhow::Result<()> {
             CaCommand::Issue(args) => ca_issue(&args).map(|_| ()),
             CaCommand::Revoke(args) => ca_revoke(&args),
         },
+        KeysCommand::Factory(args) => crate::factory_cmd::run(args),
     }
 }
 

@@ -1,9 +1,12 @@
 //! `cairn`: the command-line entry point.
 
 mod bench;
+mod bootstrap_cmd;
 mod client_cmd;
 mod coap_cmd;
 mod demo_cmd;
+mod factory_cmd;
+mod fleet_bootstrap;
 mod fleet_cmd;
 mod hex;
 mod keys_cmd;
@@ -44,6 +47,8 @@ enum Command {
     Fleet(fleet_cmd::FleetArgs),
     /// ECDSA P-256 keys and a certificate authority for the certificate modes.
     Keys(keys_cmd::KeysArgs),
+    /// The LwM2M Bootstrap-Server alone, and its configurations and factory credentials.
+    Bootstrap(bootstrap_cmd::BootstrapArgs),
 }
 
 fn init_logging(filter: Option<&str>, json: bool) {
@@ -75,5 +80,6 @@ fn main() -> anyhow::Result<()> {
         Command::Client(args) => client_cmd::run(args),
         Command::Fleet(args) => fleet_cmd::run(args),
         Command::Keys(args) => keys_cmd::run(args),
+        Command::Bootstrap(args) => bootstrap_cmd::run(args),
     }
 }

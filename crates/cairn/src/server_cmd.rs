@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use cairn_server::{
     EmbeddedStore, LwM2mServer, SecurityInfo, SecurityMode, SecurityStore, ServerConfig,
-    ServerEvent, Stores,
+    ServerEvent,
 };
 use cairn_store::SecretBytes;
 use clap::{Args, Subcommand};
@@ -48,6 +48,15 @@ pub struct ServerArgs {
     /// A directory of extra object models (OMA DDF XML files).
     #[arg(long, alias = "models", env = "CAIRN_MODELS_DIR")]
     models_dir: Option<PathBuf>,
+    /// UDP address of the Bootstrap-Server over plain CoAP (default 0.0.0.0:5783).
+    #[arg(long, env = "CAIRN_BOOTSTRAP_COAP_LISTEN")]
+    bootstrap_coap_listen: Option<SocketAddr>,
+    /// UDP address of the Bootstrap-Server over DTLS (default 0.0.0.0:5784).
+    #[arg(long, env = "CAIRN_BOOTSTRAP_DTLS_LISTEN")]
+    bootstrap_dtls_listen: Option<SocketAddr>,
+    /// Do not run the Bootstrap-Server.
+    #[arg(long, env = "CAIRN_NO_BOOTSTRAP")]
+    no_bootstrap: bool,
 }
 
 /// The `--config` file.
@@ -105,12 +114,48 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         tracing::info!(count, dir = %dir.display(), "object models loaded");
         config.models = std::sync::Arc::new(models);
     }
+    let bootstrap_settings =
+        (!args.no_bootstrap).then_some((args.bootstrap_coap_listen, args.bootstrap_dtls_listen));
+    let no_coap = args.no_coap || file.no_coap.unwrap_or(false);
     let store = open_store(&data_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let server = LwM2mServer::start(config, Stores::embedded(store)).await?;
+        let server = LwM2mServer::start(
+            config,
+            cairn_server::bootstrap::security::device_management_stores(store.clone()),
+        )
+        .await?;
+        let bootstrap = if let Some((coap, dtls)) = bootstrap_settings {
+            let defaults = cairn_server::bootstrap::BootstrapServerConfig::default();
+            let coap = if no_coap {
+                None
+            } else {
+                coap.or(defaults.coap_listen)
+            };
+            let bootstrap = cairn_server::bootstrap::BootstrapServer::start(
+                crate::bootstrap_cmd::server_config(coap, dtls.or(defaults.dtls_listen)),
+                cairn_server::bootstrap::BootstrapStores::embedded(store),
+            )
+            .await?;
+            bootstrap.follow(&server);
+            let (coap, dtls) = bootstrap.local_addrs();
+            for (scheme, address) in [("coap", coap), ("coaps", dtls)] {
+                if let Some(address) = address {
+                    eprintln!("cairn server: bootstrap on {scheme}://{address}");
+                }
+            }
+            let mut events = bootstrap.events();
+            tokio::spawn(async move {
+                while let Ok(event) = events.recv().await {
+                    crate::bootstrap_cmd::log_event(&event);
+                }
+            });
+            Some(bootstrap)
+        } else {
+            None
+        };
         let (coap, dtls) = server.local_addrs();
         eprintln!("cairn server: data in {}", data_dir.display());
         if let Some(address) = coap {
@@ -135,6 +180,9 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
                 },
                 _ = tokio::signal::ctrl_c() => break,
             }
+        }
+        if let Some(bootstrap) = bootstrap {
+            bootstrap.shutdown().await;
         }
         server.shutdown().await;
         anyhow::Ok(())

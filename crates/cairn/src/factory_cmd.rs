@@ -311,55 +311,74 @@ pub fn device_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 pub fn run(args: FactoryArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.count > 0, "--count must be positive");
     let key_text = match std::fs::read_to_string(&args.server_key) {
         Ok(text) => text,
         Err(_) => args.server_key.clone(),
     };
     let server_public = crate::hex::decode(&key_text).context("--server-key")?;
+    generate(
+        args.count,
+        &args.out,
+        &server_public,
+        &args.bootstrap_uri,
+        &args.prefix,
+        args.first,
+    )?;
+    eprintln!(
+        "cairn keys factory: {} device files in {}, sealed manifest {}",
+        args.count,
+        args.out.join("devices").display(),
+        args.out.join("manifest.toml").display()
+    );
+    Ok(())
+}
+
+/// Writes `count` device files and the sealed manifest into `out`.
+pub fn generate(
+    count: usize,
+    out: &Path,
+    server_public: &[u8],
+    bootstrap_uri: &str,
+    prefix: &str,
+    first: u64,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(count > 0, "--count must be positive");
     anyhow::ensure!(
         server_public.len() == 32,
         "--server-key is not an X25519 public key"
     );
-    let devices_dir = args.out.join("devices");
+    let devices_dir = out.join("devices");
     std::fs::create_dir_all(&devices_dir)
         .with_context(|| format!("cannot create {}", devices_dir.display()))?;
-    let manifest_path = args.out.join("manifest.toml");
+    let manifest_path = out.join("manifest.toml");
     if manifest_path.exists() {
         bail!("{} exists already", manifest_path.display());
     }
     let mut manifest = Manifest {
         format: MANIFEST_FORMAT.into(),
-        server_public_key: hex(&server_public),
-        device: Vec::with_capacity(args.count),
+        server_public_key: hex(server_public),
+        device: Vec::with_capacity(count),
     };
-    let width = (args.first + args.count as u64).to_string().len().max(6);
-    for number in args.first..args.first + args.count as u64 {
-        let endpoint = format!("{}{number:0width$}", args.prefix);
+    let width = (first + count as u64).to_string().len().max(6);
+    for number in first..first + count as u64 {
+        let endpoint = format!("{prefix}{number:0width$}");
         let psk_identity = format!("factory-{}", hex(&random_bytes(12)?));
         let key = random_text_key(32)?;
         manifest.device.push(ManifestEntry {
-            sealed_key: seal(&server_public, &endpoint, &psk_identity, key.as_bytes())?,
+            sealed_key: seal(server_public, &endpoint, &psk_identity, key.as_bytes())?,
             endpoint: endpoint.clone(),
             psk_identity: psk_identity.clone(),
         });
         let file = DeviceFile {
             endpoint: endpoint.clone(),
-            bootstrap_uri: args.bootstrap_uri.clone(),
+            bootstrap_uri: bootstrap_uri.to_owned(),
             psk_identity,
             psk_key: key.to_string(),
         };
         let text = Zeroizing::new(toml::to_string(&file)?);
         write_private(&devices_dir.join(format!("{endpoint}.toml")), &text)?;
     }
-    write_private(&manifest_path, &toml::to_string(&manifest)?)?;
-    eprintln!(
-        "cairn keys factory: {} device files in {}, sealed manifest {}",
-        args.count,
-        devices_dir.display(),
-        manifest_path.display()
-    );
-    Ok(())
+    write_private(&manifest_path, &toml::to_string(&manifest)?)
 }
 
 #[cfg(test)]

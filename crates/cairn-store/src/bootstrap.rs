@@ -960,7 +960,7 @@ impl EmbeddedStore {
             self.bs_read(|store, txn| store.read_by_index(txn, PREVIOUS_DM_IDENTITIES, identity))?;
         Ok(device.and_then(|device| {
             let previous = device.dm?.previous?;
-            (previous.identity == identity).then(|| (device.endpoint, previous.key))
+            (previous.identity == identity).then_some((device.endpoint, previous.key))
         }))
     }
 }

@@ -195,7 +195,7 @@ fn open(
     let mut buffer = Zeroizing::new(ciphertext.to_vec());
     let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| anyhow::anyhow!("nonce"))?;
     let plain = cipher
-        .open_in_place(nonce, Aad::from(associated_data(endpoint, identity)), &mut *buffer)
+        .open_in_place(nonce, Aad::from(associated_data(endpoint, identity)), &mut buffer)
         .map_err(|_| {
             anyhow::anyhow!(
                 "the key of {endpoint:?} does not open: another server's key, or the manifest was changed"

@@ -75,10 +75,10 @@ pub fn on_bootstrap_request(
                 device.bootstrap = generate_psk("cairn-bs-")?;
                 device.bootstrap_proven = false;
             }
-        } else if !device
+        } else if device
             .bootstrap_previous
             .as_ref()
-            .is_some_and(|p| p.identity == used)
+            .is_none_or(|p| p.identity != used)
         {
             return Err(CredentialError::UnknownIdentity);
         }

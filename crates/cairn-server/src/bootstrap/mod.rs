@@ -612,17 +612,14 @@ impl Inner {
             let Some(socket) = socket.as_ref() else {
                 return;
             };
-            let outcome = session::run(
+            let exchange = session::Exchange {
                 socket,
                 peer,
-                &this.config.models,
-                format,
-                &settings,
-                device.as_ref(),
-                this.config.request_timeout,
-                this.config.attempts,
-            )
-            .await;
+                models: &this.config.models,
+                request_timeout: this.config.request_timeout,
+                attempts: this.config.attempts,
+            };
+            let outcome = session::run(&exchange, format, &settings, device.as_ref()).await;
             this.finish_session(&name, number, device.is_some(), outcome)
                 .await;
         });

@@ -217,18 +217,31 @@ pub(crate) enum Outcome {
     Failed { step: String, reason: String },
 }
 
-/// Sends the steps to the device at `peer`, retrying a step the device could not handle for a
-/// moment (5.xx, timeout) up to `attempts` times.
+/// Where and how the requests of a sequence go.
+pub(crate) struct Exchange<'a> {
+    pub(crate) socket: &'a CoapEndpoint,
+    pub(crate) peer: SocketAddr,
+    pub(crate) models: &'a ModelRegistry,
+    pub(crate) request_timeout: Duration,
+    /// Attempts per step when the device answers 5.xx or does not answer.
+    pub(crate) attempts: u32,
+}
+
+/// Sends the steps to the device, retrying a step the device could not handle for a moment
+/// (5.xx, timeout).
 pub(crate) async fn run(
-    socket: &CoapEndpoint,
-    peer: SocketAddr,
-    models: &ModelRegistry,
+    exchange: &Exchange<'_>,
     format: ContentFormat,
     settings: &BootstrapSettings,
     device: Option<&DeviceCredentials>,
-    request_timeout: Duration,
-    attempts: u32,
 ) -> Outcome {
+    let Exchange {
+        socket,
+        peer,
+        models,
+        request_timeout,
+        attempts,
+    } = *exchange;
     let discover = Step {
         request: BootstrapServerRequest::Discover {
             path: LwM2mPath::Root,

@@ -36,6 +36,9 @@ enum KeysCommand {
     /// Factory bootstrap credentials for N devices: one file per device, and a manifest
     /// sealed to the Bootstrap-Server's key.
     Factory(crate::factory_cmd::FactoryArgs),
+    /// Fresh credentials for devices, through the running server: they bootstrap again and
+    /// the old credentials are refused once they use the new ones. Prints a report.
+    Rotate(crate::rotate_cmd::RotateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -138,6 +141,7 @@ pub fn run(args: KeysArgs) -> anyhow::Result<()> {
             CaCommand::Revoke(args) => ca_revoke(&args),
         },
         KeysCommand::Factory(args) => crate::factory_cmd::run(args),
+        KeysCommand::Rotate(args) => crate::rotate_cmd::run(args),
     }
 }
 

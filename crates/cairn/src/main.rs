@@ -11,6 +11,7 @@ mod fleet_cmd;
 mod hex;
 mod keys_cmd;
 mod psk_file;
+mod rotate_cmd;
 mod server_cmd;
 
 use clap::{Parser, Subcommand};

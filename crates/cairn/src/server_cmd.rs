@@ -136,10 +136,16 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             };
             let bootstrap = cairn_server::bootstrap::BootstrapServer::start(
                 crate::bootstrap_cmd::server_config(coap, dtls.or(defaults.dtls_listen)),
-                cairn_server::bootstrap::BootstrapStores::embedded(store),
+                cairn_server::bootstrap::BootstrapStores::embedded(store.clone()),
             )
             .await?;
             bootstrap.follow(&server);
+            tokio::spawn(crate::rotate_cmd::serve_requests(
+                data_dir.clone(),
+                std::sync::Arc::new(store),
+                bootstrap.clone(),
+                server.clone(),
+            ));
             let (coap, dtls) = bootstrap.local_addrs();
             for (scheme, address) in [("coap", coap), ("coaps", dtls)] {
                 if let Some(address) = address {

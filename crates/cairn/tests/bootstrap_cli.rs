@@ -167,16 +167,40 @@ fn factory_credentials_bootstrap_a_fleet_through_the_cli() {
             ]),
     );
     wait_for_port(bs_port + 1);
-    let fleet = run_ok(
+    let fleet = Peer::spawn(
+        "cairn fleet",
         cairn()
             .args(["fleet", "--factory"])
             .arg(&factory)
-            .args(["--devices", "3", "--hold", "1", "--ack-timeout-ms", "500"])
-            .output()
-            .unwrap(),
-        "fleet",
+            .args(["--devices", "3", "--hold", "120", "--ack-timeout-ms", "500"])
+            .arg("--state-dir")
+            .arg(work.path().join("device-state"))
+            .env("RUST_LOG", "off"),
     );
-    assert!(fleet.contains("bootstrapped and registered 3/3"), "{fleet}");
+    // The fleet's vaults appear as its devices start; wait until all three registered by
+    // looking for their DM accounts in their encrypted state.
+    let registered = || {
+        (1..=3).all(|n| {
+            let dir = work.path().join(format!("device-state/dev-{n:06}"));
+            let Ok(vault) = cairn_client::credentials::FileVault::open(&dir) else {
+                return false;
+            };
+            let models = cairn_lwm2m::ModelRegistry::with_core_models();
+            cairn_client::credentials::load_state(&vault, &models)
+                .ok()
+                .flatten()
+                .is_some_and(|state| !state.dm_accounts().is_empty())
+        })
+    };
+    let start = std::time::Instant::now();
+    while !registered() {
+        assert!(
+            start.elapsed().as_secs() < 30,
+            "the fleet did not bootstrap"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
 
     // libcoap with the fourth device's factory credential: the Bootstrap-Request gets 2.04.
     let file = factory.join("devices/dev-000004.toml");
@@ -221,6 +245,20 @@ fn factory_credentials_bootstrap_a_fleet_through_the_cli() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(log.contains("c:4.03"), "{log}");
+
+    // Rotation through the running server: the three running devices bootstrap again and
+    // register with fresh credentials; the fourth (never registered) stays pending.
+    let report = run_ok(
+        cairn()
+            .args(["keys", "rotate", "--all", "--wait-s", "20", "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap(),
+        "keys rotate",
+    );
+    assert!(report.contains("rotated=3 pending=1 failed=0"), "{report}");
+    assert!(report.contains("pending\tdev-000004"), "{report}");
+    drop(fleet);
     drop(server);
     std::thread::sleep(std::time::Duration::from_millis(300));
 
@@ -237,7 +275,10 @@ fn factory_credentials_bootstrap_a_fleet_through_the_cli() {
         .find(|l| l.starts_with("dev-000001"))
         .unwrap();
     assert!(line.contains("dm_credential=in use"), "{status}");
-    assert!(line.contains("finished=1"), "{status}");
+    assert!(
+        line.contains("finished=2"),
+        "bootstrapped, then rotated: {status}"
+    );
     assert!(
         !line.contains("factory-"),
         "the factory identity was replaced: {line}"

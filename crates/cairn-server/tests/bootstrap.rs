@@ -723,3 +723,40 @@ async fn rotation_gives_fresh_credentials_and_keeps_the_old_ones_until_the_devic
     servers.bootstrap.shutdown().await;
     servers.dm.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_refused_by_the_dm_server_bootstraps_again() {
+    let servers = start().await;
+    let vault_dir = tempfile::tempdir().unwrap();
+    provision(&servers, "dev-refused", vault_dir.path()).await;
+    let mut device = spawn_device(vault_dir.path(), None);
+    wait_device(&mut device, |e| matches!(e, DeviceEvent::Registered { .. })).await;
+    stop(device).await;
+    let first = dm_identity(vault_dir.path());
+
+    // The operator revokes the device's DM credential: its DTLS handshake now fails.
+    assert!(servers.dm.remove_security("dev-refused").await.unwrap());
+    let mut device = spawn_device(vault_dir.path(), None);
+    wait_device(&mut device, |e| {
+        matches!(e, DeviceEvent::RegistrationFailed { .. })
+    })
+    .await;
+    wait_device(&mut device, |e| matches!(e, DeviceEvent::BootstrapFinished)).await;
+    wait_device(&mut device, |e| matches!(e, DeviceEvent::Registered { .. })).await;
+    let second = dm_identity(vault_dir.path());
+    assert_ne!(first, second, "fresh credentials after the refusal");
+    use cairn_dtls::PskResolver;
+    let resolver =
+        cairn_server::bootstrap::security::TransitionalPskResolver(servers.store.clone());
+    assert!(
+        resolver.key(&first).is_none(),
+        "the revoked credential stays revoked"
+    );
+    assert_eq!(
+        servers.dm.registration("dev-refused").unwrap().identity,
+        PeerIdentity::Psk(second)
+    );
+    stop(device).await;
+    servers.bootstrap.shutdown().await;
+    servers.dm.shutdown().await;
+}

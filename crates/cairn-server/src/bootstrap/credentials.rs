@@ -53,14 +53,16 @@ pub fn credential_server(settings: &BootstrapSettings) -> Option<&cairn_store::D
 }
 
 /// Updates a device's credentials for a Bootstrap-Request authenticated with `used_identity`
-/// (`None`: over plain CoAP). `provisioned_dm` is the device-management credential the security
-/// store already holds for the endpoint (one provisioned by hand), kept valid as the previous
-/// one when the first generated credential replaces it.
+/// (`None`: over plain CoAP). `in_security_store` is the device-management credential the
+/// security store holds for the endpoint now: one provisioned by hand is kept valid as the
+/// previous one when the first generated credential replaces it, and when it is not the
+/// device's current one any more (an operator removed or replaced it), the current one is not
+/// kept valid.
 pub fn on_bootstrap_request(
     mut device: DeviceCredentials,
     used_identity: Option<&[u8]>,
     settings: &BootstrapSettings,
-    provisioned_dm: Option<PskCredential>,
+    in_security_store: Option<PskCredential>,
     now_ms: u64,
 ) -> Result<DeviceCredentials, CredentialError> {
     if let Some(used) = used_identity {
@@ -91,6 +93,14 @@ pub fn on_bootstrap_request(
             DmCredentialSource::NoSec => None,
         };
         let short_server_id = server.short_server_id;
+        let revoked = device
+            .dm
+            .as_ref()
+            .is_some_and(|dm| in_security_store.as_ref() != Some(&dm.current));
+        if revoked {
+            // Neither the current credential nor the one it replaces may come back.
+            device.dm = None;
+        }
         device.dm = Some(match device.dm.take() {
             None => DmCredential {
                 short_server_id,
@@ -99,7 +109,7 @@ pub fn on_bootstrap_request(
                     None => generate_psk("cairn-dm-")?,
                 },
                 proven: false,
-                previous: provisioned_dm,
+                previous: in_security_store,
             },
             Some(mut dm) => {
                 let replace = match &wanted {
@@ -201,9 +211,14 @@ mod tests {
         assert!(!first.bootstrap_proven);
         let dm = first.dm.clone().unwrap();
         // The device lost power before Finish and comes back with the factory credential.
-        let again =
-            on_bootstrap_request(first.clone(), Some(&factory_id), &settings(true), None, 2)
-                .unwrap();
+        let again = on_bootstrap_request(
+            first.clone(),
+            Some(&factory_id),
+            &settings(true),
+            Some(dm.current.clone()),
+            2,
+        )
+        .unwrap();
         assert_eq!(again.bootstrap, first.bootstrap);
         assert_eq!(again.dm.as_ref().unwrap().current, dm.current);
         // It registers with the new DM credential: the factory one is retired.
@@ -213,7 +228,13 @@ mod tests {
         assert!(on_registration(proven.clone(), &dm.current.identity).is_none());
         // The factory credential is no longer one of the device's.
         assert!(matches!(
-            on_bootstrap_request(proven, Some(&factory_id), &settings(true), None, 3),
+            on_bootstrap_request(
+                proven,
+                Some(&factory_id),
+                &settings(true),
+                Some(dm.current),
+                3
+            ),
             Err(CredentialError::UnknownIdentity)
         ));
     }
@@ -226,11 +247,35 @@ mod tests {
             on_bootstrap_request(device, Some(&factory_id), &settings(true), None, 1).unwrap();
         let new_id = first.bootstrap.identity.clone();
         let dm1 = first.dm.clone().unwrap().current;
-        let second = on_bootstrap_request(first, Some(&new_id), &settings(true), None, 2).unwrap();
+        let second =
+            on_bootstrap_request(first, Some(&new_id), &settings(true), Some(dm1.clone()), 2)
+                .unwrap();
         assert_eq!(second.bootstrap_previous.as_ref().unwrap().identity, new_id);
         let dm = second.dm.unwrap();
         assert_eq!(dm.previous.unwrap(), dm1);
         assert_ne!(dm.current, dm1);
+    }
+
+    #[test]
+    fn a_revoked_dm_credential_is_not_kept_valid() {
+        let device = factory();
+        let factory_id = device.bootstrap.identity.clone();
+        let first =
+            on_bootstrap_request(device, Some(&factory_id), &settings(true), None, 1).unwrap();
+        let dm1 = first.dm.clone().unwrap().current;
+        let proven = on_registration(first, &dm1.identity).unwrap();
+        // The operator removed the DM credential from the security store.
+        let again = on_bootstrap_request(
+            proven.clone(),
+            Some(&proven.bootstrap.identity),
+            &settings(true),
+            None,
+            2,
+        )
+        .unwrap();
+        let dm = again.dm.unwrap();
+        assert_ne!(dm.current, dm1);
+        assert_eq!(dm.previous, None);
     }
 
     #[test]

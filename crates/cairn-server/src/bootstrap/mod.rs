@@ -533,28 +533,24 @@ impl Inner {
         identity: &[u8],
         settings: &BootstrapSettings,
     ) -> Result<DeviceCredentials, Refusal> {
-        let provisioned = if device.dm.is_none() {
-            match self
-                .stores
-                .security
-                .get_security_info(&device.endpoint)
-                .await
-                .map_err(store_refusal)?
-            {
-                Some(SecurityInfo {
-                    mode: SecurityMode::Psk { identity, key },
-                    ..
-                }) => Some(cairn_store::PskCredential { identity, key }),
-                _ => None,
-            }
-        } else {
-            None
+        let in_security_store = match self
+            .stores
+            .security
+            .get_security_info(&device.endpoint)
+            .await
+            .map_err(store_refusal)?
+        {
+            Some(SecurityInfo {
+                mode: SecurityMode::Psk { identity, key },
+                ..
+            }) => Some(cairn_store::PskCredential { identity, key }),
+            _ => None,
         };
         let updated = credentials::on_bootstrap_request(
             device,
             Some(identity),
             settings,
-            provisioned,
+            in_security_store,
             unix_millis(),
         )
         .map_err(|error| match error {

@@ -415,4 +415,24 @@ mod tests {
             ResponseCode::NOT_ACCEPTABLE
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_request_gets_an_answer_without_panicking(
+            method in 0usize..4,
+            path in proptest::collection::vec("[0-9]{1,3}|bs|x", 0..4),
+            format in proptest::option::of(proptest::sample::select(vec![0u16, 40, 60, 110, 112, 11542, 11543, 9999])),
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let mut session = session();
+            let method = [Method::Get, Method::Put, Method::Delete, Method::Post][method];
+            let segments: Vec<&str> = path.iter().map(String::as_str).collect();
+            let mut request = CoapRequest::new(method, &segments);
+            request.content_format = format.map(ContentFormat);
+            request.accept = format.map(ContentFormat);
+            request.payload = payload;
+            let served = session.serve(&request);
+            proptest::prop_assert!(served.response.code.class >= 2);
+        }
+    }
 }

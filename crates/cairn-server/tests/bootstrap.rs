@@ -760,3 +760,45 @@ async fn a_device_refused_by_the_dm_server_bootstraps_again() {
     servers.bootstrap.shutdown().await;
     servers.dm.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_asked_for_while_the_device_is_away_happens_when_it_registers() {
+    let servers = start().await;
+    let vault_dir = tempfile::tempdir().unwrap();
+    provision(&servers, "dev-away", vault_dir.path()).await;
+    let mut device = spawn_device(vault_dir.path(), None);
+    wait_device(&mut device, |e| matches!(e, DeviceEvent::Registered { .. })).await;
+    stop(device).await;
+    let first = dm_identity(vault_dir.path());
+    let report = servers
+        .bootstrap
+        .rotate(
+            &servers.dm,
+            &["dev-away".to_owned()],
+            Duration::from_millis(100),
+        )
+        .await;
+    assert_eq!(report.pending, vec!["dev-away"]);
+
+    let mut events = servers.bootstrap.events();
+    let mut device = spawn_device(vault_dir.path(), None);
+    wait_bootstrap(
+        &mut events,
+        |e| matches!(e, BootstrapEvent::CredentialsProven { endpoint } if endpoint == "dev-away"),
+    )
+    .await;
+    let second = dm_identity(vault_dir.path());
+    assert_ne!(first, second);
+    let stored = servers
+        .store
+        .get_device_credentials("dev-away")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!stored.status.rotation_requested);
+    assert_eq!(stored.status.finished, 2);
+    wait_device(&mut device, |e| matches!(e, DeviceEvent::Registered { .. })).await;
+    stop(device).await;
+    servers.bootstrap.shutdown().await;
+    servers.dm.shutdown().await;
+}

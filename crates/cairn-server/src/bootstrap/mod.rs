@@ -262,6 +262,27 @@ impl BootstrapServer {
                                 tracing::warn!(%error, "cannot record a credential proof");
                             }
                         }
+                        // A rotation asked for while the device was away happens now.
+                        let rotation_requested = inner
+                            .stores
+                            .bootstrap
+                            .get_device_credentials(&registration.endpoint)
+                            .await
+                            .ok()
+                            .flatten()
+                            .is_some_and(|d| d.status.rotation_requested);
+                        if rotation_requested {
+                            let server = server.clone();
+                            tokio::spawn(async move {
+                                let trigger = bootstrap_trigger(&registration);
+                                if let Err(error) = server
+                                    .execute(&registration.endpoint, trigger, Vec::new())
+                                    .await
+                                {
+                                    tracing::warn!(endpoint = %registration.endpoint, %error, "cannot trigger a pending rotation");
+                                }
+                            });
+                        }
                     }
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) => sweep = true,
@@ -323,12 +344,7 @@ impl BootstrapServer {
                 report.pending.push(endpoint.clone());
                 continue;
             };
-            let instance = registration
-                .object_paths
-                .iter()
-                .find_map(|p| p.strip_prefix("/1/").and_then(|i| i.parse::<u16>().ok()))
-                .unwrap_or(0);
-            let trigger = cairn_lwm2m::LwM2mPath::Resource(1, instance, 9);
+            let trigger = bootstrap_trigger(&registration);
             match server.execute(endpoint, trigger, Vec::new()).await {
                 Ok(()) => {
                     waiting.insert(endpoint.clone());
@@ -377,6 +393,16 @@ impl cairn_transport::Handler for BootstrapHandler {
             None => Reply::Ready(Message::response(Code::SERVICE_UNAVAILABLE)),
         }
     }
+}
+
+/// The Bootstrap-Request Trigger (/1/x/9) of the device's first Server object instance.
+fn bootstrap_trigger(registration: &cairn_store::Registration) -> cairn_lwm2m::LwM2mPath {
+    let instance = registration
+        .object_paths
+        .iter()
+        .find_map(|p| p.strip_prefix("/1/").and_then(|i| i.parse::<u16>().ok()))
+        .unwrap_or(0);
+    cairn_lwm2m::LwM2mPath::Resource(1, instance, 9)
 }
 
 /// The content format of the writes: the device's preference when it is a structured format

@@ -782,10 +782,18 @@ async fn a_rotation_asked_for_while_the_device_is_away_happens_when_it_registers
 
     let mut events = servers.bootstrap.events();
     let mut device = spawn_device(vault_dir.path(), None);
-    wait_bootstrap(
-        &mut events,
-        |e| matches!(e, BootstrapEvent::CredentialsProven { endpoint } if endpoint == "dev-away"),
-    )
+    // The status is written before Finished is published; wait for it and for the proof.
+    let (mut finished, mut proven) = (false, false);
+    wait_bootstrap(&mut events, |e| {
+        match e {
+            BootstrapEvent::Finished { endpoint } if endpoint == "dev-away" => finished = true,
+            BootstrapEvent::CredentialsProven { endpoint } if endpoint == "dev-away" => {
+                proven = true
+            }
+            _ => {}
+        }
+        finished && proven
+    })
     .await;
     let second = dm_identity(vault_dir.path());
     assert_ne!(first, second);

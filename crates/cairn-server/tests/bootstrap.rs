@@ -75,7 +75,7 @@ async fn start() -> Servers {
                     lifetime_s: 300,
                     binding: "U".into(),
                     credential: DmCredentialSource::Generate(CredentialKind::Psk),
-                    oscore: false,
+                    oscore: true,
                 }],
                 acl: vec![AclConfig {
                     object_id: 3,
@@ -241,6 +241,14 @@ async fn a_device_bootstraps_over_dtls_registers_with_new_credentials_and_the_fa
         registration.identity,
         PeerIdentity::Psk(dm_account.account.identity.clone())
     );
+    // The OSCORE context and the access control entry were written too.
+    let oscore: Vec<_> = state.instances(21).collect();
+    assert_eq!(oscore.len(), 1);
+    assert!(matches!(
+        oscore[0].resources.get(&0).map(|r| &r.value),
+        Some(cairn_lwm2m::ResourceValue::Single(cairn_lwm2m::Value::Opaque(secret))) if secret.len() == 32
+    ));
+    assert_eq!(state.instances(2).count(), 1);
     let bootstrap_account = state.bootstrap_account().unwrap();
     assert_ne!(bootstrap_account.identity, factory.identity);
     assert_ne!(bootstrap_account.key.as_slice(), factory.key.expose());
@@ -306,9 +314,9 @@ async fn a_device_bootstraps_over_dtls_registers_with_new_credentials_and_the_fa
     servers.dm.shutdown().await;
 }
 
-/// The requests of the sequence to a LwM2M 1.1 device with one server and one ACL entry:
-/// Discover, Read /1, Delete /, Write /0/0, /0/1, /1/1, /2/0, Finish.
-const SEQUENCE_LENGTH: usize = 8;
+/// The requests of the sequence to a LwM2M 1.1 device with one server (with OSCORE) and one
+/// ACL entry: Discover, Read /1, Delete /, Write /0/0, /0/1, /1/1, /21/1, /2/0, Finish.
+const SEQUENCE_LENGTH: usize = 9;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_loses_power_at_any_step_comes_back_with_working_credentials() {

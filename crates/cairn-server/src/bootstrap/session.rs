@@ -30,11 +30,36 @@ mod security {
     pub const MODE_NOSEC: i64 = 3;
 }
 
-/// One step of the sequence.
+/// Zeroizes the opaque values (keys, identities, OSCORE secrets) of a written node.
+fn wipe(node: &mut LwM2mNode) {
+    use zeroize::Zeroize;
+    let instances: Vec<&mut LwM2mObjectInstance> = match node {
+        LwM2mNode::Object(object) => object.instances.values_mut().collect(),
+        LwM2mNode::ObjectInstance(instance) => vec![instance],
+        _ => Vec::new(),
+    };
+    for instance in instances {
+        for resource in instance.resources.values_mut() {
+            if let cairn_lwm2m::ResourceValue::Single(Value::Opaque(bytes)) = &mut resource.value {
+                bytes.zeroize();
+            }
+        }
+    }
+}
+
+/// One step of the sequence; the credentials it writes are wiped when it is dropped.
 pub(crate) struct Step {
     pub(crate) request: BootstrapServerRequest,
     /// Whether an error answer ends the sequence (Discover and Read are informative).
     pub(crate) required: bool,
+}
+
+impl Drop for Step {
+    fn drop(&mut self) {
+        if let BootstrapServerRequest::Write { node, .. } = &mut self.request {
+            wipe(node);
+        }
+    }
 }
 
 impl Step {
@@ -312,6 +337,8 @@ async fn send(
     attempts: u32,
 ) -> Result<Lwm2mResponse, String> {
     let coap = step.request.to_coap(models).map_err(|e| e.to_string())?;
+    let coap = WipedPayload(coap);
+    let coap = &coap.0;
     let mut last = String::new();
     for attempt in 1..=attempts.max(1) {
         let sent = tokio::time::timeout(request_timeout, socket.request(peer, coap.to_message()));
@@ -345,6 +372,15 @@ async fn send(
         ));
     }
     Err(last)
+}
+
+/// A request whose encoded payload (credentials) is wiped when dropped.
+struct WipedPayload(cairn_lwm2m::CoapRequest);
+
+impl Drop for WipedPayload {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0.payload);
+    }
 }
 
 #[cfg(test)]

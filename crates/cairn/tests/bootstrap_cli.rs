@@ -288,3 +288,109 @@ fn factory_credentials_bootstrap_a_fleet_through_the_cli() {
         "the factory identity was replaced: {line}"
     );
 }
+
+#[test]
+fn the_bootstrap_server_runs_alone() {
+    let coap_client = require("coap-client-openssl");
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let factory = work.path().join("factory");
+    let public = work.path().join("bootstrap.pub");
+    let port = free_udp_port_pair();
+    let uri = format!("coaps://127.0.0.1:{}", port + 1);
+    run_ok(
+        cairn()
+            .args(["bootstrap", "keygen", "--public-out"])
+            .arg(&public)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap(),
+        "keygen",
+    );
+    run_ok(
+        cairn()
+            .args([
+                "keys", "factory", "--count", "1", "--prefix", "solo-", "--out",
+            ])
+            .arg(&factory)
+            .arg("--server-key")
+            .arg(&public)
+            .args(["--bootstrap-uri", &uri])
+            .output()
+            .unwrap(),
+        "keys factory",
+    );
+    run_ok(
+        cairn()
+            .args(["bootstrap", "import", "--factory"])
+            .arg(factory.join("manifest.toml"))
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap(),
+        "import",
+    );
+    run_ok(
+        cairn()
+            .args([
+                "bootstrap",
+                "template",
+                "add",
+                "--name",
+                "solo",
+                "--prefix",
+                "solo-",
+            ])
+            .args([
+                "--dm-uri",
+                "coaps://dm.example:5684",
+                "--bootstrap-uri",
+                &uri,
+            ])
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap(),
+        "template add",
+    );
+    let _server = Peer::spawn(
+        "cairn bootstrap serve",
+        cairn()
+            .args(["bootstrap", "serve", "--data-dir"])
+            .arg(&data)
+            .args(["--coap-listen", &format!("127.0.0.1:{port}")])
+            .args(["--dtls-listen", &format!("127.0.0.1:{}", port + 1)]),
+    );
+    wait_for_port(port + 1);
+    let file = factory.join("devices/solo-000001.toml");
+    let output = std::process::Command::new(coap_client)
+        .args(["-v", "7", "-B", "10", "-m", "post"])
+        .args([
+            "-u",
+            &field(&file, "psk_identity"),
+            "-k",
+            &field(&file, "psk_key"),
+        ])
+        .arg(format!("{uri}/bs?ep=solo-000001"))
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(log.contains("c:2.04"), "{log}");
+    // Without DTLS, this endpoint may not bootstrap.
+    let output = std::process::Command::new(require("coap-client-notls"))
+        .args(["-v", "7", "-B", "5", "-m", "post"])
+        .arg(format!("coap://127.0.0.1:{port}/bs?ep=solo-000001"))
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(log.contains("c:4.03"), "{log}");
+}

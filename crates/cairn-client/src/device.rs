@@ -175,14 +175,25 @@ fn local_for(address: SocketAddr, ip: Option<IpAddr>) -> SocketAddr {
     }
 }
 
-fn security_for(mode: i64, identity: &[u8], key: &[u8], server: SocketAddr) -> Security {
-    if mode == 0 {
-        Security::DtlsClient {
+/// Security Mode values (Core Appendix E.1, resource /0/x/2).
+const MODE_PSK: i64 = 0;
+const MODE_NOSEC: i64 = 3;
+
+/// The transport security of an account: PSK or none; the other modes are not supported by
+/// this device (raw public keys, certificates).
+fn security_for(
+    mode: i64,
+    identity: &[u8],
+    key: &[u8],
+    server: SocketAddr,
+) -> Result<Security, String> {
+    match mode {
+        MODE_PSK => Ok(Security::DtlsClient {
             config: ClientConfig::new(identity.to_vec(), Psk::new(key.to_vec())),
             server,
-        }
-    } else {
-        Security::NoSec
+        }),
+        MODE_NOSEC => Ok(Security::NoSec),
+        other => Err(format!("security mode {other} is not supported")),
     }
 }
 
@@ -364,7 +375,10 @@ async fn bootstrap(
         served: std::sync::atomic::AtomicUsize::new(0),
         end,
     });
-    let security = security_for(account.mode, &account.identity, &account.key, server);
+    let security = match security_for(account.mode, &account.identity, &account.key, server) {
+        Ok(security) => security,
+        Err(reason) => return Bootstrapped::Failed(reason),
+    };
     let endpoint = match CoapEndpoint::bind_secured(
         local_for(server, settings.local_ip),
         settings.coap.clone(),
@@ -451,10 +465,12 @@ async fn register(
             Ok(address) => address,
             Err(reason) => return Registered::Refused(reason),
         };
-        let mode = if dm.account.mode == 0 {
-            SecurityMode::PreSharedKey
-        } else {
-            SecurityMode::NoSec
+        let mode = match dm.account.mode {
+            MODE_PSK => SecurityMode::PreSharedKey,
+            MODE_NOSEC => SecurityMode::NoSec,
+            other => {
+                return Registered::Refused(format!("security mode {other} is not supported"));
+            }
         };
         security.add_server(
             dm.account.uri.clone(),
@@ -483,7 +499,7 @@ async fn register(
             short_server_id: dm.short_server_id,
             address,
             local_ip: settings.local_ip,
-            psk: (dm.account.mode == 0).then(|| {
+            psk: (dm.account.mode == MODE_PSK).then(|| {
                 (
                     dm.account.identity.clone(),
                     Psk::new(dm.account.key.to_vec()),

@@ -818,3 +818,40 @@ async fn a_rotation_asked_for_while_the_device_is_away_happens_when_it_registers
     servers.bootstrap.shutdown().await;
     servers.dm.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_waits_its_client_hold_off_time_before_bootstrapping() {
+    let servers = start().await;
+    let vault_dir = tempfile::tempdir().unwrap();
+    provision(&servers, "dev-patient", vault_dir.path()).await;
+    let vault: Arc<dyn CredentialVault> = Arc::new(FileVault::open(vault_dir.path()).unwrap());
+    let (sender, mut events) = mpsc::unbounded_channel();
+    let (stop_device, stopped) = watch::channel(false);
+    let hold_off = Duration::from_millis(800);
+    let started = std::time::Instant::now();
+    let task = tokio::spawn(run_device(
+        vault,
+        DeviceSettings {
+            hold_off,
+            ..settings(None)
+        },
+        stopped,
+        move |event| {
+            let _ = sender.send(event.clone());
+        },
+    ));
+    let requested = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(DeviceEvent::BootstrapRequested { .. }) = events.recv().await {
+                return started.elapsed();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(requested >= hold_off, "bootstrapped after {requested:?}");
+    let _ = stop_device.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+    servers.bootstrap.shutdown().await;
+    servers.dm.shutdown().await;
+}

@@ -15,8 +15,8 @@ use cairn_coap::ContentFormat;
 use cairn_lwm2m::node::{LwM2mNode, LwM2mObject, LwM2mObjectInstance};
 use cairn_lwm2m::operations::{Lwm2mResponse, ResponseContent};
 use cairn_lwm2m::{
-    AttributeSet, BootstrapServerRequest, CoapRequest, CoapResponse, DiscoverEntry, LwM2mPath,
-    ModelRegistry, OperationError, ResponseCode,
+    BootstrapServerRequest, CoapRequest, CoapResponse, LwM2mPath, ModelRegistry, OperationError,
+    ResponseCode,
 };
 
 use crate::credentials::{BOOTSTRAP_OBJECTS, DeviceState, is_bootstrap_account};
@@ -85,7 +85,12 @@ impl BootstrapSession {
         };
         let mut finished = None;
         let response = match &operation {
-            BootstrapServerRequest::Discover { path } => self.discover(path),
+            BootstrapServerRequest::Discover { path } => {
+                return Served {
+                    response: self.discover(path),
+                    finished: None,
+                };
+            }
             BootstrapServerRequest::Read { path, accept } => self.read(path, *accept),
             BootstrapServerRequest::Write { path, node, .. } => self.write(path, node),
             BootstrapServerRequest::Delete { path } => self.delete(path),
@@ -103,11 +108,11 @@ impl BootstrapSession {
         Served { response, finished }
     }
 
-    fn discover(&self, path: &LwM2mPath) -> Lwm2mResponse {
-        let entry = |path| DiscoverEntry {
-            path,
-            attributes: AttributeSet::default(),
-        };
+    /// Bootstrap-Discover (Core 1.2 §6.1.7.1): the objects and instances, the enabler version
+    /// on `</>`, and on each Security instance its server's `ssid` (none for the
+    /// Bootstrap-Server account) and `uri`.
+    fn discover(&self, path: &LwM2mPath) -> CoapResponse {
+        use cairn_coap::link_format::{Link, emit};
         let mut objects: Vec<u16> = BOOTSTRAP_OBJECTS
             .iter()
             .copied()
@@ -115,17 +120,43 @@ impl BootstrapSession {
             .collect();
         objects.sort_unstable();
         objects.dedup();
-        if let Some(object) = path.object_id() {
-            objects.retain(|o| *o == object);
-        }
         let mut links = Vec::new();
+        match path.object_id() {
+            Some(object) => objects.retain(|o| *o == object),
+            None => links.push(Link::new("/").with("lwm2m", Some("1.1"))),
+        }
         for object in objects {
-            links.push(entry(LwM2mPath::Object(object)));
-            for instance in self.staged.instance_ids(object) {
-                links.push(entry(LwM2mPath::ObjectInstance(object, instance)));
+            links.push(Link::new(format!("/{object}")));
+            for instance in self.staged.instances(object) {
+                let mut link = Link::new(format!("/{object}/{}", instance.id));
+                if object == 0 {
+                    let account = self.staged.instance(0, instance.id).map(|i| {
+                        (
+                            crate::credentials::DeviceState::account_of(i),
+                            is_bootstrap_account(i),
+                        )
+                    });
+                    if let Some((account, bootstrap)) = account {
+                        if !bootstrap {
+                            if let Some(ssid) = account.short_server_id {
+                                link = link.with("ssid", Some(ssid.to_string()));
+                            }
+                        }
+                        link = link.with("uri", Some(format!("\"{}\"", account.uri)));
+                    }
+                } else if object == 1 {
+                    if let Some(ssid) = crate::credentials::short_server_id_of(instance) {
+                        link = link.with("ssid", Some(ssid.to_string()));
+                    }
+                }
+                links.push(link);
             }
         }
-        Lwm2mResponse::with_content(ResponseCode::CONTENT, ResponseContent::Links(links), None)
+        CoapResponse {
+            content_format: Some(ContentFormat::LINK_FORMAT),
+            payload: emit(&links).into_bytes(),
+            ..CoapResponse::new(ResponseCode::CONTENT)
+        }
     }
 
     fn read(&self, path: &LwM2mPath, accept: Option<ContentFormat>) -> Lwm2mResponse {

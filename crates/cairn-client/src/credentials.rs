@@ -175,6 +175,11 @@ fn boolean(instance: &LwM2mObjectInstance, resource: u16) -> bool {
     )
 }
 
+/// The Short Server ID of a Server object instance.
+pub(crate) fn short_server_id_of(instance: &LwM2mObjectInstance) -> Option<u16> {
+    integer(instance, 0).and_then(|v| u16::try_from(v).ok())
+}
+
 /// Whether a Security instance is the Bootstrap-Server account.
 pub(crate) fn is_bootstrap_account(instance: &LwM2mObjectInstance) -> bool {
     boolean(instance, 1)
@@ -254,7 +259,8 @@ impl DeviceState {
             .unwrap_or_default()
     }
 
-    fn account(instance: &LwM2mObjectInstance) -> Account {
+    /// The account a Security instance describes.
+    pub fn account_of(instance: &LwM2mObjectInstance) -> Account {
         Account {
             instance: instance.id,
             uri: string(instance, 0).unwrap_or_default(),
@@ -271,7 +277,7 @@ impl DeviceState {
     pub fn bootstrap_account(&self) -> Option<Account> {
         self.instances(0)
             .find(|i| is_bootstrap_account(i))
-            .map(Self::account)
+            .map(Self::account_of)
     }
 
     /// The device-management accounts: Security instances paired with the Server instance of
@@ -280,7 +286,7 @@ impl DeviceState {
         self.instances(0)
             .filter(|i| !is_bootstrap_account(i))
             .filter_map(|security| {
-                let account = Self::account(security);
+                let account = Self::account_of(security);
                 let short_server_id = account.short_server_id?;
                 let server = self.instances(1).find(|s| {
                     integer(s, 0).and_then(|v| u16::try_from(v).ok()) == Some(short_server_id)

@@ -78,9 +78,9 @@ impl Step {
 
 /// The bootstrap account instance: the Bootstrap-Server's URI and the device's new bootstrap
 /// credential.
-fn bootstrap_account(uri: &str, credential: &PskCredential) -> LwM2mObjectInstance {
+fn bootstrap_account(id: u16, uri: &str, credential: &PskCredential) -> LwM2mObjectInstance {
     LwM2mObjectInstance::new(
-        0,
+        id,
         [
             LwM2mResource::single(security::URI, Value::String(uri.to_owned())),
             LwM2mResource::single(security::BOOTSTRAP_SERVER, Value::Boolean(true)),
@@ -114,11 +114,14 @@ fn random_bytes(length: usize) -> Result<Vec<u8>, CredentialError> {
     Ok(bytes)
 }
 
-/// The writes and the Finish of a sequence, after Discover and Read.
+/// The writes and the Finish of a sequence, after Discover and Read. The bootstrap account is
+/// written at `bootstrap_instance` (where the device has it), the servers' instances at the
+/// lowest other ids.
 pub(crate) fn plan(
     settings: &BootstrapSettings,
     device: Option<&DeviceCredentials>,
     format: ContentFormat,
+    bootstrap_instance: u16,
 ) -> Result<Vec<Step>, CredentialError> {
     let mut steps = vec![Step {
         request: BootstrapServerRequest::Delete {
@@ -128,12 +131,17 @@ pub(crate) fn plan(
     }];
     if let Some(device) = device.filter(|_| settings.replace_bootstrap_credential) {
         steps.push(write(
-            LwM2mPath::ObjectInstance(0, 0),
+            LwM2mPath::ObjectInstance(0, bootstrap_instance),
             format,
-            bootstrap_account(&settings.bootstrap_uri, &device.bootstrap),
+            bootstrap_account(
+                bootstrap_instance,
+                &settings.bootstrap_uri,
+                &device.bootstrap,
+            ),
         ));
     }
-    for (server, instance) in settings.servers.iter().zip(1u16..) {
+    let instances = (0u16..).filter(|id| *id != bootstrap_instance);
+    for (server, instance) in settings.servers.iter().zip(instances) {
         let credential = match (&server.credential, device.and_then(|d| d.dm.as_ref())) {
             (DmCredentialSource::NoSec, _) | (_, None) => None,
             (_, Some(dm)) => Some(&dm.current),
@@ -267,16 +275,9 @@ pub(crate) async fn run(
         request_timeout,
         attempts,
     } = *exchange;
-    let discover = Step {
-        request: BootstrapServerRequest::Discover {
-            path: LwM2mPath::Root,
-        },
-        required: false,
-    };
-    let version_1_1 = match send(socket, peer, models, &discover, request_timeout, 1).await {
-        Ok(response) => response.code.is_success(),
-        Err(_) => false,
-    };
+    let discovered = discover(exchange).await;
+    let version_1_1 = discovered.as_ref().is_some_and(|d| d.version_1_1);
+    let bootstrap_instance = discovered.and_then(|d| d.bootstrap_instance).unwrap_or(0);
     let mut steps = Vec::new();
     if version_1_1 {
         // Bootstrap-Read exists from LwM2M 1.1 on; what the device had is only logged.
@@ -288,7 +289,7 @@ pub(crate) async fn run(
             required: false,
         });
     }
-    match plan(settings, device, format) {
+    match plan(settings, device, format, bootstrap_instance) {
         Ok(planned) => steps.extend(planned),
         Err(error) => {
             return Outcome::Failed {
@@ -326,6 +327,49 @@ pub(crate) async fn run(
         }
     }
     Outcome::Finished
+}
+
+/// What Bootstrap-Discover says about a device.
+struct Discovered {
+    /// LwM2M 1.1 or later (`</>;lwm2m=1.1`; a 1.0 client has no Bootstrap-Discover).
+    version_1_1: bool,
+    /// The Security instance of the Bootstrap-Server account: the one without `ssid`.
+    bootstrap_instance: Option<u16>,
+}
+
+/// Bootstrap-Discover `/`, read as plain link format so that any attribute a client adds
+/// (`ssid`, `uri`) is understood; `None` when the client does not support it.
+async fn discover(exchange: &Exchange<'_>) -> Option<Discovered> {
+    let request = BootstrapServerRequest::Discover {
+        path: LwM2mPath::Root,
+    };
+    let message = request.to_coap(exchange.models).ok()?.to_message();
+    let sent = exchange.socket.request(exchange.peer, message);
+    let response = tokio::time::timeout(exchange.request_timeout, sent)
+        .await
+        .ok()?
+        .ok()?;
+    if response.code != cairn_coap::Code::CONTENT {
+        return None;
+    }
+    let links = cairn_coap::link_format::parse_bytes(&response.payload).ok()?;
+    let version = links
+        .iter()
+        .find(|l| l.target == "/")
+        .and_then(|l| l.attribute("lwm2m").flatten())
+        .and_then(|v| v.trim_matches('"').parse::<cairn_lwm2m::Version>().ok());
+    let accounts: Vec<u16> = links
+        .iter()
+        .filter(|l| l.attribute("ssid").is_none())
+        .filter_map(|l| l.target.strip_prefix("/0/")?.parse().ok())
+        .collect();
+    Some(Discovered {
+        version_1_1: version.is_none_or(|v| v >= cairn_lwm2m::Version::V1_1),
+        bootstrap_instance: match accounts.as_slice() {
+            [one] => Some(*one),
+            _ => None,
+        },
+    })
 }
 
 async fn send(
@@ -421,7 +465,7 @@ mod tests {
         )
         .unwrap();
         let models = ModelRegistry::with_core_models();
-        let steps = plan(&settings, Some(&device), ContentFormat::SENML_CBOR).unwrap();
+        let steps = plan(&settings, Some(&device), ContentFormat::SENML_CBOR, 0).unwrap();
         let names: Vec<String> = steps.iter().map(Step::name).collect();
         assert_eq!(
             names,
@@ -438,5 +482,17 @@ mod tests {
         for step in &steps {
             step.request.to_coap(&models).expect("every step encodes");
         }
+        // A device whose bootstrap account is instance 2: the servers go around it.
+        let steps = plan(&settings, Some(&device), ContentFormat::LWM2M_TLV, 2).unwrap();
+        let names: Vec<String> = steps.iter().take(4).map(Step::name).collect();
+        assert_eq!(
+            names,
+            [
+                "Bootstrap-Delete /",
+                "Bootstrap-Write /0/2",
+                "Bootstrap-Write /0/0",
+                "Bootstrap-Write /1/0"
+            ]
+        );
     }
 }

@@ -8,7 +8,7 @@
 //! unique per device; the previous ones stay valid until the device proves it holds the new
 //! ones), answers 2.04 and runs the sequence: Bootstrap-Discover, Bootstrap-Read (1.1 and
 //! later), Bootstrap-Delete, Bootstrap-Write of the Security, Server, OSCORE and Access Control
-//! instances, Bootstrap-Finish ([`session`]). A step the device cannot handle for a moment is
+//! instances, Bootstrap-Finish (`session.rs`). A step the device cannot handle for a moment is
 //! retried; a refusal ends the sequence, and both are recorded in the device's status and
 //! published as [`BootstrapEvent`]s.
 //!

@@ -698,6 +698,26 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_write_cut_short_leaves_the_previous_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = FileVault::open(dir.path()).unwrap();
+        vault.store(b"working credentials").unwrap();
+        // Power lost while the next state was being written: only the temporary file is torn.
+        std::fs::write(dir.path().join("credentials.tmp"), b"CVLT1 torn").unwrap();
+        let reopened = FileVault::open(dir.path()).unwrap();
+        assert_eq!(
+            reopened.load().unwrap().unwrap().as_slice(),
+            b"working credentials"
+        );
+        reopened.store(b"new credentials").unwrap();
+        assert_eq!(
+            reopened.load().unwrap().unwrap().as_slice(),
+            b"new credentials"
+        );
+        assert!(!dir.path().join("credentials.tmp").exists());
+    }
+
     proptest::proptest! {
         #[test]
         fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {

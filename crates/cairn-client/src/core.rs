@@ -799,7 +799,9 @@ impl ClientCore {
                     session.registration.deregister();
                 }
             }
-            ClientAction::Reboot | ClientAction::FactoryReset => {}
+            ClientAction::Reboot
+            | ClientAction::FactoryReset
+            | ClientAction::BootstrapRequest { .. } => {}
         }
         self.events.push_back(Event::Action(action));
     }

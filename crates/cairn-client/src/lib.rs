@@ -12,7 +12,9 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod bootstrap;
 mod core;
+pub mod credentials;
 mod error;
 pub mod object;
 pub mod objects;
@@ -20,6 +22,8 @@ pub mod observe;
 pub mod registration;
 mod tree;
 
+#[cfg(feature = "runtime")]
+pub mod device;
 #[cfg(feature = "runtime")]
 mod driver;
 

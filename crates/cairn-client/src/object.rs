@@ -60,6 +60,11 @@ pub enum ClientAction {
         /// Short Server ID of the server.
         short_server_id: u16,
     },
+    /// Bootstrap-Request Trigger (/1/x/9, LwM2M 1.1): bootstrap again.
+    BootstrapRequest {
+        /// Short Server ID of the server that asked.
+        short_server_id: u16,
+    },
     /// Server Disable (/1/x/4): de-register from that server.
     Disable {
         /// Short Server ID of the server.

@@ -299,6 +299,9 @@ impl ObjectTree {
                 server_resources::REGISTRATION_UPDATE_TRIGGER => {
                     Ok(Some(ClientAction::RegistrationUpdate { short_server_id }))
                 }
+                server_resources::BOOTSTRAP_REQUEST_TRIGGER => {
+                    Ok(Some(ClientAction::BootstrapRequest { short_server_id }))
+                }
                 _ => Err(ObjectError::MethodNotAllowed),
             };
         }

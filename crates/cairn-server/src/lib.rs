@@ -6,6 +6,7 @@
 //! [`LwM2mServer::observe`], ...) sends them requests. What happens is published on an event
 //! bus ([`LwM2mServer::events`]) for the operator side.
 
+pub mod bootstrap;
 pub mod campaign;
 pub mod firmware;
 pub mod registration;

@@ -162,6 +162,16 @@ impl EmbeddedStore {
         &self.inner.data_dir
     }
 
+    /// The database, for the other modules' tables (bootstrap).
+    pub(crate) fn database(&self) -> &Database {
+        &self.inner.db
+    }
+
+    /// The key that seals secrets at rest.
+    pub(crate) fn master_key(&self) -> &MasterKey {
+        &self.inner.master_key
+    }
+
     /// The endpoint and key of a PSK identity, synchronously (for a DTLS PSK resolver). One
     /// index lookup and one record read; no disk write.
     pub fn psk_key_blocking(
@@ -1058,19 +1068,6 @@ where
         items,
         next_cursor: None,
     })
-}
-
-/// Access for the other modules of this crate that keep their own tables in the same file.
-impl EmbeddedStore {
-    /// The database.
-    pub(crate) fn database(&self) -> &Database {
-        &self.inner.db
-    }
-
-    /// The master key that seals secrets at rest.
-    pub(crate) fn master_key(&self) -> &MasterKey {
-        &self.inner.master_key
-    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@
 //! ```
 
 pub mod accounts;
+pub mod bootstrap;
 pub mod embedded;
 pub mod error;
 pub mod record;
@@ -31,6 +32,11 @@ pub mod store;
 pub use accounts::{
     AccountStore, ApiToken, AuditEntry, LockoutPolicy, Role, Session, SessionStage, SetupOutcome,
     TokenDigest, User,
+};
+pub use bootstrap::{
+    AclConfig, BootstrapSettings, BootstrapStatus, BootstrapStore, BootstrapTemplate,
+    CredentialKind, DeviceBootstrapConfig, DeviceCredentials, DmCredential, DmCredentialSource,
+    DmServerConfig, PskCredential, WeakKey,
 };
 pub use embedded::EmbeddedStore;
 pub use error::{DecodeError, MasterKeyError, StoreError};

@@ -31,8 +31,19 @@ pub struct FleetArgs {
     #[arg(long)]
     devices: Option<usize>,
     /// LwM2M Server URI: `coap://host:5683` or `coaps://host:5684`.
-    #[arg(long)]
-    server: String,
+    #[arg(long, required_unless_present = "factory")]
+    server: Option<String>,
+    /// Devices start from factory state: the device files of `cairn keys factory` in DIR.
+    /// Each bootstraps, then registers with the credentials it was given.
+    #[arg(long, conflicts_with_all = ["server", "psk_file", "psk_key_hex"])]
+    factory: Option<PathBuf>,
+    /// Bootstrap-Server URI (with --factory), instead of the one in the device files.
+    #[arg(long, requires = "factory")]
+    bootstrap: Option<String>,
+    /// Keep each device's encrypted state in DIR/ENDPOINT (with --factory), so a restarted
+    /// fleet carries on from what its devices persisted.
+    #[arg(long, requires = "factory")]
+    state_dir: Option<PathBuf>,
     /// Device credentials, one `endpoint,identity,hexkey` line per device (`#` comments).
     #[arg(long)]
     psk_file: Option<PathBuf>,
@@ -157,7 +168,10 @@ fn percentile(sorted: &[Duration], percent: usize) -> Duration {
 }
 
 async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
-    let (address, secure) = resolve_server(&args.server).await?;
+    if let Some(factory) = args.factory.clone() {
+        return bootstrap_fleet(args, factory).await;
+    }
+    let (address, secure) = resolve_server(args.server.as_deref().unwrap_or_default()).await?;
     let devices = devices(&args, secure)?;
     let total = devices.len();
     anyhow::ensure!(total > 0, "no devices");
@@ -184,7 +198,7 @@ async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
         let setup = DeviceSetup {
             serial: device.endpoint.clone(),
             endpoint: device.endpoint,
-            server_uri: args.server.clone(),
+            server_uri: args.server.clone().unwrap_or_default(),
             address,
             local_ip: args.bind,
             psk: device.psk,
@@ -282,6 +296,34 @@ async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
         }
     }
     eprintln!("done");
+    Ok(())
+}
+
+/// `--factory`: devices from factory state through bootstrap to registration.
+async fn bootstrap_fleet(args: FleetArgs, factory: PathBuf) -> anyhow::Result<()> {
+    let outcome = crate::fleet_bootstrap::run(crate::fleet_bootstrap::BootstrapFleet {
+        devices: args.devices,
+        bootstrap_uri: args.bootstrap.clone(),
+        factory,
+        state_dir: args.state_dir.clone(),
+        bind: args.bind,
+        rate: args.rate,
+        ack_timeout: Duration::from_millis(args.ack_timeout_ms.max(10)),
+        register_attempts: args.max_attempts,
+        deadline: Duration::from_secs(600),
+    })
+    .await?;
+    eprintln!("{}", crate::fleet_bootstrap::summary(&outcome));
+    let complete = outcome.registered == outcome.total;
+    match args.hold {
+        Some(seconds) => tokio::time::sleep(Duration::from_secs(seconds)).await,
+        None => {
+            eprintln!("registered; Ctrl-C de-registers every device");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    crate::fleet_bootstrap::stop(outcome).await;
+    anyhow::ensure!(complete, "some devices did not register");
     Ok(())
 }
 

@@ -36,6 +36,12 @@ enum KeysCommand {
     Public(PublicArgs),
     /// The certificate authority.
     Ca(CaArgs),
+    /// Factory bootstrap credentials for N devices: one file per device, and a manifest
+    /// sealed to the Bootstrap-Server's key.
+    Factory(crate::factory_cmd::FactoryArgs),
+    /// Fresh credentials for devices, through the running server: they bootstrap again and
+    /// the old credentials are refused once they use the new ones. Prints a report.
+    Rotate(crate::rotate_cmd::RotateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -152,6 +158,8 @@ pub fn run(args: KeysArgs) -> anyhow::Result<()> {
             CaCommand::Issue(args) => ca_issue(&args).map(|_| ()),
             CaCommand::Revoke(args) => ca_revoke(&args),
         },
+        KeysCommand::Factory(args) => crate::factory_cmd::run(args),
+        KeysCommand::Rotate(args) => crate::rotate_cmd::run(args),
     }
 }
 

@@ -2,14 +2,18 @@
 
 mod admin_cmd;
 mod bench;
+mod bootstrap_cmd;
 mod client_cmd;
 mod coap_cmd;
 mod demo_cmd;
+mod factory_cmd;
 mod firmware_cmd;
+mod fleet_bootstrap;
 mod fleet_cmd;
 mod hex;
 mod keys_cmd;
 mod psk_file;
+mod rotate_cmd;
 mod server_cmd;
 
 use clap::{Parser, Subcommand};
@@ -56,6 +60,8 @@ enum Command {
     Keys(keys_cmd::KeysArgs),
     /// Firmware signing keys, signed manifests and delta patches.
     Firmware(firmware_cmd::FirmwareArgs),
+    /// The LwM2M Bootstrap-Server alone, and its configurations and factory credentials.
+    Bootstrap(bootstrap_cmd::BootstrapArgs),
 }
 
 fn init_logging(filter: Option<&str>, json: bool) {
@@ -89,5 +95,6 @@ fn main() -> anyhow::Result<()> {
         Command::Fleet(args) => fleet_cmd::run(args),
         Command::Keys(args) => keys_cmd::run(args),
         Command::Firmware(args) => firmware_cmd::run(args),
+        Command::Bootstrap(args) => bootstrap_cmd::run(args),
     }
 }

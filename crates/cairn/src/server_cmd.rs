@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use cairn_dtls::Credentials;
 use cairn_server::{
     DeviceCertificates, EmbeddedStore, LwM2mServer, SecurityInfo, SecurityMode, SecurityStore,
-    ServerConfig, ServerEvent, Stores,
+    ServerConfig, ServerEvent,
 };
 use cairn_store::{SecretBytes, X509Expectation};
 use clap::{Args, Subcommand};
@@ -68,6 +68,15 @@ pub struct ServerArgs {
     crl: Vec<PathBuf>,
     #[command(flatten)]
     web: WebArgs,
+    /// UDP address of the Bootstrap-Server over plain CoAP (default 0.0.0.0:5783).
+    #[arg(long, env = "CAIRN_BOOTSTRAP_COAP_LISTEN")]
+    bootstrap_coap_listen: Option<SocketAddr>,
+    /// UDP address of the Bootstrap-Server over DTLS (default 0.0.0.0:5784).
+    #[arg(long, env = "CAIRN_BOOTSTRAP_DTLS_LISTEN")]
+    bootstrap_dtls_listen: Option<SocketAddr>,
+    /// Do not run the Bootstrap-Server.
+    #[arg(long, env = "CAIRN_NO_BOOTSTRAP")]
+    no_bootstrap: bool,
 }
 
 /// The certificate mode of the DTLS listener from `--cert`, `--key`, `--ca` and `--crl`,
@@ -306,15 +315,57 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         config.models = std::sync::Arc::new(models);
     }
     config.certificates = certificates;
+    let bootstrap_settings =
+        (!args.no_bootstrap).then_some((args.bootstrap_coap_listen, args.bootstrap_dtls_listen));
+    let no_coap = args.no_coap || file.no_coap.unwrap_or(false);
     let store = open_store(&data_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let server = LwM2mServer::start(config, Stores::embedded(store.clone())).await?;
+        let server = LwM2mServer::start(
+            config,
+            cairn_server::bootstrap::security::device_management_stores(store.clone()),
+        )
+        .await?;
         if let Some(web) = web {
             start_web(web, &server, &store).await?;
         }
+        let bootstrap = if let Some((coap, dtls)) = bootstrap_settings {
+            let defaults = cairn_server::bootstrap::BootstrapServerConfig::default();
+            let coap = if no_coap {
+                None
+            } else {
+                coap.or(defaults.coap_listen)
+            };
+            let bootstrap = cairn_server::bootstrap::BootstrapServer::start(
+                crate::bootstrap_cmd::server_config(coap, dtls.or(defaults.dtls_listen)),
+                cairn_server::bootstrap::BootstrapStores::embedded(store.clone()),
+            )
+            .await?;
+            bootstrap.follow(&server);
+            tokio::spawn(crate::rotate_cmd::serve_requests(
+                data_dir.clone(),
+                std::sync::Arc::new(store),
+                bootstrap.clone(),
+                server.clone(),
+            ));
+            let (coap, dtls) = bootstrap.local_addrs();
+            for (scheme, address) in [("coap", coap), ("coaps", dtls)] {
+                if let Some(address) = address {
+                    eprintln!("cairn server: bootstrap on {scheme}://{address}");
+                }
+            }
+            let mut events = bootstrap.events();
+            tokio::spawn(async move {
+                while let Ok(event) = events.recv().await {
+                    crate::bootstrap_cmd::log_event(&event);
+                }
+            });
+            Some(bootstrap)
+        } else {
+            None
+        };
         let (coap, dtls) = server.local_addrs();
         eprintln!("cairn server: data in {}", data_dir.display());
         if let Some(address) = coap {
@@ -339,6 +390,9 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
                 },
                 _ = tokio::signal::ctrl_c() => break,
             }
+        }
+        if let Some(bootstrap) = bootstrap {
+            bootstrap.shutdown().await;
         }
         server.shutdown().await;
         anyhow::Ok(())

@@ -46,6 +46,8 @@ pub mod server_resources {
     pub const BINDING: u16 = 7;
     /// Registration Update Trigger (executable).
     pub const REGISTRATION_UPDATE_TRIGGER: u16 = 8;
+    /// Bootstrap-Request Trigger (executable, LwM2M 1.1).
+    pub const BOOTSTRAP_REQUEST_TRIGGER: u16 = 9;
 }
 
 /// The settings of one Server object instance.

@@ -1,5 +1,6 @@
 //! `cairn bench ...`: benchmarks that run Cairn and a real peer side by side.
 
+mod bootstrap;
 mod coap;
 mod cpu;
 mod dtls;
@@ -33,6 +34,9 @@ enum BenchCommand {
     /// LwM2M: registrations/s of simulated devices over new DTLS-PSK sessions, memory per
     /// registered device with one observation each, and Read round trips/s.
     Lwm2m(lwm2m::Lwm2mBenchArgs),
+    /// Bootstrap: simulated devices from factory state through bootstrap (generated
+    /// credentials) to registration with them.
+    Bootstrap(bootstrap::BootstrapBenchArgs),
     /// The raw UDP echo server that `bench coap` measures as its baseline.
     #[command(hide = true)]
     EchoServer {
@@ -47,6 +51,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Coap(args) => coap::run(args),
         BenchCommand::Dtls(args) => dtls::run(args),
         BenchCommand::Lwm2m(args) => lwm2m::run(args),
+        BenchCommand::Bootstrap(args) => bootstrap::run(args),
         BenchCommand::EchoServer { listen } => echo::serve(listen),
     }
 }

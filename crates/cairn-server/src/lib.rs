@@ -148,6 +148,8 @@ pub struct Stores {
     pub blobs: Arc<dyn cairn_store::BlobStore>,
     /// Synchronous PSK lookups for the DTLS handshake.
     pub psk_resolver: Arc<dyn cairn_dtls::PskResolver>,
+    /// Synchronous raw-public-key lookups for the DTLS handshake.
+    pub raw_public_keys: Arc<dyn cairn_dtls::RawPublicKeyResolver>,
 }
 
 impl Stores {
@@ -158,7 +160,8 @@ impl Stores {
             security: Arc::new(store.clone()),
             observations: Arc::new(store.clone()),
             blobs: Arc::new(store.clone()),
-            psk_resolver: Arc::new(StorePskResolver(store)),
+            psk_resolver: Arc::new(StorePskResolver(store.clone())),
+            raw_public_keys: Arc::new(security::StoreRawPublicKeys(store)),
         }
     }
 }
@@ -218,7 +221,9 @@ impl LwM2mServer {
                     node_prefix: Vec::new(),
                 });
                 if let Some(certificates) = &config.certificates {
-                    dtls_config.certificate = Some(Arc::new(certificates.server_config()?));
+                    dtls_config.certificate = Some(Arc::new(
+                        certificates.server_config(stores.raw_public_keys.clone())?,
+                    ));
                     dtls_config
                         .cipher_suites
                         .extend(cairn_dtls::CipherSuite::ECDHE_ECDSA);

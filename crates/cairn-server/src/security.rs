@@ -7,8 +7,9 @@
 //!
 //! Certificate modes share the DTLS socket with PSK ([`DeviceCertificates`]): an X.509
 //! device's chain is validated against the configured trust anchors (and CRLs) during the
-//! handshake, a raw public key (RFC 7250) is accepted once the device proves it holds the
-//! private key, and registration then checks the endpoint's security information: the
+//! handshake, a raw public key (RFC 7250) only if the security store holds it for some
+//! endpoint ([`StoreRawPublicKeys`]; any other key fails the handshake), and registration then
+//! checks the endpoint's security information: the
 //! registered public key, or the certificate's common name, which must be the endpoint
 //! name. The session's identity says which mode authenticated it ([`peer_identity`]).
 
@@ -50,7 +51,10 @@ impl std::fmt::Debug for DeviceCertificates {
 impl DeviceCertificates {
     /// The DTLS engine's certificate configuration: devices must authenticate (mutual
     /// authentication), with an X.509 chain or a raw public key.
-    pub fn server_config(&self) -> Result<ServerCertificateConfig, cairn_dtls::CertificateError> {
+    pub fn server_config(
+        &self,
+        raw_public_keys: Arc<dyn RawPublicKeyResolver>,
+    ) -> Result<ServerCertificateConfig, cairn_dtls::CertificateError> {
         let x509 = if self.trust_anchors.is_empty() {
             None
         } else {
@@ -65,21 +69,28 @@ impl DeviceCertificates {
             credentials: self.credentials.clone(),
             client_auth: Some(PeerVerifier {
                 x509,
-                raw_public_keys: Some(Arc::new(AnyRawPublicKey)),
+                raw_public_keys: Some(raw_public_keys),
             }),
         })
     }
 }
 
-/// Accepts every raw public key at the handshake, with the key itself as the identity: the
-/// handshake proves the device holds the private key, and registration checks that the key
-/// is the one registered for the endpoint (the store has no index by public key that a
-/// handshake could consult).
-struct AnyRawPublicKey;
+/// Accepts at the handshake only the raw public keys the security store holds for an
+/// endpoint, with the key itself as the session's identity; registration then checks that
+/// the key is the one registered for the endpoint named.
+#[derive(Clone)]
+pub struct StoreRawPublicKeys(pub EmbeddedStore);
 
-impl RawPublicKeyResolver for AnyRawPublicKey {
+impl RawPublicKeyResolver for StoreRawPublicKeys {
     fn identity(&self, subject_public_key_info: &[u8]) -> Option<Vec<u8>> {
-        Some([RPK_IDENTITY, subject_public_key_info].concat())
+        match self.0.rpk_endpoint_blocking(subject_public_key_info) {
+            Ok(Some(_)) => Some([RPK_IDENTITY, subject_public_key_info].concat()),
+            Ok(None) => None,
+            Err(error) => {
+                tracing::warn!(%error, "raw public key lookup failed");
+                None
+            }
+        }
     }
 }
 
@@ -139,9 +150,38 @@ mod tests {
             peer_identity(Some(&[RPK_IDENTITY, &[0x30, 0x59]].concat())),
             PeerIdentity::Rpk(vec![0x30, 0x59])
         );
-        assert_eq!(
-            AnyRawPublicKey.identity(&[0x30]),
-            Some([RPK_IDENTITY, &[0x30]].concat())
-        );
+    }
+
+    #[tokio::test]
+    async fn only_stored_raw_public_keys_pass_the_handshake() {
+        use cairn_store::{MasterKey, MasterKeySource, SecurityInfo, SecurityMode, SecurityStore};
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open_with(
+            dir.path(),
+            MasterKeySource::Key(MasterKey::from_bytes(&[5; 32])),
+        )
+        .unwrap();
+        let key = vec![0x30, 0x59, 1, 2, 3];
+        let rpk = |endpoint: &str, key: &[u8]| SecurityInfo {
+            endpoint: endpoint.into(),
+            mode: SecurityMode::Rpk {
+                public_key_der: key.to_vec(),
+            },
+            created_at_ms: 0,
+        };
+        store.put_security_info(rpk("dev", &key)).await.unwrap();
+        let resolver = StoreRawPublicKeys(store.clone());
+        assert_eq!(resolver.identity(&key), Some([RPK_IDENTITY, &key].concat()));
+        assert_eq!(resolver.identity(&[0x30, 0x59, 9]), None);
+        // Another endpoint cannot take the same key.
+        assert!(store.put_security_info(rpk("other", &key)).await.is_err());
+        // A new key replaces the old one, which no longer passes.
+        let new_key = vec![0x30, 0x59, 7, 7];
+        store.put_security_info(rpk("dev", &new_key)).await.unwrap();
+        assert_eq!(resolver.identity(&key), None);
+        assert!(resolver.identity(&new_key).is_some());
+        // Removing the endpoint removes its key; a PSK endpoint has none.
+        store.remove_security_info("dev").await.unwrap();
+        assert_eq!(resolver.identity(&new_key), None);
     }
 }

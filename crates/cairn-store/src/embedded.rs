@@ -20,7 +20,8 @@
 //! Tables (key → value):
 //! - `registrations`: registration id → record; `registration_by_endpoint`: endpoint → id;
 //!   `registration_expiry`: (expiry ms, id) → () for the expiry sweep.
-//! - `security`: endpoint → record (PSK sealed); `security_by_psk_identity`: identity → endpoint.
+//! - `security`: endpoint → record (PSK sealed); `security_by_psk_identity`: identity → endpoint;
+//!   `security_by_public_key`: SHA-256 of a raw public key → endpoint.
 //! - `observations`: id → record; `observations_by_registration`: registration id ↦ ids.
 //! - `bootstrap_configs` (sealed), `firmware_images`, `campaigns`: key → bytes.
 //! - `meta`: the master key check value.
@@ -33,6 +34,7 @@ use redb::{
     Database, Durability, MultimapTableDefinition, ReadTransaction, ReadableTable, TableDefinition,
     WriteTransaction,
 };
+use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::error::{MasterKeyError, StoreError};
@@ -57,6 +59,9 @@ const REGISTRATION_EXPIRY: TableDefinition<(u64, &str), ()> =
 const SECURITY: TableDefinition<&str, &[u8]> = TableDefinition::new("security");
 const SECURITY_BY_PSK_IDENTITY: TableDefinition<&[u8], &str> =
     TableDefinition::new("security_by_psk_identity");
+/// SHA-256 of a raw public key's SubjectPublicKeyInfo → endpoint.
+const SECURITY_BY_PUBLIC_KEY: TableDefinition<&[u8], &str> =
+    TableDefinition::new("security_by_public_key");
 const OBSERVATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("observations");
 const OBSERVATIONS_BY_REGISTRATION: MultimapTableDefinition<&str, &str> =
     MultimapTableDefinition::new("observations_by_registration");
@@ -187,6 +192,16 @@ impl EmbeddedStore {
         }))
     }
 
+    /// The endpoint registered with the raw public key `subject_public_key_info` (DER), for a
+    /// DTLS handshake's raw-public-key check; synchronous, one index lookup and one read.
+    pub fn rpk_endpoint_blocking(
+        &self,
+        subject_public_key_info: &[u8],
+    ) -> Result<Option<String>, StoreError> {
+        self.inner
+            .read(|inner, txn| inner.endpoint_of_public_key(txn, subject_public_key_info))
+    }
+
     /// Stores many security infos in one transaction (provisioning a fleet's credentials):
     /// all or none. Blocking: call it from a blocking context (a CLI, `spawn_blocking`).
     pub fn import_security_infos_blocking(&self, infos: &[SecurityInfo]) -> Result<(), StoreError> {
@@ -273,6 +288,7 @@ impl Inner {
             txn.open_table(REGISTRATION_EXPIRY)?;
             txn.open_table(SECURITY)?;
             txn.open_table(SECURITY_BY_PSK_IDENTITY)?;
+            txn.open_table(SECURITY_BY_PUBLIC_KEY)?;
             txn.open_table(OBSERVATIONS)?;
             txn.open_multimap_table(OBSERVATIONS_BY_REGISTRATION)?;
             for kind in BlobKind::ALL {
@@ -506,6 +522,27 @@ impl Inner {
             }
             _ => None,
         };
+        let new_key = match &info.mode {
+            SecurityMode::Rpk { public_key_der } => {
+                let digest = Sha256::digest(public_key_der);
+                let owner = txn
+                    .open_table(SECURITY_BY_PUBLIC_KEY)?
+                    .get(digest.as_slice())?
+                    .map(|owner| owner.value().to_owned());
+                if let Some(owner) = owner.filter(|owner| *owner != info.endpoint) {
+                    return Err(StoreError::Conflict(format!(
+                        "the public key is used by endpoint {owner:?}"
+                    )));
+                }
+                Some(digest)
+            }
+            _ => None,
+        };
+        self.unindex_public_key(txn, &info.endpoint)?;
+        if let Some(digest) = &new_key {
+            txn.open_table(SECURITY_BY_PUBLIC_KEY)?
+                .insert(digest.as_slice(), info.endpoint.as_str())?;
+        }
         let bytes = record::encode_security_info(info, &self.master_key)?;
         let mut security = txn.open_table(SECURITY)?;
         let previous = security
@@ -529,11 +566,56 @@ impl Inner {
         Ok(previous)
     }
 
+    /// Drops the public-key index entry of `endpoint`'s current record, if it is an RPK one.
+    fn unindex_public_key(&self, txn: &WriteTransaction, endpoint: &str) -> Result<(), StoreError> {
+        let old_key = match txn.open_table(SECURITY)?.get(endpoint)? {
+            Some(bytes) => {
+                match record::decode_security_info(bytes.value(), &self.master_key)?.mode {
+                    SecurityMode::Rpk { public_key_der } => Some(Sha256::digest(&public_key_der)),
+                    _ => None,
+                }
+            }
+            None => None,
+        };
+        if let Some(digest) = old_key {
+            let mut by_key = txn.open_table(SECURITY_BY_PUBLIC_KEY)?;
+            let owned = by_key
+                .get(digest.as_slice())?
+                .is_some_and(|owner| owner.value() == endpoint);
+            if owned {
+                by_key.remove(digest.as_slice())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The endpoint whose raw public key is `subject_public_key_info`.
+    fn endpoint_of_public_key(
+        &self,
+        txn: &ReadTransaction,
+        subject_public_key_info: &[u8],
+    ) -> Result<Option<String>, StoreError> {
+        let digest = Sha256::digest(subject_public_key_info);
+        let Some(endpoint) = txn
+            .open_table(SECURITY_BY_PUBLIC_KEY)?
+            .get(digest.as_slice())?
+            .map(|e| e.value().to_owned())
+        else {
+            return Ok(None);
+        };
+        // The index names the endpoint; its record must hold exactly this key.
+        let matches = self
+            .security_info(txn, &endpoint)?
+            .is_some_and(|info| matches!(info.mode, SecurityMode::Rpk { public_key_der } if public_key_der == subject_public_key_info));
+        Ok(matches.then_some(endpoint))
+    }
+
     fn remove_security_info(
         &self,
         txn: &WriteTransaction,
         endpoint: &str,
     ) -> Result<Option<SecurityInfoSummary>, StoreError> {
+        self.unindex_public_key(txn, endpoint)?;
         let removed = txn
             .open_table(SECURITY)?
             .remove(endpoint)?

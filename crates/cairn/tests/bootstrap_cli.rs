@@ -156,7 +156,7 @@ fn factory_credentials_bootstrap_a_fleet_through_the_cli() {
     let server = Peer::spawn(
         "cairn server",
         cairn()
-            .args(["server", "--data-dir"])
+            .args(["server", "--no-web", "--data-dir"])
             .arg(&data)
             .args(["--coap-listen", &format!("127.0.0.1:{dm_port}")])
             .args(["--dtls-listen", &format!("127.0.0.1:{}", dm_port + 1)])

@@ -154,6 +154,7 @@ fn x509_and_rpk_devices_register_with_cairn_server() {
             .args(["--log", "info", "server", "--data-dir"])
             .arg(setup.data_dir())
             .args(["--no-coap", "--dtls-listen", &format!("127.0.0.1:{port}")])
+            .args(["--no-web", "--no-bootstrap"])
             .args(["--cert", &setup.path("localhost.pem")])
             .args(["--key", &setup.path("localhost.key")])
             .args(["--ca", &setup.path("ca/ca.pem")]),

@@ -40,6 +40,7 @@ fn start_server(
             &format!("127.0.0.1:{dtls}"),
             "--web-listen",
             "127.0.0.1:0",
+            "--no-bootstrap",
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())

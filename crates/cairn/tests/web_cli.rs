@@ -18,7 +18,7 @@ fn start_server(data_dir: &std::path::Path, extra: &[&str]) -> (Peer, mpsc::Rece
     let mut child = cairn()
         .args(["--log", "info", "server", "--no-coap", "--data-dir"])
         .arg(data_dir)
-        .args(["--dtls-listen", "127.0.0.1:0"])
+        .args(["--dtls-listen", "127.0.0.1:0", "--no-bootstrap"])
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -66,6 +66,7 @@ impl Driver {
             Security::DtlsClient { .. } => CLIENT_BATCH,
             _ => BATCH_SIZE,
         };
+        quiet_ancillary_data(&socket);
         // Smaller buffers only mean drops under bursts, which retransmission covers.
         let _ = state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER_BYTES);
         let _ = state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER_BYTES);
@@ -387,6 +388,26 @@ impl Driver {
             }
             Command::Shutdown => {}
         }
+    }
+}
+
+/// Turns off the per-datagram ancillary data `quinn-udp` asks the kernel for (destination
+/// address and TOS/ECN bits): nothing here reads it, and the kernel builds it for every
+/// datagram received. Errors are ignored: the data is then only unused.
+fn quiet_ancillary_data(socket: &UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    match socket.local_addr() {
+        Ok(std::net::SocketAddr::V4(_)) => {
+            let _ = setsockopt(socket, sockopt::Ipv4PacketInfo, &false);
+            let _ = setsockopt(socket, sockopt::IpRecvTos, &false);
+        }
+        Ok(std::net::SocketAddr::V6(_)) => {
+            let _ = setsockopt(socket, sockopt::Ipv6RecvPacketInfo, &false);
+            let _ = setsockopt(socket, sockopt::Ipv6RecvTClass, &false);
+            let _ = setsockopt(socket, sockopt::Ipv4PacketInfo, &false);
+            let _ = setsockopt(socket, sockopt::IpRecvTos, &false);
+        }
+        Err(_) => {}
     }
 }
 

@@ -19,6 +19,7 @@
 
 pub mod credentials;
 pub mod security;
+pub mod summary;
 mod session;
 
 use std::collections::HashMap;

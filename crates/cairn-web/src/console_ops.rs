@@ -67,8 +67,10 @@ pub fn segments(counts: &Counts) -> Vec<Segment> {
 pub struct CampaignRow {
     pub info: CampaignInfo,
     pub segments: Vec<Segment>,
-    /// Updated, failed and unreachable over the total, percent.
+    /// Updated, failed, unreachable and cancelled over the total, percent.
     pub done_percent: usize,
+    /// Halted, cancelled or completed: it will not change any more.
+    pub finished: bool,
 }
 
 fn row(info: CampaignInfo) -> CampaignRow {
@@ -77,6 +79,7 @@ fn row(info: CampaignInfo) -> CampaignRow {
     CampaignRow {
         segments: segments(&c),
         done_percent: done * 100 / c.total.max(1),
+        finished: matches!(info.state, "halted" | "cancelled" | "completed"),
         info,
     }
 }
@@ -145,6 +148,17 @@ struct CampaignPage {
     page: Chrome,
     can_operate: bool,
     c: CampaignRow,
+    image: String,
+}
+
+/// The name and version of an image, or its id when it is gone.
+async fn image_label(state: &WebState, id: &str) -> String {
+    api_firmware::firmware_list(state)
+        .await
+        .ok()
+        .and_then(|images| images.into_iter().find(|i| i.id == id))
+        .map(|i| format!("{} {}", i.name, i.version))
+        .unwrap_or_else(|| format!("{id} (removed)"))
 }
 
 async fn campaign_page(
@@ -156,6 +170,7 @@ async fn campaign_page(
         Some(status) => render(&CampaignPage {
             page: Chrome::of(&principal, &format!("Campaign {}", status.spec.name)),
             can_operate: principal.role >= Role::Operator,
+            image: image_label(&state, &status.spec.image_id).await,
             c: row(api_firmware::campaign_info(&status, true)),
         }),
         None => message(
@@ -172,6 +187,7 @@ async fn campaign_page(
 #[template(path = "campaign_progress.html")]
 struct CampaignProgress {
     c: CampaignRow,
+    image: String,
 }
 
 async fn campaign_progress(
@@ -185,6 +201,7 @@ async fn campaign_progress(
     }
     match state.inner.server.campaign(&id).await {
         Some(status) => render(&CampaignProgress {
+            image: image_label(&state, &status.spec.image_id).await,
             c: row(api_firmware::campaign_info(&status, true)),
         }),
         None => StatusCode::NOT_FOUND.into_response(),

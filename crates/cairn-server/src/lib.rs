@@ -807,7 +807,7 @@ impl LwM2mServer {
                 all.push(status);
             }
         }
-        all.sort_by(|a, b| b.started_at_ms.cmp(&a.started_at_ms));
+        all.sort_by_key(|s| std::cmp::Reverse(s.started_at_ms));
         all.truncate(limit);
         all
     }

@@ -288,9 +288,8 @@ pub struct TemplateRequest {
 }
 
 fn template_of(request: &TemplateRequest) -> Result<BootstrapTemplate, ApiError> {
-    let text_ok = |text: &str, max: usize| {
-        text.chars().count() <= max && !text.chars().any(char::is_control)
-    };
+    let text_ok =
+        |text: &str, max: usize| text.chars().count() <= max && !text.chars().any(char::is_control);
     if request.name.trim().is_empty() || !text_ok(&request.name, 64) {
         return Err(ApiError::bad_request(
             "invalid_template",
@@ -404,7 +403,14 @@ pub(crate) async fn put_template(
             .ok_or_else(|| ApiError::internal("template"))
     }
     .await;
-    audited(&state, &principal, "bootstrap.template.put", &target, result).await
+    audited(
+        &state,
+        &principal,
+        "bootstrap.template.put",
+        &target,
+        result,
+    )
+    .await
 }
 
 /// Removes a template.
@@ -425,7 +431,14 @@ pub(crate) async fn remove_template(
         }
     }
     .await;
-    audited(&state, &principal, "bootstrap.template.remove", &name, result).await
+    audited(
+        &state,
+        &principal,
+        "bootstrap.template.remove",
+        &name,
+        result,
+    )
+    .await
 }
 
 /// Which devices get fresh credentials: `endpoints`, every device whose name starts with
@@ -506,9 +519,7 @@ pub(crate) async fn rotate(
             ));
         }
         let wait = Duration::from_secs(request.wait_s.unwrap_or(30).min(MAX_ROTATION_WAIT_S));
-        let report = bootstrap
-            .rotate(&state.inner.server, &targets, wait)
-            .await;
+        let report = bootstrap.rotate(&state.inner.server, &targets, wait).await;
         Ok(Json(RotationReportInfo {
             summary: format!(
                 "rotated {}, pending {}, failed {}",
@@ -530,5 +541,12 @@ pub(crate) async fn rotate(
         Ok(Json(report)) => format!("{target}: {}", report.summary),
         Err(_) => target,
     };
-    audited(&state, &principal, "bootstrap.rotate", &outcome_target, result).await
+    audited(
+        &state,
+        &principal,
+        "bootstrap.rotate",
+        &outcome_target,
+        result,
+    )
+    .await
 }

@@ -154,9 +154,8 @@ pub(crate) async fn upload_firmware(
         })?;
         check_label("name", &query.name)?;
         check_label("version", &query.version)?;
-        let bytes = body.map_err(|e| {
-            ApiError::new(e.status(), "firmware_too_large", e.body_text())
-        })?;
+        let bytes =
+            body.map_err(|e| ApiError::new(e.status(), "firmware_too_large", e.body_text()))?;
         let image = state
             .inner
             .server

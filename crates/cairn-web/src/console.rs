@@ -124,7 +124,13 @@ struct MessagePage {
     link_text: String,
 }
 
-pub(crate) fn message(page: Chrome, status: StatusCode, message: &str, link: &str, text: &str) -> Response {
+pub(crate) fn message(
+    page: Chrome,
+    status: StatusCode,
+    message: &str,
+    link: &str,
+    text: &str,
+) -> Response {
     let mut response = render(&MessagePage {
         page,
         class: if status.is_success() { "info" } else { "error" },

@@ -1014,7 +1014,12 @@ fn endpoints() -> Vec<(
             Some(json!({"image": "bytes"})),
             Some(Role::Operator),
         ),
-        (Method::DELETE, "/api/firmware/none", None, Some(Role::Operator)),
+        (
+            Method::DELETE,
+            "/api/firmware/none",
+            None,
+            Some(Role::Operator),
+        ),
         (Method::GET, "/api/campaigns", None, Some(Role::Viewer)),
         (
             Method::POST,
@@ -1023,12 +1028,42 @@ fn endpoints() -> Vec<(
             Some(Role::Operator),
         ),
         (Method::GET, "/api/campaigns/none", None, Some(Role::Viewer)),
-        (Method::POST, "/api/campaigns/none/pause", None, Some(Role::Operator)),
-        (Method::POST, "/api/campaigns/none/resume", None, Some(Role::Operator)),
-        (Method::POST, "/api/campaigns/none/cancel", None, Some(Role::Operator)),
-        (Method::GET, "/api/bootstrap/devices", None, Some(Role::Admin)),
-        (Method::GET, "/api/bootstrap/devices/dev", None, Some(Role::Admin)),
-        (Method::GET, "/api/bootstrap/templates", None, Some(Role::Admin)),
+        (
+            Method::POST,
+            "/api/campaigns/none/pause",
+            None,
+            Some(Role::Operator),
+        ),
+        (
+            Method::POST,
+            "/api/campaigns/none/resume",
+            None,
+            Some(Role::Operator),
+        ),
+        (
+            Method::POST,
+            "/api/campaigns/none/cancel",
+            None,
+            Some(Role::Operator),
+        ),
+        (
+            Method::GET,
+            "/api/bootstrap/devices",
+            None,
+            Some(Role::Admin),
+        ),
+        (
+            Method::GET,
+            "/api/bootstrap/devices/dev",
+            None,
+            Some(Role::Admin),
+        ),
+        (
+            Method::GET,
+            "/api/bootstrap/templates",
+            None,
+            Some(Role::Admin),
+        ),
         (
             Method::POST,
             "/api/bootstrap/templates",
@@ -1036,7 +1071,12 @@ fn endpoints() -> Vec<(
                 "dm_uri": "coaps://127.0.0.1:5684", "bootstrap_uri": "coaps://127.0.0.1:5784"})),
             Some(Role::Admin),
         ),
-        (Method::DELETE, "/api/bootstrap/templates/m", None, Some(Role::Admin)),
+        (
+            Method::DELETE,
+            "/api/bootstrap/templates/m",
+            None,
+            Some(Role::Admin),
+        ),
         (
             Method::POST,
             "/api/bootstrap/rotate",
@@ -1141,8 +1181,14 @@ async fn the_openapi_document_lists_every_endpoint() {
             .replace("/api/tokens/none", "/api/tokens/{id}")
             .replace("/api/firmware/none", "/api/firmware/{id}")
             .replace("/api/campaigns/none", "/api/campaigns/{id}")
-            .replace("/api/bootstrap/devices/dev", "/api/bootstrap/devices/{endpoint}")
-            .replace("/api/bootstrap/templates/m", "/api/bootstrap/templates/{name}");
+            .replace(
+                "/api/bootstrap/devices/dev",
+                "/api/bootstrap/devices/{endpoint}",
+            )
+            .replace(
+                "/api/bootstrap/templates/m",
+                "/api/bootstrap/templates/{name}",
+            );
         let entry = paths
             .get(&templated)
             .unwrap_or_else(|| panic!("{templated} missing"));

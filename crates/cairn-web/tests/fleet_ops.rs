@@ -236,7 +236,12 @@ fn image_bytes() -> Vec<u8> {
         .collect()
 }
 
-async fn wait_campaign(h: &Harness, auth: &Auth, id: &str, until: impl Fn(&Value) -> bool) -> Value {
+async fn wait_campaign(
+    h: &Harness,
+    auth: &Auth,
+    id: &str,
+    until: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let answer = h
@@ -283,7 +288,12 @@ async fn firmware_images_are_uploaded_listed_and_removed_within_limits() {
     assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.text);
     assert_eq!(answer.error_code(), "firmware_empty");
     let answer = upload(&h, &operator, "?name=big&version=1", vec![7; 64 * 1024 + 1]).await;
-    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", answer.text);
+    assert_eq!(
+        answer.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        answer.text
+    );
 
     // Everyone signed in sees the list.
     let list = h.call(Method::GET, "/api/firmware", &viewer, None).await;
@@ -302,22 +312,29 @@ async fn firmware_images_are_uploaded_listed_and_removed_within_limits() {
     assert!(html.text.contains(&format!("/api/firmware/{id}")));
 
     let removed = h
-        .call(Method::DELETE, &format!("/api/firmware/{id}"), &operator, None)
+        .call(
+            Method::DELETE,
+            &format!("/api/firmware/{id}"),
+            &operator,
+            None,
+        )
         .await;
     assert_eq!(removed.status, StatusCode::NO_CONTENT);
     let again = h
-        .call(Method::DELETE, &format!("/api/firmware/{id}"), &operator, None)
+        .call(
+            Method::DELETE,
+            &format!("/api/firmware/{id}"),
+            &operator,
+            None,
+        )
         .await;
     assert_eq!(again.status, StatusCode::NOT_FOUND);
     let list = h.call(Method::GET, "/api/firmware", &viewer, None).await;
     assert_eq!(list.json().as_array().unwrap().len(), 0);
 
     let audit = audit_actions(&h, &admin).await;
-    let has = |action: &str, outcome: &str| {
-        audit
-            .iter()
-            .any(|(a, _, o)| a == action && o == outcome)
-    };
+    let has =
+        |action: &str, outcome: &str| audit.iter().any(|(a, _, o)| a == action && o == outcome);
     assert!(has("firmware.upload", "ok"), "{audit:?}");
     assert!(has("firmware.upload", "firmware_empty"), "{audit:?}");
     assert!(has("firmware.remove", "ok"), "{audit:?}");
@@ -329,7 +346,10 @@ async fn firmware_images_are_uploaded_listed_and_removed_within_limits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_campaign_over_a_prefix_is_paused_resumed_and_completes() {
     let h = harness_with_fw_devices(2).await;
-    let _devices = [fw_device(&h.server, 0, false).await, fw_device(&h.server, 1, false).await];
+    let _devices = [
+        fw_device(&h.server, 0, false).await,
+        fw_device(&h.server, 1, false).await,
+    ];
     let (admin, [viewer, operator, _]) = h.admin_and_tokens().await;
     let image = upload(&h, &operator, "?name=meter&version=2.0.0", image_bytes()).await;
     assert_eq!(image.status, StatusCode::CREATED);
@@ -372,8 +392,10 @@ async fn a_campaign_over_a_prefix_is_paused_resumed_and_completes() {
             Method::POST,
             "/api/campaigns",
             &operator,
-            Some(json!({"name": "spring", "image_id": image_id, "prefix": "fw-",
-                "waves": [50, 100], "max_failure_percent": 0})),
+            Some(
+                json!({"name": "spring", "image_id": image_id, "prefix": "fw-",
+                "waves": [50, 100], "max_failure_percent": 0}),
+            ),
         )
         .await;
     assert_eq!(started.status, StatusCode::CREATED, "{}", started.text);
@@ -381,7 +403,12 @@ async fn a_campaign_over_a_prefix_is_paused_resumed_and_completes() {
     assert_eq!(started["counts"]["total"], 2);
     let id = started["id"].as_str().unwrap().to_owned();
     let paused = h
-        .call(Method::POST, &format!("/api/campaigns/{id}/pause"), &operator, None)
+        .call(
+            Method::POST,
+            &format!("/api/campaigns/{id}/pause"),
+            &operator,
+            None,
+        )
         .await;
     assert_eq!(paused.status, StatusCode::OK, "{}", paused.text);
     // The pause holds back the next device to start (the first one, or the second wave's).
@@ -408,7 +435,12 @@ async fn a_campaign_over_a_prefix_is_paused_resumed_and_completes() {
     assert!(fragment.text.contains("fw-0") && fragment.text.contains("fw-1"));
 
     let resumed = h
-        .call(Method::POST, &format!("/api/campaigns/{id}/resume"), &operator, None)
+        .call(
+            Method::POST,
+            &format!("/api/campaigns/{id}/resume"),
+            &operator,
+            None,
+        )
         .await;
     assert_eq!(resumed.status, StatusCode::OK, "{}", resumed.text);
     let done = wait_campaign(&h, &viewer, &id, |s| s["state"] == "completed").await;
@@ -419,10 +451,18 @@ async fn a_campaign_over_a_prefix_is_paused_resumed_and_completes() {
 
     // A finished campaign cannot be steered; the list shows it.
     let answer = h
-        .call(Method::POST, &format!("/api/campaigns/{id}/pause"), &operator, None)
+        .call(
+            Method::POST,
+            &format!("/api/campaigns/{id}/pause"),
+            &operator,
+            None,
+        )
         .await;
     assert_eq!(answer.status, StatusCode::CONFLICT, "{}", answer.text);
-    let list = h.call(Method::GET, "/api/campaigns", &viewer, None).await.json();
+    let list = h
+        .call(Method::GET, "/api/campaigns", &viewer, None)
+        .await
+        .json();
     assert_eq!(list[0]["id"], id.as_str());
     assert_eq!(list[0]["state"], "completed");
     let rows = page(&h, &admin, "/firmware/campaign-rows").await;
@@ -434,26 +474,42 @@ async fn a_campaign_over_a_prefix_is_paused_resumed_and_completes() {
             Method::POST,
             "/api/campaigns",
             &operator,
-            Some(json!({"name": "second", "image_id": image_id, "endpoints": ["fw-0", "fw-1"],
-                "waves": [50, 100]})),
+            Some(
+                json!({"name": "second", "image_id": image_id, "endpoints": ["fw-0", "fw-1"],
+                "waves": [50, 100]}),
+            ),
         )
         .await
         .json();
     let second_id = second["id"].as_str().unwrap().to_owned();
-    h.call(Method::POST, &format!("/api/campaigns/{second_id}/pause"), &operator, None)
-        .await;
+    h.call(
+        Method::POST,
+        &format!("/api/campaigns/{second_id}/pause"),
+        &operator,
+        None,
+    )
+    .await;
     wait_campaign(&h, &viewer, &second_id, |s| s["state"] == "paused").await;
     let cancelled = h
-        .call(Method::POST, &format!("/api/campaigns/{second_id}/cancel"), &operator, None)
+        .call(
+            Method::POST,
+            &format!("/api/campaigns/{second_id}/cancel"),
+            &operator,
+            None,
+        )
         .await;
     assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.text);
     let status = wait_campaign(&h, &viewer, &second_id, |s| s["state"] == "cancelled").await;
     assert_eq!(
-        status["counts"]["cancelled"].as_u64().unwrap() + status["counts"]["updated"].as_u64().unwrap(),
+        status["counts"]["cancelled"].as_u64().unwrap()
+            + status["counts"]["updated"].as_u64().unwrap(),
         2,
         "{status}"
     );
-    assert!(status["counts"]["cancelled"].as_u64().unwrap() >= 1, "{status}");
+    assert!(
+        status["counts"]["cancelled"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
 
     let audit = audit_actions(&h, &admin).await;
     for action in [
@@ -522,7 +578,9 @@ async fn bootstrap_state_templates_and_rotation_without_secrets() {
 
     // Only admins see bootstrap data.
     for auth in [&viewer, &operator] {
-        let answer = h.call(Method::GET, "/api/bootstrap/devices", auth, None).await;
+        let answer = h
+            .call(Method::GET, "/api/bootstrap/devices", auth, None)
+            .await;
         assert_eq!(answer.status, StatusCode::FORBIDDEN);
     }
     let devices = h
@@ -546,12 +604,22 @@ async fn bootstrap_state_templates_and_rotation_without_secrets() {
         assert!(!text.contains(&hex));
     }
     let one = h
-        .call(Method::GET, "/api/bootstrap/devices/dev-1", &admin_token, None)
+        .call(
+            Method::GET,
+            "/api/bootstrap/devices/dev-1",
+            &admin_token,
+            None,
+        )
         .await;
     assert_eq!(one.status, StatusCode::OK);
     assert!(one.json()["config"].is_null());
     let missing = h
-        .call(Method::GET, "/api/bootstrap/devices/nobody", &admin_token, None)
+        .call(
+            Method::GET,
+            "/api/bootstrap/devices/nobody",
+            &admin_token,
+            None,
+        )
         .await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
 
@@ -560,10 +628,18 @@ async fn bootstrap_state_templates_and_rotation_without_secrets() {
         "dm_uri": "coaps://dm.example.net:5684", "bootstrap_uri": "coaps://bs.example.net:5784",
         "lifetime_s": 600});
     let added = h
-        .call(Method::POST, "/api/bootstrap/templates", &admin, Some(template))
+        .call(
+            Method::POST,
+            "/api/bootstrap/templates",
+            &admin,
+            Some(template),
+        )
         .await;
     assert_eq!(added.status, StatusCode::CREATED, "{}", added.text);
-    assert_eq!(added.json()["settings"]["servers"][0]["credential"], "generated-psk");
+    assert_eq!(
+        added.json()["settings"]["servers"][0]["credential"],
+        "generated-psk"
+    );
     let bad = h
         .call(
             Method::POST,
@@ -582,12 +658,20 @@ async fn bootstrap_state_templates_and_rotation_without_secrets() {
     assert_eq!(templates[0]["endpoint_prefix"], "dev-");
     assert_eq!(templates[0]["settings"]["servers"][0]["lifetime_s"], 600);
     let stored = h.store.list_bootstrap_templates().await.unwrap();
-    assert_eq!(stored[0].settings.servers[0].uri, "coaps://dm.example.net:5684");
+    assert_eq!(
+        stored[0].settings.servers[0].uri,
+        "coaps://dm.example.net:5684"
+    );
 
     // The console page shows the template and the device.
     let html = page(&h, &admin, "/bootstrap").await;
     assert_eq!(html.status, StatusCode::OK);
-    for expected in ["meters", "coaps://dm.example.net:5684", "dev-1", "factory-dev-1"] {
+    for expected in [
+        "meters",
+        "coaps://dm.example.net:5684",
+        "dev-1",
+        "factory-dev-1",
+    ] {
         assert!(html.text.contains(expected), "{expected}");
     }
     let viewer_session = {
@@ -627,17 +711,32 @@ async fn bootstrap_state_templates_and_rotation_without_secrets() {
         .json();
     assert_eq!(group["pending"], json!(["dev-1"]));
     let all = h
-        .call(Method::POST, "/api/bootstrap/rotate", &admin, Some(json!({"all": true, "wait_s": 1})))
+        .call(
+            Method::POST,
+            "/api/bootstrap/rotate",
+            &admin,
+            Some(json!({"all": true, "wait_s": 1})),
+        )
         .await
         .json();
     assert_eq!(all["pending"], json!(["dev-1"]));
     let none = h
-        .call(Method::POST, "/api/bootstrap/rotate", &admin, Some(json!({})))
+        .call(
+            Method::POST,
+            "/api/bootstrap/rotate",
+            &admin,
+            Some(json!({})),
+        )
         .await;
     assert_eq!(none.status, StatusCode::BAD_REQUEST);
 
     let removed = h
-        .call(Method::DELETE, "/api/bootstrap/templates/meters", &admin, None)
+        .call(
+            Method::DELETE,
+            "/api/bootstrap/templates/meters",
+            &admin,
+            None,
+        )
         .await;
     assert_eq!(removed.status, StatusCode::NO_CONTENT);
 

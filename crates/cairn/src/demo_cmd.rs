@@ -125,8 +125,8 @@ fn demo_template(dm_uri: String, bootstrap_uri: String) -> BootstrapTemplate {
 
 /// A recognisable image of 256 KiB, so the Firmware page has something to show.
 fn demo_firmware_bytes() -> Vec<u8> {
-    let mut bytes = format!("CAIRN DEMO FIRMWARE {DEMO_FIRMWARE_NAME} {DEMO_FIRMWARE_VERSION}\n")
-        .into_bytes();
+    let mut bytes =
+        format!("CAIRN DEMO FIRMWARE {DEMO_FIRMWARE_NAME} {DEMO_FIRMWARE_VERSION}\n").into_bytes();
     let mut x: u32 = 0x2545_f491;
     while bytes.len() < 256 * 1024 {
         // A fixed xorshift sequence: the same image (and digest) at every run.

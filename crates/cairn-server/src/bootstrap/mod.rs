@@ -19,8 +19,8 @@
 
 pub mod credentials;
 pub mod security;
-pub mod summary;
 mod session;
+pub mod summary;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

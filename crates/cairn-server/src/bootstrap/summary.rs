@@ -163,7 +163,10 @@ impl BootstrapServer {
             endpoint: device.endpoint.clone(),
             bootstrap: CredentialSummary::of(&device.bootstrap),
             bootstrap_replacing: device.bootstrap_previous.is_some(),
-            dm: device.dm.as_ref().map(|dm| CredentialSummary::of(&dm.current)),
+            dm: device
+                .dm
+                .as_ref()
+                .map(|dm| CredentialSummary::of(&dm.current)),
             dm_proven: device.dm.as_ref().is_some_and(|dm| dm.proven),
             dm_replacing: device.dm.as_ref().is_some_and(|dm| dm.previous.is_some()),
             status: device.status.clone(),
@@ -206,7 +209,10 @@ impl BootstrapServer {
     }
 
     /// An endpoint's own configuration.
-    pub async fn config_summary(&self, endpoint: &str) -> Result<Option<ConfigSummary>, StoreError> {
+    pub async fn config_summary(
+        &self,
+        endpoint: &str,
+    ) -> Result<Option<ConfigSummary>, StoreError> {
         Ok(self
             .inner
             .stores

@@ -302,7 +302,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                     if let ServerEvent::Registered(registration) = &event {
                         let server = server.clone();
                         let endpoint = registration.endpoint.clone();
-                        tokio::spawn(async move { manage(server, endpoint).await });
+                        let quiet = args.quiet;
+                        tokio::spawn(async move { manage(server, endpoint, quiet).await });
                     }
                     if !args.quiet {
                         print_event(event);
@@ -347,7 +348,7 @@ fn print_event(event: ServerEvent) {
 }
 
 /// What the server does with a new device: read its Device object, observe its clock.
-async fn manage(server: LwM2mServer, endpoint: String) {
+async fn manage(server: LwM2mServer, endpoint: String, quiet: bool) {
     match server
         .read(&endpoint, LwM2mPath::ObjectInstance(3, 0), None)
         .await
@@ -357,14 +358,17 @@ async fn manage(server: LwM2mServer, endpoint: String) {
                 Some(ResourceValue::Single(value)) => show_value(value),
                 _ => "-".into(),
             };
-            println!(
-                "read         {endpoint} /3/0: manufacturer {}, model {}, serial {}, firmware {}",
-                text(0),
-                text(1),
-                text(2),
-                text(3)
-            );
+            if !quiet {
+                println!(
+                    "read         {endpoint} /3/0: manufacturer {}, model {}, serial {}, firmware {}",
+                    text(0),
+                    text(1),
+                    text(2),
+                    text(3)
+                );
+            }
         }
+        Ok(other) if quiet => drop(other),
         Ok(other) => println!("read         {endpoint} /3/0: {}", show(&other)),
         Err(error) => println!("read         {endpoint} failed: {error}"),
     }

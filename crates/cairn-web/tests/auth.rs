@@ -743,6 +743,7 @@ async fn pages_have_no_inline_script_or_style() {
         "/fleet/rows",
         "/bootstrap",
         "/firmware",
+        "/firmware/campaign-rows",
     ] {
         let request = Request::builder()
             .uri(path)

@@ -429,6 +429,8 @@ async fn a_campaign_over_a_prefix_is_paused_resumed_and_completes() {
     let html = page(&h, &admin, &format!("/firmware/campaigns/{id}")).await;
     assert_eq!(html.status, StatusCode::OK);
     assert!(html.text.contains("class=\"progress\""), "{}", html.text);
+    // Drawn with SVG attributes: no inline style for the content security policy to refuse.
+    assert!(!html.text.contains(" style="));
     assert!(html.text.contains("seg-pending") && html.text.contains("paused"));
     let fragment = page(&h, &admin, &format!("/firmware/campaigns/{id}/progress")).await;
     assert_eq!(fragment.status, StatusCode::OK);

@@ -3,7 +3,8 @@
 // here from the enrolled secret), sign out and back in with a fresh TOTP code, open a
 // registered device, read /3/0, observe /3/0/13 and see its plotted value change; upload a
 // firmware image through the Firmware & campaigns page and see it listed, start a campaign
-// and see its progress; see the bootstrapped devices on the Bootstrap & credentials page.
+// and see its progress; see the bootstrapped devices on the Bootstrap & credentials page and
+// rotate one device's credentials there.
 //
 // Environment: CAIRN_WEB_URL (the console), CAIRN_SETUP_LINK (printed by the server at first
 // start), CAIRN_SCREENSHOTS (directory for the PNGs, default ../target/web-tests),
@@ -244,6 +245,20 @@ async function main() {
       "the devices use their generated credentials",
     );
     await page.screenshot({ path: join(shots, "07-bootstrap.png"), fullPage: true });
+
+    // Rotate one device's credentials: it bootstraps again and registers with fresh ones.
+    await page.locator("#r-endpoints").fill(endpoint);
+    await page.getByRole("button", { name: "Rotate" }).click();
+    await page.locator("#op-result", { hasText: /rotated \d+, pending \d+, failed \d+/ }).waitFor({ timeout: 60_000 });
+    const report = (await page.locator("#op-result").textContent()).trim();
+    console.log(`rotation of ${endpoint}: ${report}`);
+    await check(Promise.resolve(report === "rotated 1, pending 0, failed 0"), `the device rotated (${report})`);
+    // The devices table refreshes (htmx): the device bootstrapped a second time.
+    await page
+      .locator("#bootstrap-devices tr", { hasText: endpoint })
+      .filter({ hasText: "2 of 2" })
+      .waitFor({ timeout: 20_000 });
+    await page.screenshot({ path: join(shots, "08-rotation.png"), fullPage: true });
 
     if (violations.length > 0) {
       throw new Error(`content security policy violations:\n${violations.join("\n")}`);

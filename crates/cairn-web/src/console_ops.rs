@@ -27,6 +27,7 @@ pub fn routes() -> Router<WebState> {
         .route("/firmware/campaigns/{id}", get(campaign_page))
         .route("/firmware/campaigns/{id}/progress", get(campaign_progress))
         .route("/bootstrap", get(bootstrap_page))
+        .route("/bootstrap/rows", get(bootstrap_rows))
 }
 
 /// One coloured part of a progress bar (percent of the width).
@@ -125,16 +126,19 @@ struct CampaignRows {
     campaigns: Vec<CampaignRow>,
 }
 
-/// A fragment for htmx: 401 with `HX-Redirect` once the session ended.
-async fn fragment_user(state: &WebState, headers: &HeaderMap, peer: Peer) -> Option<Response> {
+/// The user of a fragment for htmx: 401 with `HX-Redirect` once the session ended.
+async fn fragment_user(
+    state: &WebState,
+    headers: &HeaderMap,
+    peer: Peer,
+) -> Result<crate::Principal, Response> {
     session::authenticate(state, &Method::GET, headers, peer.0, None)
         .await
-        .err()
-        .map(|_| (StatusCode::UNAUTHORIZED, [("hx-redirect", "/login")]).into_response())
+        .map_err(|_| (StatusCode::UNAUTHORIZED, [("hx-redirect", "/login")]).into_response())
 }
 
 async fn campaign_rows(State(state): State<WebState>, peer: Peer, headers: HeaderMap) -> Response {
-    if let Some(refusal) = fragment_user(&state, &headers, peer).await {
+    if let Err(refusal) = fragment_user(&state, &headers, peer).await {
         return refusal;
     }
     render(&CampaignRows {
@@ -196,7 +200,7 @@ async fn campaign_progress(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Some(refusal) = fragment_user(&state, &headers, peer).await {
+    if let Err(refusal) = fragment_user(&state, &headers, peer).await {
         return refusal;
     }
     match state.inner.server.campaign(&id).await {
@@ -217,6 +221,35 @@ struct BootstrapPage {
     devices: Vec<BootstrapDeviceInfo>,
     bootstrapped: usize,
     next: String,
+    after: String,
+}
+
+#[derive(Template)]
+#[template(path = "bootstrap_rows.html")]
+struct BootstrapRows {
+    devices: Vec<BootstrapDeviceInfo>,
+    bootstrapped: usize,
+}
+
+/// The devices table alone, for htmx (refreshed every few seconds: a rotation shows).
+async fn bootstrap_rows(
+    State(state): State<WebState>,
+    peer: Peer,
+    headers: HeaderMap,
+    Query(query): Query<AfterQuery>,
+) -> Response {
+    match fragment_user(&state, &headers, peer).await {
+        Ok(principal) if principal.role >= Role::Admin => {}
+        Ok(_) => return StatusCode::FORBIDDEN.into_response(),
+        Err(refusal) => return refusal,
+    }
+    match api_bootstrap::device_page(&state, query.after.as_deref(), DEVICES_PER_PAGE).await {
+        Ok(page) => render(&BootstrapRows {
+            bootstrapped: page.items.iter().filter(|d| d.finished > 0).count(),
+            devices: page.items,
+        }),
+        Err(error) => error.into_response(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -241,6 +274,7 @@ async fn bootstrap_page(
             devices: Vec::new(),
             bootstrapped: 0,
             next: String::new(),
+            after: String::new(),
         });
     }
     let templates = match api_bootstrap::templates(&state).await {
@@ -259,5 +293,6 @@ async fn bootstrap_page(
         bootstrapped: page.items.iter().filter(|d| d.finished > 0).count(),
         devices: page.items,
         next: page.next.unwrap_or_default(),
+        after: query.after.unwrap_or_default(),
     })
 }

@@ -744,6 +744,7 @@ async fn pages_have_no_inline_script_or_style() {
         "/bootstrap",
         "/firmware",
         "/firmware/campaign-rows",
+        "/bootstrap/rows",
     ] {
         let request = Request::builder()
             .uri(path)

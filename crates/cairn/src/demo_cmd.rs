@@ -218,6 +218,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot start the Bootstrap-Server on {}", args.bootstrap_listen))?;
         bootstrap.follow(&server);
+        // `cairn keys rotate --data-dir DIR` works on the demo as on `cairn server`.
+        tokio::spawn(crate::rotate_cmd::serve_requests(
+            args.data_dir.clone(),
+            std::sync::Arc::new(store.clone()),
+            bootstrap.clone(),
+            server.clone(),
+        ));
         let dm_address = server.local_addrs().1.context("no DTLS socket")?;
         let bootstrap_address = bootstrap.local_addrs().1.context("no DTLS socket")?;
         let (dm_uri, bootstrap_uri) = (uri("coaps", dm_address), uri("coaps", bootstrap_address));

@@ -24,6 +24,7 @@ free_port() {
     python3 -c 'import socket,sys; s=socket.socket(socket.AF_INET, getattr(socket, sys.argv[1])); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' "$1"
 }
 dtls_port="$(free_port SOCK_DGRAM)"
+bootstrap_port="$(free_port SOCK_DGRAM)"
 web_port="$(free_port SOCK_STREAM)"
 work="$(mktemp -d)"
 log="$work/demo.log"
@@ -35,7 +36,7 @@ cleanup() {
 trap cleanup EXIT
 
 "$cairn" demo --devices 3 --data-dir "$work/data" --dtls-listen "127.0.0.1:$dtls_port" \
-    --web-listen "127.0.0.1:$web_port" >"$log" 2>&1 &
+    --bootstrap-listen "127.0.0.1:$bootstrap_port" --web-listen "127.0.0.1:$web_port" >"$log" 2>&1 &
 demo_pid=$!
 
 link=""

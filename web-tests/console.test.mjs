@@ -1,14 +1,17 @@
 // End-to-end test of the Cairn web console in headless Chromium (driven by playwright-core):
 // create the first administrator from the one-time setup link, enrol TOTP (the code computed
 // here from the enrolled secret), sign out and back in with a fresh TOTP code, open a
-// registered device, read /3/0, observe /3/0/13 and see its plotted value change.
+// registered device, read /3/0, observe /3/0/13 and see its plotted value change; upload a
+// firmware image through the Firmware & campaigns page and see it listed, start a campaign
+// and see its progress; see the bootstrapped devices on the Bootstrap & credentials page and
+// rotate one device's credentials there.
 //
 // Environment: CAIRN_WEB_URL (the console), CAIRN_SETUP_LINK (printed by the server at first
 // start), CAIRN_SCREENSHOTS (directory for the PNGs, default ../target/web-tests),
 // CHROMIUM (default /usr/bin/chromium). scripts/web-e2e.sh sets them up with `cairn demo`.
 
 import { createHmac } from "node:crypto";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { chromium } from "playwright-core";
@@ -189,6 +192,73 @@ async function main() {
       "the chart is drawn",
     );
     await page.screenshot({ path: join(shots, "04-device-observe.png"), fullPage: true });
+
+    // Firmware & campaigns: the demo's image is listed; upload one through the form.
+    await page.getByRole("link", { name: "Firmware & campaigns" }).click();
+    await page.waitForURL(`${base}/firmware`);
+    await page.locator("#firmware td", { hasText: "demo-meter-firmware" }).first().waitFor();
+    const imagePath = join(profile, "meter-2.0.0.bin");
+    writeFileSync(imagePath, Buffer.from(Array.from({ length: 100_000 }, (_, i) => (i * 7919) & 0xff)));
+    await page.getByLabel(/Image file/).setInputFiles(imagePath);
+    await page.getByLabel("Package name").fill("meter-firmware");
+    await page.getByLabel("Package version").fill("2.0.0");
+    await page.getByRole("button", { name: "Upload" }).click();
+    await page.locator("#firmware td", { hasText: /^meter-firmware$/ }).waitFor();
+    await check(
+      page.locator("#firmware td", { hasText: "100000 bytes" }).count().then((n) => n === 1),
+      "the uploaded image is listed with its size",
+    );
+    await page.screenshot({ path: join(shots, "05-firmware.png"), fullPage: true });
+
+    // Start a campaign over the demo's devices; its page shows the progress bar and the state.
+    await page.getByLabel("Name", { exact: true }).fill("spring rollout");
+    await page.getByLabel("Image", { exact: true }).selectOption({ label: "meter-firmware 2.0.0" });
+    await page.getByLabel("Endpoint prefix").fill("demo-meter-");
+    await page.getByLabel(/^Waves/).fill("50, 100");
+    await page.getByRole("button", { name: "Start campaign" }).click();
+    await page.waitForURL(new RegExp(`${base}/firmware/campaigns/`));
+    await page.locator("svg.progress").first().waitFor();
+    const state = (await page.locator("#campaign-state").textContent()).trim();
+    console.log(`campaign state: ${state}`);
+    await check(
+      Promise.resolve(["running", "paused", "halted", "completed"].includes(state)),
+      `the campaign has a state (${state})`,
+    );
+    // Let the bar move (the fragment is refreshed every 2 s).
+    await new Promise((r) => setTimeout(r, 4000));
+    await page.screenshot({ path: join(shots, "06-campaign.png"), fullPage: true });
+    await page.getByRole("link", { name: "Back to firmware & campaigns" }).click();
+    await page.waitForURL(`${base}/firmware`);
+    await page.locator("#campaigns a", { hasText: "spring rollout" }).waitFor();
+    await page.screenshot({ path: join(shots, "06-campaign-list.png"), fullPage: true });
+
+    // Bootstrap & credentials: the demo's devices bootstrapped with their factory
+    // credentials and use device-management credentials generated for them.
+    await page.getByRole("link", { name: "Bootstrap & credentials" }).click();
+    await page.waitForURL(`${base}/bootstrap`);
+    await page.locator("#templates td", { hasText: "demo-meter-" }).first().waitFor();
+    const deviceRows = page.locator("#bootstrap-devices tbody tr");
+    await deviceRows.first().waitFor();
+    await check(deviceRows.count().then((n) => n >= 3), "the demo's devices are listed");
+    await check(
+      page.locator("#bootstrap-devices td", { hasText: "in use" }).count().then((n) => n >= 3),
+      "the devices use their generated credentials",
+    );
+    await page.screenshot({ path: join(shots, "07-bootstrap.png"), fullPage: true });
+
+    // Rotate one device's credentials: it bootstraps again and registers with fresh ones.
+    await page.locator("#r-endpoints").fill(endpoint);
+    await page.getByRole("button", { name: "Rotate" }).click();
+    await page.locator("#op-result", { hasText: /rotated \d+, pending \d+, failed \d+/ }).waitFor({ timeout: 60_000 });
+    const report = (await page.locator("#op-result").textContent()).trim();
+    console.log(`rotation of ${endpoint}: ${report}`);
+    await check(Promise.resolve(report === "rotated 1, pending 0, failed 0"), `the device rotated (${report})`);
+    // The devices table refreshes (htmx): the device bootstrapped a second time.
+    await page
+      .locator("#bootstrap-devices tr", { hasText: endpoint })
+      .filter({ hasText: "2 of 2" })
+      .waitFor({ timeout: 20_000 });
+    await page.screenshot({ path: join(shots, "08-rotation.png"), fullPage: true });
 
     if (violations.length > 0) {
       throw new Error(`content security policy violations:\n${violations.join("\n")}`);

@@ -785,6 +785,38 @@ impl LwM2mServer {
         serde_json::from_slice(&bytes).ok()
     }
 
+    /// Every campaign (running and finished), newest first; at most `limit`.
+    pub async fn campaigns(&self, limit: usize) -> Vec<campaign::CampaignStatus> {
+        let mut ids: Vec<String> = self
+            .inner
+            .campaigns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        if let Ok(page) = self
+            .inner
+            .stores
+            .blobs
+            .list_blob_keys(cairn_store::BlobKind::Campaign, None, 10_000)
+            .await
+        {
+            ids.extend(page.items);
+        }
+        ids.sort();
+        ids.dedup();
+        let mut all = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(status) = self.campaign(&id).await {
+                all.push(status);
+            }
+        }
+        all.sort_by_key(|s| std::cmp::Reverse(s.started_at_ms));
+        all.truncate(limit);
+        all
+    }
+
     fn control_campaign(
         &self,
         id: &str,

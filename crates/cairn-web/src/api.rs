@@ -176,7 +176,15 @@ pub fn routes() -> Router<WebState> {
         delete_instance, write_attributes, read_composite, write_composite, list_observations,
         observe, cancel_observation, events, list_security, add_security, remove_security,
         list_users, create_user, delete_user, change_role, change_password, list_tokens, create_token, revoke_token,
-        list_audit
+        list_audit,
+        crate::api_firmware::list_firmware, crate::api_firmware::upload_firmware,
+        crate::api_firmware::remove_firmware, crate::api_firmware::list_campaigns,
+        crate::api_firmware::start_campaign, crate::api_firmware::get_campaign,
+        crate::api_firmware::pause_campaign, crate::api_firmware::resume_campaign,
+        crate::api_firmware::cancel_campaign,
+        crate::api_bootstrap::list_devices, crate::api_bootstrap::get_device,
+        crate::api_bootstrap::list_templates, crate::api_bootstrap::put_template,
+        crate::api_bootstrap::remove_template, crate::api_bootstrap::rotate
     ),
     components(schemas(ErrorBody, NextStep, session::Enrolment)),
     modifiers(&SecurityAddon)
@@ -888,7 +896,7 @@ pub struct Done {
     pub ok: bool,
 }
 
-async fn audited<T>(
+pub(crate) async fn audited<T>(
     state: &WebState,
     principal: &Principal,
     action: &str,

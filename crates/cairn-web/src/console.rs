@@ -48,8 +48,6 @@ pub fn routes() -> Router<WebState> {
         .route("/users", get(users_page))
         .route("/tokens", get(tokens_page))
         .route("/security", get(security_page))
-        .route("/bootstrap", get(bootstrap_page))
-        .route("/firmware", get(firmware_page))
         .route("/static/{*file}", get(asset))
 }
 
@@ -95,7 +93,7 @@ impl Chrome {
         }
     }
 
-    fn of(principal: &Principal, title: &str) -> Chrome {
+    pub(crate) fn of(principal: &Principal, title: &str) -> Chrome {
         Chrome {
             title: title.to_owned(),
             csrf: principal.csrf_token().unwrap_or_default().to_owned(),
@@ -106,7 +104,7 @@ impl Chrome {
     }
 }
 
-fn render(template: &impl Template) -> Response {
+pub(crate) fn render(template: &impl Template) -> Response {
     match template.render() {
         Ok(html) => Html(html).into_response(),
         Err(error) => {
@@ -126,7 +124,13 @@ struct MessagePage {
     link_text: String,
 }
 
-fn message(page: Chrome, status: StatusCode, message: &str, link: &str, text: &str) -> Response {
+pub(crate) fn message(
+    page: Chrome,
+    status: StatusCode,
+    message: &str,
+    link: &str,
+    text: &str,
+) -> Response {
     let mut response = render(&MessagePage {
         page,
         class: if status.is_success() { "info" } else { "error" },
@@ -154,7 +158,7 @@ impl FromRequestParts<WebState> for PageUser {
     }
 }
 
-fn forbidden(principal: &Principal) -> Response {
+pub(crate) fn forbidden(principal: &Principal) -> Response {
     message(
         Chrome::of(principal, "Not allowed"),
         StatusCode::FORBIDDEN,
@@ -779,24 +783,4 @@ async fn account_page(State(state): State<WebState>, PageUser(principal): PageUs
         Ok(None) => Redirect::to("/login").into_response(),
         Err(error) => ApiError::from(error).into_response(),
     }
-}
-
-async fn bootstrap_page(PageUser(principal): PageUser) -> Response {
-    message(
-        Chrome::of(&principal, "Bootstrap & credentials"),
-        StatusCode::OK,
-        "Bootstrap configurations and device credentials will be managed here.",
-        "/",
-        "Back to the fleet",
-    )
-}
-
-async fn firmware_page(PageUser(principal): PageUser) -> Response {
-    message(
-        Chrome::of(&principal, "Firmware & campaigns"),
-        StatusCode::OK,
-        "Firmware images and update campaigns will be managed here.",
-        "/",
-        "Back to the fleet",
-    )
 }

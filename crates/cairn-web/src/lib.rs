@@ -23,8 +23,11 @@
 //! ```
 
 pub mod api;
+pub mod api_bootstrap;
+pub mod api_firmware;
 pub mod auth;
 pub mod console;
+pub mod console_ops;
 pub mod error;
 pub mod json;
 pub mod session;
@@ -95,6 +98,8 @@ pub struct WebConfig {
     pub telemetry_retention: Duration,
     /// The clock.
     pub clock: Arc<dyn Clock>,
+    /// The largest firmware image uploaded through the API, in bytes.
+    pub firmware_upload_limit: usize,
 }
 
 impl Default for WebConfig {
@@ -120,6 +125,7 @@ impl Default for WebConfig {
             default_token_ttl: Duration::from_secs(90 * 24 * 3600),
             telemetry_retention: Duration::from_secs(7 * 24 * 3600),
             clock: Arc::new(SystemClock),
+            firmware_upload_limit: api_firmware::DEFAULT_UPLOAD_LIMIT,
         }
     }
 }
@@ -150,6 +156,8 @@ pub(crate) struct Inner {
     pub(crate) observations: Mutex<HashMap<(String, String), ObservationHandle>>,
     pub(crate) samples: Mutex<HashMap<String, std::collections::VecDeque<Sample>>>,
     pub(crate) decoy_hash: std::sync::OnceLock<String>,
+    /// The Bootstrap-Server run beside the device-management server, if any.
+    pub(crate) bootstrap: std::sync::OnceLock<cairn_server::bootstrap::BootstrapServer>,
 }
 
 /// Everything the handlers share. Cheap to clone.
@@ -172,8 +180,16 @@ impl WebState {
                 observations: Mutex::new(HashMap::new()),
                 samples: Mutex::new(HashMap::new()),
                 decoy_hash: std::sync::OnceLock::new(),
+                bootstrap: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Gives the console and API the Bootstrap-Server run beside the server (its bootstrap
+    /// pages and `/api/bootstrap` answer 503 without one). The web side reads its data only
+    /// as summaries: identities and fingerprints, never keys. Once; later calls are ignored.
+    pub fn set_bootstrap(&self, bootstrap: cairn_server::bootstrap::BootstrapServer) {
+        let _ = self.inner.bootstrap.set(bootstrap);
     }
 
     pub(crate) fn now_ms(&self) -> u64 {
@@ -384,14 +400,21 @@ pub async fn create_user_offline(
 /// The whole application: API, console and static assets, with the security headers.
 pub fn router(state: WebState) -> Router {
     let https = state.inner.config.https;
-    Router::new()
+    let upload_limit = state.inner.config.firmware_upload_limit;
+    let bounded = Router::new()
         .merge(api::routes())
+        .merge(api_firmware::routes())
+        .merge(api_bootstrap::routes())
         .merge(console::routes())
+        .merge(console_ops::routes())
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(64 * 1024));
+    Router::new()
+        .merge(bounded)
+        .merge(api_firmware::upload_routes(upload_limit))
         .with_state(state)
         .layer(axum::middleware::map_response(move |response: Response| {
             security_headers(response, https)
         }))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(64 * 1024))
 }
 
 async fn security_headers(mut response: Response, https: bool) -> Response {

@@ -58,17 +58,61 @@
       const body = {};
       for (const [key, value] of new FormData(form).entries()) {
         const input = form.elements[key];
-        body[key] = input && input.type === "number" ? Number(value) : value;
+        if (form.hasAttribute("data-skip-empty") && value === "") continue;
+        if (input && input.dataset && input.dataset.list) {
+          // A list typed as "a, b c": an array (of numbers for data-list="number").
+          const items = String(value).split(/[\s,]+/).filter(Boolean);
+          if (items.length === 0 && form.hasAttribute("data-skip-empty")) continue;
+          body[key] = input.dataset.list === "number" ? items.map(Number) : items;
+        } else if (input && input.type === "checkbox") {
+          body[key] = true;
+        } else {
+          body[key] = input && input.type === "number" ? Number(value) : value;
+        }
       }
       try {
         const data = await api(form.dataset.method || "POST", form.getAttribute("action"), body);
         if (form.dataset.show && data && data[form.dataset.show]) {
           show("Copy this now, it is not shown again: " + data[form.dataset.show], false);
+        } else if (form.dataset.result && data) {
+          show(format(data[form.dataset.result]), false);
+        } else if (form.dataset.redirect && data && data.id) {
+          window.location.assign(form.dataset.redirect + encodeURIComponent(data.id));
         } else {
           window.location.reload();
         }
       } catch (error) {
         show(error.message, true);
+      }
+    });
+  }
+
+  // Firmware upload: the file is the request body, name and version in the query.
+  for (const form of document.querySelectorAll("form[data-upload]")) {
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const file = form.elements["file"].files[0];
+      if (!file) return;
+      const query = new URLSearchParams({
+        name: form.elements["name"].value,
+        version: form.elements["version"].value,
+      });
+      show("Uploading " + file.name + "…", false);
+      try {
+        const response = await fetch(form.getAttribute("action") + "?" + query.toString(), {
+          method: "POST",
+          headers: { "X-CSRF-Token": csrf, "Content-Type": "application/octet-stream" },
+          credentials: "same-origin",
+          body: file,
+        });
+        if (!response.ok) {
+          let message = response.statusText;
+          try { message = (await response.json()).error.message; } catch (_) { /* not JSON */ }
+          throw new Error(message);
+        }
+        window.location.reload();
+      } catch (error) {
+        show("Upload failed: " + error.message, true);
       }
     });
   }

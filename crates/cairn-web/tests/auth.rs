@@ -743,6 +743,8 @@ async fn pages_have_no_inline_script_or_style() {
         "/fleet/rows",
         "/bootstrap",
         "/firmware",
+        "/firmware/campaign-rows",
+        "/bootstrap/rows",
     ] {
         let request = Request::builder()
             .uri(path)
@@ -1007,6 +1009,82 @@ fn endpoints() -> Vec<(
         ),
         (Method::DELETE, "/api/tokens/none", None, Some(Role::Admin)),
         (Method::GET, "/api/audit", None, Some(Role::Admin)),
+        (Method::GET, "/api/firmware", None, Some(Role::Viewer)),
+        (
+            Method::POST,
+            "/api/firmware?name=matrix&version=1",
+            Some(json!({"image": "bytes"})),
+            Some(Role::Operator),
+        ),
+        (
+            Method::DELETE,
+            "/api/firmware/none",
+            None,
+            Some(Role::Operator),
+        ),
+        (Method::GET, "/api/campaigns", None, Some(Role::Viewer)),
+        (
+            Method::POST,
+            "/api/campaigns",
+            Some(json!({"name": "m", "image_id": "none", "endpoints": ["dev"]})),
+            Some(Role::Operator),
+        ),
+        (Method::GET, "/api/campaigns/none", None, Some(Role::Viewer)),
+        (
+            Method::POST,
+            "/api/campaigns/none/pause",
+            None,
+            Some(Role::Operator),
+        ),
+        (
+            Method::POST,
+            "/api/campaigns/none/resume",
+            None,
+            Some(Role::Operator),
+        ),
+        (
+            Method::POST,
+            "/api/campaigns/none/cancel",
+            None,
+            Some(Role::Operator),
+        ),
+        (
+            Method::GET,
+            "/api/bootstrap/devices",
+            None,
+            Some(Role::Admin),
+        ),
+        (
+            Method::GET,
+            "/api/bootstrap/devices/dev",
+            None,
+            Some(Role::Admin),
+        ),
+        (
+            Method::GET,
+            "/api/bootstrap/templates",
+            None,
+            Some(Role::Admin),
+        ),
+        (
+            Method::POST,
+            "/api/bootstrap/templates",
+            Some(json!({"name": "m", "endpoint_prefix": "m-",
+                "dm_uri": "coaps://127.0.0.1:5684", "bootstrap_uri": "coaps://127.0.0.1:5784"})),
+            Some(Role::Admin),
+        ),
+        (
+            Method::DELETE,
+            "/api/bootstrap/templates/m",
+            None,
+            Some(Role::Admin),
+        ),
+        (
+            Method::POST,
+            "/api/bootstrap/rotate",
+            Some(json!({"endpoints": ["dev"], "wait_s": 1})),
+            Some(Role::Admin),
+        ),
         (Method::POST, "/api/auth/logout", None, Some(Role::Viewer)),
         // Public.
         (Method::GET, "/api/openapi.json", None, None),
@@ -1082,7 +1160,7 @@ async fn every_endpoint_checks_every_role() {
             checked += 1;
         }
     }
-    assert!(checked >= 29 * 3, "{checked}");
+    assert!(checked >= 44 * 3, "{checked}");
 }
 
 #[tokio::test]
@@ -1102,7 +1180,17 @@ async fn the_openapi_document_lists_every_endpoint() {
             .replace("/api/security/m", "/api/security/{endpoint}")
             .replace("/api/users/matrix/role", "/api/users/{username}/role")
             .replace("/api/users/matrix", "/api/users/{username}")
-            .replace("/api/tokens/none", "/api/tokens/{id}");
+            .replace("/api/tokens/none", "/api/tokens/{id}")
+            .replace("/api/firmware/none", "/api/firmware/{id}")
+            .replace("/api/campaigns/none", "/api/campaigns/{id}")
+            .replace(
+                "/api/bootstrap/devices/dev",
+                "/api/bootstrap/devices/{endpoint}",
+            )
+            .replace(
+                "/api/bootstrap/templates/m",
+                "/api/bootstrap/templates/{name}",
+            );
         let entry = paths
             .get(&templated)
             .unwrap_or_else(|| panic!("{templated} missing"));

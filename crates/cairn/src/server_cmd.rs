@@ -217,12 +217,13 @@ impl WebSettings {
 }
 
 /// Starts the web console and REST API for `server`; prints its URL, and the one-time setup
-/// link when there is no user yet.
+/// link when there is no user yet. Returns the web side's state (to give it the
+/// Bootstrap-Server with [`cairn_web::WebState::set_bootstrap`]).
 pub async fn start_web(
     settings: WebSettings,
     server: &LwM2mServer,
     store: &EmbeddedStore,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<cairn_web::WebState> {
     let tls = match &settings.tls {
         Some((cert, key)) => Some(cairn_web::tls::server_config(cert, key)?),
         None => None,
@@ -255,8 +256,9 @@ pub async fn start_web(
         .await
         .map_err(|e| anyhow::anyhow!("cannot issue the setup link: {}", e.message))?;
     state.spawn_background();
+    let serving = state.clone();
     tokio::spawn(async move {
-        if let Err(error) = cairn_web::serve(listener, state, tls).await {
+        if let Err(error) = cairn_web::serve(listener, serving, tls).await {
             tracing::error!(%error, "the web listener stopped");
         }
     });
@@ -267,7 +269,7 @@ pub async fn start_web(
             "cairn server: no user yet; create the first administrator within 1 hour at\n  {link}"
         );
     }
-    Ok(())
+    Ok(state)
 }
 
 fn read_config(path: Option<&Path>) -> anyhow::Result<FileConfig> {
@@ -328,9 +330,10 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             cairn_server::bootstrap::security::device_management_stores(store.clone()),
         )
         .await?;
-        if let Some(web) = web {
-            start_web(web, &server, &store).await?;
-        }
+        let web = match web {
+            Some(web) => Some(start_web(web, &server, &store).await?),
+            None => None,
+        };
         let bootstrap = if let Some((coap, dtls)) = bootstrap_settings {
             let defaults = cairn_server::bootstrap::BootstrapServerConfig::default();
             let coap = if no_coap {
@@ -344,6 +347,9 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             )
             .await?;
             bootstrap.follow(&server);
+            if let Some(web) = &web {
+                web.set_bootstrap(bootstrap.clone());
+            }
             tokio::spawn(crate::rotate_cmd::serve_requests(
                 data_dir.clone(),
                 std::sync::Arc::new(store),

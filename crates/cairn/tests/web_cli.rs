@@ -18,7 +18,9 @@ fn start_server(data_dir: &std::path::Path, extra: &[&str]) -> (Peer, mpsc::Rece
     let mut child = cairn()
         .args(["--log", "info", "server", "--no-coap", "--data-dir"])
         .arg(data_dir)
-        .args(["--dtls-listen", "127.0.0.1:0", "--no-bootstrap"])
+        .args(["--dtls-listen", "127.0.0.1:0"])
+        // Tests run side by side: no fixed port.
+        .args(["--bootstrap-dtls-listen", "127.0.0.1:0"])
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -195,4 +197,118 @@ fn no_web_starts_no_listener() {
     let (_server, lines) = start_server(dir.path(), &["--no-web"]);
     let seen = lines_until(&lines, "registrations restored");
     assert!(!seen.iter().any(|l| l.contains("web console")), "{seen:?}");
+}
+
+/// The string value of `"field":"..."` in a JSON answer.
+fn json_field(answer: &str, field: &str) -> String {
+    let start = answer
+        .find(&format!("\"{field}\":\""))
+        .unwrap_or_else(|| panic!("no {field} in {answer}"))
+        + field.len()
+        + 4;
+    answer[start..].split('"').next().unwrap().to_owned()
+}
+
+/// The `cairn_session` cookie a response sets.
+fn session_cookie(head: &str) -> String {
+    head.split("cairn_session=")
+        .nth(1)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+fn base32_decode(text: &str) -> Vec<u8> {
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let (mut bits, mut value, mut out) = (0u32, 0u32, Vec::new());
+    for c in text.trim_end_matches('=').bytes() {
+        let index = alphabet
+            .iter()
+            .position(|a| *a == c.to_ascii_uppercase())
+            .unwrap() as u32;
+        value = (value << 5) | index;
+        bits += 5;
+        if bits >= 8 {
+            out.push((value >> (bits - 8)) as u8);
+            bits -= 8;
+        }
+    }
+    out
+}
+
+#[test]
+fn the_console_of_cairn_server_reads_its_bootstrap_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, lines) = start_server(dir.path(), &["--web-listen", "127.0.0.1:0"]);
+    let seen = lines_until(&lines, "/setup?token=");
+    let address = web_address(&seen);
+    let token = seen
+        .last()
+        .unwrap()
+        .trim()
+        .split("token=")
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let post = |path: &str, cookie: &str, csrf: &str, body: &str| {
+        http(
+            address,
+            &format!(
+                "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+                 Cookie: cairn_session={cookie}\r\nX-CSRF-Token: {csrf}\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    // The first administrator, with TOTP enrolled.
+    let (status, head, answer) = post(
+        "/api/setup",
+        "",
+        "",
+        &format!(
+            r#"{{"token":"{token}","username":"root","password":"correct horse battery staple"}}"#
+        ),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let (cookie, csrf) = (session_cookie(&head), json_field(&answer, "csrf_token"));
+    let (status, _, answer) = post("/api/auth/totp/enrol", &cookie, &csrf, "");
+    assert_eq!(status, 200, "{answer}");
+    let secret = base32_decode(&json_field(&answer, "secret"));
+    let step = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 30;
+    let code = cairn_web::auth::totp_code(&secret, step);
+    let (status, head, answer) = post(
+        "/api/auth/totp/confirm",
+        &cookie,
+        &csrf,
+        &format!(r#"{{"code":"{code}"}}"#),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let cookie = session_cookie(&head);
+
+    // The bootstrap API answers from the server's Bootstrap-Server (not 503).
+    let (status, _, answer) = http(
+        address,
+        &format!(
+            "GET /api/bootstrap/templates HTTP/1.1\r\nHost: {address}\r\n\
+             Cookie: cairn_session={cookie}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.ends_with("[]"), "{answer}");
+    let (status, _, answer) = http(
+        address,
+        &format!(
+            "GET /bootstrap HTTP/1.1\r\nHost: {address}\r\n\
+             Cookie: cairn_session={cookie}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(status, 200);
+    assert!(answer.contains("Rotate credentials"), "{answer}");
 }

@@ -20,6 +20,7 @@
 pub mod credentials;
 pub mod security;
 mod session;
+pub mod summary;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -36,6 +36,8 @@ pub struct Harness {
     pub state: WebState,
     pub router: Router,
     pub clock: Arc<ManualClock>,
+    /// The Bootstrap-Server beside the server (DTLS on 127.0.0.1, port 0).
+    pub bootstrap: cairn_server::bootstrap::BootstrapServer,
 }
 
 /// One HTTP answer.
@@ -118,6 +120,17 @@ pub async fn harness_full(
     let mut web_config = config(clock.clone());
     adjust(&mut web_config);
     let state = WebState::new(server.clone(), Arc::new(store.clone()), web_config);
+    let bootstrap = cairn_server::bootstrap::BootstrapServer::start(
+        cairn_server::bootstrap::BootstrapServerConfig {
+            coap_listen: None,
+            dtls_listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..Default::default()
+        },
+        cairn_server::bootstrap::BootstrapStores::embedded(store.clone()),
+    )
+    .await
+    .unwrap();
+    state.set_bootstrap(bootstrap.clone());
     let router = cairn_web::router(state.clone());
     Harness {
         dir,
@@ -126,6 +139,7 @@ pub async fn harness_full(
         state,
         router,
         clock,
+        bootstrap,
     }
 }
 

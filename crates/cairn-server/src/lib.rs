@@ -1091,9 +1091,17 @@ impl Inner {
         )
         .await
         .map_err(|_| ServerError::Timeout(timeout))??;
-        let response = sink
-            .request
-            .decode_response(&CoapResponse::from_message(&first)?, &models)?;
+        let decoded = CoapResponse::from_message(&first)
+            .map_err(ServerError::from)
+            .and_then(|coap| Ok(sink.request.decode_response(&coap, &models)?));
+        let response = match decoded {
+            Ok(response) => response,
+            Err(error) => {
+                // An answer we cannot read starts no observation here: stop it there too.
+                handle.cancel_soon();
+                return Err(error);
+            }
+        };
         // Kept in the store so that notifications still reach the server after a restart.
         if let Some(token) = handle.token() {
             let record = cairn_store::Observation {
@@ -1106,7 +1114,11 @@ impl Inner {
                 peer_address: registration.peer_address,
                 created_at_ms: unix_millis(),
             };
-            self.stores.observations.add_observation(record).await?;
+            if let Err(error) = self.stores.observations.add_observation(record).await {
+                // Not kept, so not started: the device is told to stop.
+                handle.cancel_soon();
+                return Err(error.into());
+            }
         }
         Ok((response, handle))
     }

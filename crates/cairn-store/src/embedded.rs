@@ -94,7 +94,9 @@ impl std::fmt::Debug for EmbeddedStore {
     }
 }
 
-struct Inner {
+/// The database and the master key, shared by every handle of a store (and what a write's
+/// closure gets: it holds no handle, so a write never keeps the writer thread alive).
+pub(crate) struct Inner {
     db: Database,
     master_key: MasterKey,
     data_dir: PathBuf,
@@ -172,6 +174,11 @@ impl EmbeddedStore {
         &self.inner.master_key
     }
 
+    /// The shared database and key, for the other modules' reads.
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
     /// The endpoint and key of a PSK identity, synchronously (for a DTLS PSK resolver). One
     /// index lookup and one record read; no disk write.
     pub fn psk_key_blocking(
@@ -198,7 +205,8 @@ impl EmbeddedStore {
         })
     }
 
-    fn write<T, F>(&self, operation: F) -> StoreFuture<'static, T>
+    /// A write in its own transaction on tokio's blocking pool.
+    pub(crate) fn write<T, F>(&self, operation: F) -> StoreFuture<'static, T>
     where
         T: Send + 'static,
         F: FnOnce(&Inner, &WriteTransaction) -> Result<T, StoreError> + Send + 'static,
@@ -216,8 +224,10 @@ impl EmbeddedStore {
 
     /// A write that shares its transaction and `fsync` with the other writes queued at the
     /// same moment (group commit). `operation` may run twice: if another write of the group
-    /// fails, the group is rolled back and each write runs again in its own transaction.
-    fn write_grouped<T, F>(&self, operation: F) -> StoreFuture<'static, T>
+    /// fails, the group is rolled back and each write runs again in its own transaction; so it
+    /// must compute what it writes from `txn` (and its captured input), never from state it
+    /// changed in an earlier run.
+    pub(crate) fn write_grouped<T, F>(&self, operation: F) -> StoreFuture<'static, T>
     where
         T: Send + 'static,
         F: FnMut(&Inner, &WriteTransaction) -> Result<T, StoreError> + Send + 'static,
@@ -246,6 +256,11 @@ impl EmbeddedStore {
 }
 
 impl Inner {
+    /// The key that seals secrets at rest.
+    pub(crate) fn master_key(&self) -> &MasterKey {
+        &self.master_key
+    }
+
     fn write<T>(
         &self,
         operation: impl FnOnce(&Inner, &WriteTransaction) -> Result<T, StoreError>,
@@ -482,7 +497,7 @@ impl Inner {
 
     // ---- security ----
 
-    fn put_security_info(
+    pub(crate) fn put_security_info(
         &self,
         txn: &WriteTransaction,
         info: &SecurityInfo,

@@ -3,7 +3,8 @@
 //! `redb` is a copy-on-write B-tree with ACID transactions; a commit with
 //! [`Durability::Immediate`] is on disk when it returns, so every write that returns `Ok` survives
 //! a crash or a `SIGKILL`. Each store operation is one transaction, except the hot writes
-//! (registrations and observations), which are committed in groups: a writer thread takes
+//! (registrations, observations, and the Bootstrap-Server's changes to device credentials),
+//! which are committed in groups: a writer thread takes
 //! every such write queued while it was committing the previous group, runs them in one
 //! transaction and answers each once that transaction is on disk (one `fsync` for the group).
 //! If one write of a group fails, the group is rolled back and its writes run again one by one,
@@ -82,7 +83,8 @@ const CACHE_BYTES: usize = 16 << 20;
 #[derive(Clone)]
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
-    /// The group-commit writer of the hot writes (registrations, observations).
+    /// The group-commit writer of the hot writes (registrations, observations, device
+    /// credentials at bootstrap).
     writer: Arc<GroupWriter>,
 }
 

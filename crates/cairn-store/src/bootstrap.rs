@@ -35,8 +35,9 @@ use redb::{ReadTransaction, ReadableTable, TableDefinition, TableError, WriteTra
 use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::embedded::EmbeddedStore;
+use crate::embedded::{EmbeddedStore, Inner};
 use crate::error::{DecodeError, StoreError};
+use crate::record::SecurityInfo;
 use crate::secret::SecretBytes;
 use crate::store::{Page, StoreFuture};
 
@@ -342,6 +343,19 @@ pub trait BootstrapStore: Send + Sync {
     /// Stores a device's credentials, replacing the previous record and its identities. An
     /// identity or key owned by another device is a [`StoreError::Conflict`].
     fn put_device_credentials(&self, credentials: DeviceCredentials) -> StoreFuture<'_, ()>;
+
+    /// Stores a device's credentials and, in the same commit, the device-management security
+    /// info of its current credential (in this store's [`SecurityStore`] tables: the
+    /// embedded store is both). Durable when the future completes with `Ok`: the
+    /// Bootstrap-Server calls it before it answers the Bootstrap-Request that will write these
+    /// credentials to the device.
+    ///
+    /// [`SecurityStore`]: crate::SecurityStore
+    fn put_device_credentials_and_security(
+        &self,
+        credentials: DeviceCredentials,
+        security: SecurityInfo,
+    ) -> StoreFuture<'_, ()>;
 
     /// Stores the credentials of many new devices in one transaction (all or none); an
     /// endpoint that already has credentials is a [`StoreError::Conflict`].
@@ -676,36 +690,68 @@ fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
 }
 
 impl EmbeddedStore {
+    /// A write in its own transaction (configurations, templates, imports, removals).
     fn bs_write<T, F>(&self, operation: F) -> StoreFuture<'static, T>
     where
         T: Send + 'static,
-        F: FnOnce(&EmbeddedStore, &WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Inner, &WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     {
-        let store = self.clone();
-        Box::pin(async move {
-            let runtime = tokio::runtime::Handle::try_current()
-                .map_err(|e| StoreError::Task(e.to_string()))?;
-            runtime
-                .spawn_blocking(move || {
-                    let mut txn = store.database().begin_write()?;
-                    txn.set_durability(redb::Durability::Immediate);
-                    let result = operation(&store, &txn)?;
-                    txn.commit()?;
-                    Ok(result)
-                })
-                .await
-                .map_err(|e| StoreError::Task(e.to_string()))?
-        })
+        self.write(operation)
+    }
+
+    /// A write that shares its transaction and `fsync` with the other writes queued at the
+    /// same moment (a device's credentials at bootstrap, its result, its proof). `operation`
+    /// may run twice (alone, after another write of its group failed), so it only writes what
+    /// it computes from its input and `txn`.
+    fn bs_write_grouped<T, F>(&self, operation: F) -> StoreFuture<'static, T>
+    where
+        T: Send + 'static,
+        F: FnMut(&Inner, &WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.write_grouped(operation)
     }
 
     fn bs_read<T>(
         &self,
-        operation: impl FnOnce(&EmbeddedStore, &ReadTransaction) -> Result<T, StoreError>,
+        operation: impl FnOnce(&Inner, &ReadTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let txn = self.database().begin_read()?;
-        operation(self, &txn)
+        operation(self.inner(), &txn)
     }
 
+    /// The current (or previous) bootstrap PSK of an identity with its endpoint, synchronously
+    /// (for the bootstrap server's DTLS PSK resolver).
+    pub fn bootstrap_psk_blocking(
+        &self,
+        identity: &[u8],
+    ) -> Result<Option<(String, SecretBytes)>, StoreError> {
+        let device =
+            self.bs_read(|store, txn| store.read_by_index(txn, BOOTSTRAP_IDENTITIES, identity))?;
+        Ok(device.and_then(|device| {
+            let key = device
+                .accepted_bootstrap()
+                .find(|c| c.identity == identity)
+                .map(|c| c.key.clone())?;
+            Some((device.endpoint, key))
+        }))
+    }
+
+    /// The retiring device-management PSK of an identity with its endpoint, synchronously (for
+    /// the device-management server's DTLS PSK resolver while a device changes credentials).
+    pub fn previous_dm_psk_blocking(
+        &self,
+        identity: &[u8],
+    ) -> Result<Option<(String, SecretBytes)>, StoreError> {
+        let device =
+            self.bs_read(|store, txn| store.read_by_index(txn, PREVIOUS_DM_IDENTITIES, identity))?;
+        Ok(device.and_then(|device| {
+            let previous = device.dm?.previous?;
+            (previous.identity == identity).then_some((device.endpoint, previous.key))
+        }))
+    }
+}
+
+impl Inner {
     fn seal_record(&self, table: &str, key: &str, plain: &[u8]) -> Result<Vec<u8>, StoreError> {
         self.master_key().seal(plain, &context(table, key))
     }
@@ -891,30 +937,43 @@ impl EmbeddedStore {
                 .map(|p| vec![p.identity.clone()])
                 .unwrap_or_default()
         };
-        Self::reindex(
-            txn,
-            BOOTSTRAP_IDENTITIES,
-            endpoint,
-            &identities(previous.as_ref()),
-            &identities(Some(credentials)),
-            "a bootstrap PSK identity",
-        )?;
-        Self::reindex(
-            txn,
-            PREVIOUS_DM_IDENTITIES,
-            endpoint,
-            &previous_dm(previous.as_ref()),
-            &previous_dm(Some(credentials)),
-            "a PSK identity",
-        )?;
+        // An index whose entries for the endpoint stay the same (a status update) is not
+        // rewritten.
+        let (old, new) = (identities(previous.as_ref()), identities(Some(credentials)));
+        if old != new {
+            Inner::reindex(
+                txn,
+                BOOTSTRAP_IDENTITIES,
+                endpoint,
+                &old,
+                &new,
+                "a bootstrap PSK identity",
+            )?;
+        }
+        let (old, new) = (
+            previous_dm(previous.as_ref()),
+            previous_dm(Some(credentials)),
+        );
+        if old != new {
+            Inner::reindex(
+                txn,
+                PREVIOUS_DM_IDENTITIES,
+                endpoint,
+                &old,
+                &new,
+                "a PSK identity",
+            )?;
+        }
         let fingerprint_key = self.fingerprint_key(txn)?;
         let old = previous
             .as_ref()
-            .map(|p| Self::fingerprints(&fingerprint_key, &p.keys(), b'k'))
+            .map(|p| Inner::fingerprints(&fingerprint_key, &p.keys(), b'k'))
             .unwrap_or_default();
-        let new = Self::fingerprints(&fingerprint_key, &credentials.keys(), b'k');
-        Self::check_fingerprints_free(txn, endpoint, &new)?;
-        Self::reindex(txn, KEY_FINGERPRINTS, endpoint, &old, &new, "a PSK")?;
+        let new = Inner::fingerprints(&fingerprint_key, &credentials.keys(), b'k');
+        if old != new {
+            Inner::check_fingerprints_free(txn, endpoint, &new)?;
+            Inner::reindex(txn, KEY_FINGERPRINTS, endpoint, &old, &new, "a PSK")?;
+        }
         let plain = encode(&wire_credentials(credentials));
         let sealed = self.seal_record("bootstrap_credentials", endpoint, &plain)?;
         txn.open_table(CREDENTIALS)?
@@ -931,37 +990,6 @@ impl EmbeddedStore {
                 _ => None,
             })
             .collect()
-    }
-
-    /// The current (or previous) bootstrap PSK of an identity with its endpoint, synchronously
-    /// (for the bootstrap server's DTLS PSK resolver).
-    pub fn bootstrap_psk_blocking(
-        &self,
-        identity: &[u8],
-    ) -> Result<Option<(String, SecretBytes)>, StoreError> {
-        let device =
-            self.bs_read(|store, txn| store.read_by_index(txn, BOOTSTRAP_IDENTITIES, identity))?;
-        Ok(device.and_then(|device| {
-            let key = device
-                .accepted_bootstrap()
-                .find(|c| c.identity == identity)
-                .map(|c| c.key.clone())?;
-            Some((device.endpoint, key))
-        }))
-    }
-
-    /// The retiring device-management PSK of an identity with its endpoint, synchronously (for
-    /// the device-management server's DTLS PSK resolver while a device changes credentials).
-    pub fn previous_dm_psk_blocking(
-        &self,
-        identity: &[u8],
-    ) -> Result<Option<(String, SecretBytes)>, StoreError> {
-        let device =
-            self.bs_read(|store, txn| store.read_by_index(txn, PREVIOUS_DM_IDENTITIES, identity))?;
-        Ok(device.and_then(|device| {
-            let previous = device.dm?.previous?;
-            (previous.identity == identity).then_some((device.endpoint, previous.key))
-        }))
     }
 }
 
@@ -984,18 +1012,18 @@ impl BootstrapStore for EmbeddedStore {
                 store.config_in(&table, endpoint)?
             };
             let fingerprint_key = store.fingerprint_key(txn)?;
-            let keys = |settings: &BootstrapSettings| Self::config_keys(settings);
+            let keys = |settings: &BootstrapSettings| Inner::config_keys(settings);
             let old_keys = previous
                 .as_ref()
                 .map(|p| keys(&p.settings))
                 .unwrap_or_default();
             let new_keys = keys(&config.settings);
             let old =
-                Self::fingerprints(&fingerprint_key, &old_keys.iter().collect::<Vec<_>>(), b'c');
+                Inner::fingerprints(&fingerprint_key, &old_keys.iter().collect::<Vec<_>>(), b'c');
             let new =
-                Self::fingerprints(&fingerprint_key, &new_keys.iter().collect::<Vec<_>>(), b'c');
-            Self::check_fingerprints_free(txn, endpoint, &new)?;
-            Self::reindex(txn, KEY_FINGERPRINTS, endpoint, &old, &new, "a PSK")?;
+                Inner::fingerprints(&fingerprint_key, &new_keys.iter().collect::<Vec<_>>(), b'c');
+            Inner::check_fingerprints_free(txn, endpoint, &new)?;
+            Inner::reindex(txn, KEY_FINGERPRINTS, endpoint, &old, &new, "a PSK")?;
             let plain = encode(&WireConfig {
                 name: config.endpoint.clone(),
                 prefix: String::new(),
@@ -1031,9 +1059,9 @@ impl BootstrapStore for EmbeddedStore {
                 return Ok(false);
             };
             let fingerprint_key = store.fingerprint_key(txn)?;
-            let keys = Self::config_keys(&previous.settings);
-            let old = Self::fingerprints(&fingerprint_key, &keys.iter().collect::<Vec<_>>(), b'c');
-            Self::reindex(txn, KEY_FINGERPRINTS, &endpoint, &old, &[], "a PSK")?;
+            let keys = Inner::config_keys(&previous.settings);
+            let old = Inner::fingerprints(&fingerprint_key, &keys.iter().collect::<Vec<_>>(), b'c');
+            Inner::reindex(txn, KEY_FINGERPRINTS, &endpoint, &old, &[], "a PSK")?;
             txn.open_table(CONFIGS)?.remove(endpoint.as_str())?;
             Ok(true)
         })
@@ -1087,7 +1115,25 @@ impl BootstrapStore for EmbeddedStore {
     }
 
     fn put_device_credentials(&self, credentials: DeviceCredentials) -> StoreFuture<'_, ()> {
-        self.bs_write(move |store, txn| store.write_credentials(txn, &credentials, false))
+        // Re-runnable: the record is given; the indexes are recomputed from `txn`.
+        self.bs_write_grouped(move |store, txn| store.write_credentials(txn, &credentials, false))
+    }
+
+    fn put_device_credentials_and_security(
+        &self,
+        credentials: DeviceCredentials,
+        security: SecurityInfo,
+    ) -> StoreFuture<'_, ()> {
+        if security.endpoint != credentials.endpoint {
+            return Box::pin(std::future::ready(Err(StoreError::InvalidInput(
+                "the security info is another endpoint's",
+            ))));
+        }
+        self.bs_write_grouped(move |store, txn| {
+            store.write_credentials(txn, &credentials, false)?;
+            store.put_security_info(txn, &security)?;
+            Ok(())
+        })
     }
 
     fn import_device_credentials(&self, devices: Vec<DeviceCredentials>) -> StoreFuture<'_, ()> {
@@ -1175,16 +1221,16 @@ impl BootstrapStore for EmbeddedStore {
                 .accepted_bootstrap()
                 .map(|c| c.identity.clone())
                 .collect();
-            Self::reindex(txn, BOOTSTRAP_IDENTITIES, &endpoint, &identities, &[], "")?;
+            Inner::reindex(txn, BOOTSTRAP_IDENTITIES, &endpoint, &identities, &[], "")?;
             let retiring: Vec<Vec<u8>> = previous
                 .dm
                 .iter()
                 .flat_map(|dm| dm.previous.iter().map(|p| p.identity.clone()))
                 .collect();
-            Self::reindex(txn, PREVIOUS_DM_IDENTITIES, &endpoint, &retiring, &[], "")?;
+            Inner::reindex(txn, PREVIOUS_DM_IDENTITIES, &endpoint, &retiring, &[], "")?;
             let fingerprint_key = store.fingerprint_key(txn)?;
-            let old = Self::fingerprints(&fingerprint_key, &previous.keys(), b'k');
-            Self::reindex(txn, KEY_FINGERPRINTS, &endpoint, &old, &[], "")?;
+            let old = Inner::fingerprints(&fingerprint_key, &previous.keys(), b'k');
+            Inner::reindex(txn, KEY_FINGERPRINTS, &endpoint, &old, &[], "")?;
             txn.open_table(CREDENTIALS)?.remove(endpoint.as_str())?;
             Ok(true)
         })

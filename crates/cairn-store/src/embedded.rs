@@ -3,7 +3,8 @@
 //! `redb` is a copy-on-write B-tree with ACID transactions; a commit with
 //! [`Durability::Immediate`] is on disk when it returns, so every write that returns `Ok` survives
 //! a crash or a `SIGKILL`. Each store operation is one transaction, except the hot writes
-//! (registrations and observations), which are committed in groups: a writer thread takes
+//! (registrations, observations, and the Bootstrap-Server's changes to device credentials),
+//! which are committed in groups: a writer thread takes
 //! every such write queued while it was committing the previous group, runs them in one
 //! transaction and answers each once that transaction is on disk (one `fsync` for the group).
 //! If one write of a group fails, the group is rolled back and its writes run again one by one,
@@ -87,7 +88,8 @@ const CACHE_BYTES: usize = 16 << 20;
 #[derive(Clone)]
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
-    /// The group-commit writer of the hot writes (registrations, observations).
+    /// The group-commit writer of the hot writes (registrations, observations, device
+    /// credentials at bootstrap).
     writer: Arc<GroupWriter>,
 }
 
@@ -99,7 +101,9 @@ impl std::fmt::Debug for EmbeddedStore {
     }
 }
 
-struct Inner {
+/// The database and the master key, shared by every handle of a store (and what a write's
+/// closure gets: it holds no handle, so a write never keeps the writer thread alive).
+pub(crate) struct Inner {
     db: Database,
     master_key: MasterKey,
     data_dir: PathBuf,
@@ -177,6 +181,11 @@ impl EmbeddedStore {
         &self.inner.master_key
     }
 
+    /// The shared database and key, for the other modules' reads.
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
     /// The endpoint and key of a PSK identity, synchronously (for a DTLS PSK resolver). One
     /// index lookup and one record read; no disk write.
     pub fn psk_key_blocking(
@@ -213,7 +222,8 @@ impl EmbeddedStore {
         })
     }
 
-    fn write<T, F>(&self, operation: F) -> StoreFuture<'static, T>
+    /// A write in its own transaction on tokio's blocking pool.
+    pub(crate) fn write<T, F>(&self, operation: F) -> StoreFuture<'static, T>
     where
         T: Send + 'static,
         F: FnOnce(&Inner, &WriteTransaction) -> Result<T, StoreError> + Send + 'static,
@@ -231,8 +241,10 @@ impl EmbeddedStore {
 
     /// A write that shares its transaction and `fsync` with the other writes queued at the
     /// same moment (group commit). `operation` may run twice: if another write of the group
-    /// fails, the group is rolled back and each write runs again in its own transaction.
-    fn write_grouped<T, F>(&self, operation: F) -> StoreFuture<'static, T>
+    /// fails, the group is rolled back and each write runs again in its own transaction; so it
+    /// must compute what it writes from `txn` (and its captured input), never from state it
+    /// changed in an earlier run.
+    pub(crate) fn write_grouped<T, F>(&self, operation: F) -> StoreFuture<'static, T>
     where
         T: Send + 'static,
         F: FnMut(&Inner, &WriteTransaction) -> Result<T, StoreError> + Send + 'static,
@@ -261,6 +273,11 @@ impl EmbeddedStore {
 }
 
 impl Inner {
+    /// The key that seals secrets at rest.
+    pub(crate) fn master_key(&self) -> &MasterKey {
+        &self.master_key
+    }
+
     fn write<T>(
         &self,
         operation: impl FnOnce(&Inner, &WriteTransaction) -> Result<T, StoreError>,
@@ -498,7 +515,7 @@ impl Inner {
 
     // ---- security ----
 
-    fn put_security_info(
+    pub(crate) fn put_security_info(
         &self,
         txn: &WriteTransaction,
         info: &SecurityInfo,

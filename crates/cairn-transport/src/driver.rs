@@ -31,6 +31,15 @@ const SEND_BATCH: usize = 64;
 /// Socket buffer sizes asked for, so that bursts are not dropped.
 const SOCKET_BUFFER_BYTES: usize = 4 << 20;
 
+thread_local! {
+    /// The receive buffers of the DTLS client sockets whose drivers run on this thread. A
+    /// driver handles what it received before it can yield, so one set serves every client
+    /// socket of the thread: a fleet of thousands of clients (each with a socket per server,
+    /// opened and closed as it bootstraps and registers) does not allocate and zero
+    /// `CLIENT_BATCH * MAX_DATAGRAM` bytes per socket.
+    static CLIENT_STORAGE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 pub(crate) struct Driver {
     socket: UdpSocket,
     state: UdpSocketState,
@@ -45,6 +54,7 @@ pub(crate) struct Driver {
     pings: HashMap<RequestId, oneshot::Sender<Result<(), TransportError>>>,
     /// Receive buffers, `MAX_DATAGRAM` bytes each, in one allocation: large enough to come
     /// straight from the kernel zeroed, so only the pages datagrams touch become resident.
+    /// Empty for a DTLS client, which uses its thread's [`CLIENT_STORAGE`].
     storage: Vec<u8>,
     meta: Vec<RecvMeta>,
     outbox: Vec<cairn_coap::Transmit>,
@@ -62,9 +72,11 @@ impl Driver {
         let state = UdpSocketState::new((&socket).into())?;
         // A DTLS client talks to one server: a short batch serves it, and a fleet of
         // thousands of clients in one process stays small.
-        let batch = match security {
-            Security::DtlsClient { .. } => CLIENT_BATCH,
-            _ => BATCH_SIZE,
+        let security_is_client = matches!(security, Security::DtlsClient { .. });
+        let batch = if security_is_client {
+            CLIENT_BATCH
+        } else {
+            BATCH_SIZE
         };
         quiet_ancillary_data(&socket);
         // Smaller buffers only mean drops under bursts, which retransmission covers.
@@ -84,7 +96,11 @@ impl Driver {
             origin: Instant::now(),
             sinks: HashMap::new(),
             pings: HashMap::new(),
-            storage: vec![0u8; batch * MAX_DATAGRAM],
+            storage: if security_is_client {
+                Vec::new()
+            } else {
+                vec![0u8; batch * MAX_DATAGRAM]
+            },
             meta: vec![RecvMeta::default(); batch],
             outbox: Vec::new(),
         })
@@ -137,10 +153,29 @@ impl Driver {
     }
 
     fn receive(&mut self) {
+        if !self.storage.is_empty() {
+            let mut storage = std::mem::take(&mut self.storage);
+            self.receive_into(&mut storage);
+            self.storage = storage;
+            return;
+        }
+        CLIENT_STORAGE.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut storage) => {
+                if storage.is_empty() {
+                    storage.resize(self.meta.len() * MAX_DATAGRAM, 0);
+                }
+                self.receive_into(&mut storage);
+            }
+            // Not reached (a receive never runs inside another); a buffer of its own then.
+            Err(_) => self.receive_into(&mut vec![0u8; self.meta.len() * MAX_DATAGRAM]),
+        });
+    }
+
+    fn receive_into(&mut self, storage: &mut [u8]) {
         for _ in 0..BATCHES_PER_TURN {
-            let mut slices: Vec<IoSliceMut<'_>> = self
-                .storage
+            let mut slices: Vec<IoSliceMut<'_>> = storage
                 .chunks_mut(MAX_DATAGRAM)
+                .take(self.meta.len())
                 .map(IoSliceMut::new)
                 .collect();
             let state = &self.state;
@@ -160,7 +195,7 @@ impl Driver {
             for (meta, buffer) in self
                 .meta
                 .iter()
-                .zip(self.storage.chunks(MAX_DATAGRAM))
+                .zip(storage.chunks(MAX_DATAGRAM))
                 .take(count)
             {
                 let stride = meta.stride.max(1);

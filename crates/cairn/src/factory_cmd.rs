@@ -205,6 +205,11 @@ fn open(
 }
 
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    write_private_file(path, text, true)
+}
+
+/// Creates a file only its owner can read; `durable`: synced to disk before it returns.
+fn write_private_file(path: &Path, text: &str, durable: bool) -> anyhow::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -213,7 +218,9 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
         .open(path)
         .with_context(|| format!("cannot create {}", path.display()))?;
     file.write_all(text.as_bytes())?;
-    file.sync_all()?;
+    if durable {
+        file.sync_all()?;
+    }
     Ok(())
 }
 
@@ -333,7 +340,7 @@ pub fn run(args: FactoryArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes `count` device files and the sealed manifest into `out`.
+/// Writes `count` device files and the sealed manifest into `out`, each synced to disk.
 pub fn generate(
     count: usize,
     out: &Path,
@@ -341,6 +348,28 @@ pub fn generate(
     bootstrap_uri: &str,
     prefix: &str,
     first: u64,
+) -> anyhow::Result<()> {
+    generate_with(
+        count,
+        out,
+        server_public,
+        bootstrap_uri,
+        prefix,
+        first,
+        true,
+    )
+}
+
+/// [`generate`], with the files synced to disk only if `durable` (a benchmark's throwaway
+/// factory output need not be).
+pub fn generate_with(
+    count: usize,
+    out: &Path,
+    server_public: &[u8],
+    bootstrap_uri: &str,
+    prefix: &str,
+    first: u64,
+    durable: bool,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(count > 0, "--count must be positive");
     anyhow::ensure!(
@@ -376,9 +405,13 @@ pub fn generate(
             psk_key: key.to_string(),
         };
         let text = Zeroizing::new(toml::to_string(&file)?);
-        write_private(&devices_dir.join(format!("{endpoint}.toml")), &text)?;
+        write_private_file(
+            &devices_dir.join(format!("{endpoint}.toml")),
+            &text,
+            durable,
+        )?;
     }
-    write_private(&manifest_path, &toml::to_string(&manifest)?)
+    write_private_file(&manifest_path, &toml::to_string(&manifest)?, durable)
 }
 
 #[cfg(test)]

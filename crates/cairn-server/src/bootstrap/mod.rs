@@ -112,6 +112,10 @@ pub struct BootstrapStores {
     pub security: Arc<dyn SecurityStore>,
     /// Synchronous bootstrap PSK lookups for the DTLS handshake.
     pub psk_resolver: Arc<dyn cairn_dtls::PskResolver>,
+    /// `security` is `bootstrap`'s own security store (one database): a device's new
+    /// credentials and its device-management security info are then stored in one commit
+    /// ([`BootstrapStore::put_device_credentials_and_security`]) instead of two.
+    pub security_in_bootstrap_store: bool,
 }
 
 impl BootstrapStores {
@@ -121,6 +125,7 @@ impl BootstrapStores {
             bootstrap: Arc::new(store.clone()),
             security: Arc::new(store.clone()),
             psk_resolver: Arc::new(security::BootstrapPskResolver(store)),
+            security_in_bootstrap_store: true,
         }
     }
 }
@@ -131,8 +136,11 @@ struct Inner {
     events: broadcast::Sender<BootstrapEvent>,
     coap: Option<CoapEndpoint>,
     dtls: Option<CoapEndpoint>,
-    /// Serializes changes to device credentials (Bootstrap-Requests and proofs).
-    credentials: tokio::sync::Mutex<()>,
+    /// Serializes the changes to each device's credentials (Bootstrap-Requests, results,
+    /// proofs, rotation marks): a change reads the record, computes the new one and writes it,
+    /// holding the lock of the endpoint's stripe. Devices of other stripes change in parallel,
+    /// so their writes share group commits.
+    credentials: EndpointLocks,
     /// The running sequence of each endpoint and its number.
     sessions: Mutex<HashMap<String, (u64, tokio::task::AbortHandle)>>,
     next_session: std::sync::atomic::AtomicU64,
@@ -205,7 +213,7 @@ impl BootstrapServer {
             events,
             coap,
             dtls,
-            credentials: tokio::sync::Mutex::new(()),
+            credentials: EndpointLocks::new(),
             sessions: Mutex::new(HashMap::new()),
             next_session: std::sync::atomic::AtomicU64::new(0),
         });
@@ -256,34 +264,9 @@ impl BootstrapServer {
                         let Some(inner) = inner.upgrade() else {
                             return;
                         };
-                        if let PeerIdentity::Psk(identity) = &registration.identity {
-                            if let Err(error) =
-                                inner.registered(&registration.endpoint, identity).await
-                            {
-                                tracing::warn!(%error, "cannot record a credential proof");
-                            }
-                        }
-                        // A rotation asked for while the device was away happens now.
-                        let rotation_requested = inner
-                            .stores
-                            .bootstrap
-                            .get_device_credentials(&registration.endpoint)
-                            .await
-                            .ok()
-                            .flatten()
-                            .is_some_and(|d| d.status.rotation_requested);
-                        if rotation_requested {
-                            let server = server.clone();
-                            tokio::spawn(async move {
-                                let trigger = bootstrap_trigger(&registration);
-                                if let Err(error) = server
-                                    .execute(&registration.endpoint, trigger, Vec::new())
-                                    .await
-                                {
-                                    tracing::warn!(endpoint = %registration.endpoint, %error, "cannot trigger a pending rotation");
-                                }
-                            });
-                        }
+                        // One task per registration: a proof waits for its commit, and the
+                        // proofs of many devices share one.
+                        tokio::spawn(on_registered(inner, server.clone(), registration));
                     }
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) => sweep = true,
@@ -296,7 +279,7 @@ impl BootstrapServer {
     /// Marks a device for fresh credentials at its next bootstrap (they are rotated at every
     /// bootstrap; this records that an operator asked).
     pub async fn request_rotation(&self, endpoint: &str) -> Result<bool, StoreError> {
-        let _guard = self.inner.credentials.lock().await;
+        let _guard = self.inner.credentials.lock(endpoint).await;
         let Some(mut device) = self
             .inner
             .stores
@@ -396,6 +379,64 @@ impl cairn_transport::Handler for BootstrapHandler {
     }
 }
 
+/// A device registered with the DM server: records the proof of its new credentials, and
+/// triggers a rotation asked for while it was away.
+async fn on_registered(
+    inner: Arc<Inner>,
+    server: LwM2mServer,
+    registration: cairn_store::Registration,
+) {
+    if let PeerIdentity::Psk(identity) = &registration.identity {
+        if let Err(error) = inner.registered(&registration.endpoint, identity).await {
+            tracing::warn!(%error, "cannot record a credential proof");
+        }
+    }
+    let rotation_requested = inner
+        .stores
+        .bootstrap
+        .get_device_credentials(&registration.endpoint)
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|d| d.status.rotation_requested);
+    drop(inner);
+    if rotation_requested {
+        let trigger = bootstrap_trigger(&registration);
+        if let Err(error) = server
+            .execute(&registration.endpoint, trigger, Vec::new())
+            .await
+        {
+            tracing::warn!(endpoint = %registration.endpoint, %error, "cannot trigger a pending rotation");
+        }
+    }
+}
+
+/// Locks per endpoint, striped: a fixed number of locks, an endpoint's chosen by a keyed
+/// hash of its name (keys random per process, so names cannot be picked to share a lock).
+struct EndpointLocks {
+    stripes: Box<[tokio::sync::Mutex<()>]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl EndpointLocks {
+    const STRIPES: usize = 1024;
+
+    fn new() -> Self {
+        EndpointLocks {
+            stripes: (0..Self::STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    async fn lock(&self, endpoint: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::BuildHasher;
+        let stripe = self.hasher.hash_one(endpoint) as usize % self.stripes.len();
+        self.stripes[stripe].lock().await
+    }
+}
+
 /// The Bootstrap-Request Trigger (/1/x/9) of the device's first Server object instance.
 fn bootstrap_trigger(registration: &cairn_store::Registration) -> cairn_lwm2m::LwM2mPath {
     let instance = registration
@@ -491,7 +532,7 @@ impl Inner {
         secure: bool,
     ) -> Result<(), Refusal> {
         let forbidden = |why: &str| (ResponseCode::FORBIDDEN, why.to_owned());
-        let guard = self.credentials.lock().await;
+        let guard = self.credentials.lock(endpoint).await;
         let device = if secure {
             let identity =
                 identity.ok_or_else(|| forbidden("no authenticated identity on this session"))?;
@@ -552,8 +593,9 @@ impl Inner {
         Ok(())
     }
 
-    /// New credentials for the device, stored before it hears 2.04: first the bootstrap store
-    /// (which keeps the previous ones valid), then the DM security store.
+    /// New credentials for the device, durable before it hears 2.04: the bootstrap store's
+    /// record (which keeps the previous ones valid) and the DM security store's, in one
+    /// commit when they are one store.
     async fn prepare(
         &self,
         device: DeviceCredentials,
@@ -588,24 +630,36 @@ impl Inner {
                 (ResponseCode::INTERNAL_SERVER_ERROR, String::new())
             }
         })?;
-        self.stores
-            .bootstrap
-            .put_device_credentials(updated.clone())
-            .await
-            .map_err(store_refusal)?;
-        if let Some(dm) = &updated.dm {
-            self.stores
-                .security
-                .put_security_info(SecurityInfo {
-                    endpoint: updated.endpoint.clone(),
-                    mode: SecurityMode::Psk {
-                        identity: dm.current.identity.clone(),
-                        key: dm.current.key.clone(),
-                    },
-                    created_at_ms: unix_millis(),
-                })
+        let security = updated.dm.as_ref().map(|dm| SecurityInfo {
+            endpoint: updated.endpoint.clone(),
+            mode: SecurityMode::Psk {
+                identity: dm.current.identity.clone(),
+                key: dm.current.key.clone(),
+            },
+            created_at_ms: unix_millis(),
+        });
+        let stores = &self.stores;
+        match security {
+            Some(security) if stores.security_in_bootstrap_store => stores
+                .bootstrap
+                .put_device_credentials_and_security(updated.clone(), security)
                 .await
-                .map_err(store_refusal)?;
+                .map_err(store_refusal)?,
+            security => {
+                // The bootstrap store first: it keeps the previous credentials valid.
+                stores
+                    .bootstrap
+                    .put_device_credentials(updated.clone())
+                    .await
+                    .map_err(store_refusal)?;
+                if let Some(security) = security {
+                    stores
+                        .security
+                        .put_security_info(security)
+                        .await
+                        .map_err(store_refusal)?;
+                }
+            }
         }
         Ok(updated)
     }
@@ -684,7 +738,7 @@ impl Inner {
             }
         };
         if has_credentials {
-            let _guard = self.credentials.lock().await;
+            let _guard = self.credentials.lock(endpoint).await;
             let bootstrap = &self.stores.bootstrap;
             match bootstrap.get_device_credentials(endpoint).await {
                 Ok(Some(mut device)) => {
@@ -709,7 +763,7 @@ impl Inner {
     }
 
     async fn registered(&self, endpoint: &str, identity: &[u8]) -> Result<bool, StoreError> {
-        let _guard = self.credentials.lock().await;
+        let _guard = self.credentials.lock(endpoint).await;
         let Some(device) = self
             .stores
             .bootstrap

@@ -1,18 +1,24 @@
 //! `cairn bench bootstrap`: N simulated devices from factory state to registered. A
 //! device-management server and a Bootstrap-Server run in this process on one embedded store
-//! (every credential change is a durable commit); factory credentials come from
-//! `cairn keys factory` and are imported from its sealed manifest; the devices (the
-//! `cairn-client` device flow, each with its own sockets and in-memory vault) bootstrap over
-//! DTLS-PSK, get generated credentials, and register over a second DTLS session with them.
-//! Prints `RESULT bootstrap devices=N seconds=S per_s=N`: S from the first Bootstrap-Request
-//! to the last registration.
+//! (every credential change is durable before the device hears of it); factory credentials
+//! come from `cairn keys factory` and are imported from its sealed manifest; the devices run
+//! in `cairn fleet --factory` processes (the `cairn-client` device flow, each device with its
+//! own sockets and in-memory vault), up to `--per-process` devices each, each process sending
+//! from its own loopback address (one address has only the kernel's ~28,000 ephemeral ports,
+//! one process 20,000 file descriptors). The devices bootstrap over DTLS-PSK, get generated
+//! credentials, and register over a second DTLS session with them.
+//! Prints `RESULT bootstrap devices=N seconds=S per_s=N`: S from the start of the fleet
+//! processes to the DM server's last registration.
 
-use std::time::Duration;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use cairn_server::bootstrap::security::device_management_stores;
 use cairn_server::bootstrap::{BootstrapServer, BootstrapServerConfig, BootstrapStores};
-use cairn_server::{EmbeddedStore, LwM2mServer, ServerConfig};
+use cairn_server::{EmbeddedStore, LwM2mServer, ServerConfig, ServerEvent};
 use cairn_store::{
     BootstrapSettings, BootstrapStore, BootstrapTemplate, CredentialKind, DmCredentialSource,
     DmServerConfig, MasterKey, MasterKeySource,
@@ -24,24 +30,46 @@ pub struct BootstrapBenchArgs {
     /// Simulated devices.
     #[arg(long, default_value_t = 500)]
     devices: usize,
-    /// Devices started per second.
+    /// Devices started per second, across every fleet process.
     #[arg(long, default_value_t = 1_000.0)]
     rate: f64,
-    /// Worker threads.
+    /// Worker threads of the servers' runtime.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Devices per `cairn fleet` process.
+    #[arg(long, default_value_t = 15_000)]
+    per_process: usize,
+    /// Worker threads of each fleet process.
+    #[arg(long, default_value_t = 2)]
+    fleet_threads: usize,
+}
+
+/// Kills the fleet processes when dropped.
+struct Fleets(Vec<Child>);
+
+impl Drop for Fleets {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 pub fn run(args: BootstrapBenchArgs) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
+    anyhow::ensure!(args.devices > 0, "--devices must be positive");
+    anyhow::ensure!(args.rate > 0.0, "--rate must be positive");
+    let work = tempfile_dir()?;
+    let result = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
         .enable_all()
         .build()?
-        .block_on(bench(args))
+        .block_on(bench(&args, &work));
+    let _ = std::fs::remove_dir_all(&work);
+    result
 }
 
-async fn bench(args: BootstrapBenchArgs) -> anyhow::Result<()> {
-    let work = tempfile_dir()?;
+async fn bench(args: &BootstrapBenchArgs, work: &Path) -> anyhow::Result<()> {
     let data = work.join("data");
     let store = EmbeddedStore::open_with(&data, MasterKeySource::Key(MasterKey::generate()?.0))?;
     let dm = LwM2mServer::start(
@@ -89,41 +117,134 @@ async fn bench(args: BootstrapBenchArgs) -> anyhow::Result<()> {
         })
         .await?;
     let public = crate::factory_cmd::create_server_key(&data)?;
-    let factory = work.join("factory");
-    crate::factory_cmd::generate(args.devices, &factory, &public, &bs_uri, "bench-", 1)?;
-    let devices = crate::factory_cmd::read_manifest(&factory.join("manifest.toml"), &data)?;
-    store.import_device_credentials(devices).await?;
-    eprintln!("{} devices from factory state to registered…", args.devices);
-    let outcome = crate::fleet_bootstrap::run(crate::fleet_bootstrap::BootstrapFleet {
-        devices: None,
-        bootstrap_uri: None,
-        factory,
-        state_dir: None,
-        bind: None,
-        rate: args.rate,
-        ack_timeout: Duration::from_secs(2),
-        register_attempts: 3,
-        deadline: Duration::from_secs(1800),
-    })
-    .await?;
-    eprintln!("{}", crate::fleet_bootstrap::summary(&outcome));
-    let registered = outcome.registered;
-    let seconds = outcome.elapsed.as_secs_f64();
-    crate::fleet_bootstrap::stop(outcome).await;
+    let per_process = args.per_process.max(1);
+    let mut factories = Vec::new();
+    let mut first = 1u64;
+    let mut left = args.devices;
+    while left > 0 {
+        let count = left.min(per_process);
+        let dir = work.join(format!("factory-{}", factories.len()));
+        crate::factory_cmd::generate_with(count, &dir, &public, &bs_uri, "bench-", first, false)?;
+        let devices = crate::factory_cmd::read_manifest(&dir.join("manifest.toml"), &data)?;
+        store.import_device_credentials(devices).await?;
+        factories.push((dir, count));
+        first += count as u64;
+        left -= count;
+    }
+    // Registrations counted from the DM server's events (every endpoint once).
+    let mut events = dm.events();
+    let (count_tx, mut count_rx) = tokio::sync::watch::channel(0usize);
+    let counter_dm = dm.clone();
+    let counter = tokio::spawn(async move {
+        let mut seen = HashSet::new();
+        loop {
+            match events.recv().await {
+                Ok(ServerEvent::Registered(registration)) => {
+                    seen.insert(registration.endpoint);
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    seen.extend(counter_dm.registrations().into_iter().map(|r| r.endpoint));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+            let _ = count_tx.send(seen.len());
+        }
+    });
+    eprintln!(
+        "{} devices from factory state to registered, {} fleet process(es)…",
+        args.devices,
+        factories.len()
+    );
+    let exe = std::env::current_exe()?;
+    let per_process_rate = args.rate / factories.len() as f64;
+    let started = Instant::now();
+    let mut fleets = Fleets(Vec::new());
+    let mut logs = Vec::new();
+    for (n, (dir, count)) in factories.iter().enumerate() {
+        let bind = format!("127.0.{}.{}", 1 + n / 250, 2 + n % 250);
+        let log = work.join(format!("fleet-{n}.log"));
+        let child = Command::new(&exe)
+            .arg("fleet")
+            .arg("--factory")
+            .arg(dir)
+            .args(["--devices", &count.to_string(), "--bind", &bind])
+            .args(["--rate", &per_process_rate.to_string(), "--hold", "100000"])
+            .args(["--threads", &args.fleet_threads.max(1).to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("cannot start cairn fleet")?;
+        fleets.0.push(child);
+        logs.push(log);
+    }
+    let limit = Duration::from_secs_f64(args.devices as f64 / args.rate + 300.0);
+    let mut last_report = Instant::now();
+    let registered = loop {
+        let registered = *count_rx.borrow_and_update();
+        if registered >= args.devices {
+            break registered;
+        }
+        if started.elapsed() > limit {
+            bail!(
+                "only {registered} of {} devices registered within {limit:?}",
+                args.devices
+            );
+        }
+        for child in &mut fleets.0 {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "a fleet process exited early ({status}) with {registered} devices registered"
+                );
+            }
+        }
+        if last_report.elapsed() > Duration::from_secs(5) {
+            eprintln!(
+                "  {registered} registered after {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            last_report = Instant::now();
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(50), count_rx.changed()).await;
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    // Each fleet prints its summary (latencies) once all its devices registered.
+    let summaries = fleet_summaries(&logs, Duration::from_secs(5)).await;
+    for line in &summaries {
+        eprintln!("  fleet: {line}");
+    }
+    drop(fleets);
+    counter.abort();
     bootstrap.shutdown().await;
     dm.shutdown().await;
     drop(store);
-    let _ = std::fs::remove_dir_all(&work);
-    anyhow::ensure!(
-        registered == args.devices,
-        "only {registered} of {} devices registered",
-        args.devices
-    );
     println!(
         "RESULT bootstrap devices={registered} seconds={seconds:.2} per_s={:.0}",
         registered as f64 / seconds
     );
     Ok(())
+}
+
+/// The summary line of each fleet log, waiting up to `wait` for them.
+async fn fleet_summaries(logs: &[PathBuf], wait: Duration) -> Vec<String> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let lines: Vec<String> = logs
+            .iter()
+            .filter_map(|log| {
+                std::fs::read_to_string(log)
+                    .ok()?
+                    .lines()
+                    .find(|l| l.contains("bootstrapped and registered"))
+                    .map(str::to_owned)
+            })
+            .collect();
+        if lines.len() == logs.len() || Instant::now() > deadline {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A fresh directory under the system's temporary directory.

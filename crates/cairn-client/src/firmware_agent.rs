@@ -210,9 +210,10 @@ where
         let mut request = Message::request(Code::GET);
         parsed.apply(&mut request);
         let mut failures = 0;
+        let mut etag = None;
         loop {
             match self
-                .pass(&endpoint, address, &request, generation)
+                .pass(&endpoint, address, &request, generation, &mut etag)
                 .await
             {
                 Pass::Done => break,
@@ -233,18 +234,20 @@ where
         self.report();
     }
 
-    /// One connection's worth of download: the first block (header, manifest, ETag) again,
-    /// then on from where the flash holds the package.
+    /// One connection's worth of download, from where the device holds the package (the
+    /// start after a restart, which forgets the manifest held in RAM). Every block carries
+    /// the package's ETag: a different one starts the download over.
     async fn pass(
         &mut self,
         endpoint: &CoapEndpoint,
         address: SocketAddr,
         request: &Message,
         generation: u64,
+        etag_in_use: &mut Option<Vec<u8>>,
     ) -> Pass {
-        self.with(FirmwareObject::reset_stream);
-        let mut num = 0u32;
         let mut szx = self.options.block_szx.min(6);
+        let resume = self.with(|fw| fw.pull_resume_offset()).unwrap_or(0);
+        let mut num = u32::try_from(resume / (16u64 << szx)).unwrap_or(u32::MAX);
         loop {
             if !self.current(generation) {
                 return Pass::Done;
@@ -286,6 +289,14 @@ where
                 .get(OptionNumber::ETAG)
                 .map(<[u8]>::to_vec)
                 .unwrap_or_default();
+            if etag_in_use.as_ref().is_some_and(|known| *known != etag) {
+                // The package changed at its source: start over from its first block.
+                self.with(FirmwareObject::reset_stream);
+                *etag_in_use = None;
+                num = 0;
+                continue;
+            }
+            *etag_in_use = Some(etag.clone());
             let written =
                 self.with(|fw| fw.write_pulled(generation, offset, &response.payload, &etag));
             match written {

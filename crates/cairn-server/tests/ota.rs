@@ -331,6 +331,20 @@ async fn push(server: &LwM2mServer, endpoint: &str, bytes: Vec<u8>) -> Result<()
         .await
 }
 
+async fn next_integer(notifications: &mut cairn_server::Notifications) -> i64 {
+    let node = tokio::time::timeout(Duration::from_secs(20), notifications.next())
+        .await
+        .expect("a notification arrives")
+        .expect("the observation lasts");
+    match node {
+        LwM2mNode::Resource(LwM2mResource {
+            value: cairn_lwm2m::ResourceValue::Single(Value::Integer(v)),
+            ..
+        }) => v,
+        other => panic!("notified {other:?}"),
+    }
+}
+
 fn refused_with(result: Result<(), ServerError>, code: ResponseCode) {
     match result {
         Err(ServerError::Device { code: got, .. }) => assert_eq!(got, code),
@@ -406,11 +420,21 @@ async fn a_pushed_package_updates_a_device() {
     let address = server.local_addrs().1.unwrap();
     let device = start_device(address, 0, "meter", PullOptions::default()).await;
     wait_registered(&server, "ota-0").await;
+    let (_, mut states) = server
+        .observe("ota-0", path("/5/0/3"), None)
+        .await
+        .unwrap();
+    let (_, mut results) = server
+        .observe("ota-0", path("/5/0/5"), None)
+        .await
+        .unwrap();
     let v2 = image(40_000, 2);
     // 40 kB: the server sends it in Block1 blocks, the device's endpoint reassembles it.
     push(&server, "ota-0", package(&v2, "meter", 2, &vendor_key()))
         .await
         .unwrap();
+    // Observers hear of the new State.
+    assert_eq!(next_integer(&mut states).await, 2);
     assert_eq!(read_integer(&server, "ota-0", "/5/0/3").await, 2);
     assert_eq!(read_integer(&server, "ota-0", "/5/0/5").await, 0);
     assert_eq!(read_string(&server, "ota-0", "/5/0/6").await, "acme/meter");
@@ -421,6 +445,13 @@ async fn a_pushed_package_updates_a_device() {
         .await
         .unwrap();
     wait_for(&device, (0, 1)).await;
+    assert_eq!(next_integer(&mut results).await, 1);
+    // Updating (3) may be seen on the way back to Idle.
+    let mut state = next_integer(&mut states).await;
+    if state == 3 {
+        state = next_integer(&mut states).await;
+    }
+    assert_eq!(state, 0);
     assert_eq!(read_string(&server, "ota-0", "/3/0/3").await, "2");
     assert_eq!(
         device.outcomes.lock().unwrap().as_slice(),

@@ -50,7 +50,7 @@ pub mod resource {
 /// Pieces a pushed package is fed to the device in.
 const PUSH_PIECE: usize = 1024;
 /// Restarts tried in a row when the power keeps failing during one.
-const MAX_RESTARTS: usize = 32;
+const MAX_RESTARTS: usize = 1000;
 
 /// Work the object asks the application to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,7 +93,8 @@ pub struct FirmwareObject<F, S> {
     generation: u64,
     jobs: VecDeque<FirmwareJob>,
     waker: Option<Box<dyn Fn() + Send>>,
-    restart_hook: Option<Box<dyn FnMut() + Send>>,
+    /// Gives the flash and storage back after a restart (a simulator restores power).
+    reopen: Option<Box<dyn FnMut() -> (F, S) + Send>>,
     /// PkgName and PkgVersion of the package received.
     pkg: Option<(String, String)>,
     /// Set when no image booted after a restart.
@@ -142,7 +143,7 @@ impl<F: Flash + Send + 'static, S: ProtectedStorage + Send + 'static> FirmwareOb
             generation: 0,
             jobs: VecDeque::new(),
             waker: None,
-            restart_hook: None,
+            reopen: None,
             pkg: None,
             bricked: false,
             version_of: sequence_version,
@@ -156,10 +157,10 @@ impl<F: Flash + Send + 'static, S: ProtectedStorage + Send + 'static> FirmwareOb
         self.waker = Some(Box::new(waker));
     }
 
-    /// Called at every restart before the device is reopened (a simulator restores the
-    /// power there).
-    pub fn set_restart_hook(&mut self, hook: impl FnMut() + Send + 'static) {
-        self.restart_hook = Some(Box::new(hook));
+    /// How the device gets its flash and protected storage back at a restart (a simulator
+    /// restores the power there). Without it the device keeps the ones it had.
+    pub fn set_reopen(&mut self, reopen: impl FnMut() -> (F, S) + Send + 'static) {
+        self.reopen = Some(Box::new(reopen));
     }
 
     /// How a manifest's firmware version is shown (default: its sequence number).
@@ -184,9 +185,21 @@ impl<F: Flash + Send + 'static, S: ProtectedStorage + Send + 'static> FirmwareOb
         }
     }
 
-    /// The device (for the application, e.g. to read its flash).
-    pub fn device(&mut self) -> &mut Device<F, S> {
-        self.device.as_mut().expect("the device is always there between calls")
+    /// The device (for the application), `None` once a restart could not reopen it.
+    pub fn device_mut(&mut self) -> Option<&mut Device<F, S>> {
+        self.device.as_mut()
+    }
+
+    /// Only called where `self.device` is known to be there (see [`Self::usable`]).
+    fn device(&mut self) -> &mut Device<F, S> {
+        self.device.as_mut().expect("checked by usable()")
+    }
+
+    fn usable(&self) -> Result<(), UpdateError> {
+        match self.device {
+            Some(_) => Ok(()),
+            None => Err(UpdateError::NotProvisioned),
+        }
     }
 
     /// True when the last restart found no bootable image.
@@ -213,7 +226,7 @@ impl<F: Flash + Send + 'static, S: ProtectedStorage + Send + 'static> FirmwareOb
     /// The version of the running image.
     pub fn firmware_version(&mut self) -> Option<String> {
         let version_of = self.version_of;
-        self.device().installed_manifest().map(|m| version_of(&m))
+        self.device.as_mut()?.installed_manifest().map(|m| version_of(&m))
     }
 
     /// The current download generation (see [`FirmwareJob::Download`]).
@@ -231,20 +244,26 @@ impl<F: Flash + Send + 'static, S: ProtectedStorage + Send + 'static> FirmwareOb
     pub fn restart(&mut self) -> Result<Booted, BootFailure> {
         self.stream = PackageStream::new();
         for _ in 0..MAX_RESTARTS {
-            if let Some(hook) = &mut self.restart_hook {
-                hook();
-            }
-            if let Some(device) = self.device.take() {
-                let (flash, storage) = device.into_parts();
-                match Device::open(
-                    flash,
-                    storage,
-                    self.identity.clone(),
-                    self.keys.clone(),
-                    self.layout,
-                ) {
-                    Ok(device) => self.device = Some(device),
-                    Err(error) => return Err(BootFailure::Step(error)),
+            let parts = match (&mut self.reopen, self.device.take()) {
+                (Some(reopen), old) => {
+                    drop(old);
+                    reopen()
+                }
+                (None, Some(device)) => device.into_parts(),
+                (None, None) => return Err(BootFailure::NoBootableImage),
+            };
+            match Device::open(
+                parts.0,
+                parts.1,
+                self.identity.clone(),
+                self.keys.clone(),
+                self.layout,
+            ) {
+                Ok(device) => self.device = Some(device),
+                Err(error) if error.is_power_loss() && self.reopen.is_some() => continue,
+                Err(error) => {
+                    self.bricked = true;
+                    return Err(BootFailure::Step(error));
                 }
             }
             match self.boot_and_confirm() {
@@ -294,7 +313,9 @@ impl<F: Flash + Send + 'static, S: ProtectedStorage + Send + 'static> FirmwareOb
         if generation != self.generation {
             return Err(UpdateError::WrongState(self.state()));
         }
-        let device = self.device.as_mut().expect("device present");
+        let Some(device) = self.device.as_mut() else {
+            return Err(UpdateError::NotProvisioned);
+        };
         let result = self.stream.write(device, offset, bytes, etag, None);
         if let Err(error) = &result {
             self.fail(error);
@@ -319,6 +340,7 @@ impl<F: Flash + Send + 'static, S: ProtectedStorage + Send + 'static> FirmwareOb
         if generation != self.generation {
             return Err(UpdateError::WrongState(self.state()));
         }
+        self.usable()?;
         let result = self.device().finish();
         match &result {
             Ok(()) => self.note_package(),
@@ -338,7 +360,7 @@ impl<F: Flash + Send + 'static, S: ProtectedStorage + Send + 'static> FirmwareOb
     /// The pull gave up: report `result` (connection lost, invalid URI, unsupported
     /// protocol) and go back to Idle.
     pub fn abort_pull(&mut self, generation: u64, result: UpdateResult) {
-        if generation != self.generation {
+        if generation != self.generation || self.device.is_none() {
             return;
         }
         if matches!(
@@ -378,7 +400,7 @@ impl<F: Flash + Send + 'static, S: ProtectedStorage + Send + 'static> FirmwareOb
     /// The restart after Update: boots the new image (or the previous one) and confirms
     /// it. Returns what became of the update.
     pub fn run_update(&mut self) -> UpdateOutcome {
-        if self.bricked {
+        if self.bricked || self.device.is_none() {
             return UpdateOutcome::Bricked;
         }
         match self.restart() {
@@ -406,7 +428,7 @@ impl<F: Flash + Send + 'static, S: ProtectedStorage + Send + 'static> FirmwareOb
         let etag = cairn_firmware::sha256(package);
         let mut outcome = Ok(());
         for (n, piece) in package.chunks(PUSH_PIECE).enumerate() {
-            let device = self.device.as_mut().expect("device present");
+            let device = self.device();
             outcome = stream.write(device, (n * PUSH_PIECE) as u64, piece, &etag[..8], None);
             if outcome.is_err() {
                 break;
@@ -542,6 +564,7 @@ impl<F: Flash + Send + 'static, S: ProtectedStorage + Send + 'static> ObjectHand
         if instance != 0 {
             return Err(ObjectError::NotFound);
         }
+        self.usable().map_err(internal)?;
         let mut outcome = Ok(());
         for written in resources {
             outcome = match (written.id, written.value) {
@@ -576,6 +599,7 @@ impl<F: Flash + Send + 'static, S: ProtectedStorage + Send + 'static> ObjectHand
         if instance != 0 {
             return Err(ObjectError::NotFound);
         }
+        self.usable().map_err(internal)?;
         let outcome = self.execute_resource(resource);
         self.poke();
         outcome

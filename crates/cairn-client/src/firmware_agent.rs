@@ -245,6 +245,13 @@ where
         generation: u64,
         etag_in_use: &mut Option<Vec<u8>>,
     ) -> Pass {
+        if matches!(
+            self.with(|fw| fw.state()),
+            Some(UpdateState::Downloaded | UpdateState::Updating)
+        ) {
+            // The power went after the package was complete and checked.
+            return Pass::Done;
+        }
         let mut szx = self.options.block_szx.min(6);
         let resume = self.with(|fw| fw.pull_resume_offset()).unwrap_or(0);
         let mut num = u32::try_from(resume / (16u64 << szx)).unwrap_or(u32::MAX);
@@ -307,8 +314,11 @@ where
             }
             self.report();
             if !block.more {
-                let _ = self.with(|fw| fw.finish_pulled(generation));
-                return Pass::Done;
+                return match self.with(|fw| fw.finish_pulled(generation)) {
+                    // The device restarted and lost what it held in RAM: fetch it again.
+                    Some(Err(error)) if error.is_power_loss() => Pass::Retry,
+                    _ => Pass::Done,
+                };
             }
             szx = block.szx;
             let size = 16u64 << szx;

@@ -12,6 +12,7 @@ mod fleet_bootstrap;
 mod fleet_cmd;
 mod hex;
 mod keys_cmd;
+mod ota_sim;
 mod psk_file;
 mod rotate_cmd;
 mod server_cmd;

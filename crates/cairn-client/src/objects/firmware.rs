@@ -291,7 +291,7 @@ impl<F: Flash + Send + 'static, S: ProtectedStorage + Send + 'static> FirmwareOb
     fn fail(&mut self, error: &UpdateError) {
         if error.is_power_loss() {
             let _ = self.restart();
-        } else {
+        } else if !matches!(error, UpdateError::WrongState(_)) {
             self.result_override = None;
             // The device recorded the result when it refused; make sure it is reported
             // even when it could not store it.
@@ -367,11 +367,40 @@ impl<F: Flash + Send + 'static, S: ProtectedStorage + Send + 'static> FirmwareOb
             self.state(),
             UpdateState::Downloading | UpdateState::Downloaded
         ) {
-            let _ = self.device().cancel();
+            let _ = self.cancel_download();
         }
         self.generation += 1;
         self.stream = PackageStream::new();
         self.result_override = Some(result);
+    }
+
+    /// Cancels the download (back to Idle, Update Result 10), through power cuts.
+    fn cancel_download(&mut self) -> Result<(), UpdateError> {
+        loop {
+            match self.device().cancel() {
+                Err(error) if error.is_power_loss() => {
+                    if self.restart().is_err() {
+                        return Err(error);
+                    }
+                    if !matches!(
+                        self.state(),
+                        UpdateState::Downloading | UpdateState::Downloaded
+                    ) {
+                        return Ok(());
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// True when a complete download waits for (or was interrupted in) its install.
+    fn install_pending(&self) -> bool {
+        self.device.as_ref().is_some_and(|d| {
+            d.boot_state().trial.is_none()
+                && d.boot_state().in_place.is_none()
+                && d.boot_state().download.as_ref().is_some_and(|d| d.complete)
+        })
     }
 
     /// Update executed: prepares the new image (State becomes Updating). Returns false
@@ -384,8 +413,8 @@ impl<F: Flash + Send + 'static, S: ProtectedStorage + Send + 'static> FirmwareOb
                     if self.restart().is_err() {
                         return true;
                     }
-                    // The power went before the install was armed: try again.
-                    if self.state() != UpdateState::Downloaded {
+                    // The power went before the install was armed: it starts again.
+                    if !self.install_pending() {
                         return true;
                     }
                 }
@@ -417,7 +446,7 @@ impl<F: Flash + Send + 'static, S: ProtectedStorage + Send + 'static> FirmwareOb
             UpdateState::Idle => {}
             UpdateState::Downloading => {
                 // A pull or an interrupted push is replaced.
-                let _ = self.device().cancel();
+                let _ = self.cancel_download();
             }
             _ => return Err(ObjectError::MethodNotAllowed),
         }
@@ -446,7 +475,7 @@ impl<F: Flash + Send + 'static, S: ProtectedStorage + Send + 'static> FirmwareOb
                 // A pushed package cannot be resumed: the partial one is dropped.
                 let _ = self.restart();
                 if self.state() == UpdateState::Downloading {
-                    let _ = self.device().cancel();
+                    let _ = self.cancel_download();
                 }
                 self.result_override = Some(UpdateResult::ConnectionLost);
                 Err(ObjectError::Internal("power lost during the download".into()))
@@ -454,7 +483,7 @@ impl<F: Flash + Send + 'static, S: ProtectedStorage + Send + 'static> FirmwareOb
             Err(error) => {
                 // The package was received; why it is refused is in Update Result.
                 if self.state() == UpdateState::Downloading {
-                    let _ = self.device().cancel();
+                    let _ = self.cancel_download();
                 }
                 self.result_override = Some(update_result(&error));
                 Ok(())
@@ -470,7 +499,7 @@ impl<F: Flash + Send + 'static, S: ProtectedStorage + Send + 'static> FirmwareOb
             UpdateState::Idle => {}
             UpdateState::Downloading if uri == self.package_uri => return Ok(()),
             UpdateState::Downloading => {
-                let _ = self.device().cancel();
+                let _ = self.cancel_download();
             }
             _ => return Err(ObjectError::MethodNotAllowed),
         }
@@ -496,7 +525,7 @@ impl<F: Flash + Send + 'static, S: ProtectedStorage + Send + 'static> FirmwareOb
         match self.state() {
             UpdateState::Updating => return Err(ObjectError::MethodNotAllowed),
             UpdateState::Downloading | UpdateState::Downloaded => {
-                self.device().cancel().map_err(internal)?;
+                self.cancel_download().map_err(internal)?;
             }
             UpdateState::Idle => {}
         }
@@ -614,6 +643,8 @@ impl<F: Flash + Send + 'static, S: ProtectedStorage + Send + 'static> FirmwareOb
                     return Err(ObjectError::MethodNotAllowed);
                 }
                 self.result_override = None;
+                // The download is over: a late block of it changes nothing.
+                self.generation += 1;
                 if self.install() {
                     self.queue(FirmwareJob::Update);
                 }
@@ -626,7 +657,7 @@ impl<F: Flash + Send + 'static, S: ProtectedStorage + Send + 'static> FirmwareOb
                 ) {
                     return Err(ObjectError::MethodNotAllowed);
                 }
-                self.device().cancel().map_err(internal)?;
+                self.cancel_download().map_err(internal)?;
                 self.generation += 1;
                 self.stream = PackageStream::new();
                 self.result_override = None;

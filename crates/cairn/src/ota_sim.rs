@@ -249,11 +249,6 @@ impl SimDevice {
         .ok()?;
         device.boot().ok().map(|booted| booted.sequence)
     }
-
-    /// Simulated flash operations so far (faults included).
-    pub fn flash_operations(&self) -> u64 {
-        self.power.operations()
-    }
 }
 
 /// What became of a fleet's devices.
@@ -386,6 +381,7 @@ pub mod campaign {
         pub bytes_received: u64,
         pub package_len: usize,
         /// The Update Result of each device, in target order.
+        #[cfg_attr(not(test), allow(dead_code))]
         pub results: Vec<u8>,
     }
 
@@ -424,20 +420,25 @@ pub mod campaign {
         Ok(key)
     }
 
+    /// The factory image and the new one: the same with 1 % of its bytes changed.
+    pub fn images(len: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
+        let v1 = image(len, seed);
+        let mut v2 = v1.clone();
+        let mut rng = cairn_firmware::sim::SplitMix64::new(seed ^ 2);
+        for _ in 0..(v2.len() / 100).max(1) {
+            let at = rng.below(v2.len() as u64) as usize;
+            v2[at] = v2[at].wrapping_add(1);
+        }
+        (v1, v2)
+    }
+
     pub async fn run(config: FleetCampaign) -> anyhow::Result<Outcome> {
         let mut seed = [0u8; 32];
         seed[..8].copy_from_slice(&config.seed.to_le_bytes());
         seed[8] = 1;
         let key = SigningKey::from_random(Algorithm::Ed25519, &seed).context("a signing key")?;
         let keys = TrustedKeys::new().with(key.public_key());
-        let v1 = image(config.image_len, config.seed);
-        let mut v2 = v1.clone();
-        // The new image: 1 % of the bytes changed.
-        let mut rng = cairn_firmware::sim::SplitMix64::new(config.seed ^ 2);
-        for _ in 0..(v2.len() / 100).max(1) {
-            let at = rng.below(v2.len() as u64) as usize;
-            v2[at] = v2[at].wrapping_add(1);
-        }
+        let (v1, v2) = images(config.image_len, config.seed);
         let factory = encode_package(&sign_manifest(&manifest(&v1, "meter", 1), &key), &v1);
         let package = encode_package(&sign_manifest(&manifest(&v2, "meter", 2), &key), &v2);
         let mut setup = FirmwareSetup::new(keys, factory, config.image_len)?;

@@ -270,6 +270,12 @@ impl OtaReport {
     /// Boots every device and tallies the result; `results` holds each device's Update
     /// Result (same order).
     pub fn collect(devices: &[SimDevice], results: &[u8], target: u64) -> OtaReport {
+        let refs: Vec<&SimDevice> = devices.iter().collect();
+        Self::collect_refs(&refs, results, target)
+    }
+
+    /// [`OtaReport::collect`] over borrowed devices.
+    pub fn collect_refs(devices: &[&SimDevice], results: &[u8], target: u64) -> OtaReport {
         let mut report = OtaReport {
             devices: devices.len(),
             ..OtaReport::default()

@@ -70,6 +70,9 @@ pub struct Client {
     servers: Vec<Connected>,
 }
 
+/// A server's address and the endpoint that talks to it.
+type ServerEndpoint = (SocketAddr, std::sync::Weak<CoapEndpoint>);
+
 /// Access to a running client's core from the application (change values, Send).
 #[derive(Clone)]
 pub struct ClientHandle {
@@ -77,7 +80,7 @@ pub struct ClientHandle {
     wake: Arc<Notify>,
     origin: Instant,
     /// Weak: the endpoints' handlers hold this handle.
-    endpoints: Arc<Mutex<Vec<(SocketAddr, std::sync::Weak<CoapEndpoint>)>>>,
+    endpoints: Arc<Mutex<Vec<ServerEndpoint>>>,
 }
 
 impl ClientHandle {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use cairn_coap::{BlockValue, Code, CoapUri, Message, OptionNumber};
+use cairn_coap::{BlockValue, CoapUri, Code, Message, OptionNumber};
 use cairn_firmware::{Flash, ProtectedStorage, UpdateResult, UpdateState};
 use cairn_lwm2m::LwM2mPath;
 use cairn_transport::CoapEndpoint;

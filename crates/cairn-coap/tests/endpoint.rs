@@ -296,10 +296,7 @@ fn an_explicit_block2_request_gets_that_one_block() {
         request
             .options
             .set_uint(OptionNumber::BLOCK2, asked.to_uint());
-        let id = net
-            .client
-            .request(net.now, addr(SERVER), request)
-            .unwrap();
+        let id = net.client.request(net.now, addr(SERVER), request).unwrap();
         net.pump(|_| false);
         // Block 0 goes to the application; later blocks the server may cut from the
         // representation it kept.
@@ -308,7 +305,8 @@ fn an_explicit_block2_request_gets_that_one_block() {
         let got = responses(&net.client_events());
         assert_eq!(got.len(), 1, "one response for block {num}");
         assert_eq!(got[0].0, id);
-        let block = BlockValue::decode(got[0].1.options.get(OptionNumber::BLOCK2).unwrap()).unwrap();
+        let block =
+            BlockValue::decode(got[0].1.options.get(OptionNumber::BLOCK2).unwrap()).unwrap();
         assert_eq!(block.num, num);
         assert_eq!(block.more, num < 4);
         let start = num as usize * 1024;

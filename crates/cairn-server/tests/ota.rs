@@ -77,7 +77,10 @@ fn manifest(image: &[u8], class: &str, sequence: u64) -> Manifest {
 
 /// A package of `image` as version `sequence` for `class`, signed by `key`.
 fn package(image: &[u8], class: &str, sequence: u64, key: &SigningKey) -> Vec<u8> {
-    encode_package(&sign_manifest(&manifest(image, class, sequence), key), image)
+    encode_package(
+        &sign_manifest(&manifest(image, class, sequence), key),
+        image,
+    )
 }
 
 fn key_of(n: usize) -> Vec<u8> {
@@ -402,7 +405,10 @@ async fn a_campaign_updates_client_devices_by_pull() {
             }]
         );
         // The new version runs from slot B and is what the device reports.
-        assert_eq!(device.with_firmware(|fw| fw.firmware_version()), Some("2".into()));
+        assert_eq!(
+            device.with_firmware(|fw| fw.firmware_version()),
+            Some("2".into())
+        );
         assert_eq!(read_string(&server, &endpoint, "/3/0/3").await, "2");
         assert_eq!(read_integer(&server, &endpoint, "/5/0/5").await, 1);
         let contents = device.flash.contents();
@@ -420,14 +426,8 @@ async fn a_pushed_package_updates_a_device() {
     let address = server.local_addrs().1.unwrap();
     let device = start_device(address, 0, "meter", PullOptions::default()).await;
     wait_registered(&server, "ota-0").await;
-    let (_, mut states) = server
-        .observe("ota-0", path("/5/0/3"), None)
-        .await
-        .unwrap();
-    let (_, mut results) = server
-        .observe("ota-0", path("/5/0/5"), None)
-        .await
-        .unwrap();
+    let (_, mut states) = server.observe("ota-0", path("/5/0/3"), None).await.unwrap();
+    let (_, mut results) = server.observe("ota-0", path("/5/0/5"), None).await.unwrap();
     let v2 = image(40_000, 2);
     // 40 kB: the server sends it in Block1 blocks, the device's endpoint reassembles it.
     push(&server, "ota-0", package(&v2, "meter", 2, &vendor_key()))
@@ -585,7 +585,12 @@ async fn every_state_and_result_transition_of_push_and_pull() {
     push(
         &server,
         ep,
-        package(&image(LAYOUT.slot_sectors * SECTOR + 1, 6), "meter", 6, &key),
+        package(
+            &image(LAYOUT.slot_sectors * SECTOR + 1, 6),
+            "meter",
+            6,
+            &key,
+        ),
     )
     .await
     .unwrap();
@@ -609,8 +614,16 @@ async fn unknown_key_wrong_class_and_downgrade_are_refused_and_leave_the_slot_al
     let running = device.flash.contents();
     let stranger = SigningKey::from_random(Algorithm::Ed25519, &[99; 32]).unwrap();
     let cases = [
-        ("unknown key", package(&image(20_000, 4), "meter", 4, &stranger), 5),
-        ("wrong class", package(&image(20_000, 4), "valve", 4, &key), 6),
+        (
+            "unknown key",
+            package(&image(20_000, 4), "meter", 4, &stranger),
+            5,
+        ),
+        (
+            "wrong class",
+            package(&image(20_000, 4), "valve", 4, &key),
+            6,
+        ),
         ("downgrade", package(&image(20_000, 2), "meter", 2, &key), 5),
     ];
     for (what, bytes, expected) in cases {
@@ -631,5 +644,8 @@ async fn unknown_key_wrong_class_and_downgrade_are_refused_and_leave_the_slot_al
         assert!(device.flash.contents() == running, "{what} wrote to flash");
         write_uri(&server, ep, "").await.unwrap();
     }
-    assert_eq!(device.with_firmware(|fw| fw.firmware_version()), Some("3".into()));
+    assert_eq!(
+        device.with_firmware(|fw| fw.firmware_version()),
+        Some("3".into())
+    );
 }

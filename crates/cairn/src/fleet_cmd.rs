@@ -110,15 +110,14 @@ fn firmware_setup(args: &FleetArgs) -> anyhow::Result<Option<crate::ota_sim::Fir
     );
     let mut keys = cairn_firmware::TrustedKeys::new();
     for path in &args.firmware_trust {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         keys.add(
             cairn_firmware::PublicKey::from_text(text.trim())
                 .with_context(|| format!("reading the public key {}", path.display()))?,
         );
     }
-    let bytes =
-        std::fs::read(factory).with_context(|| format!("reading {}", factory.display()))?;
+    let bytes = std::fs::read(factory).with_context(|| format!("reading {}", factory.display()))?;
     let room = match args.firmware_slot_kib {
         Some(kib) => kib * 1024,
         None => bytes.len() * 2,
@@ -265,7 +264,9 @@ async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
             },
         };
         let with_firmware = match &firmware {
-            Some(setup) => Some(crate::ota_sim::SimDevice::new(setup, false, n as u64, faults)?),
+            Some(setup) => Some(crate::ota_sim::SimDevice::new(
+                setup, false, n as u64, faults,
+            )?),
             None => None,
         };
         let (sim, object) = match with_firmware {
@@ -430,7 +431,11 @@ fn firmware_summary(devices: &[(crate::ota_sim::SimDevice, ClientHandle)]) {
         })
         .collect();
     let sims: Vec<&crate::ota_sim::SimDevice> = devices.iter().map(|(sim, _)| sim).collect();
-    let target = sims.iter().filter_map(|s| s.boot_check()).max().unwrap_or(0);
+    let target = sims
+        .iter()
+        .filter_map(|s| s.boot_check())
+        .max()
+        .unwrap_or(0);
     let report = crate::ota_sim::OtaReport::collect_refs(&sims, &results, target);
     println!("firmware (newest image: sequence {target}):");
     println!("{report}");

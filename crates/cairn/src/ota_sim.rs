@@ -181,7 +181,8 @@ impl SimDevice {
             }
         };
         schedule(&rng);
-        let (reopen_flash, reopen_meta, reopen_power) = (flash.clone(), meta.clone(), power.clone());
+        let (reopen_flash, reopen_meta, reopen_power) =
+            (flash.clone(), meta.clone(), power.clone());
         firmware.set_reopen(move || {
             reopen_power.restore();
             schedule(&rng);
@@ -212,9 +213,8 @@ impl SimDevice {
         let drop = (faults.drop_rate > 0.0).then(|| {
             let rng = Mutex::new(SplitMix64::new(self.seed ^ 0xd209));
             let ppm = (faults.drop_rate.clamp(0.0, 1.0) * 1e6) as u32;
-            Arc::new(move |_offset: u64| {
-                rng.lock().unwrap_or_else(|e| e.into_inner()).chance(ppm)
-            }) as cairn_client::firmware_agent::DropFault
+            Arc::new(move |_offset: u64| rng.lock().unwrap_or_else(|e| e.into_inner()).chance(ppm))
+                as cairn_client::firmware_agent::DropFault
         });
         let options = PullOptions {
             drop,
@@ -482,7 +482,10 @@ pub mod campaign {
             cairn_server::Stores::embedded(store),
         )
         .await?;
-        let address = server.local_addrs().1.context("the server's DTLS address")?;
+        let address = server
+            .local_addrs()
+            .1
+            .context("the server's DTLS address")?;
 
         let models = Arc::new(ModelRegistry::with_core_models());
         let (stop, stopped) = watch::channel(false);
@@ -686,7 +689,12 @@ mod tests {
         }
         // Power cuts and drops slow the fleet down; they do not stop it.
         assert!(report.updated * 10 >= devices * 9, "{report}");
-        assert_eq!(outcome.status.counts().updated, report.updated, "{:?}", outcome.status.counts());
+        assert_eq!(
+            outcome.status.counts().updated,
+            report.updated,
+            "{:?}",
+            outcome.status.counts()
+        );
         assert!(outcome.status.is_finished());
     }
 
@@ -716,7 +724,13 @@ mod tests {
         let outcome = run(config).await.unwrap();
         let status = &outcome.status;
         assert_eq!(status.state, CampaignState::Halted, "{:?}", status.counts());
-        assert!(status.halt_reason.as_deref().unwrap_or("").contains("wave 1"));
+        assert!(
+            status
+                .halt_reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("wave 1")
+        );
         assert_eq!(
             status.devices["ota-sim-0"],
             DeviceOutcome::Failed { result: 6 }

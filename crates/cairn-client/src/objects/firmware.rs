@@ -226,7 +226,10 @@ impl<F: Flash + Send + 'static, S: ProtectedStorage + Send + 'static> FirmwareOb
     /// The version of the running image.
     pub fn firmware_version(&mut self) -> Option<String> {
         let version_of = self.version_of;
-        self.device.as_mut()?.installed_manifest().map(|m| version_of(&m))
+        self.device
+            .as_mut()?
+            .installed_manifest()
+            .map(|m| version_of(&m))
     }
 
     /// The current download generation (see [`FirmwareJob::Download`]).
@@ -478,7 +481,9 @@ impl<F: Flash + Send + 'static, S: ProtectedStorage + Send + 'static> FirmwareOb
                     let _ = self.cancel_download();
                 }
                 self.result_override = Some(UpdateResult::ConnectionLost);
-                Err(ObjectError::Internal("power lost during the download".into()))
+                Err(ObjectError::Internal(
+                    "power lost during the download".into(),
+                ))
             }
             Err(error) => {
                 // The package was received; why it is refused is in Update Result.
@@ -570,7 +575,10 @@ impl<F: Flash + Send + 'static, S: ProtectedStorage + Send + 'static> ObjectHand
             [
                 LwM2mResource::single(PACKAGE_URI, Value::String(self.package_uri.clone())),
                 LwM2mResource::single(STATE, Value::Integer(self.state() as i64)),
-                LwM2mResource::single(UPDATE_RESULT, Value::Integer(i64::from(self.result().code()))),
+                LwM2mResource::single(
+                    UPDATE_RESULT,
+                    Value::Integer(i64::from(self.result().code())),
+                ),
                 LwM2mResource::single(PKG_NAME, Value::String(name)),
                 LwM2mResource::single(PKG_VERSION, Value::String(version)),
                 // 0 CoAP, 1 CoAPS (both block-wise).

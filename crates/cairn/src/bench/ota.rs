@@ -107,7 +107,11 @@ async fn bench(args: OtaBenchArgs) -> anyhow::Result<()> {
     );
     println!(
         "every device on the new image or reverted with a result code: {}",
-        if outcome.report.accounted() { "yes" } else { "no" }
+        if outcome.report.accounted() {
+            "yes"
+        } else {
+            "no"
+        }
     );
     println!("delta package / full package: {ratio:.4} (1 % of the bytes changed)");
     println!(

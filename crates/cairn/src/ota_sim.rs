@@ -368,6 +368,8 @@ pub mod campaign {
         pub waves: Vec<u8>,
         pub max_failure_percent: f64,
         pub concurrency: usize,
+        /// How long one device may take (the campaign's default when `None`).
+        pub device_timeout_s: Option<u64>,
         /// Devices started per second.
         pub rate: f64,
         pub seed: u64,
@@ -561,6 +563,9 @@ pub mod campaign {
             waves: config.waves.clone(),
             max_failure_percent: config.max_failure_percent,
             concurrency: config.concurrency,
+            device_timeout_s: config
+                .device_timeout_s
+                .unwrap_or(CampaignSpec::new("", "", Vec::new()).device_timeout_s),
             ..CampaignSpec::new(
                 "ota-sim",
                 &stored.id,
@@ -642,6 +647,7 @@ mod tests {
             waves: vec![1, 10, 100],
             max_failure_percent: 50.0,
             concurrency: 64,
+            device_timeout_s: None,
             rate: 2_000.0,
             seed: 11,
             data_dir: dir.to_path_buf(),

@@ -36,6 +36,9 @@ pub struct OtaBenchArgs {
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Seconds one device may take before the campaign counts it as failed.
+    #[arg(long, default_value_t = 120)]
+    device_timeout_s: u64,
 }
 
 pub fn run(args: OtaBenchArgs) -> anyhow::Result<()> {
@@ -83,6 +86,7 @@ async fn bench(args: OtaBenchArgs) -> anyhow::Result<()> {
         waves: vec![1, 10, 100],
         max_failure_percent: 5.0,
         concurrency: args.concurrency.max(1),
+        device_timeout_s: Some(args.device_timeout_s),
         rate: args.rate,
         seed,
         data_dir: work.join("data"),

@@ -70,12 +70,17 @@ pub struct Client {
     servers: Vec<Connected>,
 }
 
+/// A server's address and the endpoint that talks to it.
+type ServerEndpoint = (SocketAddr, std::sync::Weak<CoapEndpoint>);
+
 /// Access to a running client's core from the application (change values, Send).
 #[derive(Clone)]
 pub struct ClientHandle {
     core: Arc<Mutex<ClientCore>>,
     wake: Arc<Notify>,
     origin: Instant,
+    /// Weak: the endpoints' handlers hold this handle.
+    endpoints: Arc<Mutex<Vec<ServerEndpoint>>>,
 }
 
 impl ClientHandle {
@@ -93,6 +98,21 @@ impl ClientHandle {
         let result = f(&mut self.lock());
         self.wake.notify_one();
         result
+    }
+
+    /// The endpoint that talks to the server at `address`, for other requests to that
+    /// server (e.g. a firmware download from its `coaps://` address, in the same session).
+    pub fn endpoint_to(&self, address: SocketAddr) -> Option<Arc<CoapEndpoint>> {
+        let endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        endpoints
+            .iter()
+            .find(|(a, _)| *a == address)
+            .and_then(|(_, e)| e.upgrade())
+    }
+
+    /// Sends a Registration Update to every server soon (e.g. after a firmware update).
+    pub fn trigger_update(&self) {
+        self.with_core(ClientCore::trigger_update);
     }
 
     /// The application changed the value at `path`.
@@ -149,6 +169,7 @@ impl Client {
             core: Arc::new(Mutex::new(core)),
             wake: Arc::new(Notify::new()),
             origin: Instant::now(),
+            endpoints: Arc::default(),
         };
         let mut servers = Vec::new();
         for (connection, server) in connections.into_iter().zip(ids) {
@@ -175,8 +196,14 @@ impl Client {
             });
             let endpoint =
                 CoapEndpoint::bind_secured(local, connection.coap, security, Some(handler)).await?;
+            let endpoint = Arc::new(endpoint);
+            shared
+                .endpoints
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((connection.address, Arc::downgrade(&endpoint)));
             servers.push(Connected {
-                endpoint: Arc::new(endpoint),
+                endpoint,
                 address: connection.address,
             });
         }

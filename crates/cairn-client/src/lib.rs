@@ -26,6 +26,8 @@ mod tree;
 pub mod device;
 #[cfg(feature = "runtime")]
 mod driver;
+#[cfg(feature = "runtime")]
+pub mod firmware_agent;
 
 pub use crate::core::{ClientCore, Event, Notification, OutgoingRequest, RequestToken, ServerId};
 pub use error::ClientError;

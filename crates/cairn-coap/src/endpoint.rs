@@ -324,6 +324,9 @@ struct ClientRequest {
     block1_offset: usize,
     block1_szx: u8,
     block2_body: Vec<u8>,
+    /// The caller asked for one Block2 block itself: the response is delivered as it
+    /// came, Block2 option included, and the endpoint does not fetch the next block.
+    single_block: bool,
     observing: bool,
     last_notification: Option<(u32, Duration)>,
     sent: bool,
@@ -1064,6 +1067,11 @@ impl Endpoint {
             .get(OptionNumber::BLOCK2)
             .and_then(BlockValue::decode);
         let observe = message.observe();
+        if request.single_block {
+            self.finish_request(id);
+            self.events.push_back(Event::Response { id, peer, message });
+            return;
+        }
         if let Some(block) = block2 {
             if block.offset() != request.block2_body.len() {
                 if block.num == 0 {
@@ -1575,7 +1583,9 @@ impl Endpoint {
 
     /// Sends a request. A confirmable request waits for NSTART; a body larger than the block
     /// size goes in Block1 blocks. An Observe option of 0 keeps the request open for
-    /// notifications until [`Endpoint::cancel`].
+    /// notifications until [`Endpoint::cancel`]. A request that carries a Block2 option asks
+    /// for that one block: its response comes back as received (Block2, ETag and Size2
+    /// included) and the caller fetches the next block when it is ready for it.
     pub fn request(
         &mut self,
         now: Duration,
@@ -1609,6 +1619,7 @@ impl Endpoint {
         message.token = token;
         let body = core::mem::take(&mut message.payload);
         let observing = message.observe() == Some(0);
+        let single_block = !observing && message.options.get(OptionNumber::BLOCK2).is_some();
         self.requests.insert(
             id,
             Box::new(ClientRequest {
@@ -1619,6 +1630,7 @@ impl Endpoint {
                 block1_offset: 0,
                 block1_szx: block_szx,
                 block2_body: Vec::new(),
+                single_block,
                 observing,
                 last_notification: None,
                 sent: false,
@@ -1651,6 +1663,7 @@ impl Endpoint {
                 block1_offset: 0,
                 block1_szx: self.block_szx,
                 block2_body: Vec::new(),
+                single_block: false,
                 observing: false,
                 last_notification: None,
                 sent: true,
@@ -1795,6 +1808,7 @@ impl Endpoint {
                 block1_offset: 0,
                 block1_szx: self.block_szx,
                 block2_body: Vec::new(),
+                single_block: false,
                 observing: true,
                 last_notification: None,
                 sent: true,

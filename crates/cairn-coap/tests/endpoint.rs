@@ -282,6 +282,43 @@ fn block2_response_is_fetched_block_by_block() {
 }
 
 #[test]
+fn an_explicit_block2_request_gets_that_one_block() {
+    let mut net = Net::default();
+    let body: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    for num in [0u32, 3, 4] {
+        let mut request = Message::request(Code::GET);
+        request.set_uri_path("/big");
+        let asked = BlockValue {
+            num,
+            more: false,
+            szx: 6,
+        };
+        request
+            .options
+            .set_uint(OptionNumber::BLOCK2, asked.to_uint());
+        let id = net.client.request(net.now, addr(SERVER), request).unwrap();
+        net.pump(|_| false);
+        // Block 0 goes to the application; later blocks the server may cut from the
+        // representation it kept.
+        net.answer_all(&body);
+        net.pump(|_| false);
+        let got = responses(&net.client_events());
+        assert_eq!(got.len(), 1, "one response for block {num}");
+        assert_eq!(got[0].0, id);
+        let block =
+            BlockValue::decode(got[0].1.options.get(OptionNumber::BLOCK2).unwrap()).unwrap();
+        assert_eq!(block.num, num);
+        assert_eq!(block.more, num < 4);
+        let start = num as usize * 1024;
+        let end = (start + 1024).min(body.len());
+        assert_eq!(got[0].1.payload, body[start..end]);
+        // Nothing else was asked for.
+        assert!(net.server_events().is_empty());
+        assert!(net.client.poll_transmit().is_none());
+    }
+}
+
+#[test]
 fn block1_request_is_reassembled_with_late_negotiation() {
     let mut net = Net::new(
         Config::default(),

@@ -211,6 +211,27 @@ impl CoapEndpoint {
         response.await.map_err(|_| TransportError::Closed)?
     }
 
+    /// Fetches one Block2 block of a resource: block `num` of size `16 << szx` (RFC 7959
+    /// §2.4). The response comes back as received, Block2, ETag and Size2 included; the
+    /// endpoint does not fetch the following blocks, so a large body never sits in memory.
+    pub async fn request_block(
+        &self,
+        peer: SocketAddr,
+        mut message: Message,
+        num: u32,
+        szx: u8,
+    ) -> Result<Message, TransportError> {
+        let block = cairn_coap::BlockValue {
+            num,
+            more: false,
+            szx: szx.min(6),
+        };
+        message
+            .options
+            .set_uint(cairn_coap::OptionNumber::BLOCK2, block.to_uint());
+        self.request(peer, message).await
+    }
+
     /// Registers an observation (the request gets Observe = 0) and returns the first response
     /// with a stream of the notifications that follow.
     pub async fn observe(

@@ -159,6 +159,15 @@ pub async fn build_client(
     setup: DeviceSetup,
     models: Arc<ModelRegistry>,
 ) -> anyhow::Result<Client> {
+    build_client_with(setup, models, |_| {}).await
+}
+
+/// Builds a client with the standard objects for `setup` and whatever `extend` adds.
+pub async fn build_client_with(
+    setup: DeviceSetup,
+    models: Arc<ModelRegistry>,
+    extend: impl FnOnce(&mut cairn_client::ObjectTree),
+) -> anyhow::Result<Client> {
     const SHORT_SERVER_ID: u16 = 1;
     let mut security = SecurityObject::new();
     let (mode, identity, key) = match (&setup.certificate, &setup.psk) {
@@ -192,7 +201,7 @@ pub async fn build_client(
         serial_number: setup.serial.clone(),
         ..DeviceInfo::default()
     };
-    let tree = standard_tree(
+    let mut tree = standard_tree(
         models,
         setup.lwm2m_version,
         security,
@@ -200,6 +209,7 @@ pub async fn build_client(
         DeviceObject::new(info, system_time),
         &Connectivity::default(),
     );
+    extend(&mut tree);
     let mut settings = RegistrationSettings::new(setup.endpoint.clone());
     settings.lifetime = setup.lifetime;
     settings.queue_mode = setup.queue_mode;

@@ -35,6 +35,8 @@ enum FirmwareCommand {
     Verify(VerifyArgs),
     /// Make a bsdiff patch from OLD to NEW and print the sizes.
     Diff(DiffArgs),
+    /// Add a package to a running server's firmware repository (through its data directory).
+    Upload(crate::campaign_cmd::UploadArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -135,6 +137,7 @@ pub fn run(args: FirmwareArgs) -> anyhow::Result<()> {
         FirmwareCommand::Sign(args) => sign(args),
         FirmwareCommand::Verify(args) => verify(args),
         FirmwareCommand::Diff(args) => diff(args),
+        FirmwareCommand::Upload(args) => crate::campaign_cmd::upload(args),
     }
 }
 

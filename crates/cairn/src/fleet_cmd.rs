@@ -23,7 +23,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
-use crate::client_cmd::{DeviceSetup, PskKey, build_client, resolve_server};
+use crate::client_cmd::{DeviceSetup, PskKey, build_client_with, resolve_server};
 
 #[derive(Debug, Args)]
 pub struct FleetArgs {
@@ -81,6 +81,48 @@ pub struct FleetArgs {
     /// Worker threads of the runtime.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Every device gets a Firmware Update object (/5) over a simulated flash of its own,
+    /// provisioned with this package (its manifest signed by a --firmware-trust key).
+    #[arg(long, requires = "firmware_trust")]
+    firmware_factory: Option<PathBuf>,
+    /// Public key file (`firmware.pub`) the devices trust; repeat for several.
+    #[arg(long)]
+    firmware_trust: Vec<PathBuf>,
+    /// Room in each flash slot, KiB (default: twice the factory image).
+    #[arg(long)]
+    firmware_slot_kib: Option<usize>,
+    /// Probability of a power cut per flash operation (with --firmware-factory).
+    #[arg(long, default_value_t = 0.0)]
+    power_cut_rate: f64,
+    /// Probability that a firmware download block is lost with its connection.
+    #[arg(long, default_value_t = 0.0)]
+    drop_rate: f64,
+}
+
+/// The simulated firmware of the fleet's devices.
+fn firmware_setup(args: &FleetArgs) -> anyhow::Result<Option<crate::ota_sim::FirmwareSetup>> {
+    let Some(factory) = &args.firmware_factory else {
+        return Ok(None);
+    };
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.power_cut_rate) && (0.0..=1.0).contains(&args.drop_rate),
+        "--power-cut-rate and --drop-rate are probabilities (0 to 1)"
+    );
+    let mut keys = cairn_firmware::TrustedKeys::new();
+    for path in &args.firmware_trust {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        keys.add(
+            cairn_firmware::PublicKey::from_text(text.trim())
+                .with_context(|| format!("reading the public key {}", path.display()))?,
+        );
+    }
+    let bytes = std::fs::read(factory).with_context(|| format!("reading {}", factory.display()))?;
+    let room = match args.firmware_slot_kib {
+        Some(kib) => kib * 1024,
+        None => bytes.len() * 2,
+    };
+    Ok(Some(crate::ota_sim::FirmwareSetup::new(keys, bytes, room)?))
 }
 
 /// One device of the fleet.
@@ -176,6 +218,12 @@ async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
     let total = devices.len();
     anyhow::ensure!(total > 0, "no devices");
     let models = Arc::new(ModelRegistry::with_core_models());
+    let firmware = firmware_setup(&args)?;
+    let faults = crate::ota_sim::Faults {
+        power_cut_rate: args.power_cut_rate,
+        drop_rate: args.drop_rate,
+    };
+    let mut simulated = Vec::new();
     let tally = Arc::new(Tally::default());
     let progress = ProgressBar::new(u64::try_from(total)?);
     progress.set_style(
@@ -190,7 +238,7 @@ async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut interrupted = false;
-    for device in devices {
+    for (n, device) in devices.into_iter().enumerate() {
         tokio::select! {
             _ = pace.tick() => {}
             _ = &mut ctrl_c => { interrupted = true; break; }
@@ -215,7 +263,23 @@ async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
                 ..Config::default()
             },
         };
-        let client = match build_client(setup, Arc::clone(&models)).await {
+        let with_firmware = match &firmware {
+            Some(setup) => Some(crate::ota_sim::SimDevice::new(
+                setup, false, n as u64, faults,
+            )?),
+            None => None,
+        };
+        let (sim, object) = match with_firmware {
+            Some((sim, object)) => (Some(sim), Some(object)),
+            None => (None, None),
+        };
+        let built = build_client_with(setup, Arc::clone(&models), |tree| {
+            if let Some(object) = object {
+                tree.add(object);
+            }
+        })
+        .await;
+        let client = match built {
             Ok(client) => client,
             Err(error) => {
                 tracing::warn!("{error:#}");
@@ -224,6 +288,10 @@ async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
                 continue;
             }
         };
+        if let Some(sim) = sim {
+            sim.start_agent(client.handle(), faults)?;
+            simulated.push((sim, client.handle()));
+        }
         if let Some(seconds) = args.send_interval {
             tokio::spawn(report_periodically(
                 client.handle(),
@@ -286,6 +354,9 @@ async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
             }
         }
     }
+    if !simulated.is_empty() {
+        firmware_summary(&simulated);
+    }
     eprintln!("de-registering…");
     let _ = stop.send(true);
     for task in tasks {
@@ -345,6 +416,29 @@ async fn report_periodically(
             _ = stopped.wait_for(|stop| *stop) => return,
         }
     }
+}
+
+/// What the devices' firmware came to: the image each boots, and the bricked ones.
+fn firmware_summary(devices: &[(crate::ota_sim::SimDevice, ClientHandle)]) {
+    let results: Vec<u8> = devices
+        .iter()
+        .map(|(_, handle)| {
+            handle.with_core(|core| {
+                core.objects_mut()
+                    .object_mut::<crate::ota_sim::SimFirmware>(5)
+                    .map_or(0, |fw| fw.result().code())
+            })
+        })
+        .collect();
+    let sims: Vec<&crate::ota_sim::SimDevice> = devices.iter().map(|(sim, _)| sim).collect();
+    let target = sims
+        .iter()
+        .filter_map(|s| s.boot_check())
+        .max()
+        .unwrap_or(0);
+    let report = crate::ota_sim::OtaReport::collect_refs(&sims, &results, target);
+    println!("firmware (newest image: sequence {target}):");
+    println!("{report}");
 }
 
 fn summary(tally: &Tally, total: usize) {

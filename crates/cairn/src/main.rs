@@ -3,6 +3,7 @@
 mod admin_cmd;
 mod bench;
 mod bootstrap_cmd;
+mod campaign_cmd;
 mod client_cmd;
 mod coap_cmd;
 mod demo_cmd;
@@ -12,6 +13,7 @@ mod fleet_bootstrap;
 mod fleet_cmd;
 mod hex;
 mod keys_cmd;
+mod ota_sim;
 mod psk_file;
 mod rotate_cmd;
 mod server_cmd;
@@ -62,6 +64,8 @@ enum Command {
     Firmware(firmware_cmd::FirmwareArgs),
     /// The LwM2M Bootstrap-Server alone, and its configurations and factory credentials.
     Bootstrap(bootstrap_cmd::BootstrapArgs),
+    /// Firmware update campaigns of a running server: start, status, pause, resume, cancel.
+    Campaign(campaign_cmd::CampaignArgs),
 }
 
 fn init_logging(filter: Option<&str>, json: bool) {
@@ -96,5 +100,6 @@ fn main() -> anyhow::Result<()> {
         Command::Keys(args) => keys_cmd::run(args),
         Command::Firmware(args) => firmware_cmd::run(args),
         Command::Bootstrap(args) => bootstrap_cmd::run(args),
+        Command::Campaign(args) => campaign_cmd::run(args),
     }
 }

@@ -330,6 +330,10 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             cairn_server::bootstrap::security::device_management_stores(store.clone()),
         )
         .await?;
+        tokio::spawn(crate::campaign_cmd::serve_requests(
+            data_dir.clone(),
+            server.clone(),
+        ));
         let web = match web {
             Some(web) => Some(start_web(web, &server, &store).await?),
             None => None,

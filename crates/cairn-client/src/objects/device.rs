@@ -97,6 +97,11 @@ impl DeviceObject {
         }
     }
 
+    /// Sets the Firmware Version (/3/0/3), e.g. after a firmware update.
+    pub fn set_firmware_version(&mut self, version: impl Into<String>) {
+        self.info.firmware_version = version.into();
+    }
+
     /// Sets the battery level, percent.
     pub fn set_battery_level(&mut self, percent: u8) {
         self.battery_level = i64::from(percent.min(100));

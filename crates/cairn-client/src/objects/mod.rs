@@ -2,9 +2,11 @@
 //! (0), Server (1), Access Control (2), Device (3) and Connectivity Monitoring (4).
 
 mod device;
+pub mod firmware;
 mod security;
 
 pub use device::{DeviceInfo, DeviceObject, system_time};
+pub use firmware::{FirmwareJob, FirmwareObject, UpdateOutcome};
 pub use security::{SecurityMode, SecurityObject};
 
 use std::sync::Arc;

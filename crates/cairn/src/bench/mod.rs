@@ -10,6 +10,7 @@ mod echo;
 mod load;
 mod lwm2m;
 mod message;
+mod ota;
 mod server;
 
 use std::net::SocketAddr;
@@ -37,6 +38,9 @@ enum BenchCommand {
     /// Bootstrap: simulated devices from factory state through bootstrap (generated
     /// credentials) to registration with them.
     Bootstrap(bootstrap::BootstrapBenchArgs),
+    /// Firmware over the air: simulated devices on simulated flash updated by a campaign
+    /// over DTLS; time, aggregate download rate, bricked devices and the delta ratio.
+    Ota(ota::OtaBenchArgs),
     /// The raw UDP echo server that `bench coap` measures as its baseline.
     #[command(hide = true)]
     EchoServer {
@@ -52,6 +56,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Dtls(args) => dtls::run(args),
         BenchCommand::Lwm2m(args) => lwm2m::run(args),
         BenchCommand::Bootstrap(args) => bootstrap::run(args),
+        BenchCommand::Ota(args) => ota::run(args),
         BenchCommand::EchoServer { listen } => echo::serve(listen),
     }
 }

@@ -683,6 +683,13 @@ mod tests {
             .expect("the fleet finishes in time")
             .unwrap();
         eprintln!("{}", outcome.report);
+        // Every device not updated, with its campaign outcome, before anything is asserted.
+        for (ep, o) in &outcome.status.devices {
+            if !matches!(o, DeviceOutcome::Updated) {
+                let n: usize = ep.trim_start_matches("ota-sim-").parse().unwrap();
+                eprintln!("{ep}: {o:?}, final result {}", outcome.results[n]);
+            }
+        }
         let report = &outcome.report;
         assert_eq!(report.devices, devices);
         assert_eq!(report.bricked, 0, "{report}");
@@ -692,12 +699,6 @@ mod tests {
             report.updated + report.reverted.values().sum::<usize>(),
             devices
         );
-        for (ep, o) in &outcome.status.devices {
-            if !matches!(o, DeviceOutcome::Updated) {
-                let n: usize = ep.trim_start_matches("ota-sim-").parse().unwrap();
-                eprintln!("{ep}: {o:?}, final result {}", outcome.results[n]);
-            }
-        }
         // Power cuts and drops slow the fleet down; they do not stop it.
         assert!(report.updated * 10 >= devices * 9, "{report}");
         assert_eq!(

@@ -521,6 +521,10 @@ impl Endpoint {
         let mut freed = 0;
         self.peers.retain(|_, peer| {
             peer.dedup.retain(|d| d.expires > now);
+            if peer.dedup.is_empty() {
+                // An idle peer's emptied window gives its buffer back.
+                peer.dedup = VecDeque::new();
+            }
             peer.block1.retain(|t| t.expires > now);
             peer.representations.retain(|r| {
                 let keep = r.expires > now;
@@ -562,11 +566,6 @@ impl Endpoint {
         if self.peer_order.capacity() > 64 && self.peer_order.len() < self.peer_order.capacity() / 4
         {
             self.peer_order.shrink_to(self.peer_order.len() * 2);
-        }
-        for peer in self.peers.values_mut() {
-            if peer.dedup.is_empty() {
-                peer.dedup = VecDeque::new();
-            }
         }
     }
 

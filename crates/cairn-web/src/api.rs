@@ -312,7 +312,7 @@ pub(crate) async fn run_setup(
         .consume_setup_token(digest, now, user)
         .await?
     {
-        SetupOutcome::Created => {}
+        SetupOutcome::Created => state.inner.unknown_names.forget(username),
         SetupOutcome::UserExists => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -1724,6 +1724,7 @@ async fn create_user(
         let hash = hash_password(&state, &request.password).await?;
         let user = new_user(&request.username, role, hash, state.now_ms());
         state.inner.accounts.create_user(user.clone()).await?;
+        state.inner.unknown_names.forget(&user.username);
         Ok((StatusCode::CREATED, Json(user_info(&user))))
     }
     .await;

@@ -300,6 +300,64 @@ impl LoginThrottle {
     }
 }
 
+/// Failed logins against user names that have no account, counted like an account's own
+/// (same policy, same answers), so a lockout does not tell which names exist.
+pub struct UnknownNameLockouts {
+    names: Mutex<HashMap<String, (u32, u64)>>,
+}
+
+/// The most unknown names whose failures are remembered; past it, expired entries go first.
+const MAX_TRACKED_NAMES: usize = 100_000;
+
+impl UnknownNameLockouts {
+    pub fn new() -> Self {
+        UnknownNameLockouts {
+            names: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The time `name` stays locked, if it is locked at `now_ms`.
+    pub fn locked_until(&self, name: &str, now_ms: u64) -> Option<u64> {
+        let names = self.names.lock().ok()?;
+        names
+            .get(name)
+            .map(|&(_, until)| until)
+            .filter(|&until| until > now_ms)
+    }
+
+    /// Counts a failed attempt against `name`, locking it as `policy` would lock an account.
+    pub fn failed(&self, name: &str, now_ms: u64, policy: LockoutPolicy) {
+        let Ok(mut names) = self.names.lock() else {
+            return;
+        };
+        if names.len() >= MAX_TRACKED_NAMES && !names.contains_key(name) {
+            names.retain(|_, (_, until)| *until > now_ms);
+            if names.len() >= MAX_TRACKED_NAMES {
+                names.clear();
+            }
+        }
+        let entry = names.entry(name.to_owned()).or_insert((0, 0));
+        entry.0 = entry.0.saturating_add(1);
+        let lock = policy.lock_ms(entry.0);
+        if lock > 0 {
+            entry.1 = entry.1.max(now_ms.saturating_add(lock));
+        }
+    }
+
+    /// Forgets `name` (an account was created under it).
+    pub fn forget(&self, name: &str) {
+        if let Ok(mut names) = self.names.lock() {
+            names.remove(name);
+        }
+    }
+}
+
+impl Default for UnknownNameLockouts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

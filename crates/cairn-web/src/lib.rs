@@ -100,6 +100,11 @@ pub struct WebConfig {
     pub clock: Arc<dyn Clock>,
     /// The largest firmware image uploaded through the API, in bytes.
     pub firmware_upload_limit: usize,
+    /// How long a client has for a request's head (and for its TLS handshake); also the
+    /// longest a kept-alive connection waits for its next request.
+    pub header_read_timeout: Duration,
+    /// Connections served at once from one address; more are closed at once.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for WebConfig {
@@ -126,6 +131,8 @@ impl Default for WebConfig {
             telemetry_retention: Duration::from_secs(7 * 24 * 3600),
             clock: Arc::new(SystemClock),
             firmware_upload_limit: api_firmware::DEFAULT_UPLOAD_LIMIT,
+            header_read_timeout: Duration::from_secs(10),
+            max_connections_per_address: 64,
         }
     }
 }
@@ -153,6 +160,7 @@ pub(crate) struct Inner {
     pub(crate) accounts: Arc<dyn AccountStore>,
     pub(crate) config: WebConfig,
     pub(crate) throttle: auth::LoginThrottle,
+    pub(crate) unknown_names: auth::UnknownNameLockouts,
     pub(crate) observations: Mutex<HashMap<(String, String), ObservationHandle>>,
     pub(crate) samples: Mutex<HashMap<String, std::collections::VecDeque<Sample>>>,
     pub(crate) decoy_hash: std::sync::OnceLock<String>,
@@ -177,6 +185,7 @@ impl WebState {
                 accounts,
                 config,
                 throttle,
+                unknown_names: auth::UnknownNameLockouts::new(),
                 observations: Mutex::new(HashMap::new()),
                 samples: Mutex::new(HashMap::new()),
                 decoy_hash: std::sync::OnceLock::new(),
@@ -459,17 +468,11 @@ pub async fn serve(
     state: WebState,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> std::io::Result<()> {
-    let app = router(state);
-    match tls {
-        None => {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .await
-        }
-        Some(config) => tls::serve_https(listener, app, config).await,
-    }
+    let limits = tls::ConnectionLimits {
+        header_read_timeout: state.inner.config.header_read_timeout,
+        per_address: state.inner.config.max_connections_per_address.max(1),
+    };
+    tls::serve_connections(listener, router(state), tls, limits).await
 }
 
 /// Adds the peer address to a request, as `axum::serve` does (for the HTTPS path and tests).

@@ -371,14 +371,20 @@ pub async fn login_password(
         Ok(()) => state.inner.accounts.get_user(username).await?,
         Err(_) => None,
     };
-    if let Some(user) = user.as_ref().filter(|user| user.locked_until_ms > now) {
+    // A name without an account locks exactly as an account would, so the answer does not
+    // tell which names exist.
+    let locked_until = match &user {
+        Some(user) => Some(user.locked_until_ms).filter(|&until| until > now),
+        None => state.inner.unknown_names.locked_until(username, now),
+    };
+    if let Some(until) = locked_until {
         state.inner.throttle.failed(ip, now);
         state
             .audit(username, "login", username, &source, "account_locked")
             .await;
         return Err(ApiError::too_many(
             "account_locked",
-            (user.locked_until_ms - now).div_ceil(1000),
+            (until - now).div_ceil(1000),
         ));
     }
     let hash = match &user {
@@ -398,6 +404,11 @@ pub async fn login_password(
                 .accounts
                 .record_login_failure(username, now, state.inner.config.account_lockout)
                 .await?;
+        } else if check_username(username).is_ok() {
+            state
+                .inner
+                .unknown_names
+                .failed(username, now, state.inner.config.account_lockout);
         }
         state
             .audit(username, "login", username, &source, "bad_credentials")

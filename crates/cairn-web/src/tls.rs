@@ -1,12 +1,15 @@
-//! HTTPS for the web listener: a rustls server configuration from PEM files, and the accept
-//! loop that hands each TLS connection to the application.
+//! The web listener: a rustls server configuration from PEM files for HTTPS, and the accept
+//! loop that hands each connection (TLS or not) to the application, with bounded times and
+//! connection counts.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -44,41 +47,118 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     Ok(Arc::new(config))
 }
 
-/// Accepts TLS connections forever, each on its own task.
-pub(crate) async fn serve_https(
+/// Connections served at once; past that, new ones are closed at once (slow clients cannot
+/// hold the listener).
+const MAX_CONNECTIONS: usize = 1024;
+
+/// Time and count bounds of the accept loop.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnectionLimits {
+    /// For the TLS handshake, then for each request's head (and idle keep-alive).
+    pub(crate) header_read_timeout: Duration,
+    /// Connections served at once from one address.
+    pub(crate) per_address: usize,
+}
+
+/// Accepts connections forever (TLS first when `tls` is set), each on its own task, with
+/// bounded handshake and header times and bounded connection counts.
+pub(crate) async fn serve_connections(
     listener: tokio::net::TcpListener,
     app: Router,
-    config: Arc<rustls::ServerConfig>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: ConnectionLimits,
 ) -> std::io::Result<()> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let total = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_address: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
                 tracing::debug!(%error, "accept failed");
+                // Out of descriptors and the like: do not spin.
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
+        };
+        let Ok(permit) = total.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "too many connections; closed");
+            continue;
+        };
+        let Some(slot) = AddressSlot::take(&per_address, peer.ip(), limits.per_address) else {
+            tracing::debug!(%peer, "too many connections from this address; closed");
+            continue;
         };
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(
-                std::time::Duration::from_secs(10),
-                acceptor.accept(stream),
-            )
-            .await
-            {
-                Ok(Ok(stream)) => stream,
-                _ => return,
-            };
+            let _permit = permit;
+            let _slot = slot;
             let service = app.map_request(move |request: http::Request<hyper::body::Incoming>| {
                 crate::with_peer(request.map(axum::body::Body::new), peer)
             });
             let service = TowerToHyperService::new(service);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout);
+            match acceptor {
+                None => {
+                    let _ = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }
+                Some(acceptor) => {
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
+                            .await
+                    else {
+                        return;
+                    };
+                    let _ = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }
+            }
         });
+    }
+}
+
+/// One connection counted against its address; the count drops with it.
+struct AddressSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    address: IpAddr,
+}
+
+impl AddressSlot {
+    fn take(
+        counts: &Arc<Mutex<HashMap<IpAddr, usize>>>,
+        address: IpAddr,
+        limit: usize,
+    ) -> Option<Self> {
+        let mut map = counts.lock().ok()?;
+        let count = map.entry(address).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            counts: counts.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.counts.lock()
+            && let Some(count) = map.get_mut(&self.address)
+        {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.address);
+            }
+        }
     }
 }
 

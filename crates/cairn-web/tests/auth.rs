@@ -411,6 +411,34 @@ async fn brute_force_locks_the_account_with_backoff() {
 }
 
 #[tokio::test]
+async fn a_lockout_does_not_tell_which_user_names_exist() {
+    let h = harness().await;
+    h.add_user("dave", Role::Viewer, None).await;
+    // The same failures against an account and against a name without one, each from its
+    // own addresses.
+    let mut answers = Vec::new();
+    for (n, name) in ["dave", "nobody"].into_iter().enumerate() {
+        for i in 0..5 {
+            let peer = format!("198.51.{n}.{i}:1");
+            let answer = try_login(&h, name, "wrong password!", &peer).await;
+            assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+            assert_eq!(answer.error_code(), "invalid_credentials");
+        }
+        let peer = format!("198.51.{n}.99:1");
+        answers.push(try_login(&h, name, PASSWORD, &peer).await);
+    }
+    for answer in &answers {
+        assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(answer.error_code(), "account_locked");
+    }
+    assert_eq!(
+        answers[0].headers.get("retry-after"),
+        answers[1].headers.get("retry-after")
+    );
+    assert_eq!(answers[0].json()["message"], answers[1].json()["message"]);
+}
+
+#[tokio::test]
 async fn brute_force_from_one_address_locks_the_address() {
     let h = harness().await;
     h.add_user("carol", Role::Viewer, None).await;

@@ -64,8 +64,10 @@ pub struct Account {
     pub mode: i64,
     /// PSK identity.
     pub identity: Vec<u8>,
-    /// PSK.
+    /// PSK, or the PKCS#8 private key in the certificate modes (Secret Key, resource 5).
     pub key: Zeroizing<Vec<u8>>,
+    /// The server's public key (RPK mode) or trust anchor (X.509 mode), DER (resource 4).
+    pub server_public_key: Vec<u8>,
     /// Short Server ID (device-management accounts).
     pub short_server_id: Option<u16>,
     /// Client Hold Off Time, seconds (resource 11).
@@ -268,6 +270,7 @@ impl DeviceState {
             mode: integer(instance, 2).unwrap_or(3),
             identity: opaque(instance, 3),
             key: Zeroizing::new(opaque(instance, 5)),
+            server_public_key: opaque(instance, 4),
             short_server_id: integer(instance, 10).and_then(|v| u16::try_from(v).ok()),
             hold_off_s: integer(instance, 11).and_then(|v| u32::try_from(v).ok()),
         }

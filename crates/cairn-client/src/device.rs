@@ -13,14 +13,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_coap::{Config, ContentFormat};
-use cairn_dtls::{ClientConfig, Psk};
+use cairn_dtls::{
+    ClientCertificateConfig, ClientConfig, Credentials, PeerVerifier, PrivateKey, Psk,
+    RawPublicKeys, X509Verifier,
+};
 use cairn_lwm2m::{ClientRequest, CoapRequest, CoapResponse, ModelRegistry, ResponseCode, Version};
 use cairn_transport::{CoapEndpoint, Handler, Reply, Request, Security};
 use tokio::sync::{mpsc, watch};
 
 use crate::bootstrap::BootstrapSession;
 use crate::core::{ClientCore, Event};
-use crate::credentials::{CredentialError, CredentialVault, DeviceState, load_state, store_state};
+use crate::credentials::{
+    Account, CredentialError, CredentialVault, DeviceState, load_state, store_state,
+};
 use crate::driver::{Client, ServerConnection};
 use crate::object::ClientAction;
 use crate::objects::{
@@ -177,7 +182,45 @@ fn local_for(address: SocketAddr, ip: Option<IpAddr>) -> SocketAddr {
 
 /// Security Mode values (Core Appendix E.1, resource /0/x/2).
 const MODE_PSK: i64 = 0;
+const MODE_RPK: i64 = 1;
+const MODE_CERTIFICATE: i64 = 2;
 const MODE_NOSEC: i64 = 3;
+
+/// The DTLS certificate mode of a device-management account: in RPK mode the device's key
+/// pair (Secret Key, PKCS#8) and the server's raw public key (Server Public Key) as the only
+/// one accepted; in X.509 mode the device's certificate (Public Key or Identity) and key, and
+/// the trust anchor of the server's certificate (Server Public Key). `None` for the other modes.
+fn certificate_config(account: &Account) -> Result<Option<ClientCertificateConfig>, String> {
+    if account.mode != MODE_RPK && account.mode != MODE_CERTIFICATE {
+        return Ok(None);
+    }
+    let key = PrivateKey::from_der(&account.key)
+        .map_err(|e| format!("the account's private key: {e}"))?;
+    if account.server_public_key.is_empty() {
+        return Err("the account has no server public key".into());
+    }
+    let config = if account.mode == MODE_RPK {
+        let mut server = RawPublicKeys::new();
+        server.insert(account.server_public_key.clone(), b"server".to_vec());
+        ClientCertificateConfig {
+            credentials: Some(Credentials::raw_public_key(key)),
+            server_auth: PeerVerifier::raw_public_keys(Arc::new(server)),
+            server_name: None,
+        }
+    } else {
+        let anchor = X509Verifier::new(std::slice::from_ref(&account.server_public_key))
+            .map_err(|e| format!("the server's trust anchor: {e}"))?;
+        ClientCertificateConfig {
+            credentials: Some(Credentials {
+                key,
+                chain: vec![account.identity.clone()],
+            }),
+            server_auth: PeerVerifier::x509(anchor),
+            server_name: None,
+        }
+    };
+    Ok(Some(config))
+}
 
 /// The transport security of an account: PSK or none; the other modes are not supported by
 /// this device (raw public keys, certificates).
@@ -467,10 +510,16 @@ async fn register(
         };
         let mode = match dm.account.mode {
             MODE_PSK => SecurityMode::PreSharedKey,
+            MODE_RPK => SecurityMode::RawPublicKey,
+            MODE_CERTIFICATE => SecurityMode::Certificate,
             MODE_NOSEC => SecurityMode::NoSec,
             other => {
                 return Registered::Refused(format!("security mode {other} is not supported"));
             }
+        };
+        let certificate = match certificate_config(&dm.account) {
+            Ok(certificate) => certificate,
+            Err(reason) => return Registered::Refused(reason),
         };
         security.add_server(
             dm.account.uri.clone(),
@@ -507,7 +556,7 @@ async fn register(
             }),
             settings: registration,
             coap: settings.coap.clone(),
-            certificate: None,
+            certificate,
         });
     }
     let tree = standard_tree(

@@ -1193,14 +1193,27 @@ impl Inner {
                 )
             }
             PeerIdentity::Rpk(key) => {
-                let info = security
+                let is_key = |info: &SecurityInfo| {
+                    info.endpoint == endpoint
+                        && matches!(&info.mode, SecurityMode::Rpk { public_key_der } if public_key_der == key)
+                };
+                let current = security
                     .get_security_info(endpoint)
                     .await
                     .map_err(store_refusal)?;
+                let allowed = if current.as_ref().is_some_and(is_key) {
+                    true
+                } else {
+                    // A key the endpoint is replacing, still valid until it proves the new one.
+                    security
+                        .get_security_info_by_psk_identity(&security::rpk_session_identity(key))
+                        .await
+                        .map_err(store_refusal)?
+                        .as_ref()
+                        .is_some_and(is_key)
+                };
                 (
-                    info.is_some_and(|info| {
-                        matches!(info.mode, SecurityMode::Rpk { public_key_der } if public_key_der == *key)
-                    }),
+                    allowed,
                     "the endpoint name does not belong to this raw public key",
                 )
             }

@@ -81,10 +81,16 @@ impl DeviceCertificates {
 #[derive(Clone)]
 pub struct StoreRawPublicKeys(pub EmbeddedStore);
 
+/// The session identity of a device authenticated by the raw public key
+/// `subject_public_key_info`.
+pub(crate) fn rpk_session_identity(subject_public_key_info: &[u8]) -> Vec<u8> {
+    [RPK_IDENTITY, subject_public_key_info].concat()
+}
+
 impl RawPublicKeyResolver for StoreRawPublicKeys {
     fn identity(&self, subject_public_key_info: &[u8]) -> Option<Vec<u8>> {
         match self.0.rpk_endpoint_blocking(subject_public_key_info) {
-            Ok(Some(_)) => Some([RPK_IDENTITY, subject_public_key_info].concat()),
+            Ok(Some(_)) => Some(rpk_session_identity(subject_public_key_info)),
             Ok(None) => None,
             Err(error) => {
                 tracing::warn!(%error, "raw public key lookup failed");

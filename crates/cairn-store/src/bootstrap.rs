@@ -82,9 +82,12 @@ impl fmt::Debug for PskCredential {
 pub enum CredentialKind {
     /// A pre-shared key and identity.
     Psk,
-    /// A raw public key pair (RFC 7250); not generated yet.
+    /// A P-256 key pair (RFC 7250 raw public key): the Security object's Public Key or
+    /// Identity holds the DER SubjectPublicKeyInfo, its Secret Key the PKCS#8 private key.
     Rpk,
-    /// A certificate issued by the server's CA; not generated yet.
+    /// A P-256 key pair and a certificate issued by Cairn's CA with the endpoint name as its
+    /// common name: Public Key or Identity holds the certificate (DER), Secret Key the PKCS#8
+    /// private key.
     X509,
 }
 
@@ -168,16 +171,46 @@ pub struct BootstrapTemplate {
 }
 
 /// A device-management credential and its replacement state.
+///
+/// A credential is the pair the Security object carries (Core Appendix E.1): "Public Key or
+/// Identity" (resource 3) and "Secret Key" (resource 5), held as a [`PskCredential`]'s
+/// `identity` and `key` whatever its kind (see [`CredentialKind`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DmCredential {
     /// The Short Server ID of the server it is for.
     pub short_server_id: u16,
+    /// The kind of `current`.
+    pub kind: CredentialKind,
     /// The credential in the security store now.
     pub current: PskCredential,
     /// Whether the device registered with `current`.
     pub proven: bool,
+    /// The kind of `previous`.
+    pub previous_kind: CredentialKind,
     /// The credential the device had before, still accepted until `current` is proven.
     pub previous: Option<PskCredential>,
+    /// When `current` was generated (Unix milliseconds; 0: not known, from an older record).
+    pub issued_at_ms: u64,
+}
+
+impl DmCredential {
+    /// The key under which the retiring credential is found while the device proves the new
+    /// one: a PSK by its identity, a raw public key by its SubjectPublicKeyInfo, a certificate
+    /// by its SHA-256 fingerprint.
+    pub fn previous_lookup_key(&self) -> Option<Vec<u8>> {
+        let previous = self.previous.as_ref()?;
+        Some(lookup_key(self.previous_kind, &previous.identity))
+    }
+}
+
+/// How a device-management credential of `kind` with `identity` (Security resource 3) is found:
+/// see [`DmCredential::previous_lookup_key`].
+pub fn lookup_key(kind: CredentialKind, identity: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    match kind {
+        CredentialKind::X509 => Sha256::digest(identity).to_vec(),
+        CredentialKind::Psk | CredentialKind::Rpk => identity.to_vec(),
+    }
 }
 
 /// What happened at a device's bootstraps.
@@ -465,6 +498,13 @@ struct WireDm {
     proven: bool,
     #[n(3)]
     previous: Option<WirePsk>,
+    /// Absent in older records: PSK.
+    #[n(4)]
+    kind: Option<u8>,
+    #[n(5)]
+    previous_kind: Option<u8>,
+    #[n(6)]
+    issued_at_ms: Option<u64>,
 }
 
 #[derive(Encode, Decode, Zeroize, ZeroizeOnDrop, Default)]
@@ -510,6 +550,14 @@ fn kind_code(kind: CredentialKind) -> u8 {
         CredentialKind::Psk => 0,
         CredentialKind::Rpk => 1,
         CredentialKind::X509 => 2,
+    }
+}
+
+fn kind_of(code: Option<u8>) -> CredentialKind {
+    match code {
+        Some(1) => CredentialKind::Rpk,
+        Some(2) => CredentialKind::X509,
+        _ => CredentialKind::Psk,
     }
 }
 
@@ -608,6 +656,9 @@ fn wire_credentials(credentials: &DeviceCredentials) -> WireCredentials {
             current: wire_psk(&dm.current),
             proven: dm.proven,
             previous: dm.previous.as_ref().map(wire_psk),
+            kind: Some(kind_code(dm.kind)),
+            previous_kind: Some(kind_code(dm.previous_kind)),
+            issued_at_ms: Some(dm.issued_at_ms),
         }),
         attempts: credentials.status.attempts,
         finished: credentials.status.finished,
@@ -625,9 +676,12 @@ fn credentials_of(wire: &mut WireCredentials) -> DeviceCredentials {
         bootstrap_previous: wire.bootstrap_previous.as_mut().map(psk_of),
         dm: wire.dm.as_mut().map(|dm| DmCredential {
             short_server_id: dm.short_server_id,
+            kind: kind_of(dm.kind),
             current: psk_of(&mut dm.current),
             proven: dm.proven,
+            previous_kind: kind_of(dm.previous_kind),
             previous: dm.previous.as_mut().map(psk_of),
+            issued_at_ms: dm.issued_at_ms.unwrap_or(0),
         }),
         status: BootstrapStatus {
             attempts: wire.attempts,
@@ -745,8 +799,32 @@ impl EmbeddedStore {
         let device =
             self.bs_read(|store, txn| store.read_by_index(txn, PREVIOUS_DM_IDENTITIES, identity))?;
         Ok(device.and_then(|device| {
-            let previous = device.dm?.previous?;
+            let dm = device.dm?;
+            let previous = dm
+                .previous
+                .filter(|_| dm.previous_kind == CredentialKind::Psk)?;
             (previous.identity == identity).then_some((device.endpoint, previous.key))
+        }))
+    }
+}
+
+impl EmbeddedStore {
+    /// The endpoint whose retiring device-management credential is the raw public key
+    /// `subject_public_key_info`, synchronously (for the DM server's raw-public-key resolver
+    /// while a device changes credentials).
+    pub fn previous_dm_rpk_blocking(
+        &self,
+        subject_public_key_info: &[u8],
+    ) -> Result<Option<String>, StoreError> {
+        let device = self.bs_read(|store, txn| {
+            store.read_by_index(txn, PREVIOUS_DM_IDENTITIES, subject_public_key_info)
+        })?;
+        Ok(device.and_then(|device| {
+            let dm = device.dm?;
+            let previous = dm
+                .previous
+                .filter(|_| dm.previous_kind == CredentialKind::Rpk)?;
+            (previous.identity == subject_public_key_info).then_some(device.endpoint)
         }))
     }
 }
@@ -933,8 +1011,8 @@ impl Inner {
         };
         let previous_dm = |c: Option<&DeviceCredentials>| -> Vec<Vec<u8>> {
             c.and_then(|c| c.dm.as_ref())
-                .and_then(|dm| dm.previous.as_ref())
-                .map(|p| vec![p.identity.clone()])
+                .and_then(DmCredential::previous_lookup_key)
+                .map(|key| vec![key])
                 .unwrap_or_default()
         };
         // An index whose entries for the endpoint stay the same (a status update) is not
@@ -1225,7 +1303,7 @@ impl BootstrapStore for EmbeddedStore {
             let retiring: Vec<Vec<u8>> = previous
                 .dm
                 .iter()
-                .flat_map(|dm| dm.previous.iter().map(|p| p.identity.clone()))
+                .filter_map(DmCredential::previous_lookup_key)
                 .collect();
             Inner::reindex(txn, PREVIOUS_DM_IDENTITIES, &endpoint, &retiring, &[], "")?;
             let fingerprint_key = store.fingerprint_key(txn)?;
@@ -1377,6 +1455,9 @@ mod tests {
         device.bootstrap_proven = false;
         device.dm = Some(DmCredential {
             short_server_id: 1,
+            kind: CredentialKind::Psk,
+            previous_kind: CredentialKind::Psk,
+            issued_at_ms: 0,
             current: psk(
                 "dm-new",
                 &[0x66; 31].iter().chain(&[2]).copied().collect::<Vec<_>>(),

@@ -4,8 +4,8 @@
 mod common;
 
 use cairn_store::{
-    BootstrapSettings, BootstrapStore, DeviceBootstrapConfig, DeviceCredentials, DmCredential,
-    DmCredentialSource, DmServerConfig, PskCredential, SecretBytes,
+    BootstrapSettings, BootstrapStore, CredentialKind, DeviceBootstrapConfig, DeviceCredentials,
+    DmCredential, DmCredentialSource, DmServerConfig, PskCredential, SecretBytes,
 };
 use common::open;
 
@@ -38,6 +38,9 @@ async fn the_database_file_never_holds_a_bootstrap_secret_in_the_clear() {
             .unwrap();
         device.dm = Some(DmCredential {
             short_server_id: 1,
+            kind: CredentialKind::Psk,
+            previous_kind: CredentialKind::Psk,
+            issued_at_ms: 0,
             current: psk("dm-id", DM_KEY),
             proven: false,
             previous: None,

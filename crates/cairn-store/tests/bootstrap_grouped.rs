@@ -5,8 +5,8 @@
 mod common;
 
 use cairn_store::{
-    BootstrapStore, DeviceCredentials, DmCredential, PskCredential, SecretBytes, SecurityInfo,
-    SecurityMode, SecurityStore, StoreError,
+    BootstrapStore, CredentialKind, DeviceCredentials, DmCredential, PskCredential, SecretBytes,
+    SecurityInfo, SecurityMode, SecurityStore, StoreError,
 };
 use common::open;
 
@@ -25,6 +25,9 @@ fn bootstrapped(n: u32, factory: PskCredential) -> DeviceCredentials {
     device.bootstrap_proven = false;
     device.dm = Some(DmCredential {
         short_server_id: 1,
+        kind: CredentialKind::Psk,
+        previous_kind: CredentialKind::Psk,
+        issued_at_ms: 0,
         current: psk(&format!("dm-{n}"), n + 100_000),
         proven: false,
         previous: None,

@@ -30,8 +30,8 @@ use std::time::Duration;
 use cairn_coap::{Code, ContentFormat, Message};
 use cairn_lwm2m::{ClientRequest, CoapRequest, ModelRegistry, OperationError, ResponseCode};
 use cairn_store::{
-    BootstrapSettings, BootstrapStore, DeviceCredentials, EmbeddedStore, PeerIdentity,
-    SecurityInfo, SecurityMode, SecurityStore, StoreError,
+    BootstrapSettings, BootstrapStore, CredentialKind, DeviceCredentials, DmCredentialSource,
+    EmbeddedStore, PeerIdentity, SecurityInfo, SecurityMode, SecurityStore, StoreError,
 };
 use cairn_transport::{CoapEndpoint, Reply, Request, Security};
 use tokio::sync::broadcast;
@@ -58,6 +58,9 @@ pub struct BootstrapServerConfig {
     pub models: Arc<ModelRegistry>,
     /// CoAP transmission parameters.
     pub coap: cairn_coap::Config,
+    /// For raw-public-key and X.509 device-management credentials: the DM server's public key
+    /// and Cairn's CA. None: configurations asking for them are answered 5.01.
+    pub certificates: Option<Arc<credentials::DmCertificates>>,
 }
 
 impl Default for BootstrapServerConfig {
@@ -69,6 +72,7 @@ impl Default for BootstrapServerConfig {
             attempts: 3,
             models: Arc::new(ModelRegistry::with_core_models()),
             coap: cairn_coap::Config::default(),
+            certificates: None,
         }
     }
 }
@@ -253,7 +257,7 @@ impl BootstrapServer {
                         let Some(inner) = inner.upgrade() else {
                             return;
                         };
-                        if let PeerIdentity::Psk(identity) = &registration.identity {
+                        if let Some(identity) = credential_identity(&registration.identity) {
                             let _ = inner.registered(&registration.endpoint, identity).await;
                         }
                     }
@@ -379,6 +383,15 @@ impl cairn_transport::Handler for BootstrapHandler {
     }
 }
 
+/// What identifies the credential a device registered with, as the Security object's Public
+/// Key or Identity holds it: a PSK identity or a raw public key.
+fn credential_identity(identity: &PeerIdentity) -> Option<&[u8]> {
+    match identity {
+        PeerIdentity::Psk(identity) | PeerIdentity::Rpk(identity) => Some(identity),
+        PeerIdentity::X509(_) | PeerIdentity::Unsecured => None,
+    }
+}
+
 /// A device registered with the DM server: records the proof of its new credentials, and
 /// triggers a rotation asked for while it was away.
 async fn on_registered(
@@ -386,7 +399,7 @@ async fn on_registered(
     server: LwM2mServer,
     registration: cairn_store::Registration,
 ) {
-    if let PeerIdentity::Psk(identity) = &registration.identity {
+    if let Some(identity) = credential_identity(&registration.identity) {
         if let Err(error) = inner.registered(&registration.endpoint, identity).await {
             tracing::warn!(%error, "cannot record a credential proof");
         }
@@ -602,40 +615,42 @@ impl Inner {
         identity: &[u8],
         settings: &BootstrapSettings,
     ) -> Result<DeviceCredentials, Refusal> {
-        let in_security_store = match self
+        if credentials::credential_server(settings).is_some_and(|server| {
+            server.credential == DmCredentialSource::Generate(CredentialKind::X509)
+        }) {
+            // The DM server sees a certificate's common name only, so it could not tell a
+            // replaced certificate from its successor: X.509 credentials are not given yet.
+            return Err((
+                ResponseCode::NOT_IMPLEMENTED,
+                "X.509 device-management credentials are not supported yet".into(),
+            ));
+        }
+        let in_security_store = self
             .stores
             .security
             .get_security_info(&device.endpoint)
             .await
             .map_err(store_refusal)?
-        {
-            Some(SecurityInfo {
-                mode: SecurityMode::Psk { identity, key },
-                ..
-            }) => Some(cairn_store::PskCredential { identity, key }),
-            _ => None,
-        };
+            .map(|info| info.mode);
         let updated = credentials::on_bootstrap_request(
             device,
             Some(identity),
             settings,
             in_security_store,
+            self.config.certificates.as_deref(),
             unix_millis(),
         )
         .map_err(|error| match error {
             CredentialError::Unsupported(_) => (ResponseCode::NOT_IMPLEMENTED, error.to_string()),
             CredentialError::UnknownIdentity => (ResponseCode::FORBIDDEN, error.to_string()),
-            CredentialError::Random(_) => {
+            CredentialError::Random(_) | CredentialError::Ca(_) => {
                 tracing::error!(%error, "cannot generate credentials");
                 (ResponseCode::INTERNAL_SERVER_ERROR, String::new())
             }
         })?;
         let security = updated.dm.as_ref().map(|dm| SecurityInfo {
             endpoint: updated.endpoint.clone(),
-            mode: SecurityMode::Psk {
-                identity: dm.current.identity.clone(),
-                key: dm.current.key.clone(),
-            },
+            mode: credentials::security_mode(dm.kind, &dm.current),
             created_at_ms: unix_millis(),
         });
         let stores = &self.stores;
@@ -695,6 +710,7 @@ impl Inner {
                 models: &this.config.models,
                 request_timeout: this.config.request_timeout,
                 attempts: this.config.attempts,
+                certificates: this.config.certificates.as_deref(),
             };
             let outcome = session::run(&exchange, format, &settings, device.as_ref()).await;
             this.finish_session(&name, number, device.is_some(), outcome)

@@ -5,17 +5,42 @@
 //!   one (the factory credential at first).
 //! - [`TransitionalPskResolver`] and [`TransitionalSecurityStore`]: the device-management
 //!   server accepts a device's current credential (in the security store) and, until the device
-//!   registers with it, the one it had before the last bootstrap.
+//!   registers with it, the one it had before the last bootstrap; [`TransitionalRawPublicKeys`]
+//!   does the same for raw public keys. The DM server asks the security store for a session
+//!   identity's retiring credential ([`SecurityStore::get_security_info_by_psk_identity`] with
+//!   the raw-public-key session identity) when the endpoint's current key is not the one used.
 
 use std::sync::Arc;
 
-use cairn_dtls::{Psk, PskResolver};
+use cairn_dtls::{Psk, PskResolver, RawPublicKeyResolver};
 use cairn_store::{
-    BootstrapStore, EmbeddedStore, Page, SecurityInfo, SecurityInfoSummary, SecurityMode,
-    SecurityStore, StoreFuture,
+    BootstrapStore, CredentialKind, EmbeddedStore, Page, PeerIdentity, SecurityInfo,
+    SecurityInfoSummary, SecurityStore, StoreFuture,
 };
 
+use crate::security::{StoreRawPublicKeys, rpk_session_identity};
 use crate::{StorePskResolver, Stores};
+
+/// Resolves device-management raw public keys: the security store's, then the retiring ones.
+#[derive(Clone)]
+pub struct TransitionalRawPublicKeys(pub EmbeddedStore);
+
+impl RawPublicKeyResolver for TransitionalRawPublicKeys {
+    fn identity(&self, subject_public_key_info: &[u8]) -> Option<Vec<u8>> {
+        if let Some(identity) = StoreRawPublicKeys(self.0.clone()).identity(subject_public_key_info)
+        {
+            return Some(identity);
+        }
+        match self.0.previous_dm_rpk_blocking(subject_public_key_info) {
+            Ok(Some(_)) => Some(rpk_session_identity(subject_public_key_info)),
+            Ok(None) => None,
+            Err(error) => {
+                tracing::warn!(%error, "retiring raw public key lookup failed");
+                None
+            }
+        }
+    }
+}
 
 /// Resolves bootstrap PSK identities (current and previous) from the embedded store.
 #[derive(Clone)]
@@ -93,22 +118,31 @@ impl SecurityStore for TransitionalSecurityStore {
             {
                 return Ok(Some(info));
             }
+            // A raw-public-key session identity asks for a retiring raw public key.
+            let (kind, lookup) = match crate::peer_identity(Some(identity)) {
+                PeerIdentity::Rpk(key) => (CredentialKind::Rpk, key),
+                PeerIdentity::Psk(_) => (CredentialKind::Psk, identity.to_vec()),
+                _ => return Ok(None),
+            };
             let Some(device) = self
                 .bootstrap
-                .device_by_previous_dm_identity(identity)
+                .device_by_previous_dm_identity(&lookup)
                 .await?
             else {
                 return Ok(None);
             };
-            let Some(previous) = device.dm.and_then(|dm| dm.previous) else {
+            let Some(dm) = device.dm else {
                 return Ok(None);
             };
-            Ok((previous.identity == identity).then(|| SecurityInfo {
+            let Some(previous) = dm.previous.filter(|p| {
+                dm.previous_kind == kind
+                    && cairn_store::bootstrap::lookup_key(kind, &p.identity) == lookup
+            }) else {
+                return Ok(None);
+            };
+            Ok(Some(SecurityInfo {
                 endpoint: device.endpoint,
-                mode: SecurityMode::Psk {
-                    identity: previous.identity,
-                    key: previous.key,
-                },
+                mode: super::credentials::security_mode(kind, &previous),
                 created_at_ms: 0,
             }))
         })
@@ -138,6 +172,7 @@ pub fn device_management_stores(store: EmbeddedStore) -> Stores {
         security: Arc::new(store.clone()),
         bootstrap: Arc::new(store.clone()),
     });
-    stores.psk_resolver = Arc::new(TransitionalPskResolver(store));
+    stores.psk_resolver = Arc::new(TransitionalPskResolver(store.clone()));
+    stores.raw_public_keys = Arc::new(TransitionalRawPublicKeys(store));
     stores
 }

@@ -12,10 +12,12 @@ use cairn_lwm2m::{
     BootstrapServerRequest, CoapResponse, LwM2mPath, Lwm2mResponse, ModelRegistry, ObjectLink,
     ResponseCode, Value,
 };
-use cairn_store::{BootstrapSettings, DeviceCredentials, DmCredentialSource, PskCredential};
+use cairn_store::{
+    BootstrapSettings, CredentialKind, DeviceCredentials, DmCredentialSource, PskCredential,
+};
 use cairn_transport::CoapEndpoint;
 
-use super::credentials::CredentialError;
+use super::credentials::{CredentialError, DmCertificates};
 
 /// Security object resources (Core Appendix E.1).
 mod security {
@@ -23,10 +25,13 @@ mod security {
     pub const BOOTSTRAP_SERVER: u16 = 1;
     pub const MODE: u16 = 2;
     pub const PUBLIC_KEY_OR_IDENTITY: u16 = 3;
+    pub const SERVER_PUBLIC_KEY: u16 = 4;
     pub const SECRET_KEY: u16 = 5;
     pub const SHORT_SERVER_ID: u16 = 10;
     pub const OSCORE_SECURITY_MODE: u16 = 17;
     pub const MODE_PSK: i64 = 0;
+    pub const MODE_RPK: i64 = 1;
+    pub const MODE_CERTIFICATE: i64 = 2;
     pub const MODE_NOSEC: i64 = 3;
 }
 
@@ -122,6 +127,7 @@ pub(crate) fn plan(
     device: Option<&DeviceCredentials>,
     format: ContentFormat,
     bootstrap_instance: u16,
+    certificates: Option<&DmCertificates>,
 ) -> Result<Vec<Step>, CredentialError> {
     let mut steps = vec![Step {
         request: BootstrapServerRequest::Delete {
@@ -144,7 +150,7 @@ pub(crate) fn plan(
     for (server, instance) in settings.servers.iter().zip(instances) {
         let credential = match (&server.credential, device.and_then(|d| d.dm.as_ref())) {
             (DmCredentialSource::NoSec, _) | (_, None) => None,
-            (_, Some(dm)) => Some(&dm.current),
+            (_, Some(dm)) => Some(dm),
         };
         let mut resources = vec![
             LwM2mResource::single(security::URI, Value::String(server.uri.clone())),
@@ -155,17 +161,33 @@ pub(crate) fn plan(
             ),
         ];
         match credential {
-            Some(psk) => resources.extend([
-                LwM2mResource::single(security::MODE, Value::Integer(security::MODE_PSK)),
-                LwM2mResource::single(
-                    security::PUBLIC_KEY_OR_IDENTITY,
-                    Value::Opaque(psk.identity.clone()),
-                ),
-                LwM2mResource::single(
-                    security::SECRET_KEY,
-                    Value::Opaque(psk.key.expose().to_vec()),
-                ),
-            ]),
+            Some(dm) => {
+                let mode = match dm.kind {
+                    CredentialKind::Psk => security::MODE_PSK,
+                    CredentialKind::Rpk => security::MODE_RPK,
+                    CredentialKind::X509 => security::MODE_CERTIFICATE,
+                };
+                resources.extend([
+                    LwM2mResource::single(security::MODE, Value::Integer(mode)),
+                    LwM2mResource::single(
+                        security::PUBLIC_KEY_OR_IDENTITY,
+                        Value::Opaque(dm.current.identity.clone()),
+                    ),
+                    LwM2mResource::single(
+                        security::SECRET_KEY,
+                        Value::Opaque(dm.current.key.expose().to_vec()),
+                    ),
+                ]);
+                if dm.kind != CredentialKind::Psk {
+                    let server_key = certificates
+                        .and_then(|c| c.server_public_key(dm.kind))
+                        .ok_or(CredentialError::Unsupported(dm.kind))?;
+                    resources.push(LwM2mResource::single(
+                        security::SERVER_PUBLIC_KEY,
+                        Value::Opaque(server_key.to_vec()),
+                    ));
+                }
+            }
             None => resources.push(LwM2mResource::single(
                 security::MODE,
                 Value::Integer(security::MODE_NOSEC),
@@ -258,6 +280,8 @@ pub(crate) struct Exchange<'a> {
     pub(crate) request_timeout: Duration,
     /// Attempts per step when the device answers 5.xx or does not answer.
     pub(crate) attempts: u32,
+    /// The DM server's public key and Cairn's CA, for certificate-mode credentials.
+    pub(crate) certificates: Option<&'a DmCertificates>,
 }
 
 /// Sends the steps to the device, retrying a step the device could not handle for a moment
@@ -274,6 +298,7 @@ pub(crate) async fn run(
         models,
         request_timeout,
         attempts,
+        certificates,
     } = *exchange;
     let discovered = discover(exchange).await;
     let version_1_1 = discovered.as_ref().is_some_and(|d| d.version_1_1);
@@ -289,7 +314,7 @@ pub(crate) async fn run(
             required: false,
         });
     }
-    match plan(settings, device, format, bootstrap_instance) {
+    match plan(settings, device, format, bootstrap_instance, certificates) {
         Ok(planned) => steps.extend(planned),
         Err(error) => {
             return Outcome::Failed {
@@ -461,11 +486,12 @@ mod tests {
             None,
             &settings,
             None,
+            None,
             0,
         )
         .unwrap();
         let models = ModelRegistry::with_core_models();
-        let steps = plan(&settings, Some(&device), ContentFormat::SENML_CBOR, 0).unwrap();
+        let steps = plan(&settings, Some(&device), ContentFormat::SENML_CBOR, 0, None).unwrap();
         let names: Vec<String> = steps.iter().map(Step::name).collect();
         assert_eq!(
             names,
@@ -483,7 +509,7 @@ mod tests {
             step.request.to_coap(&models).expect("every step encodes");
         }
         // A device whose bootstrap account is instance 2: the servers go around it.
-        let steps = plan(&settings, Some(&device), ContentFormat::LWM2M_TLV, 2).unwrap();
+        let steps = plan(&settings, Some(&device), ContentFormat::LWM2M_TLV, 2, None).unwrap();
         let names: Vec<String> = steps.iter().take(4).map(Step::name).collect();
         assert_eq!(
             names,

@@ -273,6 +273,10 @@ async function main() {
     );
     await page.screenshot({ path: join(shots, "07-campaign-completed.png"), fullPage: true });
     await check(Promise.resolve(finalState === "completed"), `the campaign completed (${finalState})`);
+    await check(
+      page.getByRole("button", { name: "Pause" }).isHidden(),
+      "a finished campaign has no controls",
+    );
     const outcomes = page.locator("#campaign-devices tbody tr");
     await check(outcomes.count().then((n) => n === devices), `the campaign lists ${devices} devices`);
     await check(

@@ -1,7 +1,8 @@
 // End-to-end test of the Cairn web console in headless Chromium (driven by playwright-core):
 // create the first administrator from the one-time setup link, enrol TOTP (the code computed
 // here from the enrolled secret), sign out and back in with a fresh TOTP code, open a
-// registered device, read /3/0, observe /3/0/13 and see its plotted value change; on the
+// registered device, read /3/0, observe /3/0/13 and then the battery level /3/0/9 and see
+// each plotted value change; on the
 // Firmware & campaigns page see the demo's own campaign completed, upload the signed package
 // the demo left for the console, start a campaign with it and watch it complete (every device
 // updated), and read the new Firmware Version (/3/0/3) from a device; see the bootstrapped
@@ -229,6 +230,22 @@ async function main() {
       "the chart is drawn",
     );
     await page.screenshot({ path: join(shots, "04-device-observe.png"), fullPage: true });
+
+    // The battery level (/3/0/9) drains by 1 % every 10 s: observed, the plot follows it.
+    await page.locator('button[data-op="observe"][data-path="/3/0/9"]').click();
+    await until(
+      async () => ((await last.textContent()) || "").startsWith("/3/0/9 = "),
+      "a first battery level",
+      20_000,
+    );
+    const battery = await last.textContent();
+    await until(
+      async () => (await last.textContent()) !== battery,
+      `the battery level changes from ${battery}`,
+      40_000,
+    );
+    console.log(`observed ${battery} then ${await last.textContent()}`);
+    await page.screenshot({ path: join(shots, "04-device-battery.png"), fullPage: true });
 
     // Firmware & campaigns: the demo's image is listed, and the campaign the demo started
     // once its fleet registered has completed (the table refreshes itself every 3 s).

@@ -10,7 +10,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -73,8 +73,8 @@ struct SimExtension {
     /// Bumped for each new client: the telemetry task of an older one stops.
     generation: Arc<AtomicU64>,
     interval: Duration,
-    /// Where the battery level starts (percent).
-    battery: u8,
+    /// The battery level (percent), kept across clients.
+    battery: Arc<AtomicU8>,
     stopped: watch::Receiver<bool>,
 }
 
@@ -128,7 +128,7 @@ impl ClientExtension for SimExtension {
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         tokio::spawn(battery(
             handle,
-            self.battery,
+            self.battery.clone(),
             self.interval,
             self.generation.clone(),
             generation,
@@ -141,7 +141,7 @@ impl ClientExtension for SimExtension {
 /// /3/0/9; ends with the fleet or when a newer client of the device took over.
 async fn battery(
     handle: ClientHandle,
-    mut level: u8,
+    level: Arc<AtomicU8>,
     interval: Duration,
     current: Arc<AtomicU64>,
     generation: u64,
@@ -157,13 +157,14 @@ async fn battery(
         if current.load(Ordering::SeqCst) != generation {
             return;
         }
+        let now = level.load(Ordering::Relaxed);
         handle.with_core(|core| {
             if let Some(device) = core.objects_mut().object_mut::<DeviceObject>(ids::DEVICE) {
-                device.set_battery_level(level);
+                device.set_battery_level(now);
             }
         });
         handle.changed(&path);
-        level = if level <= 20 { 100 } else { level - 1 };
+        level.store(if now <= 20 { 100 } else { now - 1 }, Ordering::Relaxed);
     }
 }
 
@@ -253,7 +254,7 @@ pub async fn run_with_firmware(
                     current: Mutex::new(None),
                     generation: Arc::default(),
                     interval: firmware.telemetry_interval,
-                    battery: 100 - (n % 30) as u8,
+                    battery: Arc::new(AtomicU8::new(100 - (n % 30) as u8)),
                     stopped: stopped.clone(),
                 });
                 Some(extension as Arc<dyn ClientExtension>)

@@ -1,7 +1,7 @@
 //! The web console in headless Chromium: `scripts/web-e2e.sh` starts `cairn demo` (this
 //! build's binary, three devices with a Firmware Update object) and runs
 //! `web-tests/console.test.mjs` (setup link, TOTP enrolment and sign-in, a device's /3/0
-//! read, an observed value changing, the demo's campaign completed, a signed package uploaded
+//! read, observed values changing (clock and battery level), the demo's campaign completed, a signed package uploaded
 //! and a campaign started from the console and watched to completion, the device reporting
 //! the new firmware version, a credential rotation; screenshots in target/web-tests/).
 //!

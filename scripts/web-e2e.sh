@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end test of the web console in a real browser: starts `cairn demo` (a server with
-# its web console and a fleet of simulated devices over DTLS) on free local ports, then runs
-# web-tests/console.test.mjs in headless Chromium. Screenshots go to target/web-tests/.
+# its web console and a fleet of simulated devices over DTLS, each with a Firmware Update
+# object) on free local ports, then runs web-tests/console.test.mjs in headless Chromium:
+# sign-in with TOTP, a device read and observed, a firmware campaign started from the console
+# and watched to completion. Screenshots go to target/web-tests/ (kept after the run).
 # Needs: chromium (/usr/bin/chromium), node, and `npm ci` in web-tests (scripts/setup.sh).
 set -euo pipefail
 
@@ -35,7 +37,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$cairn" demo --devices 3 --data-dir "$work/data" --dtls-listen "127.0.0.1:$dtls_port" \
+devices=3
+"$cairn" demo --devices "$devices" --data-dir "$work/data" --dtls-listen "127.0.0.1:$dtls_port" \
     --bootstrap-listen "127.0.0.1:$bootstrap_port" --web-listen "127.0.0.1:$web_port" >"$log" 2>&1 &
 demo_pid=$!
 
@@ -48,9 +51,26 @@ for _ in $(seq 1 60); do
 done
 [[ -n $link ]] || { cat "$log" >&2; die "no setup link printed"; }
 
+# The package the console uploads: written (after the setup link) before the fleet starts.
+package="$work/data/firmware/demo-meter-firmware-1.2.0.cfw"
+for _ in $(seq 1 60); do
+    grep -q '^fleet: ' "$log" && break
+    sleep 0.5
+done
+[[ -f $package ]] || { cat "$log" >&2; die "the demo wrote no firmware package to upload"; }
+
 mkdir -p target/web-tests
+rm -f target/web-tests/*.png
+status=0
 (
     cd web-tests
     CAIRN_WEB_URL="http://127.0.0.1:$web_port" CAIRN_SETUP_LINK="$link" \
-        CAIRN_SCREENSHOTS="$repo/target/web-tests" timeout 180 node console.test.mjs
-)
+        CAIRN_FIRMWARE_PACKAGE="$package" CAIRN_DEVICES="$devices" \
+        CAIRN_SCREENSHOTS="$repo/target/web-tests" timeout 300 node console.test.mjs
+) || status=$?
+if [[ $status -ne 0 ]]; then
+    printf 'web-e2e: the demo printed:\n' >&2
+    grep -v '^notification' "$log" | tail -n 60 >&2 || true
+fi
+printf 'web-e2e: screenshots in %s\n' "$repo/target/web-tests"
+exit "$status"

@@ -1,23 +1,30 @@
 // End-to-end test of the Cairn web console in headless Chromium (driven by playwright-core):
 // create the first administrator from the one-time setup link, enrol TOTP (the code computed
 // here from the enrolled secret), sign out and back in with a fresh TOTP code, open a
-// registered device, read /3/0, observe /3/0/13 and see its plotted value change; upload a
-// firmware image through the Firmware & campaigns page and see it listed, start a campaign
-// and see its progress; see the bootstrapped devices on the Bootstrap & credentials page and
-// rotate one device's credentials there.
+// registered device, read /3/0, observe /3/0/13 and then the battery level /3/0/9 and see
+// each plotted value change; on the
+// Firmware & campaigns page see the demo's own campaign completed, upload the signed package
+// the demo left for the console, start a campaign with it and watch it complete (every device
+// updated), and read the new Firmware Version (/3/0/3) from a device; see the bootstrapped
+// devices on the Bootstrap & credentials page and rotate one device's credentials there (it
+// bootstraps again and still runs the new firmware).
 //
 // Environment: CAIRN_WEB_URL (the console), CAIRN_SETUP_LINK (printed by the server at first
-// start), CAIRN_SCREENSHOTS (directory for the PNGs, default ../target/web-tests),
-// CHROMIUM (default /usr/bin/chromium). scripts/web-e2e.sh sets them up with `cairn demo`.
+// start), CAIRN_FIRMWARE_PACKAGE (the signed package to upload, version 1.2.0),
+// CAIRN_DEVICES (how many devices the demo runs), CAIRN_SCREENSHOTS (directory for the PNGs,
+// default ../target/web-tests), CHROMIUM (default /usr/bin/chromium). scripts/web-e2e.sh
+// sets them up with `cairn demo`.
 
 import { createHmac } from "node:crypto";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { chromium } from "playwright-core";
 
 const base = required("CAIRN_WEB_URL");
 const setupLink = required("CAIRN_SETUP_LINK");
+const firmwarePackage = required("CAIRN_FIRMWARE_PACKAGE");
+const devices = Number(required("CAIRN_DEVICES"));
 const shots = resolve(process.env.CAIRN_SCREENSHOTS || "../target/web-tests");
 const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 const username = "admin";
@@ -61,6 +68,37 @@ const currentStep = () => Math.floor(Date.now() / 1000 / 30);
 
 async function check(condition, message) {
   if (!(await condition)) throw new Error(message);
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// Polls `probe` (the page's CSP forbids the eval that waitForFunction would use) until it
+// returns something truthy; fails with `what` after `ms`.
+async function until(probe, what, ms) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await probe();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
+    await sleep(500);
+  }
+}
+
+// Opens a device's page, reads /3/0 and checks its Firmware Version (/3/0/3).
+async function readFirmwareVersion(page, endpoint, version, screenshot) {
+  await page.goto(`${base}/devices/${endpoint}`);
+  await until(
+    async () => {
+      await page.locator('button[data-op="read"][data-path="/3/0"]').click();
+      await sleep(500);
+      const shown = ((await page.locator("#value-3-0-3").textContent()) || "").trim();
+      return shown === version || null;
+    },
+    `${endpoint} reports firmware ${version}`,
+    30_000,
+  );
+  console.log(`${endpoint} reports firmware ${version} (/3/0/3)`);
+  await page.screenshot({ path: join(shots, screenshot), fullPage: true });
 }
 
 async function main() {
@@ -193,44 +231,89 @@ async function main() {
     );
     await page.screenshot({ path: join(shots, "04-device-observe.png"), fullPage: true });
 
-    // Firmware & campaigns: the demo's image is listed; upload one through the form.
+    // The battery level (/3/0/9) drains by 1 % every 10 s: observed, the plot follows it.
+    await page.locator('button[data-op="observe"][data-path="/3/0/9"]').click();
+    await until(
+      async () => ((await last.textContent()) || "").startsWith("/3/0/9 = "),
+      "a first battery level",
+      20_000,
+    );
+    const battery = await last.textContent();
+    await until(
+      async () => (await last.textContent()) !== battery,
+      `the battery level changes from ${battery}`,
+      40_000,
+    );
+    console.log(`observed ${battery} then ${await last.textContent()}`);
+    await page.screenshot({ path: join(shots, "04-device-battery.png"), fullPage: true });
+
+    // Firmware & campaigns: the demo's image is listed, and the campaign the demo started
+    // once its fleet registered has completed (the table refreshes itself every 3 s).
     await page.getByRole("link", { name: "Firmware & campaigns" }).click();
     await page.waitForURL(`${base}/firmware`);
     await page.locator("#firmware td", { hasText: "demo-meter-firmware" }).first().waitFor();
-    const imagePath = join(profile, "meter-2.0.0.bin");
-    writeFileSync(imagePath, Buffer.from(Array.from({ length: 100_000 }, (_, i) => (i * 7919) & 0xff)));
-    await page.getByLabel(/Image file/).setInputFiles(imagePath);
-    await page.getByLabel("Package name").fill("meter-firmware");
-    await page.getByLabel("Package version").fill("2.0.0");
-    await page.getByRole("button", { name: "Upload" }).click();
-    await page.locator("#firmware td", { hasText: /^meter-firmware$/ }).waitFor();
+    const demoCampaign = page.locator("#campaigns tr", { hasText: "demo update to 1.1.0" });
+    await demoCampaign.filter({ hasText: "completed" }).waitFor({ timeout: 90_000 });
     await check(
-      page.locator("#firmware td", { hasText: "100000 bytes" }).count().then((n) => n === 1),
-      "the uploaded image is listed with its size",
+      demoCampaign.locator("td").nth(3).textContent().then((t) => Number(t) === devices),
+      `the demo's campaign updated all ${devices} devices`,
     );
+
+    // Upload the signed 1.2.0 package through the form.
+    await page.getByLabel(/Image file/).setInputFiles(firmwarePackage);
+    await page.getByLabel("Package name").fill("demo-meter-firmware");
+    await page.getByLabel("Package version").fill("1.2.0");
+    await page.getByRole("button", { name: "Upload" }).click();
+    await page.locator("#firmware tr", { hasText: "1.2.0" }).waitFor();
     await page.screenshot({ path: join(shots, "05-firmware.png"), fullPage: true });
 
-    // Start a campaign over the demo's devices; its page shows the progress bar and the state.
+    // Start a campaign with it over the demo's devices and watch it to its end: the campaign
+    // page refreshes its progress every 2 s.
     await page.getByLabel("Name", { exact: true }).fill("spring rollout");
-    await page.getByLabel("Image", { exact: true }).selectOption({ label: "meter-firmware 2.0.0" });
+    await page
+      .getByLabel("Image", { exact: true })
+      .selectOption({ label: "demo-meter-firmware 1.2.0" });
     await page.getByLabel("Endpoint prefix").fill("demo-meter-");
     await page.getByLabel(/^Waves/).fill("50, 100");
     await page.getByRole("button", { name: "Start campaign" }).click();
     await page.waitForURL(new RegExp(`${base}/firmware/campaigns/`));
     await page.locator("svg.progress").first().waitFor();
-    const state = (await page.locator("#campaign-state").textContent()).trim();
-    console.log(`campaign state: ${state}`);
-    await check(
-      Promise.resolve(["running", "paused", "halted", "completed"].includes(state)),
-      `the campaign has a state (${state})`,
+    console.log(`campaign state: ${(await page.locator("#campaign-state").textContent()).trim()}`);
+    await page.screenshot({ path: join(shots, "06-campaign-running.png"), fullPage: true });
+    const finalState = await until(
+      async () => {
+        const state = (await page.locator("#campaign-state").textContent()).trim();
+        return ["completed", "halted", "cancelled"].includes(state) ? state : null;
+      },
+      "the campaign finishes",
+      120_000,
     );
-    // Let the bar move (the fragment is refreshed every 2 s).
-    await new Promise((r) => setTimeout(r, 4000));
-    await page.screenshot({ path: join(shots, "06-campaign.png"), fullPage: true });
+    await page.screenshot({ path: join(shots, "07-campaign-completed.png"), fullPage: true });
+    await check(Promise.resolve(finalState === "completed"), `the campaign completed (${finalState})`);
+    await check(
+      page.getByRole("button", { name: "Pause" }).isHidden(),
+      "a finished campaign has no controls",
+    );
+    const outcomes = page.locator("#campaign-devices tbody tr");
+    await check(outcomes.count().then((n) => n === devices), `the campaign lists ${devices} devices`);
+    await check(
+      page
+        .locator("#campaign-devices .status", { hasText: /^updated$/ })
+        .count()
+        .then((n) => n === devices),
+      "every device of the campaign is updated",
+    );
+    console.log(`campaign completed: ${devices} devices updated`);
     await page.getByRole("link", { name: "Back to firmware & campaigns" }).click();
     await page.waitForURL(`${base}/firmware`);
-    await page.locator("#campaigns a", { hasText: "spring rollout" }).waitFor();
-    await page.screenshot({ path: join(shots, "06-campaign-list.png"), fullPage: true });
+    await page
+      .locator("#campaigns tr", { hasText: "spring rollout" })
+      .filter({ hasText: "completed" })
+      .waitFor();
+    await page.screenshot({ path: join(shots, "08-campaign-list.png"), fullPage: true });
+
+    // The device itself reports the new firmware version.
+    await readFirmwareVersion(page, endpoint, "1.2.0", "09-device-updated.png");
 
     // Bootstrap & credentials: the demo's devices bootstrapped with their factory
     // credentials and use device-management credentials generated for them.
@@ -244,7 +327,7 @@ async function main() {
       page.locator("#bootstrap-devices td", { hasText: "in use" }).count().then((n) => n >= 3),
       "the devices use their generated credentials",
     );
-    await page.screenshot({ path: join(shots, "07-bootstrap.png"), fullPage: true });
+    await page.screenshot({ path: join(shots, "10-bootstrap.png"), fullPage: true });
 
     // Rotate one device's credentials: it bootstraps again and registers with fresh ones.
     await page.locator("#r-endpoints").fill(endpoint);
@@ -258,7 +341,10 @@ async function main() {
       .locator("#bootstrap-devices tr", { hasText: endpoint })
       .filter({ hasText: "2 of 2" })
       .waitFor({ timeout: 20_000 });
-    await page.screenshot({ path: join(shots, "08-rotation.png"), fullPage: true });
+    await page.screenshot({ path: join(shots, "11-rotation.png"), fullPage: true });
+
+    // Bootstrapped again, the device still has its Firmware Update object and its flash.
+    await readFirmwareVersion(page, endpoint, "1.2.0", "12-device-after-rotation.png");
 
     if (violations.length > 0) {
       throw new Error(`content security policy violations:\n${violations.join("\n")}`);

@@ -26,13 +26,14 @@ use crate::core::{ClientCore, Event};
 use crate::credentials::{
     Account, CredentialError, CredentialVault, DeviceState, load_state, store_state,
 };
-use crate::driver::{Client, ServerConnection};
+use crate::driver::{Client, ClientHandle, ServerConnection};
 use crate::object::ClientAction;
 use crate::objects::{
     Connectivity, DeviceInfo, DeviceObject, SecurityMode, SecurityObject, ServerInstance,
     standard_tree, system_time,
 };
 use crate::registration::{RegistrationEvent, RegistrationSettings, RetryPolicy};
+use crate::tree::ObjectTree;
 
 /// A moment at which a simulated device loses power.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +44,19 @@ pub enum PowerCut {
     AfterFinishCommitted,
     /// After answering Bootstrap-Finish, before registering.
     BeforeRegister,
+}
+
+/// What a device has beyond the standard objects. A device builds a new client each time it
+/// registers with the credentials it holds (at start and after every bootstrap); the
+/// extension adds its objects to that client's tree and sees the client once it is bound
+/// (to start a firmware agent, or a task that updates values, for example).
+pub trait ClientExtension: Send + Sync + std::fmt::Debug {
+    /// Adds objects to the tree of a new client (the standard objects are there already).
+    fn extend(&self, tree: &mut ObjectTree);
+    /// The new client is bound and about to register.
+    fn bound(&self, handle: ClientHandle) {
+        let _ = handle;
+    }
 }
 
 /// How a device behaves.
@@ -72,6 +86,8 @@ pub struct DeviceSettings {
     pub register_retry: Duration,
     /// Simulated power loss.
     pub power_cut: Option<PowerCut>,
+    /// Objects and tasks beyond the standard ones.
+    pub extension: Option<Arc<dyn ClientExtension>>,
 }
 
 impl Default for DeviceSettings {
@@ -89,6 +105,7 @@ impl Default for DeviceSettings {
             register_attempts: 3,
             register_retry: Duration::from_secs(5),
             power_cut: None,
+            extension: None,
         }
     }
 }
@@ -559,7 +576,7 @@ async fn register(
             certificate,
         });
     }
-    let tree = standard_tree(
+    let mut tree = standard_tree(
         settings.models.clone(),
         settings.lwm2m_version,
         security,
@@ -567,11 +584,17 @@ async fn register(
         DeviceObject::new(settings.info.clone(), system_time),
         &Connectivity::default(),
     );
+    if let Some(extension) = &settings.extension {
+        extension.extend(&mut tree);
+    }
     let ids: Vec<u16> = accounts.iter().map(|a| a.short_server_id).collect();
     let client = match Client::bind(ClientCore::new(tree), connections).await {
         Ok(client) => client,
         Err(error) => return Registered::Refused(error.to_string()),
     };
+    if let Some(extension) = &settings.extension {
+        extension.bound(client.handle());
+    }
     let mut last_failure = String::from("registration failed");
     let mut stop = shutdown.clone();
     let trigger = Arc::new(tokio::sync::Notify::new());

@@ -4,22 +4,38 @@
 //! PSK per device, sealed in a manifest the Bootstrap-Server imports). Each device bootstraps
 //! over DTLS with its factory credential, gets fresh device-management credentials generated
 //! for it (and a new bootstrap credential), registers with the server over DTLS, and reports
-//! its clock, which the server observes. A demo firmware image is put in the repository. It
-//! prints the console's URL and the one-time administrator setup link, then what happens,
-//! until Ctrl-C.
+//! its clock and battery level, which the server observes.
+//!
+//! Every device carries a Firmware Update object (/5) over its own simulated flash,
+//! provisioned with a factory image (1.0.0) signed by a demo signing key (made at the first
+//! run, kept in DIR/firmware). The demo signs image 1.1.0 with it, puts it in the firmware
+//! repository and, once the fleet has registered, runs a campaign (10 % of the devices, then
+//! all) that the devices pull over their DTLS sessions with Block2; then it reads the Firmware
+//! Version (/3/0/3) back from every device. It also writes a signed 1.2.0 package in
+//! DIR/firmware to upload from the console and roll out with a campaign started there.
+//!
+//! It prints the console's URL and the one-time administrator setup link, then what happens,
+//! until Ctrl-C. `cairn campaign --data-dir DIR ...` and `cairn firmware upload` work on the
+//! running demo as on `cairn server`.
 //!
 //! Run again on the same data directory, the devices carry on with the credentials they were
-//! given (their state is kept, encrypted, in DIR/devices).
+//! given (their state is kept, encrypted, in DIR/devices); their flash is not kept: they start
+//! from the factory image again, and the demo's campaign runs again.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use cairn_firmware::package::encode_package;
+use cairn_firmware::{
+    Algorithm, Manifest, Payload, SigningKey, TrustedKeys, sha256, sign_manifest,
+};
 use cairn_lwm2m::node::{LwM2mNode, ResourceValue};
 use cairn_lwm2m::value::Value;
 use cairn_lwm2m::{AttributeName, AttributeSet, AttributeValue, LwM2mPath};
 use cairn_server::bootstrap::{BootstrapEvent, BootstrapServer, BootstrapStores};
+use cairn_server::campaign::{CampaignSpec, CampaignState};
 use cairn_server::firmware::FirmwareImage;
 use cairn_server::{EmbeddedStore, LwM2mServer, ServerConfig, ServerEvent};
 use cairn_store::{
@@ -30,9 +46,19 @@ use clap::Args;
 
 /// Endpoint names of the demo's devices start with this.
 const DEVICE_PREFIX: &str = "demo-meter-";
-/// The demo firmware image put in the repository.
+/// The demo firmware image put in the repository (sequence 2 of the demo's images).
 const DEMO_FIRMWARE_NAME: &str = "demo-meter-firmware";
 const DEMO_FIRMWARE_VERSION: &str = "1.1.0";
+/// Sequence numbers of the factory image, the image of the demo's campaign and the image
+/// left to roll out from the console.
+const FACTORY_SEQUENCE: u64 = 1;
+const CAMPAIGN_SEQUENCE: u64 = 2;
+const CONSOLE_SEQUENCE: u64 = 3;
+/// Vendor and device class in the demo's manifests.
+const FIRMWARE_VENDOR: &str = "cairn-demo";
+const FIRMWARE_CLASS: &str = "meter";
+/// Size of the demo's images.
+const IMAGE_LEN: usize = 64 * 1024;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -123,42 +149,138 @@ fn demo_template(dm_uri: String, bootstrap_uri: String) -> BootstrapTemplate {
     }
 }
 
-/// A recognisable image of 256 KiB, so the Firmware page has something to show.
-fn demo_firmware_bytes() -> Vec<u8> {
-    let mut bytes =
-        format!("CAIRN DEMO FIRMWARE {DEMO_FIRMWARE_NAME} {DEMO_FIRMWARE_VERSION}\n").into_bytes();
-    let mut x: u32 = 0x2545_f491;
-    while bytes.len() < 256 * 1024 {
-        // A fixed xorshift sequence: the same image (and digest) at every run.
+/// The firmware version a demo manifest stands for: sequence 1 is 1.0.0, 2 is 1.1.0, …
+fn demo_version(manifest: &Manifest) -> String {
+    version_of_sequence(manifest.sequence)
+}
+
+fn version_of_sequence(sequence: u64) -> String {
+    format!("1.{}.0", sequence.saturating_sub(1))
+}
+
+/// A recognisable image of `IMAGE_LEN` bytes for each sequence number: the same bytes (and
+/// digest) at every run.
+fn demo_image(sequence: u64) -> Vec<u8> {
+    let version = version_of_sequence(sequence);
+    let mut bytes = format!("CAIRN DEMO FIRMWARE {DEMO_FIRMWARE_NAME} {version}\n").into_bytes();
+    let mut x: u32 = 0x2545_f491 ^ (sequence as u32).wrapping_mul(0x9e37_79b9);
+    while bytes.len() < IMAGE_LEN {
+        // A fixed xorshift sequence.
         x ^= x << 13;
         x ^= x >> 17;
         x ^= x << 5;
         bytes.extend_from_slice(&x.to_le_bytes());
     }
+    bytes.truncate(IMAGE_LEN);
     bytes
 }
 
+/// The package (signed manifest and full image) of a demo image.
+fn demo_package(key: &SigningKey, sequence: u64) -> Vec<u8> {
+    let image = demo_image(sequence);
+    let manifest = Manifest {
+        vendor: FIRMWARE_VENDOR.into(),
+        class: FIRMWARE_CLASS.into(),
+        sequence,
+        image_digest: sha256(&image),
+        image_size: image.len() as u64,
+        payload: Payload::Full,
+        expires_at: None,
+        min_hardware_version: None,
+        min_bootloader_version: None,
+    };
+    encode_package(&sign_manifest(&manifest, key), &image)
+}
+
+/// The demo's firmware signing key: DIR/firmware/demo-signing.key, made at the first run.
+fn demo_signing_key(data_dir: &Path) -> anyhow::Result<SigningKey> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let dir = data_dir.join("firmware");
+    let path = dir.join("demo-signing.key");
+    if path.exists() {
+        let text = zeroize::Zeroizing::new(
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+        );
+        return SigningKey::from_text(text.trim())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    aws_lc_rs::rand::fill(seed.as_mut()).map_err(|_| anyhow::anyhow!("no random bytes"))?;
+    let key = SigningKey::from_random(Algorithm::Ed25519, &seed)
+        .map_err(|e| anyhow::anyhow!("a demo signing key: {e}"))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(key.to_text().as_bytes())?;
+    Ok(key)
+}
+
+/// What the demo's devices run: the factory image, trusting the demo key.
+fn demo_fleet_firmware(key: &SigningKey) -> anyhow::Result<crate::fleet_bootstrap::FleetFirmware> {
+    let keys = TrustedKeys::new().with(key.public_key());
+    let setup =
+        crate::ota_sim::FirmwareSetup::new(keys, demo_package(key, FACTORY_SEQUENCE), IMAGE_LEN)?;
+    Ok(crate::fleet_bootstrap::FleetFirmware {
+        setup,
+        version_of: demo_version,
+        telemetry_interval: Duration::from_secs(10),
+    })
+}
+
 /// Puts the demo image in the firmware repository unless it is there already.
-async fn demo_firmware(server: &LwM2mServer) -> anyhow::Result<FirmwareImage> {
-    let images = server.firmware_images().await?;
-    if let Some(image) = images
-        .into_iter()
-        .find(|i| i.name == DEMO_FIRMWARE_NAME && i.version == DEMO_FIRMWARE_VERSION)
-    {
-        return Ok(image);
+async fn demo_firmware(server: &LwM2mServer, key: &SigningKey) -> anyhow::Result<FirmwareImage> {
+    let package = demo_package(key, CAMPAIGN_SEQUENCE);
+    let digest: String = sha256(&package)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    for image in server.firmware_images().await? {
+        if image.name == DEMO_FIRMWARE_NAME && image.version == DEMO_FIRMWARE_VERSION {
+            if image.sha256 == digest {
+                return Ok(image);
+            }
+            // An image of an earlier demo (another key or format): replaced.
+            server.remove_firmware(&image.id).await?;
+        }
     }
     Ok(server
-        .add_firmware(
-            DEMO_FIRMWARE_NAME,
-            DEMO_FIRMWARE_VERSION,
-            demo_firmware_bytes(),
-        )
+        .add_firmware(DEMO_FIRMWARE_NAME, DEMO_FIRMWARE_VERSION, package)
         .await?)
 }
 
-/// The demo's firmware campaign, once the fleet is registered: it updates the devices that
-/// have a Firmware Update object (/5) with the demo image. The simulated devices do not have
-/// one yet, so this reports that and does nothing; when they do, the campaign starts here.
+/// Writes the package of the image to roll out from the console: DIR/firmware/NAME-VERSION.cfw.
+fn console_package(data_dir: &Path, key: &SigningKey) -> anyhow::Result<PathBuf> {
+    let path = data_dir.join("firmware").join(format!(
+        "{DEMO_FIRMWARE_NAME}-{}.cfw",
+        version_of_sequence(CONSOLE_SEQUENCE)
+    ));
+    std::fs::write(&path, demo_package(key, CONSOLE_SEQUENCE))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+/// Campaigns of an earlier run still going: cancelled, the devices start from their factory
+/// image at every run.
+async fn cancel_earlier_campaigns(server: &LwM2mServer) {
+    for campaign in server.campaigns(1_000).await {
+        if !campaign.is_finished() && server.cancel_campaign(&campaign.id).is_ok() {
+            println!(
+                "firmware: campaign {} of an earlier run cancelled",
+                campaign.id
+            );
+        }
+    }
+}
+
+/// The demo's firmware campaign, once the fleet is registered: the demo image to every
+/// registered demo device with a Firmware Update object (/5), 10 % of them first.
 async fn demo_firmware_campaign(server: &LwM2mServer, image: &FirmwareImage) {
     let targets: Vec<String> = server
         .registrations()
@@ -172,22 +294,101 @@ async fn demo_firmware_campaign(server: &LwM2mServer, image: &FirmwareImage) {
         .map(|r| r.endpoint)
         .collect();
     if targets.is_empty() {
-        println!(
-            "firmware: {} {} is in the repository; the simulated devices have no Firmware \
-             Update object (/5), so no campaign runs",
-            image.name, image.version
-        );
+        println!("firmware: no registered device has a Firmware Update object (/5): no campaign");
         return;
     }
-    let spec = cairn_server::campaign::CampaignSpec::new(
-        format!("demo update to {}", image.version),
-        image.id.clone(),
-        targets,
-    );
+    let count = targets.len();
+    let spec = CampaignSpec {
+        waves: vec![10, 100],
+        max_failure_percent: 10.0,
+        ..CampaignSpec::new(
+            format!("demo update to {}", image.version),
+            image.id.clone(),
+            targets.clone(),
+        )
+    };
     match server.start_campaign(spec).await {
-        Ok(id) => println!("firmware: campaign {id} started (see the console's Firmware page)"),
+        Ok(id) => {
+            println!(
+                "firmware: campaign {id} started: {} {} to {count} devices, 10 % then 100 % \
+                 (see the console's Firmware & campaigns page)",
+                image.name, image.version
+            );
+            tokio::spawn(follow_campaign(
+                server.clone(),
+                id,
+                targets,
+                image.version.clone(),
+            ));
+        }
         Err(error) => println!("firmware: the demo campaign did not start: {error}"),
     }
+}
+
+/// Prints the campaign's progress at each wave and its end, then reads the Firmware Version
+/// (/3/0/3) of every target back from the device.
+async fn follow_campaign(server: LwM2mServer, id: String, targets: Vec<String>, version: String) {
+    let started = std::time::Instant::now();
+    let mut wave = usize::MAX;
+    let status = loop {
+        let Some(status) = server.campaign(&id).await else {
+            println!("firmware: campaign {id} went missing");
+            return;
+        };
+        if status.wave != wave && !status.is_finished() {
+            wave = status.wave;
+            let c = status.counts();
+            println!(
+                "firmware: campaign {id} wave {} of {}: updated {} failed {} unreachable {}",
+                wave + 1,
+                status.spec.waves.len(),
+                c.updated,
+                c.failed,
+                c.unreachable
+            );
+        }
+        if status.is_finished() {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let c = status.counts();
+    let state = match status.state {
+        CampaignState::Completed => "completed",
+        CampaignState::Halted => "halted",
+        CampaignState::Cancelled => "cancelled",
+        CampaignState::Running | CampaignState::Paused => "stopped",
+    };
+    println!(
+        "firmware: campaign {id} {state} in {:.1} s: {} updated, {} failed, {} unreachable of {}{}",
+        started.elapsed().as_secs_f64(),
+        c.updated,
+        c.failed,
+        c.unreachable,
+        status.devices.len(),
+        status
+            .halt_reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    );
+    // What the devices themselves say they run.
+    let mut on_version = 0;
+    for endpoint in &targets {
+        let read = server
+            .read(endpoint, LwM2mPath::Resource(3, 0, 3), None)
+            .await;
+        if let Ok(LwM2mNode::Resource(resource)) = read
+            && let ResourceValue::Single(Value::String(running)) = &resource.value
+            && *running == version
+        {
+            on_version += 1;
+        }
+    }
+    println!(
+        "firmware: {on_version} of {} devices report firmware version {version} (/3/0/3)",
+        targets.len()
+    );
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -245,19 +446,37 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             let web = crate::server_cmd::start_web(web, &server, &store).await?;
             web.set_bootstrap(bootstrap.clone());
         }
-        let image = demo_firmware(&server).await?;
+        cancel_earlier_campaigns(&server).await;
+        // `cairn firmware upload` and `cairn campaign` work on the demo as on `cairn server`.
+        tokio::spawn(crate::campaign_cmd::serve_requests(
+            args.data_dir.clone(),
+            server.clone(),
+        ));
+        let key = demo_signing_key(&args.data_dir)?;
+        let image = demo_firmware(&server, &key).await?;
+        let console_package = console_package(&args.data_dir, &key)?;
+        let fleet_firmware = demo_fleet_firmware(&key)?;
         println!("server: LwM2M over DTLS on {dm_uri}");
         println!("bootstrap: Bootstrap-Server over DTLS on {bootstrap_uri}");
         println!(
-            "firmware: {} {} ({} bytes) in the repository",
-            image.name, image.version, image.size
+            "firmware: {} {} ({} bytes) in the repository; the devices run {} from the factory",
+            image.name,
+            image.version,
+            image.size,
+            version_of_sequence(FACTORY_SEQUENCE)
+        );
+        println!(
+            "firmware: {} holds {DEMO_FIRMWARE_NAME} {} signed for the devices too: upload it \
+             on the console's Firmware & campaigns page and start a campaign",
+            console_package.display(),
+            version_of_sequence(CONSOLE_SEQUENCE)
         );
         println!(
             "fleet: {} simulated devices bootstrapping with their factory credentials from {}",
             args.devices,
             factory_dir.display()
         );
-        let fleet = tokio::spawn(crate::fleet_bootstrap::run(
+        let fleet = tokio::spawn(crate::fleet_bootstrap::run_with_firmware(
             crate::fleet_bootstrap::BootstrapFleet {
                 devices: Some(args.devices),
                 bootstrap_uri: Some(bootstrap_uri.clone()),
@@ -269,6 +488,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 register_attempts: 3,
                 deadline: Duration::from_secs(300),
             },
+            Some(fleet_firmware),
         ));
         let mut fleet = Some(fleet);
         let mut running_fleet = None;

@@ -234,6 +234,29 @@ impl SimDevice {
         Ok(())
     }
 
+    /// The device's /5 object opened again over its flash, without faults (for a client
+    /// built anew, as after a re-bootstrap): it boots and confirms what the flash holds.
+    pub fn reopen_firmware(&self) -> anyhow::Result<SimFirmware> {
+        self.power.restore();
+        self.power.clear_cut();
+        let mut firmware = SimFirmware::open(
+            self.flash.clone(),
+            cairn_firmware::RecordStore::new(self.meta.clone()),
+            self.identity.clone(),
+            self.keys.clone(),
+            self.layout,
+        )?;
+        let (flash, meta, power) = (self.flash.clone(), self.meta.clone(), self.power.clone());
+        firmware.set_reopen(move || {
+            power.restore();
+            (
+                flash.clone(),
+                cairn_firmware::RecordStore::new(meta.clone()),
+            )
+        });
+        Ok(firmware)
+    }
+
     /// Powers the device up without faults and runs its bootloader: the sequence number
     /// of the image it boots, or `None` if none boots (bricked).
     pub fn boot_check(&self) -> Option<u64> {

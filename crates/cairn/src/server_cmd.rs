@@ -27,7 +27,7 @@ const DEFAULT_DATA_DIR: &str = "./cairn-data";
 pub struct ServerArgs {
     /// TOML file with any of the settings below (`data_dir`, `coap_listen`, `dtls_listen`,
     /// `request_timeout_s`, `queue_timeout_s`, `models_dir`, `cert`, `key`, `ca`, `crl`,
-    /// `web_listen`, `no_web`, `web_tls_cert`, `web_tls_key`, `web_public_url`,
+    /// `web_listen`, `no_web`, `web_tls_cert`, `web_tls_key`, `web_tls_self_signed`, `web_public_url`,
     /// `telemetry_retention_days`).
     #[arg(long, env = "CAIRN_CONFIG")]
     config: Option<PathBuf>,
@@ -145,6 +145,14 @@ pub struct WebArgs {
     /// PEM private key of --web-tls-cert.
     #[arg(long, env = "CAIRN_WEB_TLS_KEY", requires = "web_tls_cert")]
     web_tls_key: Option<PathBuf>,
+    /// Serve the console over HTTPS with a self-signed certificate, made on first start in
+    /// the data directory (`web/self-signed.crt` and its key, 0600) and kept for later ones.
+    #[arg(
+        long,
+        env = "CAIRN_WEB_TLS_SELF_SIGNED",
+        conflicts_with = "web_tls_cert"
+    )]
+    web_tls_self_signed: bool,
     /// The console's URL as users reach it (for the printed links), when it is behind a
     /// proxy or a name.
     #[arg(long, env = "CAIRN_WEB_PUBLIC_URL")]
@@ -173,6 +181,7 @@ struct FileConfig {
     no_web: Option<bool>,
     web_tls_cert: Option<PathBuf>,
     web_tls_key: Option<PathBuf>,
+    web_tls_self_signed: Option<bool>,
     web_public_url: Option<String>,
     telemetry_retention_days: Option<u64>,
 }
@@ -187,7 +196,11 @@ pub struct WebSettings {
 
 impl WebSettings {
     /// `None` when the web side is disabled.
-    fn resolve(args: WebArgs, file: &FileConfig) -> anyhow::Result<Option<WebSettings>> {
+    fn resolve(
+        args: WebArgs,
+        file: &FileConfig,
+        data_dir: &Path,
+    ) -> anyhow::Result<Option<WebSettings>> {
         if args.no_web || file.no_web.unwrap_or(false) {
             return Ok(None);
         }
@@ -200,6 +213,9 @@ impl WebSettings {
             args.web_tls_key.or(file.web_tls_key.clone()),
         ) {
             (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) if args.web_tls_self_signed || file.web_tls_self_signed == Some(true) => {
+                Some(self_signed_certificate(&data_dir.join("web"), listen)?)
+            }
             (None, None) => None,
             _ => bail!("give both web_tls_cert and web_tls_key, or neither"),
         };
@@ -214,6 +230,57 @@ impl WebSettings {
             retention: Duration::from_secs(days.saturating_mul(24 * 3600)),
         }))
     }
+}
+
+/// The self-signed certificate of the web listener in `dir`, made on first use: P-256, for
+/// `localhost`, 127.0.0.1, ::1 and the listener's own address. Prints its SHA-256
+/// fingerprint, for the browser's warning.
+fn self_signed_certificate(dir: &Path, listen: SocketAddr) -> anyhow::Result<(PathBuf, PathBuf)> {
+    use sha2::Digest;
+    let cert_path = dir.join("self-signed.crt");
+    let key_path = dir.join("self-signed.key");
+    if !(cert_path.exists() && key_path.exists()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut names = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ];
+        if !listen.ip().is_unspecified() && !names.contains(&listen.ip().to_string()) {
+            names.push(listen.ip().to_string());
+        }
+        let certified = rcgen::generate_simple_self_signed(names)
+            .context("cannot make the self-signed certificate")?;
+        // The key first, created 0600: a certificate without its key is made anew next time.
+        let _ = std::fs::remove_file(&key_path);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut key_file = options
+            .open(&key_path)
+            .with_context(|| format!("cannot create {}", key_path.display()))?;
+        std::io::Write::write_all(
+            &mut key_file,
+            certified.signing_key.serialize_pem().as_bytes(),
+        )?;
+        key_file.sync_all()?;
+        std::fs::write(&cert_path, certified.cert.pem())
+            .with_context(|| format!("cannot write {}", cert_path.display()))?;
+    }
+    let pem = std::fs::read_to_string(&cert_path)
+        .with_context(|| format!("cannot read {}", cert_path.display()))?;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", cert_path.display()))?;
+    let fingerprint = sha2::Sha256::digest(der.as_ref())
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    eprintln!(
+        "cairn server: web console certificate {} (self-signed), SHA-256 {fingerprint}",
+        cert_path.display()
+    );
+    Ok((cert_path, key_path))
 }
 
 /// Starts the web console and REST API for `server`; prints its URL, and the one-time setup
@@ -284,11 +351,11 @@ fn read_config(path: Option<&Path>) -> anyhow::Result<FileConfig> {
 pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let file = read_config(args.config.as_deref())?;
     let certificates = device_certificates(&args, &file)?;
-    let web = WebSettings::resolve(args.web, &file)?;
     let data_dir = args
         .data_dir
-        .or(file.data_dir)
+        .or(file.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let web = WebSettings::resolve(args.web, &file, &data_dir)?;
     let mut config = ServerConfig::default();
     let defaults = config.clone();
     config.coap_listen = if args.no_coap || file.no_coap.unwrap_or(false) {

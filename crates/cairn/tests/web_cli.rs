@@ -312,3 +312,103 @@ fn the_console_of_cairn_server_reads_its_bootstrap_server() {
     assert_eq!(status, 200);
     assert!(answer.contains("Rotate credentials"), "{answer}");
 }
+
+/// `GET /login` over HTTPS with OpenSSL's client, trusting only `ca`; the answer's head.
+fn openssl_get(address: SocketAddr, ca: &std::path::Path) -> String {
+    let mut child = std::process::Command::new("openssl")
+        .args(["s_client", "-quiet", "-verify_return_error", "-connect"])
+        .arg(address.to_string())
+        .args([
+            "-servername",
+            "localhost",
+            "-verify_hostname",
+            "localhost",
+            "-CAfile",
+        ])
+        .arg(ca)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_client");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET /login HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let output = run_with_timeout_output(child, Duration::from_secs(20));
+    String::from_utf8_lossy(&output).into_owned()
+}
+
+fn run_with_timeout_output(mut child: std::process::Child, limit: Duration) -> Vec<u8> {
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = stdout.read_to_end(&mut bytes);
+        bytes
+    });
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.wait();
+    reader.join().unwrap()
+}
+
+#[test]
+fn a_self_signed_certificate_is_made_once_and_serves_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let fingerprint_of = |seen: &[String]| {
+        seen.iter()
+            .find(|l| l.contains("(self-signed), SHA-256 "))
+            .map(|l| l.rsplit("SHA-256 ").next().unwrap().trim().to_owned())
+            .expect("the certificate's fingerprint is printed")
+    };
+    let https_address = |seen: &[String]| -> SocketAddr {
+        let line = seen
+            .iter()
+            .find(|l| l.contains("web console on https://"))
+            .expect("the console is served over HTTPS");
+        line.rsplit("https://")
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let args = ["--web-listen", "127.0.0.1:0", "--web-tls-self-signed"];
+    let (server, lines) = start_server(dir.path(), &args);
+    let seen = lines_until(&lines, "web console on");
+    let first = fingerprint_of(&seen);
+    let address = https_address(&seen);
+    let cert = dir.path().join("web/self-signed.crt");
+    let key = dir.path().join("web/self-signed.key");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the key is private");
+    let answer = openssl_get(address, &cert);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.to_lowercase().contains("strict-transport-security"));
+    // Plain HTTP on the same port gets nothing useful.
+    let mut plain = TcpStream::connect(address).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = plain.write_all(b"GET /login HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut bytes = Vec::new();
+    let _ = plain.read_to_end(&mut bytes);
+    assert!(!String::from_utf8_lossy(&bytes).contains("HTTP/1.1 200"));
+    drop(server);
+
+    // The next start keeps the same certificate.
+    let (_server, lines) = start_server(dir.path(), &args);
+    let seen = lines_until(&lines, "web console on");
+    assert_eq!(fingerprint_of(&seen), first);
+    let answer = openssl_get(https_address(&seen), &cert);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

@@ -287,7 +287,7 @@ pub(crate) fn campaign_info(status: &CampaignStatus, with_devices: bool) -> Camp
                     let (state, result) = match outcome {
                         DeviceOutcome::Pending => ("pending", None),
                         DeviceOutcome::InProgress => ("in_progress", None),
-                        DeviceOutcome::Updated => ("updated", None),
+                        DeviceOutcome::Updated => ("updated", Some(1)),
                         DeviceOutcome::Failed { result } => ("failed", Some(*result)),
                         DeviceOutcome::Unreachable => ("unreachable", None),
                         DeviceOutcome::Cancelled => ("cancelled", None),

@@ -186,6 +186,8 @@ fn the_persisted_offset_and_etag_never_run_ahead_of_flash() {
             "cut {cut}"
         );
     }
-    eprintln!("{operations} operations, {resumed_midway} cuts left part of the payload to resume from");
+    eprintln!(
+        "{operations} operations, {resumed_midway} cuts left part of the payload to resume from"
+    );
     assert!(resumed_midway > 0);
 }

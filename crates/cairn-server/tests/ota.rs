@@ -663,6 +663,8 @@ async fn unknown_key_wrong_class_and_downgrade_are_refused_and_leave_the_slot_al
 struct ReplaceableSource {
     package: Mutex<Vec<u8>>,
     requested: Mutex<Vec<u32>>,
+    /// A block whose first request is never answered (the exchange hangs).
+    stall: Mutex<Option<u32>>,
 }
 
 impl ReplaceableSource {
@@ -680,6 +682,15 @@ impl ReplaceableSource {
                 szx: 6,
             });
         self.requested.lock().unwrap().push(block.num);
+        if self
+            .stall
+            .lock()
+            .unwrap()
+            .take_if(|n| *n == block.num)
+            .is_some()
+        {
+            return cairn_transport::Reply::Pending(Box::pin(std::future::pending()));
+        }
         let start = block.offset();
         if start >= package.len() {
             return Message::response(Code::BAD_OPTION).into();
@@ -714,6 +725,7 @@ async fn a_replaced_package_restarts_the_pull(power_cut: bool) {
     let source = Arc::new(ReplaceableSource {
         package: Mutex::new(package(&v2, "meter", 2, &key)),
         requested: Mutex::new(Vec::new()),
+        stall: Mutex::new(None),
     });
     let serving = source.clone();
     let endpoint = cairn_transport::CoapEndpoint::bind(
@@ -803,4 +815,58 @@ async fn a_package_replaced_at_its_source_restarts_a_dropped_pull_from_block_0()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_package_replaced_at_its_source_restarts_a_pull_cut_by_a_power_loss_from_block_0() {
     a_replaced_package_restarts_the_pull(true).await;
+}
+
+/// A block request whose exchange never completes (the source acknowledges it and never
+/// answers) does not leave the device in Downloading with Update Result 0 for good: the
+/// agent's bound on one block counts it as a dropped connection, and the download resumes
+/// from the flash and completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_request_that_never_completes_is_retried_and_the_pull_completes() {
+    let (_dir, server) = start_server(1).await;
+    let address = server.local_addrs().1.unwrap();
+    let v2 = image(40_000, 2);
+    let source = Arc::new(ReplaceableSource {
+        package: Mutex::new(package(&v2, "meter", 2, &vendor_key())),
+        requested: Mutex::new(Vec::new()),
+        stall: Mutex::new(Some(7)),
+    });
+    let serving = source.clone();
+    let endpoint = cairn_transport::CoapEndpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        Config::default(),
+        Some(Arc::new(move |request: &cairn_transport::Request| {
+            serving.serve(request)
+        })),
+    )
+    .await
+    .unwrap();
+    let options = PullOptions {
+        retry_delay: Duration::from_millis(20),
+        // Far below CoAP's own limit on a separate response (93 s): without this bound
+        // the download would sit in Downloading past `wait_for`'s 30 s.
+        request_timeout: Duration::from_secs(3),
+        ..PullOptions::default()
+    };
+    let device = start_device(address, 0, "meter", options).await;
+    wait_registered(&server, "ota-0").await;
+    let uri = format!("coap://{}/fw", endpoint.local_addr());
+    write_uri(&server, "ota-0", &uri).await.unwrap();
+    wait_for(&device, (2, 0)).await;
+    assert!(
+        source.stall.lock().unwrap().is_none(),
+        "block 7 was never asked for"
+    );
+    let requested = source.requested.lock().unwrap().clone();
+    assert_eq!(
+        requested.iter().filter(|&&n| n == 7).count(),
+        2,
+        "block 7 is asked for again: {requested:?}"
+    );
+    server
+        .execute("ota-0", path("/5/0/2"), vec![])
+        .await
+        .unwrap();
+    wait_for(&device, (0, 1)).await;
+    endpoint.shutdown().await;
 }

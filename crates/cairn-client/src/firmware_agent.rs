@@ -33,6 +33,9 @@ pub struct PullOptions {
     pub max_failures: u32,
     /// Wait before a failed download continues.
     pub retry_delay: Duration,
+    /// Longest wait for one block (beyond CoAP's own limits, a request whose exchange never
+    /// completes counts as a dropped connection).
+    pub request_timeout: Duration,
     /// Fault injection: the connection drops when this returns true for a block.
     pub drop: Option<DropFault>,
     /// Bytes received in block payloads, dropped ones included.
@@ -45,6 +48,7 @@ impl Default for PullOptions {
             block_szx: 6,
             max_failures: 20,
             retry_delay: Duration::from_millis(200),
+            request_timeout: Duration::from_secs(100),
             drop: None,
             bytes_received: Arc::default(),
         }
@@ -56,6 +60,7 @@ impl std::fmt::Debug for PullOptions {
         f.debug_struct("PullOptions")
             .field("block_szx", &self.block_szx)
             .field("max_failures", &self.max_failures)
+            .field("request_timeout", &self.request_timeout)
             .field("drop", &self.drop.is_some())
             .finish_non_exhaustive()
     }
@@ -259,12 +264,16 @@ where
             if !self.current(generation) {
                 return Pass::Done;
             }
-            let response = match endpoint
-                .request_block(address, request.clone(), num, szx)
-                .await
+            let response = match tokio::time::timeout(
+                self.options.request_timeout,
+                endpoint.request_block(address, request.clone(), num, szx),
+            )
+            .await
             {
-                Ok(response) => response,
-                Err(_) => return Pass::Retry,
+                Ok(Ok(response)) => response,
+                // A failed request, or one whose exchange never completed: the connection
+                // dropped, and the next pass resumes where the flash says.
+                Ok(Err(_)) | Err(_) => return Pass::Retry,
             };
             if response.code != Code::CONTENT {
                 let result = if response.code == Code::NOT_FOUND {

@@ -446,7 +446,14 @@ async fn drive_device(server: &LwM2mServer, spec: &CampaignSpec, endpoint: &str)
         .map(|(_, s)| s);
     match write_uri(&quick, spec.retries, endpoint, &uri).await {
         Ok(()) => {}
-        Err(ServerError::Device { .. }) => return DeviceOutcome::Failed { result: 0 },
+        Err(ServerError::Device { .. }) => {
+            // A retry after a lost answer is refused when the first attempt reached the
+            // device (it is Downloaded by now, say): the device's Package URI tells.
+            let written = read(PACKAGE_URI).await.ok().and_then(|n| string(&n));
+            if written.as_deref() != Some(uri.as_str()) {
+                return DeviceOutcome::Failed { result: 0 };
+            }
+        }
         Err(_) => return DeviceOutcome::Unreachable,
     }
     let mut executed = false;
@@ -471,8 +478,17 @@ async fn drive_device(server: &LwM2mServer, spec: &CampaignSpec, endpoint: &str)
             _ => {}
         }
         if state == Some(DOWNLOADED) && !executed {
-            match retrying(spec.retries, || quick.execute(endpoint, UPDATE, Vec::new())).await {
+            let mut attempts = 0;
+            let execute = retrying(spec.retries, || {
+                attempts += 1;
+                quick.execute(endpoint, UPDATE, Vec::new())
+            })
+            .await;
+            match execute {
                 Ok(()) => executed = true,
+                // A retry after a lost answer is refused when the first attempt reached
+                // the device (it is Updating, or back in Idle): follow the result.
+                Err(ServerError::Device { .. }) if attempts > 1 => executed = true,
                 Err(ServerError::Device { .. }) => return DeviceOutcome::Failed { result: 0 },
                 // The device may reboot before it answers: follow the result.
                 Err(_) => executed = true,
@@ -480,6 +496,16 @@ async fn drive_device(server: &LwM2mServer, spec: &CampaignSpec, endpoint: &str)
             // When the device reboots into the new image its observations end with it;
             // the poll above then reads the result.
         }
+    }
+}
+
+fn string(node: &LwM2mNode) -> Option<String> {
+    match node {
+        LwM2mNode::Resource(LwM2mResource {
+            value: ResourceValue::Single(Value::String(s)),
+            ..
+        }) => Some(s.clone()),
+        _ => None,
     }
 }
 

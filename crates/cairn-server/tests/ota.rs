@@ -121,6 +121,7 @@ async fn start_server(devices: usize) -> (tempfile::TempDir, LwM2mServer) {
 struct OtaDevice {
     handle: ClientHandle,
     flash: SimFlash,
+    power: SimPower,
     received: Arc<AtomicU64>,
     outcomes: Arc<Mutex<Vec<UpdateOutcome>>>,
     _stop: oneshot::Sender<()>,
@@ -163,7 +164,7 @@ async fn start_device(
             sector_size: SECTOR,
             sector_count: 4,
         },
-        power,
+        power.clone(),
     );
     let keys = TrustedKeys::new().with(key.public_key());
     {
@@ -180,14 +181,20 @@ async fn start_device(
             .provision(&v1, &sign_manifest(&manifest(&v1, class, 1), &key))
             .unwrap();
     }
-    let firmware = Firmware::open(
+    let mut firmware = Firmware::open(
         flash.clone(),
-        RecordStore::new(meta),
+        RecordStore::new(meta.clone()),
         identity(class),
         keys,
         LAYOUT,
     )
     .unwrap();
+    // A restart after a power cut brings the power back.
+    let (reopen_flash, reopen_power) = (flash.clone(), power.clone());
+    firmware.set_reopen(move || {
+        reopen_power.restore();
+        (reopen_flash.clone(), RecordStore::new(meta.clone()))
+    });
 
     let models = Arc::new(ModelRegistry::with_core_models());
     let mut security = SecurityObject::new();
@@ -248,6 +255,7 @@ async fn start_device(
     OtaDevice {
         handle,
         flash,
+        power,
         received,
         outcomes,
         _stop: stop,
@@ -648,4 +656,217 @@ async fn unknown_key_wrong_class_and_downgrade_are_refused_and_leave_the_slot_al
         device.with_firmware(|fw| fw.firmware_version()),
         Some("3".into())
     );
+}
+
+/// A package source whose package can be replaced: answers `GET /fw` block by block with
+/// the package's ETag (the first 8 bytes of its SHA-256) and logs the blocks asked for.
+struct ReplaceableSource {
+    package: Mutex<Vec<u8>>,
+    requested: Mutex<Vec<u32>>,
+    /// A block whose first request is never answered (the exchange hangs).
+    stall: Mutex<Option<u32>>,
+}
+
+impl ReplaceableSource {
+    fn serve(&self, request: &cairn_transport::Request) -> cairn_transport::Reply {
+        use cairn_coap::{BlockValue, Code, Message, OptionNumber};
+        let package = self.package.lock().unwrap().clone();
+        let block = request
+            .message
+            .options
+            .get(OptionNumber::BLOCK2)
+            .and_then(BlockValue::decode)
+            .unwrap_or(BlockValue {
+                num: 0,
+                more: false,
+                szx: 6,
+            });
+        self.requested.lock().unwrap().push(block.num);
+        if self
+            .stall
+            .lock()
+            .unwrap()
+            .take_if(|n| *n == block.num)
+            .is_some()
+        {
+            return cairn_transport::Reply::Pending(Box::pin(std::future::pending()));
+        }
+        let start = block.offset();
+        if start >= package.len() {
+            return Message::response(Code::BAD_OPTION).into();
+        }
+        let end = (start + block.size()).min(package.len());
+        let mut response = Message::response(Code::CONTENT);
+        response
+            .options
+            .push(OptionNumber::ETAG, sha256(&package)[..8].to_vec());
+        response.options.set_uint(
+            OptionNumber::BLOCK2,
+            BlockValue {
+                more: end < package.len(),
+                ..block
+            }
+            .to_uint(),
+        );
+        response.payload = package[start..end].to_vec();
+        response.into()
+    }
+}
+
+/// The package is replaced at its source while a pull is under way, between one attempt
+/// and the next: after a dropped connection (`power_cut` false) or after a power cut during
+/// a flash write (true). The next block comes with another ETag and the download starts
+/// over from block 0; the device ends up with the new package, whole.
+async fn a_replaced_package_restarts_the_pull(power_cut: bool) {
+    let (_dir, server) = start_server(1).await;
+    let address = server.local_addrs().1.unwrap();
+    let key = vendor_key();
+    let (v2, v3) = (image(40_000, 2), image(40_000, 3));
+    let source = Arc::new(ReplaceableSource {
+        package: Mutex::new(package(&v2, "meter", 2, &key)),
+        requested: Mutex::new(Vec::new()),
+        stall: Mutex::new(None),
+    });
+    let serving = source.clone();
+    let endpoint = cairn_transport::CoapEndpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        Config::default(),
+        Some(Arc::new(move |request: &cairn_transport::Request| {
+            serving.serve(request)
+        })),
+    )
+    .await
+    .unwrap();
+    // At block 20 the source gets package v3; the block of v2 in flight is lost with its
+    // connection, or reaches the device as its power fails.
+    let replace_at = 20 * 1024;
+    let replaced_before = Arc::new(AtomicU64::new(0));
+    let device_power: Arc<std::sync::OnceLock<SimPower>> = Arc::default();
+    let (source_in, replaced_in, power_in) = (
+        source.clone(),
+        replaced_before.clone(),
+        device_power.clone(),
+    );
+    let v3_package = package(&v3, "meter", 3, &key);
+    let v3_len = v3_package.len();
+    let options = PullOptions {
+        retry_delay: Duration::from_millis(20),
+        drop: Some(Arc::new(move |offset| {
+            if offset != replace_at || replaced_in.load(Ordering::SeqCst) != 0 {
+                return false;
+            }
+            let requests = source_in.requested.lock().unwrap().len() as u64;
+            replaced_in.store(requests, Ordering::SeqCst);
+            *source_in.package.lock().unwrap() = v3_package.clone();
+            if power_cut {
+                power_in.get().unwrap().cut_after(1);
+            }
+            !power_cut
+        })),
+        ..PullOptions::default()
+    };
+    let device = start_device(address, 0, "meter", options).await;
+    device_power.set(device.power.clone()).unwrap();
+    wait_registered(&server, "ota-0").await;
+    let uri = format!("coap://{}/fw", endpoint.local_addr());
+    write_uri(&server, "ota-0", &uri).await.unwrap();
+    wait_for(&device, (2, 0)).await;
+
+    let replaced = replaced_before.load(Ordering::SeqCst) as usize;
+    assert!(replaced > 0, "the package was never replaced");
+    let requested = source.requested.lock().unwrap().clone();
+    // Blocks 0..=20 of v2, then (after a dropped connection) block 20 again, or (after a
+    // restart, which forgets the manifest) block 0: either way the ETag changed, and the
+    // download starts over from block 0 and runs to v3's end.
+    let last = ((v3_len - 1) / 1024) as u32;
+    let after: Vec<u32> = requested[replaced..].to_vec();
+    // The last request of block 0 starts the download over (a restart fetches block 0
+    // first, whose new ETag then starts the stream over: block 0 twice).
+    let restart = after.iter().rposition(|&n| n == 0).expect("block 0 again");
+    assert!(
+        restart <= 1 && after[..restart].iter().all(|&n| n == 0 || n == 20),
+        "after the replacement: {after:?}"
+    );
+    assert_eq!(
+        after[restart..],
+        (0..=last).collect::<Vec<_>>(),
+        "after the replacement: {after:?}"
+    );
+    assert_eq!(read_string(&server, "ota-0", "/5/0/7").await, "3");
+    server
+        .execute("ota-0", path("/5/0/2"), vec![])
+        .await
+        .unwrap();
+    wait_for(&device, (0, 1)).await;
+    assert_eq!(
+        device.with_firmware(|fw| fw.firmware_version()),
+        Some("3".into())
+    );
+    let slot_b = LAYOUT.slot_sectors * SECTOR;
+    assert_eq!(&device.flash.contents()[slot_b..slot_b + v3.len()], &v3[..]);
+    endpoint.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_replaced_at_its_source_restarts_a_dropped_pull_from_block_0() {
+    a_replaced_package_restarts_the_pull(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_replaced_at_its_source_restarts_a_pull_cut_by_a_power_loss_from_block_0() {
+    a_replaced_package_restarts_the_pull(true).await;
+}
+
+/// A block request whose exchange never completes (the source acknowledges it and never
+/// answers) does not leave the device in Downloading with Update Result 0 for good: the
+/// agent's bound on one block counts it as a dropped connection, and the download resumes
+/// from the flash and completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_request_that_never_completes_is_retried_and_the_pull_completes() {
+    let (_dir, server) = start_server(1).await;
+    let address = server.local_addrs().1.unwrap();
+    let v2 = image(40_000, 2);
+    let source = Arc::new(ReplaceableSource {
+        package: Mutex::new(package(&v2, "meter", 2, &vendor_key())),
+        requested: Mutex::new(Vec::new()),
+        stall: Mutex::new(Some(7)),
+    });
+    let serving = source.clone();
+    let endpoint = cairn_transport::CoapEndpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        Config::default(),
+        Some(Arc::new(move |request: &cairn_transport::Request| {
+            serving.serve(request)
+        })),
+    )
+    .await
+    .unwrap();
+    let options = PullOptions {
+        retry_delay: Duration::from_millis(20),
+        // Far below CoAP's own limit on a separate response (93 s): without this bound
+        // the download would sit in Downloading past `wait_for`'s 30 s.
+        request_timeout: Duration::from_secs(3),
+        ..PullOptions::default()
+    };
+    let device = start_device(address, 0, "meter", options).await;
+    wait_registered(&server, "ota-0").await;
+    let uri = format!("coap://{}/fw", endpoint.local_addr());
+    write_uri(&server, "ota-0", &uri).await.unwrap();
+    wait_for(&device, (2, 0)).await;
+    assert!(
+        source.stall.lock().unwrap().is_none(),
+        "block 7 was never asked for"
+    );
+    let requested = source.requested.lock().unwrap().clone();
+    assert_eq!(
+        requested.iter().filter(|&&n| n == 7).count(),
+        2,
+        "block 7 is asked for again: {requested:?}"
+    );
+    server
+        .execute("ota-0", path("/5/0/2"), vec![])
+        .await
+        .unwrap();
+    wait_for(&device, (0, 1)).await;
+    endpoint.shutdown().await;
 }

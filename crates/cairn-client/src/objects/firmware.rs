@@ -475,8 +475,14 @@ impl<F: Flash + Send + 'static, S: ProtectedStorage + Send + 'static> FirmwareOb
                 Ok(())
             }
             Err(error) if error.is_power_loss() => {
-                // A pushed package cannot be resumed: the partial one is dropped.
                 let _ = self.restart();
+                if self.state() == UpdateState::Downloaded {
+                    // The power went after the package was complete and checked (its
+                    // last state record was written): the push took effect.
+                    self.note_package();
+                    return Ok(());
+                }
+                // A pushed package cannot be resumed: the partial one is dropped.
                 if self.state() == UpdateState::Downloading {
                     let _ = self.cancel_download();
                 }
@@ -673,5 +679,179 @@ impl<F: Flash + Send + 'static, S: ProtectedStorage + Send + 'static> FirmwareOb
             }
             _ => Err(ObjectError::MethodNotAllowed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_firmware::package::encode_package;
+    use cairn_firmware::sim::{SimFlash, SimPower};
+    use cairn_firmware::{
+        Algorithm, Geometry, Payload, RecordStore, SigningKey, Strategy, sha256, sign_manifest,
+    };
+
+    type Firmware = FirmwareObject<SimFlash, RecordStore<SimFlash>>;
+
+    const SECTOR: usize = 1024;
+    const LAYOUT: Layout = Layout {
+        slot_sectors: 10,
+        staging_sectors: 2,
+        strategy: Strategy::AB,
+    };
+
+    fn key() -> SigningKey {
+        SigningKey::from_random(Algorithm::Ed25519, &[7; 32]).unwrap()
+    }
+
+    fn identity() -> DeviceIdentity {
+        DeviceIdentity {
+            vendor: "acme".into(),
+            class: "meter".into(),
+            hardware_version: 1,
+            bootloader_version: 1,
+        }
+    }
+
+    fn image(len: usize, seed: u32) -> Vec<u8> {
+        (0..len as u32)
+            .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect()
+    }
+
+    fn signed(image: &[u8], sequence: u64) -> Vec<u8> {
+        sign_manifest(
+            &Manifest {
+                vendor: "acme".into(),
+                class: "meter".into(),
+                sequence,
+                image_digest: sha256(image),
+                image_size: image.len() as u64,
+                payload: Payload::Full,
+                expires_at: None,
+                min_hardware_version: None,
+                min_bootloader_version: None,
+            },
+            &key(),
+        )
+    }
+
+    fn package(image: &[u8], sequence: u64) -> Vec<u8> {
+        encode_package(&signed(image, sequence), image)
+    }
+
+    /// A device provisioned with version 1, whose restarts bring the power back.
+    fn device() -> (Firmware, SimPower) {
+        let power = SimPower::new(1);
+        let flash = SimFlash::new(
+            Geometry {
+                sector_size: SECTOR,
+                sector_count: LAYOUT.sectors(),
+            },
+            power.clone(),
+        );
+        let meta = SimFlash::new(
+            Geometry {
+                sector_size: SECTOR,
+                sector_count: 4,
+            },
+            power.clone(),
+        );
+        let keys = TrustedKeys::new().with(key().public_key());
+        let v1 = image(6000, 1);
+        Device::open(
+            flash.clone(),
+            RecordStore::new(meta.clone()),
+            identity(),
+            keys.clone(),
+            LAYOUT,
+        )
+        .unwrap()
+        .provision(&v1, &signed(&v1, 1))
+        .unwrap();
+        let mut firmware = Firmware::open(
+            flash.clone(),
+            RecordStore::new(meta.clone()),
+            identity(),
+            keys,
+            LAYOUT,
+        )
+        .unwrap();
+        let restored = power.clone();
+        firmware.set_reopen(move || {
+            restored.restore();
+            (flash.clone(), RecordStore::new(meta.clone()))
+        });
+        (firmware, power)
+    }
+
+    fn write_package(firmware: &mut Firmware, bytes: Vec<u8>) -> Result<(), ObjectError> {
+        firmware.write(
+            0,
+            WriteMode::Replace,
+            vec![LwM2mResource::single(
+                resource::PACKAGE,
+                Value::Opaque(bytes),
+            )],
+        )
+    }
+
+    fn update(firmware: &mut Firmware) -> UpdateOutcome {
+        firmware.execute(0, resource::UPDATE, &[]).unwrap();
+        assert_eq!(firmware.take_job(), Some(FirmwareJob::Update));
+        firmware.run_update()
+    }
+
+    /// A power cut at every flash operation of a push: the device comes back either Idle
+    /// with Update Result 4 (connection lost: a push cannot resume) or, when the cut came
+    /// after the package was complete and checked, Downloaded. From Idle a fresh push and
+    /// Update succeed; from Downloaded, Update does. Nothing is half-done.
+    #[test]
+    fn a_power_cut_during_a_push_leaves_idle_with_a_result_and_a_new_push_succeeds() {
+        let v2 = package(&image(7000, 2), 2);
+        let operations = {
+            let (mut firmware, power) = device();
+            let before = power.operations();
+            write_package(&mut firmware, v2.clone()).unwrap();
+            assert_eq!(firmware.state(), UpdateState::Downloaded);
+            power.operations() - before
+        };
+        assert!(operations > 20, "{operations} flash operations");
+        let (mut idle, mut downloaded) = (0, 0);
+        for cut in 1..=operations {
+            let (mut firmware, power) = device();
+            power.cut_after(cut);
+            let written = write_package(&mut firmware, v2.clone());
+            power.clear_cut();
+            match (firmware.state(), firmware.result()) {
+                (UpdateState::Idle, UpdateResult::ConnectionLost) => {
+                    assert!(written.is_err(), "cut {cut}: a lost push is refused");
+                    idle += 1;
+                    write_package(&mut firmware, v2.clone()).unwrap();
+                    assert_eq!(firmware.state(), UpdateState::Downloaded, "cut {cut}");
+                    assert_eq!(firmware.result(), UpdateResult::Initial, "cut {cut}");
+                }
+                (UpdateState::Downloaded, UpdateResult::Initial) => {
+                    assert!(written.is_ok(), "cut {cut}: {written:?}");
+                    downloaded += 1;
+                }
+                other => panic!("cut {cut}: the device is at {other:?} ({written:?})"),
+            }
+            assert_eq!(
+                update(&mut firmware),
+                UpdateOutcome::Updated {
+                    version: "2".into()
+                },
+                "cut {cut}"
+            );
+            assert_eq!(
+                (firmware.state(), firmware.result()),
+                (UpdateState::Idle, UpdateResult::Success)
+            );
+        }
+        assert!(
+            idle > 0 && downloaded > 0,
+            "{idle} idle, {downloaded} downloaded"
+        );
     }
 }

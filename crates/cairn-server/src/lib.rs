@@ -991,9 +991,28 @@ impl Inner {
         let _ = self.events.send(event);
     }
 
+    /// The waker of a queue-mode device some request waits for. Entries exist only while
+    /// requests wait (see [`Inner::reachable`]), not for every registered device.
     fn waker(&self, endpoint: &str) -> Arc<Notify> {
         let mut wake = self.wake.lock().unwrap_or_else(|e| e.into_inner());
         wake.entry(endpoint.to_owned()).or_default().clone()
+    }
+
+    /// Wakes the requests waiting for `endpoint`, if any.
+    fn wake(&self, endpoint: &str) {
+        let wake = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(waker) = wake.get(endpoint) {
+            waker.notify_waiters();
+        }
+    }
+
+    /// Drops the waker of `endpoint` once no request holds it any more.
+    fn release_waker(&self, endpoint: &str, waker: &Arc<Notify>) {
+        let mut wake = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+        // The map's reference and `waker`: nobody else waits.
+        if Arc::strong_count(waker) <= 2 {
+            wake.remove(endpoint);
+        }
     }
 
     fn socket(&self, registration: &Registration) -> Result<&CoapEndpoint, ServerError> {
@@ -1007,20 +1026,36 @@ impl Inner {
 
     /// Waits until a queue-mode device is reachable (Transport Binding §6.4.5).
     async fn reachable(&self, endpoint: &str) -> Result<Registration, ServerError> {
-        let deadline = tokio::time::Instant::now() + self.config.queue_timeout;
-        loop {
-            let waker = self.waker(endpoint);
-            let woken = waker.notified();
-            let registration = self
-                .registry
+        let registration = |this: &Self| {
+            this.registry
                 .read()
                 .ok()
                 .and_then(|r| r.by_endpoint(endpoint))
-                .ok_or_else(|| ServerError::UnknownEndpoint(endpoint.into()))?;
+                .ok_or_else(|| ServerError::UnknownEndpoint(endpoint.into()))
+        };
+        let awake = |registration: &Registration| {
             let awake_until =
                 registration.last_update_ms + self.config.awake_window.as_millis() as u64;
-            if !registration.queue_mode || unix_millis() < awake_until {
-                return Ok(registration);
+            !registration.queue_mode || unix_millis() < awake_until
+        };
+        // Most requests go to a device that is awake: no waker for them.
+        let first = registration(self)?;
+        if awake(&first) {
+            return Ok(first);
+        }
+        let deadline = tokio::time::Instant::now() + self.config.queue_timeout;
+        let waker = WakerGuard {
+            inner: self,
+            endpoint,
+            waker: self.waker(endpoint),
+        };
+        loop {
+            // Registered before the registry is read again, so that a wake-up in between is
+            // not lost.
+            let woken = waker.waker.notified();
+            let current = registration(self)?;
+            if awake(&current) {
+                return Ok(current);
             }
             self.publish(ServerEvent::RequestQueued {
                 endpoint: endpoint.into(),
@@ -1294,7 +1329,7 @@ impl Inner {
             .map_err(|_| internal())?
             .insert(record.clone());
         tracing::info!(endpoint = %record.endpoint, id = %record.id, %peer, "registered");
-        self.waker(&record.endpoint).notify_waiters();
+        self.wake(&record.endpoint);
         let id = record.id.clone();
         self.publish(ServerEvent::Registered(record));
         let mut response = Message::response(Code::CREATED);
@@ -1367,7 +1402,7 @@ impl Inner {
             .map_err(|_| internal())?
             .insert(updated.clone());
         tracing::debug!(endpoint = %updated.endpoint, "registration updated");
-        self.waker(&updated.endpoint).notify_waiters();
+        self.wake(&updated.endpoint);
         self.publish(ServerEvent::Updated(updated));
         Ok(Message::response(Code::CHANGED))
     }
@@ -1449,6 +1484,19 @@ fn error_message(code: ResponseCode, diagnostic: &str) -> Message {
     let mut message = Message::response(code.code());
     message.payload = diagnostic.as_bytes().to_vec();
     message
+}
+
+/// A request's hold on the waker of a queue-mode device; the last one removes it.
+struct WakerGuard<'a> {
+    inner: &'a Inner,
+    endpoint: &'a str,
+    waker: Arc<Notify>,
+}
+
+impl Drop for WakerGuard<'_> {
+    fn drop(&mut self) {
+        self.inner.release_waker(self.endpoint, &self.waker);
+    }
 }
 
 fn unreachable_observe() -> ! {

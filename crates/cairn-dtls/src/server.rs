@@ -10,7 +10,10 @@
 use core::net::SocketAddr;
 use core::time::Duration;
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::Arc;
+
+use hashbrown::HashTable;
 
 use rand_core::CryptoRng;
 
@@ -196,7 +199,10 @@ pub struct ServerEndpoint {
     /// Handshaking peers and their retransmission deadlines, mirrored in `timers`.
     handshaking: HashMap<SocketAddr, Option<Duration>>,
     timers: BTreeSet<(Duration, SocketAddr)>,
-    cids: HashMap<ConnectionId, SocketAddr>,
+    /// Peers by the CID they write: their addresses, hashed by CID; the CID itself is the
+    /// one in the peer's connection, not a second copy.
+    cids: HashTable<SocketAddr>,
+    cid_hasher: std::collections::hash_map::RandomState,
     cache: SessionCache,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -228,11 +234,50 @@ impl ServerEndpoint {
             peers: HashMap::new(),
             handshaking: HashMap::new(),
             timers: BTreeSet::new(),
-            cids: HashMap::new(),
+            cids: HashTable::new(),
+            cid_hasher: std::collections::hash_map::RandomState::new(),
             cache: SessionCache::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         })
+    }
+
+    fn cid_hash(&self, cid: &ConnectionId) -> u64 {
+        self.cid_hasher.hash_one(cid.as_bytes())
+    }
+
+    /// The address of the peer whose connection has `cid`.
+    fn peer_of_cid(&self, cid: &ConnectionId) -> Option<SocketAddr> {
+        let peers = &self.peers;
+        self.cids
+            .find(self.cid_hash(cid), |address| {
+                peers.get(address).is_some_and(|c| c.cid_in() == *cid)
+            })
+            .copied()
+    }
+
+    /// Indexes the connection at `peer` by its CID (it must be in `peers` already).
+    fn index_cid(&mut self, cid: &ConnectionId, peer: SocketAddr) {
+        let hasher = &self.cid_hasher;
+        let peers = &self.peers;
+        let hash = self.cid_hash(cid);
+        self.cids.insert_unique(hash, peer, |address| {
+            let cid = peers
+                .get(address)
+                .map(Connection::cid_in)
+                .unwrap_or_default();
+            hasher.hash_one(cid.as_bytes())
+        });
+    }
+
+    /// Removes the index entry of `cid` pointing at `peer`, if any.
+    fn unindex_cid(&mut self, cid: &ConnectionId, peer: SocketAddr) {
+        if let Ok(entry) = self
+            .cids
+            .find_entry(self.cid_hash(cid), |address| *address == peer)
+        {
+            entry.remove();
+        }
     }
 
     fn limits(&self) -> Limits {
@@ -269,6 +314,11 @@ impl ServerEndpoint {
         })
     }
 
+    /// The PSK identity (or certificate identity) of the established session with `peer`.
+    pub fn identity(&self, peer: SocketAddr) -> Option<Arc<[u8]>> {
+        Some(self.peers.get(&peer)?.session()?.shared_identity().clone())
+    }
+
     /// Bytes one application data record to `peer` adds to its plaintext (see
     /// [`crate::session::Session::record_overhead`]).
     pub fn record_overhead(&self, peer: SocketAddr) -> Option<usize> {
@@ -283,7 +333,7 @@ impl ServerEndpoint {
         let cid_entry = if session.cid_in().is_empty() {
             0
         } else {
-            core::mem::size_of::<(ConnectionId, SocketAddr)>()
+            core::mem::size_of::<SocketAddr>()
         };
         Some(core::mem::size_of::<(SocketAddr, Connection)>() + session.heap_bytes() + cid_entry)
     }
@@ -302,7 +352,7 @@ impl ServerEndpoint {
             if let Some(cid) = record::Record::peek_cid(datagram, cid_len) {
                 let owner = ConnectionId::new(cid)
                     .ok()
-                    .and_then(|cid| self.cids.get(&cid).copied());
+                    .and_then(|cid| self.peer_of_cid(&cid));
                 if let Some(owner) = owner {
                     self.drive(now, owner, from, datagram);
                 }
@@ -406,7 +456,7 @@ impl ServerEndpoint {
             prefix.copy_from_slice(&config.node_prefix);
             self.rng.fill_bytes(random);
             let cid = ConnectionId::new(&bytes[..config.length]).ok()?;
-            if !self.cids.contains_key(&cid) {
+            if self.peer_of_cid(&cid).is_none() {
                 return Some(cid);
             }
         }
@@ -447,11 +497,11 @@ impl ServerEndpoint {
                         payload,
                     });
                 }
-                if let Some(cid) = cid {
-                    self.cids.insert(cid, from);
-                }
                 self.peers
                     .insert(from, Connection::Handshaking(Box::new(handshake)));
+                if let Some(cid) = cid {
+                    self.index_cid(&cid, from);
+                }
                 self.sync_timer(from);
             }
             Err(error) => {
@@ -475,8 +525,8 @@ impl ServerEndpoint {
     fn remove(&mut self, peer: SocketAddr, reason: CloseReason) {
         if let Some(connection) = self.peers.remove(&peer) {
             let cid = connection.cid_in();
-            if self.cids.get(&cid) == Some(&peer) {
-                self.cids.remove(&cid);
+            if !cid.is_empty() {
+                self.unindex_cid(&cid, peer);
             }
             self.sync_timer(peer);
             self.events.push_back(Event::Closed { peer, reason });
@@ -520,10 +570,13 @@ impl ServerEndpoint {
             return old;
         };
         let cid = connection.cid_in();
-        if !cid.is_empty() {
-            self.cids.insert(cid, new);
-        }
         self.peers.insert(new, connection);
+        if !cid.is_empty() {
+            let hash = self.cid_hash(&cid);
+            if let Some(address) = self.cids.find_mut(hash, |address| *address == old) {
+                *address = new;
+            }
+        }
         self.events.push_back(Event::PeerMoved { old, new });
         new
     }

@@ -1116,7 +1116,7 @@ impl Inner {
         let sink = Arc::new(ObservationSink {
             inner: Arc::downgrade(self),
             endpoint: endpoint.into(),
-            request,
+            request: ObservedRequest::new(request),
             record: Some(record_id.clone().into()),
             subscriber,
         });
@@ -1128,7 +1128,7 @@ impl Inner {
         .map_err(|_| ServerError::Timeout(timeout))??;
         let decoded = CoapResponse::from_message(&first)
             .map_err(ServerError::from)
-            .and_then(|coap| Ok(sink.request.decode_response(&coap, &models)?));
+            .and_then(|coap| Ok(sink.request.get().decode_response(&coap, &models)?));
         let response = match decoded {
             Ok(response) => response,
             Err(error) => {
@@ -1511,13 +1511,42 @@ enum Subscriber {
     Nodes(Arc<Mailbox<BTreeMap<LwM2mPath, LwM2mNode>>>),
 }
 
+/// The request of an observation, kept for as long as it lasts: a single-path Observe (the
+/// common case) as its path and format, anything else boxed.
+enum ObservedRequest {
+    Observe {
+        path: LwM2mPath,
+        accept: Option<cairn_coap::ContentFormat>,
+    },
+    Other(Box<ServerRequest>),
+}
+
+impl ObservedRequest {
+    fn new(request: ServerRequest) -> Self {
+        match request {
+            ServerRequest::Observe { path, accept } => Self::Observe { path, accept },
+            other => Self::Other(Box::new(other)),
+        }
+    }
+
+    fn get(&self) -> std::borrow::Cow<'_, ServerRequest> {
+        match self {
+            Self::Observe { path, accept } => std::borrow::Cow::Owned(ServerRequest::Observe {
+                path: *path,
+                accept: *accept,
+            }),
+            Self::Other(request) => std::borrow::Cow::Borrowed(request),
+        }
+    }
+}
+
 /// Where the notifications of one observation go: decoded on the socket's task, published on
 /// the event bus and handed to the subscriber. No task or channel per observation.
 struct ObservationSink {
     inner: std::sync::Weak<Inner>,
     endpoint: Box<str>,
     /// The Observe or Observe-Composite request, to decode the notifications.
-    request: ServerRequest,
+    request: ObservedRequest,
     /// The observation's id in the store.
     record: Option<Box<str>>,
     subscriber: Subscriber,
@@ -1533,7 +1562,7 @@ impl ObservationSink {
             .unwrap_or_default();
         let models = inner.config.models.for_versions(&versions);
         let coap = CoapResponse::from_message(message)?;
-        let response = success(self.request.decode_response(&coap, &models)?)?;
+        let response = success(self.request.get().decode_response(&coap, &models)?)?;
         Ok(response.content)
     }
 }
@@ -1560,7 +1589,7 @@ impl cairn_transport::NotificationSink for ObservationSink {
         };
         match content {
             ResponseContent::Node(node) => {
-                let path = self.request.path().unwrap_or(LwM2mPath::Root);
+                let path = self.request.get().path().unwrap_or(LwM2mPath::Root);
                 inner.publish(ServerEvent::Notification {
                     endpoint: self.endpoint.to_string(),
                     path,
@@ -1670,7 +1699,7 @@ async fn restore_observations(inner: &Arc<Inner>) {
             let sink = Arc::new(ObservationSink {
                 inner: Arc::downgrade(inner),
                 endpoint: registration.endpoint.as_str().into(),
-                request,
+                request: ObservedRequest::new(request),
                 record: Some(record.id.into()),
                 subscriber: Subscriber::None,
             });

@@ -32,6 +32,7 @@ use crate::handshake::{Handshake, Limits, ResumableSession, ServerEnv};
 use crate::message::{
     ClientHello, Fragment, HandshakeType, HelloVerifyRequest, put_fragment_header,
 };
+use crate::peers::PeerTable;
 use crate::pki::ServerCertificateConfig;
 use crate::reassembly::Message;
 use crate::record::{self, ContentType, DTLS_1_0, Records};
@@ -195,13 +196,13 @@ pub struct ServerEndpoint {
     config: ServerConfig,
     rng: Box<dyn CryptoRng + Send>,
     cookies: CookieJar,
-    peers: HashMap<SocketAddr, Connection>,
+    peers: PeerTable,
     /// Handshaking peers and their retransmission deadlines, mirrored in `timers`.
     handshaking: HashMap<SocketAddr, Option<Duration>>,
     timers: BTreeSet<(Duration, SocketAddr)>,
-    /// Peers by the CID they write: their addresses, hashed by CID; the CID itself is the
-    /// one in the peer's connection, not a second copy.
-    cids: HashTable<SocketAddr>,
+    /// Peers by the CID they write: their positions in `peers`, hashed by CID; the CID itself
+    /// is the one in the peer's connection, not a second copy.
+    cids: HashTable<u32>,
     cid_hasher: std::collections::hash_map::RandomState,
     cache: SessionCache,
     transmits: VecDeque<Transmit>,
@@ -231,7 +232,7 @@ impl ServerEndpoint {
             config,
             rng,
             cookies,
-            peers: HashMap::new(),
+            peers: PeerTable::default(),
             handshaking: HashMap::new(),
             timers: BTreeSet::new(),
             cids: HashTable::new(),
@@ -249,32 +250,37 @@ impl ServerEndpoint {
     /// The address of the peer whose connection has `cid`.
     fn peer_of_cid(&self, cid: &ConnectionId) -> Option<SocketAddr> {
         let peers = &self.peers;
-        self.cids
-            .find(self.cid_hash(cid), |address| {
-                peers.get(address).is_some_and(|c| c.cid_in() == *cid)
-            })
-            .copied()
+        let position = self.cids.find(self.cid_hash(cid), |&position| {
+            peers.at(position).is_some_and(|(_, c)| c.cid_in() == *cid)
+        })?;
+        Some(peers.at(*position)?.0)
     }
 
     /// Indexes the connection at `peer` by its CID (it must be in `peers` already).
     fn index_cid(&mut self, cid: &ConnectionId, peer: SocketAddr) {
+        let Some(position) = self.peers.position(&peer) else {
+            return;
+        };
         let hasher = &self.cid_hasher;
         let peers = &self.peers;
         let hash = self.cid_hash(cid);
-        self.cids.insert_unique(hash, peer, |address| {
+        self.cids.insert_unique(hash, position, |&position| {
             let cid = peers
-                .get(address)
-                .map(Connection::cid_in)
+                .at(position)
+                .map(|(_, c)| c.cid_in())
                 .unwrap_or_default();
             hasher.hash_one(cid.as_bytes())
         });
     }
 
-    /// Removes the index entry of `cid` pointing at `peer`, if any.
+    /// Removes the index entry of `cid` pointing at `peer` (still in `peers`), if any.
     fn unindex_cid(&mut self, cid: &ConnectionId, peer: SocketAddr) {
+        let Some(position) = self.peers.position(&peer) else {
+            return;
+        };
         if let Ok(entry) = self
             .cids
-            .find_entry(self.cid_hash(cid), |address| *address == peer)
+            .find_entry(self.cid_hash(cid), |&other| other == position)
         {
             entry.remove();
         }
@@ -325,17 +331,24 @@ impl ServerEndpoint {
         Some(self.peers.get(&peer)?.session()?.record_overhead())
     }
 
-    /// Bytes held per established session: the connection record itself plus its heap, and
-    /// the peer-table entry (for capacity planning; hash table slack is not counted).
+    /// Bytes held per established session: the connection record itself plus its heap, its
+    /// slot in the peer table and its index entries (for capacity planning; hash table slack
+    /// is not counted).
     pub fn session_bytes(&self, peer: SocketAddr) -> Option<usize> {
         let connection = self.peers.get(&peer)?;
         let session = connection.session()?;
+        let index_entry = core::mem::size_of::<u32>();
         let cid_entry = if session.cid_in().is_empty() {
             0
         } else {
-            core::mem::size_of::<SocketAddr>()
+            index_entry
         };
-        Some(core::mem::size_of::<(SocketAddr, Connection)>() + session.heap_bytes() + cid_entry)
+        Some(
+            core::mem::size_of::<Option<(SocketAddr, Connection)>>()
+                + index_entry
+                + session.heap_bytes()
+                + cid_entry,
+        )
     }
 
     /// Drops the cached sessions of `identity` so that it cannot resume them, e.g. after its key
@@ -523,11 +536,11 @@ impl ServerEndpoint {
     }
 
     fn remove(&mut self, peer: SocketAddr, reason: CloseReason) {
-        if let Some(connection) = self.peers.remove(&peer) {
-            let cid = connection.cid_in();
-            if !cid.is_empty() {
-                self.unindex_cid(&cid, peer);
-            }
+        let cid = self.peers.get(&peer).map(Connection::cid_in);
+        if let Some(cid) = cid.filter(|cid| !cid.is_empty()) {
+            self.unindex_cid(&cid, peer);
+        }
+        if self.peers.remove(&peer).is_some() {
             self.sync_timer(peer);
             self.events.push_back(Event::Closed { peer, reason });
         }
@@ -566,16 +579,9 @@ impl ServerEndpoint {
         if self.peers.contains_key(&new) {
             self.remove(new, CloseReason::NewHandshake);
         }
-        let Some(connection) = self.peers.remove(&old) else {
+        // The connection keeps its position in the table, which the CID index refers to.
+        if !self.peers.rekey(&old, new) {
             return old;
-        };
-        let cid = connection.cid_in();
-        self.peers.insert(new, connection);
-        if !cid.is_empty() {
-            let hash = self.cid_hash(&cid);
-            if let Some(address) = self.cids.find_mut(hash, |address| *address == old) {
-                *address = new;
-            }
         }
         self.events.push_back(Event::PeerMoved { old, new });
         new

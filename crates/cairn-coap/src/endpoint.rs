@@ -252,7 +252,6 @@ struct Peer {
     dedup: VecDeque<DedupEntry>,
     outgoing: Vec<OutgoingCon>,
     extra: Option<Box<PeerExtra>>,
-    last_activity: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -280,13 +279,12 @@ impl PeerExtra {
 }
 
 impl Peer {
-    fn new(first_message_id: u16, now: Duration) -> Self {
+    fn new(first_message_id: u16) -> Self {
         Peer {
             next_message_id: first_message_id,
             dedup: VecDeque::new(),
             outgoing: Vec::new(),
             extra: None,
-            last_activity: now,
         }
     }
 
@@ -541,7 +539,7 @@ impl Endpoint {
             }
             let first_message_id = self.rng.next() as u16;
             self.peers
-                .insert(address, Box::new(Peer::new(first_message_id, now)));
+                .insert(address, Box::new(Peer::new(first_message_id)));
             self.peer_order.push_back(address);
             if !self.sweep_scheduled {
                 self.sweep_scheduled = true;
@@ -549,9 +547,7 @@ impl Endpoint {
                 self.schedule(at, TimerKind::Sweep);
             }
         }
-        let peer = self.peers.get_mut(&address)?;
-        peer.last_activity = now;
-        Some(peer)
+        self.peers.get_mut(&address).map(|peer| &mut **peer)
     }
 
     /// Makes room for a new peer by dropping the oldest one that holds nothing but duplicate
@@ -2031,4 +2027,48 @@ fn path_key_of(path: &str) -> Vec<u8> {
         key.push(b'/');
     }
     key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server holds one peer per device and one request per observation: both stay small.
+    #[test]
+    fn per_device_records_are_compact() {
+        assert!(
+            core::mem::size_of::<Peer>() <= 72,
+            "{}",
+            core::mem::size_of::<Peer>()
+        );
+        assert!(
+            core::mem::size_of::<ClientRequest>() <= 144,
+            "{}",
+            core::mem::size_of::<ClientRequest>()
+        );
+        let get = Message::new(MessageType::Confirmable, Code::GET, 1);
+        let mut observe = get.clone();
+        observe.options.set_uint(OptionNumber::OBSERVE, 0);
+        for segment in ["3", "0", "9"] {
+            observe
+                .options
+                .push(OptionNumber::URI_PATH, segment.as_bytes().to_vec());
+        }
+        // The encoded template an observation keeps.
+        assert!(observe.to_bytes().len() <= 16);
+    }
+
+    #[test]
+    fn peer_extra_is_allocated_on_demand_and_freed_when_empty() {
+        let mut peer = Peer::new(7);
+        assert!(peer.extra.is_none());
+        assert!(peer.extra().queued.is_empty());
+        peer.extra_mut().observations.push(ObservationId(1));
+        assert!(peer.extra.is_some());
+        peer.release_extra();
+        assert!(peer.extra.is_some());
+        peer.extra_mut().observations.clear();
+        peer.release_extra();
+        assert!(peer.extra.is_none());
+    }
 }

@@ -17,6 +17,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use core::cmp::Reverse;
+use core::hash::BuildHasher;
+
+use hashbrown::HashTable;
 
 use crate::message::{Code, FormatError, Message, MessageType, MessageView, RawHeader, Token};
 use crate::observe::{ObserveSequence, is_fresh};
@@ -241,29 +244,63 @@ struct Representation {
     expires: Duration,
 }
 
+/// What a peer holds while it is idle is kept small (a server holds one per device):
+/// the rarely used collections sit in [`PeerExtra`], allocated when first needed.
 #[derive(Debug)]
 struct Peer {
     next_message_id: u16,
     dedup: VecDeque<DedupEntry>,
     outgoing: Vec<OutgoingCon>,
+    extra: Option<Box<PeerExtra>>,
+}
+
+#[derive(Debug, Default)]
+struct PeerExtra {
     queued: VecDeque<RequestId>,
     block1: Vec<Block1Transfer>,
     representations: Vec<Representation>,
     observations: Vec<ObservationId>,
-    last_activity: Duration,
+}
+
+impl PeerExtra {
+    const EMPTY: PeerExtra = PeerExtra {
+        queued: VecDeque::new(),
+        block1: Vec::new(),
+        representations: Vec::new(),
+        observations: Vec::new(),
+    };
+
+    fn is_empty(&self) -> bool {
+        self.queued.is_empty()
+            && self.block1.is_empty()
+            && self.representations.is_empty()
+            && self.observations.is_empty()
+    }
 }
 
 impl Peer {
-    fn new(first_message_id: u16, now: Duration) -> Self {
+    fn new(first_message_id: u16) -> Self {
         Peer {
             next_message_id: first_message_id,
             dedup: VecDeque::new(),
             outgoing: Vec::new(),
-            queued: VecDeque::new(),
-            block1: Vec::new(),
-            representations: Vec::new(),
-            observations: Vec::new(),
-            last_activity: now,
+            extra: None,
+        }
+    }
+
+    fn extra(&self) -> &PeerExtra {
+        static EMPTY: PeerExtra = PeerExtra::EMPTY;
+        self.extra.as_deref().unwrap_or(&EMPTY)
+    }
+
+    fn extra_mut(&mut self) -> &mut PeerExtra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// Frees the extra collections once they are all empty.
+    fn release_extra(&mut self) {
+        if self.extra.as_ref().is_some_and(|e| e.is_empty()) {
+            self.extra = None;
         }
     }
 
@@ -281,11 +318,12 @@ impl Peer {
     }
 
     fn is_idle(&self, now: Duration) -> bool {
+        let extra = self.extra();
         self.outgoing.is_empty()
-            && self.queued.is_empty()
-            && self.observations.is_empty()
-            && self.block1.iter().all(|t| t.expires <= now)
-            && self.representations.iter().all(|r| r.expires <= now)
+            && extra.queued.is_empty()
+            && extra.observations.is_empty()
+            && extra.block1.iter().all(|t| t.expires <= now)
+            && extra.representations.iter().all(|r| r.expires <= now)
             && self.dedup.iter().all(|d| d.expires <= now)
     }
 }
@@ -319,7 +357,10 @@ struct Observation {
 struct ClientRequest {
     peer: SocketAddr,
     token: Token,
-    template: Message,
+    /// The request without its body, encoded: an observation keeps it as long as it lasts
+    /// (for the later blocks of a notification and for deregistering), and the encoding is a
+    /// fraction of a decoded message's size.
+    template: Box<[u8]>,
     body: Vec<u8>,
     block1_offset: usize,
     block1_szx: u8,
@@ -374,7 +415,10 @@ pub struct Endpoint {
     /// Boxed: an observation keeps its request for as long as it lasts, and a server holds
     /// one per device; the table's empty slots then cost a pointer, not a request.
     requests: Map<RequestId, Box<ClientRequest>>,
-    tokens: Map<(SocketAddr, Token), RequestId>,
+    /// Requests by peer and token: the ids, hashed by `(peer, token)`; the key is the one in
+    /// the request, not a second copy.
+    tokens: HashTable<RequestId>,
+    token_hasher: foldhash::fast::RandomState,
     observations: Map<ObservationId, Observation>,
     representation_bytes: usize,
     sweep_scheduled: bool,
@@ -397,7 +441,8 @@ impl Endpoint {
             events: VecDeque::new(),
             exchanges: Map::default(),
             requests: Map::default(),
-            tokens: Map::default(),
+            tokens: HashTable::new(),
+            token_hasher: foldhash::fast::RandomState::default(),
             observations: Map::default(),
             representation_bytes: 0,
             sweep_scheduled: false,
@@ -432,6 +477,29 @@ impl Endpoint {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// The request sent to `peer` with `token`, if it is still waiting for responses.
+    fn request_by_token(&self, peer: SocketAddr, token: Token) -> Option<RequestId> {
+        let requests = &self.requests;
+        self.tokens
+            .find(self.token_hasher.hash_one((peer, token)), |id| {
+                requests
+                    .get(id)
+                    .is_some_and(|r| r.peer == peer && r.token == token)
+            })
+            .copied()
+    }
+
+    /// Indexes request `id` (already in `requests`) by its peer and token.
+    fn index_token(&mut self, id: RequestId, peer: SocketAddr, token: Token) {
+        let (requests, hasher) = (&self.requests, &self.token_hasher);
+        let hash = hasher.hash_one((peer, token));
+        self.tokens.insert_unique(hash, id, |id| {
+            requests
+                .get(id)
+                .map_or(0, |r| hasher.hash_one((r.peer, r.token)))
+        });
     }
 
     fn next_id(&mut self) -> u64 {
@@ -471,7 +539,7 @@ impl Endpoint {
             }
             let first_message_id = self.rng.next() as u16;
             self.peers
-                .insert(address, Box::new(Peer::new(first_message_id, now)));
+                .insert(address, Box::new(Peer::new(first_message_id)));
             self.peer_order.push_back(address);
             if !self.sweep_scheduled {
                 self.sweep_scheduled = true;
@@ -479,9 +547,7 @@ impl Endpoint {
                 self.schedule(at, TimerKind::Sweep);
             }
         }
-        let peer = self.peers.get_mut(&address)?;
-        peer.last_activity = now;
-        Some(peer)
+        self.peers.get_mut(&address).map(|peer| &mut **peer)
     }
 
     /// Makes room for a new peer by dropping the oldest one that holds nothing but duplicate
@@ -496,16 +562,18 @@ impl Endpoint {
             let Some(peer) = self.peers.get(&address) else {
                 continue;
             };
+            let extra = peer.extra();
             let busy = !peer.outgoing.is_empty()
-                || !peer.queued.is_empty()
-                || !peer.observations.is_empty()
-                || !peer.block1.is_empty();
+                || !extra.queued.is_empty()
+                || !extra.observations.is_empty()
+                || !extra.block1.is_empty();
             if busy {
                 self.peer_order.push_back(address);
                 continue;
             }
             if let Some(peer) = self.peers.remove(&address) {
                 let freed: usize = peer
+                    .extra()
                     .representations
                     .iter()
                     .map(|r| r.response.payload.len())
@@ -525,17 +593,21 @@ impl Endpoint {
                 // An idle peer's emptied window gives its buffer back.
                 peer.dedup = VecDeque::new();
             }
-            peer.block1.retain(|t| t.expires > now);
-            peer.representations.retain(|r| {
-                let keep = r.expires > now;
-                if !keep {
-                    freed += r.response.payload.len();
-                }
-                keep
-            });
+            if let Some(extra) = peer.extra.as_mut() {
+                extra.block1.retain(|t| t.expires > now);
+                extra.representations.retain(|r| {
+                    let keep = r.expires > now;
+                    if !keep {
+                        freed += r.response.payload.len();
+                    }
+                    keep
+                });
+            }
+            peer.release_extra();
             let idle = peer.is_idle(now);
             if idle {
                 freed += peer
+                    .extra()
                     .representations
                     .iter()
                     .map(|r| r.response.payload.len())
@@ -561,11 +633,26 @@ impl Endpoint {
         shrink(&mut self.peers);
         shrink(&mut self.exchanges);
         shrink(&mut self.requests);
-        shrink(&mut self.tokens);
+        if self.tokens.capacity() > 64 && self.tokens.len() < self.tokens.capacity() / 4 {
+            let (requests, hasher) = (&self.requests, &self.token_hasher);
+            self.tokens.shrink_to(self.tokens.len() * 2, |id| {
+                requests
+                    .get(id)
+                    .map_or(0, |r| hasher.hash_one((r.peer, r.token)))
+            });
+        }
         shrink(&mut self.observations);
-        if self.peer_order.capacity() > 64 && self.peer_order.len() < self.peer_order.capacity() / 4
-        {
-            self.peer_order.shrink_to(self.peer_order.len() * 2);
+        fn shrink_queue<T>(queue: &mut VecDeque<T>) {
+            if queue.capacity() > 64 && queue.len() < queue.capacity() / 4 {
+                queue.shrink_to(queue.len() * 2);
+            }
+        }
+        shrink_queue(&mut self.peer_order);
+        shrink_queue(&mut self.piggyback_deadlines);
+        shrink_queue(&mut self.transmits);
+        shrink_queue(&mut self.events);
+        if self.timers.capacity() > 64 && self.timers.len() < self.timers.capacity() / 4 {
+            self.timers.shrink_to(self.timers.len() * 2);
         }
     }
 
@@ -671,7 +758,7 @@ impl Endpoint {
         }
         // A Reset may answer a non-confirmable notification (RFC 7641 §3.6).
         let observation = self.peers.get(&peer).and_then(|state| {
-            state.observations.iter().copied().find(|id| {
+            state.extra().observations.iter().copied().find(|id| {
                 self.observations
                     .get(id)
                     .is_some_and(|o| o.last_message_id == message_id)
@@ -913,6 +1000,7 @@ impl Endpoint {
         let Some(state) = self.peers.get_mut(&peer) else {
             return Block1Outcome::Error(Message::response(Code::SERVICE_UNAVAILABLE));
         };
+        let state = state.extra_mut();
         state.block1.retain(|t| t.expires > now);
         let mut key = Vec::with_capacity(path_key.len() + 1);
         key.push(message.code.0);
@@ -984,7 +1072,7 @@ impl Endpoint {
         peer: SocketAddr,
         message: Message,
     ) -> Disposition {
-        let Some(&id) = self.tokens.get(&(peer, message.token)) else {
+        let Some(id) = self.request_by_token(peer, message.token) else {
             // A response nobody waits for: reject confirmable and non-confirmable ones
             // so that an observing server stops sending (RFC 7641 §3.6). A piggybacked one
             // still settles our confirmable message (e.g. a deregistration).
@@ -1098,12 +1186,16 @@ impl Endpoint {
                     more: false,
                     szx: block.szx,
                 };
-                request
-                    .template
+                let Ok(mut template) = Message::decode(&request.template) else {
+                    self.fail_request(id, RequestError::BlockMismatch);
+                    return;
+                };
+                template
                     .options
                     .set_uint(OptionNumber::BLOCK2, next.to_uint());
-                request.template.options.remove(OptionNumber::OBSERVE);
-                request.template.payload.clear();
+                template.options.remove(OptionNumber::OBSERVE);
+                template.payload.clear();
+                request.template = template.to_bytes().into();
                 self.send_request_block(now, id);
                 return;
             }
@@ -1242,6 +1334,12 @@ impl Endpoint {
             .exchanges
             .remove(&id)
             .ok_or(EndpointError::UnknownExchange)?;
+        // A registration storm leaves thousands of slots behind; the sweep would give them
+        // back only much later.
+        if self.exchanges.capacity() > 1024 && self.exchanges.len() < self.exchanges.capacity() / 8
+        {
+            self.exchanges.shrink_to(self.exchanges.len() * 2);
+        }
         let peer = exchange.peer;
         response.token = exchange.token;
         if let Some(block) = exchange.block1_final {
@@ -1329,6 +1427,7 @@ impl Endpoint {
         let Some(state) = self.peers.get_mut(&peer) else {
             return;
         };
+        let state = state.extra_mut();
         let mut freed = 0;
         state.representations.retain(|r| {
             let keep = r.key != key && r.expires > now;
@@ -1356,6 +1455,7 @@ impl Endpoint {
     fn cached_representation(&self, now: Duration, peer: SocketAddr, key: u64) -> Option<Message> {
         let state = self.peers.get(&peer)?;
         state
+            .extra()
             .representations
             .iter()
             .find(|r| r.key == key && r.expires > now)
@@ -1401,7 +1501,7 @@ impl Endpoint {
     ) -> Option<ObservationId> {
         let limit = self.config.max_observations_per_peer;
         let state = self.peers.get(&exchange.peer)?;
-        if state.observations.len() >= limit {
+        if state.extra().observations.len() >= limit {
             return None;
         }
         let id = ObservationId(self.next_id());
@@ -1416,7 +1516,11 @@ impl Endpoint {
                 last_message_id: 0,
             },
         );
-        self.peers.get_mut(&exchange.peer)?.observations.push(id);
+        self.peers
+            .get_mut(&exchange.peer)?
+            .extra_mut()
+            .observations
+            .push(id);
         Some(id)
     }
 
@@ -1425,6 +1529,7 @@ impl Endpoint {
             return;
         };
         let found = state
+            .extra()
             .observations
             .iter()
             .copied()
@@ -1439,7 +1544,10 @@ impl Endpoint {
             return;
         };
         if let Some(state) = self.peers.get_mut(&observation.peer) {
-            state.observations.retain(|o| *o != id);
+            if let Some(extra) = state.extra.as_mut() {
+                extra.observations.retain(|o| *o != id);
+            }
+            state.release_extra();
             state
                 .outgoing
                 .retain(|o| o.purpose != ConPurpose::Notification(id));
@@ -1602,7 +1710,7 @@ impl Endpoint {
         let block_szx = self.block_szx;
         let token = loop {
             let token = Token::from_u64(self.rng.next());
-            if !self.tokens.contains_key(&(peer, token)) {
+            if self.request_by_token(peer, token).is_none() {
                 break token;
             }
         };
@@ -1610,8 +1718,8 @@ impl Endpoint {
             .peer_mut(now, peer)
             .ok_or(EndpointError::TooManyPeers)?;
         let must_wait = message.message_type == MessageType::Confirmable
-            && (state.in_flight_requests() >= nstart || !state.queued.is_empty());
-        if must_wait && state.queued.len() >= queue_limit {
+            && (state.in_flight_requests() >= nstart || !state.extra().queued.is_empty());
+        if must_wait && state.extra().queued.len() >= queue_limit {
             return Err(EndpointError::QueueFull);
         }
         let id = RequestId(self.next_id());
@@ -1624,7 +1732,7 @@ impl Endpoint {
             Box::new(ClientRequest {
                 peer,
                 token,
-                template: message,
+                template: message.to_bytes().into(),
                 body,
                 block1_offset: 0,
                 block1_szx: block_szx,
@@ -1635,10 +1743,10 @@ impl Endpoint {
                 sent: false,
             }),
         );
-        self.tokens.insert((peer, token), id);
+        self.index_token(id, peer, token);
         if must_wait {
             if let Some(state) = self.peers.get_mut(&peer) {
-                state.queued.push_back(id);
+                state.extra_mut().queued.push_back(id);
             }
         } else {
             self.send_request_block(now, id);
@@ -1657,7 +1765,7 @@ impl Endpoint {
             Box::new(ClientRequest {
                 peer,
                 token: Token::EMPTY,
-                template: ping.clone(),
+                template: ping.to_bytes().into(),
                 body: Vec::new(),
                 block1_offset: 0,
                 block1_szx: self.block_szx,
@@ -1678,7 +1786,10 @@ impl Endpoint {
         let Some(request) = self.requests.get_mut(&id) else {
             return;
         };
-        let mut message = request.template.clone();
+        let Ok(mut message) = Message::decode(&request.template) else {
+            self.fail_request(id, RequestError::Cancelled);
+            return;
+        };
         let size = 16usize << request.block1_szx;
         let in_blocks = request.body.len() > size || request.block1_offset > 0;
         if in_blocks && request.block1_offset < request.body.len() {
@@ -1730,9 +1841,10 @@ impl Endpoint {
             if state.in_flight_requests() >= nstart {
                 return;
             }
-            let Some(id) = state.queued.pop_front() else {
+            let Some(id) = state.extra.as_mut().and_then(|e| e.queued.pop_front()) else {
                 return;
             };
+            state.release_extra();
             if self.requests.contains_key(&id) {
                 self.send_request_block(now, id);
             }
@@ -1741,12 +1853,18 @@ impl Endpoint {
 
     fn finish_request(&mut self, id: RequestId) -> Option<ClientRequest> {
         let request = self.requests.remove(&id)?;
-        self.tokens.remove(&(request.peer, request.token));
+        let hash = self.token_hasher.hash_one((request.peer, request.token));
+        if let Ok(entry) = self.tokens.find_entry(hash, |other| *other == id) {
+            entry.remove();
+        }
         if let Some(state) = self.peers.get_mut(&request.peer) {
             state
                 .outgoing
                 .retain(|o| o.purpose != ConPurpose::Request(id));
-            state.queued.retain(|q| *q != id);
+            if let Some(extra) = state.extra.as_mut() {
+                extra.queued.retain(|q| *q != id);
+            }
+            state.release_extra();
         }
         Some(*request)
     }
@@ -1791,7 +1909,7 @@ impl Endpoint {
         }
         self.peer_mut(now, peer)
             .ok_or(EndpointError::TooManyPeers)?;
-        if let Some(previous) = self.tokens.get(&(peer, token)).copied() {
+        if let Some(previous) = self.request_by_token(peer, token) {
             self.finish_request(previous);
         }
         let id = RequestId(self.next_id());
@@ -1802,7 +1920,7 @@ impl Endpoint {
             Box::new(ClientRequest {
                 peer,
                 token,
-                template,
+                template: template.to_bytes().into(),
                 body: Vec::new(),
                 block1_offset: 0,
                 block1_szx: self.block_szx,
@@ -1813,7 +1931,7 @@ impl Endpoint {
                 sent: true,
             }),
         );
-        self.tokens.insert((peer, token), id);
+        self.index_token(id, peer, token);
         Ok(id)
     }
 
@@ -1829,7 +1947,9 @@ impl Endpoint {
             .finish_request(id)
             .ok_or(EndpointError::UnknownRequest)?;
         if deregister && request.observing {
-            let mut message = request.template;
+            let Ok(mut message) = Message::decode(&request.template) else {
+                return Ok(());
+            };
             message.options.set_uint(OptionNumber::OBSERVE, 1);
             message.options.remove(OptionNumber::BLOCK2);
             message.token = request.token;
@@ -1907,4 +2027,48 @@ fn path_key_of(path: &str) -> Vec<u8> {
         key.push(b'/');
     }
     key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server holds one peer per device and one request per observation: both stay small.
+    #[test]
+    fn per_device_records_are_compact() {
+        assert!(
+            core::mem::size_of::<Peer>() <= 72,
+            "{}",
+            core::mem::size_of::<Peer>()
+        );
+        assert!(
+            core::mem::size_of::<ClientRequest>() <= 144,
+            "{}",
+            core::mem::size_of::<ClientRequest>()
+        );
+        let get = Message::new(MessageType::Confirmable, Code::GET, 1);
+        let mut observe = get.clone();
+        observe.options.set_uint(OptionNumber::OBSERVE, 0);
+        for segment in ["3", "0", "9"] {
+            observe
+                .options
+                .push(OptionNumber::URI_PATH, segment.as_bytes().to_vec());
+        }
+        // The encoded template an observation keeps.
+        assert!(observe.to_bytes().len() <= 16);
+    }
+
+    #[test]
+    fn peer_extra_is_allocated_on_demand_and_freed_when_empty() {
+        let mut peer = Peer::new(7);
+        assert!(peer.extra.is_none());
+        assert!(peer.extra().queued.is_empty());
+        peer.extra_mut().observations.push(ObservationId(1));
+        assert!(peer.extra.is_some());
+        peer.release_extra();
+        assert!(peer.extra.is_some());
+        peer.extra_mut().observations.clear();
+        peer.release_extra();
+        assert!(peer.extra.is_none());
+    }
 }

@@ -74,6 +74,7 @@ mod error;
 pub mod flight;
 pub mod handshake;
 pub mod message;
+mod peers;
 pub mod pki;
 pub mod reassembly;
 pub mod record;

@@ -10,7 +10,10 @@
 use core::net::SocketAddr;
 use core::time::Duration;
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::Arc;
+
+use hashbrown::HashTable;
 
 use rand_core::CryptoRng;
 
@@ -29,6 +32,7 @@ use crate::handshake::{Handshake, Limits, ResumableSession, ServerEnv};
 use crate::message::{
     ClientHello, Fragment, HandshakeType, HelloVerifyRequest, put_fragment_header,
 };
+use crate::peers::PeerTable;
 use crate::pki::ServerCertificateConfig;
 use crate::reassembly::Message;
 use crate::record::{self, ContentType, DTLS_1_0, Records};
@@ -192,11 +196,14 @@ pub struct ServerEndpoint {
     config: ServerConfig,
     rng: Box<dyn CryptoRng + Send>,
     cookies: CookieJar,
-    peers: HashMap<SocketAddr, Connection>,
+    peers: PeerTable,
     /// Handshaking peers and their retransmission deadlines, mirrored in `timers`.
     handshaking: HashMap<SocketAddr, Option<Duration>>,
     timers: BTreeSet<(Duration, SocketAddr)>,
-    cids: HashMap<ConnectionId, SocketAddr>,
+    /// Peers by the CID they write: their positions in `peers`, hashed by CID; the CID itself
+    /// is the one in the peer's connection, not a second copy.
+    cids: HashTable<u32>,
+    cid_hasher: std::collections::hash_map::RandomState,
     cache: SessionCache,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -225,14 +232,58 @@ impl ServerEndpoint {
             config,
             rng,
             cookies,
-            peers: HashMap::new(),
+            peers: PeerTable::default(),
             handshaking: HashMap::new(),
             timers: BTreeSet::new(),
-            cids: HashMap::new(),
+            cids: HashTable::new(),
+            cid_hasher: std::collections::hash_map::RandomState::new(),
             cache: SessionCache::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         })
+    }
+
+    fn cid_hash(&self, cid: &ConnectionId) -> u64 {
+        self.cid_hasher.hash_one(cid.as_bytes())
+    }
+
+    /// The address of the peer whose connection has `cid`.
+    fn peer_of_cid(&self, cid: &ConnectionId) -> Option<SocketAddr> {
+        let peers = &self.peers;
+        let position = self.cids.find(self.cid_hash(cid), |&position| {
+            peers.at(position).is_some_and(|(_, c)| c.cid_in() == *cid)
+        })?;
+        Some(peers.at(*position)?.0)
+    }
+
+    /// Indexes the connection at `peer` by its CID (it must be in `peers` already).
+    fn index_cid(&mut self, cid: &ConnectionId, peer: SocketAddr) {
+        let Some(position) = self.peers.position(&peer) else {
+            return;
+        };
+        let hasher = &self.cid_hasher;
+        let peers = &self.peers;
+        let hash = self.cid_hash(cid);
+        self.cids.insert_unique(hash, position, |&position| {
+            let cid = peers
+                .at(position)
+                .map(|(_, c)| c.cid_in())
+                .unwrap_or_default();
+            hasher.hash_one(cid.as_bytes())
+        });
+    }
+
+    /// Removes the index entry of `cid` pointing at `peer` (still in `peers`), if any.
+    fn unindex_cid(&mut self, cid: &ConnectionId, peer: SocketAddr) {
+        let Some(position) = self.peers.position(&peer) else {
+            return;
+        };
+        if let Ok(entry) = self
+            .cids
+            .find_entry(self.cid_hash(cid), |&other| other == position)
+        {
+            entry.remove();
+        }
     }
 
     fn limits(&self) -> Limits {
@@ -269,23 +320,35 @@ impl ServerEndpoint {
         })
     }
 
+    /// The PSK identity (or certificate identity) of the established session with `peer`.
+    pub fn identity(&self, peer: SocketAddr) -> Option<Arc<[u8]>> {
+        Some(self.peers.get(&peer)?.session()?.shared_identity().clone())
+    }
+
     /// Bytes one application data record to `peer` adds to its plaintext (see
     /// [`crate::session::Session::record_overhead`]).
     pub fn record_overhead(&self, peer: SocketAddr) -> Option<usize> {
         Some(self.peers.get(&peer)?.session()?.record_overhead())
     }
 
-    /// Bytes held per established session: the connection record itself plus its heap, and
-    /// the peer-table entry (for capacity planning; hash table slack is not counted).
+    /// Bytes held per established session: the connection record itself plus its heap, its
+    /// slot in the peer table and its index entries (for capacity planning; hash table slack
+    /// is not counted).
     pub fn session_bytes(&self, peer: SocketAddr) -> Option<usize> {
         let connection = self.peers.get(&peer)?;
         let session = connection.session()?;
+        let index_entry = core::mem::size_of::<u32>();
         let cid_entry = if session.cid_in().is_empty() {
             0
         } else {
-            core::mem::size_of::<(ConnectionId, SocketAddr)>()
+            index_entry
         };
-        Some(core::mem::size_of::<(SocketAddr, Connection)>() + session.heap_bytes() + cid_entry)
+        Some(
+            core::mem::size_of::<Option<(SocketAddr, Connection)>>()
+                + index_entry
+                + session.heap_bytes()
+                + cid_entry,
+        )
     }
 
     /// Drops the cached sessions of `identity` so that it cannot resume them, e.g. after its key
@@ -302,7 +365,7 @@ impl ServerEndpoint {
             if let Some(cid) = record::Record::peek_cid(datagram, cid_len) {
                 let owner = ConnectionId::new(cid)
                     .ok()
-                    .and_then(|cid| self.cids.get(&cid).copied());
+                    .and_then(|cid| self.peer_of_cid(&cid));
                 if let Some(owner) = owner {
                     self.drive(now, owner, from, datagram);
                 }
@@ -406,7 +469,7 @@ impl ServerEndpoint {
             prefix.copy_from_slice(&config.node_prefix);
             self.rng.fill_bytes(random);
             let cid = ConnectionId::new(&bytes[..config.length]).ok()?;
-            if !self.cids.contains_key(&cid) {
+            if self.peer_of_cid(&cid).is_none() {
                 return Some(cid);
             }
         }
@@ -447,11 +510,11 @@ impl ServerEndpoint {
                         payload,
                     });
                 }
-                if let Some(cid) = cid {
-                    self.cids.insert(cid, from);
-                }
                 self.peers
                     .insert(from, Connection::Handshaking(Box::new(handshake)));
+                if let Some(cid) = cid {
+                    self.index_cid(&cid, from);
+                }
                 self.sync_timer(from);
             }
             Err(error) => {
@@ -473,11 +536,11 @@ impl ServerEndpoint {
     }
 
     fn remove(&mut self, peer: SocketAddr, reason: CloseReason) {
-        if let Some(connection) = self.peers.remove(&peer) {
-            let cid = connection.cid_in();
-            if self.cids.get(&cid) == Some(&peer) {
-                self.cids.remove(&cid);
-            }
+        let cid = self.peers.get(&peer).map(Connection::cid_in);
+        if let Some(cid) = cid.filter(|cid| !cid.is_empty()) {
+            self.unindex_cid(&cid, peer);
+        }
+        if self.peers.remove(&peer).is_some() {
             self.sync_timer(peer);
             self.events.push_back(Event::Closed { peer, reason });
         }
@@ -516,14 +579,10 @@ impl ServerEndpoint {
         if self.peers.contains_key(&new) {
             self.remove(new, CloseReason::NewHandshake);
         }
-        let Some(connection) = self.peers.remove(&old) else {
+        // The connection keeps its position in the table, which the CID index refers to.
+        if !self.peers.rekey(&old, new) {
             return old;
-        };
-        let cid = connection.cid_in();
-        if !cid.is_empty() {
-            self.cids.insert(cid, new);
         }
-        self.peers.insert(new, connection);
         self.events.push_back(Event::PeerMoved { old, new });
         new
     }

@@ -7,6 +7,8 @@
 //! Until the peer proves it has the keys (its first application data), the verify data of the
 //! last flight is kept so that the flight can be sent again when the peer retransmits.
 
+use std::sync::Arc;
+
 use crate::Error;
 use crate::cid::ConnectionId;
 use crate::codec::Reader;
@@ -52,7 +54,8 @@ pub struct Session {
     replay: ReplayWindow,
     cid_in: ConnectionId,
     final_flight: Option<FinalFlight>,
-    identity: Box<[u8]>,
+    /// Shared, so that the layer above can tag requests with it without a copy.
+    identity: Arc<[u8]>,
 }
 
 impl Session {
@@ -82,6 +85,11 @@ impl Session {
         &self.identity
     }
 
+    /// The peer's PSK identity, shared.
+    pub fn shared_identity(&self) -> &Arc<[u8]> {
+        &self.identity
+    }
+
     /// The CID the peer writes on its records (empty if none).
     pub fn cid_in(&self) -> ConnectionId {
         self.cid_in
@@ -93,9 +101,10 @@ impl Session {
         self.writer.overhead(1)
     }
 
-    /// Heap bytes owned by the session (for memory accounting).
+    /// Heap bytes owned by the session (for memory accounting): the identity and the two
+    /// reference counts beside it.
     pub fn heap_bytes(&self) -> usize {
-        self.identity.len()
+        self.identity.len() + 2 * core::mem::size_of::<usize>()
     }
 
     /// Encrypts application data into one record.
@@ -297,7 +306,7 @@ mod tests {
             "{}",
             core::mem::size_of::<Session>()
         );
-        assert_eq!(server.heap_bytes(), 6);
+        assert_eq!(server.heap_bytes(), 6 + 16);
         assert!(!format!("{server:?}").contains("[1, 1, 1"));
     }
 }

@@ -991,9 +991,28 @@ impl Inner {
         let _ = self.events.send(event);
     }
 
+    /// The waker of a queue-mode device some request waits for. Entries exist only while
+    /// requests wait (see [`Inner::reachable`]), not for every registered device.
     fn waker(&self, endpoint: &str) -> Arc<Notify> {
         let mut wake = self.wake.lock().unwrap_or_else(|e| e.into_inner());
         wake.entry(endpoint.to_owned()).or_default().clone()
+    }
+
+    /// Wakes the requests waiting for `endpoint`, if any.
+    fn wake(&self, endpoint: &str) {
+        let wake = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(waker) = wake.get(endpoint) {
+            waker.notify_waiters();
+        }
+    }
+
+    /// Drops the waker of `endpoint` once no request holds it any more.
+    fn release_waker(&self, endpoint: &str, waker: &Arc<Notify>) {
+        let mut wake = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+        // The map's reference and `waker`: nobody else waits.
+        if Arc::strong_count(waker) <= 2 {
+            wake.remove(endpoint);
+        }
     }
 
     fn socket(&self, registration: &Registration) -> Result<&CoapEndpoint, ServerError> {
@@ -1007,20 +1026,36 @@ impl Inner {
 
     /// Waits until a queue-mode device is reachable (Transport Binding §6.4.5).
     async fn reachable(&self, endpoint: &str) -> Result<Registration, ServerError> {
-        let deadline = tokio::time::Instant::now() + self.config.queue_timeout;
-        loop {
-            let waker = self.waker(endpoint);
-            let woken = waker.notified();
-            let registration = self
-                .registry
+        let registration = |this: &Self| {
+            this.registry
                 .read()
                 .ok()
                 .and_then(|r| r.by_endpoint(endpoint))
-                .ok_or_else(|| ServerError::UnknownEndpoint(endpoint.into()))?;
+                .ok_or_else(|| ServerError::UnknownEndpoint(endpoint.into()))
+        };
+        let awake = |registration: &Registration| {
             let awake_until =
                 registration.last_update_ms + self.config.awake_window.as_millis() as u64;
-            if !registration.queue_mode || unix_millis() < awake_until {
-                return Ok(registration);
+            !registration.queue_mode || unix_millis() < awake_until
+        };
+        // Most requests go to a device that is awake: no waker for them.
+        let first = registration(self)?;
+        if awake(&first) {
+            return Ok(first);
+        }
+        let deadline = tokio::time::Instant::now() + self.config.queue_timeout;
+        let waker = WakerGuard {
+            inner: self,
+            endpoint,
+            waker: self.waker(endpoint),
+        };
+        loop {
+            // Registered before the registry is read again, so that a wake-up in between is
+            // not lost.
+            let woken = waker.waker.notified();
+            let current = registration(self)?;
+            if awake(&current) {
+                return Ok(current);
             }
             self.publish(ServerEvent::RequestQueued {
                 endpoint: endpoint.into(),
@@ -1081,7 +1116,7 @@ impl Inner {
         let sink = Arc::new(ObservationSink {
             inner: Arc::downgrade(self),
             endpoint: endpoint.into(),
-            request,
+            request: ObservedRequest::new(request),
             record: Some(record_id.clone().into()),
             subscriber,
         });
@@ -1093,7 +1128,7 @@ impl Inner {
         .map_err(|_| ServerError::Timeout(timeout))??;
         let decoded = CoapResponse::from_message(&first)
             .map_err(ServerError::from)
-            .and_then(|coap| Ok(sink.request.decode_response(&coap, &models)?));
+            .and_then(|coap| Ok(sink.request.get().decode_response(&coap, &models)?));
         let response = match decoded {
             Ok(response) => response,
             Err(error) => {
@@ -1307,7 +1342,7 @@ impl Inner {
             .map_err(|_| internal())?
             .insert(record.clone());
         tracing::info!(endpoint = %record.endpoint, id = %record.id, %peer, "registered");
-        self.waker(&record.endpoint).notify_waiters();
+        self.wake(&record.endpoint);
         let id = record.id.clone();
         self.publish(ServerEvent::Registered(record));
         let mut response = Message::response(Code::CREATED);
@@ -1380,7 +1415,7 @@ impl Inner {
             .map_err(|_| internal())?
             .insert(updated.clone());
         tracing::debug!(endpoint = %updated.endpoint, "registration updated");
-        self.waker(&updated.endpoint).notify_waiters();
+        self.wake(&updated.endpoint);
         self.publish(ServerEvent::Updated(updated));
         Ok(Message::response(Code::CHANGED))
     }
@@ -1464,6 +1499,19 @@ fn error_message(code: ResponseCode, diagnostic: &str) -> Message {
     message
 }
 
+/// A request's hold on the waker of a queue-mode device; the last one removes it.
+struct WakerGuard<'a> {
+    inner: &'a Inner,
+    endpoint: &'a str,
+    waker: Arc<Notify>,
+}
+
+impl Drop for WakerGuard<'_> {
+    fn drop(&mut self) {
+        self.inner.release_waker(self.endpoint, &self.waker);
+    }
+}
+
 fn unreachable_observe() -> ! {
     unreachable!("only Observe and Observe-Composite requests are observations")
 }
@@ -1476,13 +1524,42 @@ enum Subscriber {
     Nodes(Arc<Mailbox<BTreeMap<LwM2mPath, LwM2mNode>>>),
 }
 
+/// The request of an observation, kept for as long as it lasts: a single-path Observe (the
+/// common case) as its path and format, anything else boxed.
+enum ObservedRequest {
+    Observe {
+        path: LwM2mPath,
+        accept: Option<cairn_coap::ContentFormat>,
+    },
+    Other(Box<ServerRequest>),
+}
+
+impl ObservedRequest {
+    fn new(request: ServerRequest) -> Self {
+        match request {
+            ServerRequest::Observe { path, accept } => Self::Observe { path, accept },
+            other => Self::Other(Box::new(other)),
+        }
+    }
+
+    fn get(&self) -> std::borrow::Cow<'_, ServerRequest> {
+        match self {
+            Self::Observe { path, accept } => std::borrow::Cow::Owned(ServerRequest::Observe {
+                path: *path,
+                accept: *accept,
+            }),
+            Self::Other(request) => std::borrow::Cow::Borrowed(request),
+        }
+    }
+}
+
 /// Where the notifications of one observation go: decoded on the socket's task, published on
 /// the event bus and handed to the subscriber. No task or channel per observation.
 struct ObservationSink {
     inner: std::sync::Weak<Inner>,
     endpoint: Box<str>,
     /// The Observe or Observe-Composite request, to decode the notifications.
-    request: ServerRequest,
+    request: ObservedRequest,
     /// The observation's id in the store.
     record: Option<Box<str>>,
     subscriber: Subscriber,
@@ -1498,7 +1575,7 @@ impl ObservationSink {
             .unwrap_or_default();
         let models = inner.config.models.for_versions(&versions);
         let coap = CoapResponse::from_message(message)?;
-        let response = success(self.request.decode_response(&coap, &models)?)?;
+        let response = success(self.request.get().decode_response(&coap, &models)?)?;
         Ok(response.content)
     }
 }
@@ -1525,7 +1602,7 @@ impl cairn_transport::NotificationSink for ObservationSink {
         };
         match content {
             ResponseContent::Node(node) => {
-                let path = self.request.path().unwrap_or(LwM2mPath::Root);
+                let path = self.request.get().path().unwrap_or(LwM2mPath::Root);
                 inner.publish(ServerEvent::Notification {
                     endpoint: self.endpoint.to_string(),
                     path,
@@ -1635,7 +1712,7 @@ async fn restore_observations(inner: &Arc<Inner>) {
             let sink = Arc::new(ObservationSink {
                 inner: Arc::downgrade(inner),
                 endpoint: registration.endpoint.as_str().into(),
-                request,
+                request: ObservedRequest::new(request),
                 record: Some(record.id.into()),
                 subscriber: Subscriber::None,
             });

@@ -128,30 +128,33 @@ enum Identity {
     X509(Box<str>),
 }
 
-/// A short text that is usually one of a few known values.
+/// A short text that is usually one of a few known values: an index into [`KNOWN`] (so the
+/// whole is as large as a boxed string, not a boxed string and a tag).
 enum Text {
-    Known(&'static str),
+    Known(u8),
     Other(Box<str>),
 }
 
 impl Text {
-    fn new(text: String, known: &[&'static str]) -> Text {
-        match known.iter().find(|k| **k == text) {
-            Some(k) => Text::Known(k),
+    fn new(text: String) -> Text {
+        match KNOWN.iter().position(|k| *k == text) {
+            Some(index) => Text::Known(index as u8),
             None => Text::Other(text.into_boxed_str()),
         }
     }
 
     fn as_str(&self) -> &str {
         match self {
-            Text::Known(text) => text,
+            Text::Known(index) => KNOWN.get(usize::from(*index)).copied().unwrap_or(""),
             Text::Other(text) => text,
         }
     }
 }
 
-const VERSIONS: &[&str] = &["1.0", "1.1", "1.2"];
-const BINDINGS: &[&str] = &["U", "UQ", "T", "TQ", "S", "N", "US", "UQS"];
+/// LwM2M versions and bindings.
+const KNOWN: &[&str] = &[
+    "1.0", "1.1", "1.2", "U", "UQ", "T", "TQ", "S", "N", "US", "UQS",
+];
 
 impl Entry {
     fn new(registration: Registration) -> Entry {
@@ -166,8 +169,8 @@ impl Entry {
                 PeerIdentity::X509(name) => Identity::X509(name.into_boxed_str()),
             },
             sms_number: registration.sms_number.map(String::into_boxed_str),
-            lwm2m_version: Text::new(registration.lwm2m_version, VERSIONS),
-            binding: Text::new(registration.binding, BINDINGS),
+            lwm2m_version: Text::new(registration.lwm2m_version),
+            binding: Text::new(registration.binding),
             peer_address: registration.peer_address,
             registered_at_ms: registration.registered_at_ms,
             last_update_ms: registration.last_update_ms,
@@ -386,6 +389,20 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+
+    #[test]
+    fn entry_is_compact() {
+        assert_eq!(std::mem::size_of::<Text>(), 16);
+        assert!(
+            std::mem::size_of::<Option<Entry>>() <= 176,
+            "{}",
+            std::mem::size_of::<Option<Entry>>()
+        );
+        let text = Text::new("UQ".to_owned());
+        assert!(matches!(text, Text::Known(_)));
+        assert_eq!(text.as_str(), "UQ");
+        assert_eq!(Text::new("1.3".to_owned()).as_str(), "1.3");
+    }
 
     pub(crate) fn registration(id: &str, endpoint: &str, port: u16) -> Registration {
         Registration {

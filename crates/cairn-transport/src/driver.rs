@@ -261,7 +261,7 @@ impl Driver {
                     message,
                     observe,
                 } => {
-                    let identity = self.identities.get(&peer).cloned();
+                    let identity = self.layer.identity(peer);
                     let request = Request {
                         peer,
                         message,

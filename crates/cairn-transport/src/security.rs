@@ -5,7 +5,7 @@
 //! messages to the endpoint; CoAP transmits go through [`Layer::send`], which encrypts them
 //! (a client queues them while it connects).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,20 +33,14 @@ pub enum Security {
     },
 }
 
-/// The authenticated identity of each peer with a DTLS session, and the peers that moved
-/// since the driver last looked.
+/// What the DTLS layer reports to the driver: the peers that moved since the driver last
+/// looked, and the servers whose session a client lost. (A peer's identity lives in its DTLS
+/// session, see [`Layer::identity`].)
 #[derive(Default)]
 pub(crate) struct Identities {
-    by_peer: HashMap<SocketAddr, Arc<[u8]>>,
     pub(crate) moved: Vec<(SocketAddr, SocketAddr)>,
     /// Servers whose session a client lost: requests to them fail at once.
     pub(crate) failed: Vec<SocketAddr>,
-}
-
-impl Identities {
-    pub(crate) fn get(&self, peer: &SocketAddr) -> Option<&Arc<[u8]>> {
-        self.by_peer.get(peer)
-    }
 }
 
 pub(crate) enum Layer {
@@ -58,6 +52,8 @@ pub(crate) enum Layer {
 pub(crate) struct ClientSide {
     endpoint: ClientEndpoint,
     server: SocketAddr,
+    /// The identity of the session with the server, while it is up.
+    identity: Option<Arc<[u8]>>,
     pending: VecDeque<Vec<u8>>,
     connecting: bool,
 }
@@ -78,6 +74,7 @@ impl Layer {
             Security::DtlsClient { config, server } => Layer::Client(Box::new(ClientSide {
                 endpoint: ClientEndpoint::new(config, rng(), server).map_err(invalid)?,
                 server,
+                identity: None,
                 pending: VecDeque::new(),
                 connecting: false,
             })),
@@ -106,6 +103,16 @@ impl Layer {
                 client.endpoint.handle(now, from, datagram);
                 self.drain(now, coap, identities, outbox);
             }
+        }
+    }
+
+    /// The authenticated identity of `peer`'s DTLS session, if it has one.
+    pub(crate) fn identity(&self, peer: SocketAddr) -> Option<Arc<[u8]>> {
+        match self {
+            Layer::Plain => None,
+            Layer::Server(server) => server.identity(peer),
+            Layer::Client(client) if peer == client.server => client.identity.clone(),
+            Layer::Client(_) => None,
         }
     }
 
@@ -192,8 +199,8 @@ impl Layer {
                     resumed,
                 } => {
                     tracing::debug!(%peer, resumed, "DTLS session established");
-                    identities.by_peer.insert(peer, identity.into());
                     if let Layer::Client(client) = self {
+                        client.identity = Some(identity.into());
                         client.connecting = false;
                         while let Some(payload) = client.pending.pop_front() {
                             if let Err(error) = client.endpoint.send(now, client.server, &payload) {
@@ -204,8 +211,8 @@ impl Layer {
                 }
                 DtlsEvent::Closed { peer, reason } => {
                     tracing::debug!(%peer, ?reason, "DTLS session closed");
-                    identities.by_peer.remove(&peer);
                     if let Layer::Client(client) = self {
+                        client.identity = None;
                         client.connecting = false;
                         client.pending.clear();
                         identities.failed.push(peer);
@@ -213,9 +220,6 @@ impl Layer {
                 }
                 DtlsEvent::PeerMoved { old, new } => {
                     tracing::debug!(%old, %new, "DTLS peer moved");
-                    if let Some(identity) = identities.by_peer.remove(&old) {
-                        identities.by_peer.insert(new, identity);
-                    }
                     identities.moved.push((old, new));
                 }
             }

@@ -23,6 +23,7 @@ use clap::{Parser, Subcommand};
 /// mimalloc instead of the C library's allocator: a server holding many small per-device
 /// records fragments glibc's arenas, and mimalloc gives freed pages back (docs/benchmarks.md
 /// has the figures).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -28,7 +28,7 @@ pub struct ServerArgs {
     /// TOML file with any of the settings below (`data_dir`, `coap_listen`, `dtls_listen`,
     /// `request_timeout_s`, `queue_timeout_s`, `models_dir`, `cert`, `key`, `ca`, `crl`,
     /// `web_listen`, `no_web`, `web_tls_cert`, `web_tls_key`, `web_public_url`,
-    /// `telemetry_retention_days`).
+    /// `telemetry_retention_days`, `bootstrap_ca`).
     #[arg(long, env = "CAIRN_CONFIG")]
     config: Option<PathBuf>,
     /// Where the embedded store lives (default ./cairn-data).
@@ -77,6 +77,11 @@ pub struct ServerArgs {
     /// Do not run the Bootstrap-Server.
     #[arg(long, env = "CAIRN_NO_BOOTSTRAP")]
     no_bootstrap: bool,
+    /// Cairn's CA for the certificate-mode credentials the Bootstrap-Server generates. Without
+    /// --key, the DM listener's key and certificate (DATA_DIR/dm-server.key, .pem) are issued
+    /// by it on first start.
+    #[command(flatten)]
+    bootstrap_ca: crate::bootstrap_cmd::CaArgs,
 }
 
 /// The certificate mode of the DTLS listener from `--cert`, `--key`, `--ca` and `--crl`,
@@ -175,6 +180,45 @@ struct FileConfig {
     web_tls_key: Option<PathBuf>,
     web_public_url: Option<String>,
     telemetry_retention_days: Option<u64>,
+    bootstrap_ca: Option<PathBuf>,
+}
+
+/// The DM listener's certificate credentials for the Bootstrap-Server's generated
+/// certificate-mode credentials: the given ones (`--key`), with Cairn's CA among the trust
+/// anchors so the certificates it issues are accepted, or else a key and certificate issued by
+/// Cairn's CA in the data directory (created on first start).
+fn bootstrap_device_certificates(
+    certificates: Option<DeviceCertificates>,
+    data_dir: &Path,
+    ca_dir: &Path,
+) -> anyhow::Result<DeviceCertificates> {
+    if crate::keys_cmd::ensure_ca(ca_dir, "Cairn CA")? {
+        eprintln!("cairn server: created Cairn's CA in {}", ca_dir.display());
+    }
+    let ca_der = std::fs::read(ca_dir.join("ca.der"))
+        .with_context(|| format!("cannot read {}/ca.der", ca_dir.display()))?;
+    let mut certificates = match certificates {
+        Some(certificates) => certificates,
+        None => {
+            std::fs::create_dir_all(data_dir)?;
+            let prefix = data_dir.join("dm-server");
+            crate::keys_cmd::ensure_server_certificate(ca_dir, &prefix, "cairn-dm-server")?;
+            let read = |extension: &str| {
+                let path = prefix.with_extension(extension);
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
+            };
+            DeviceCertificates {
+                credentials: Credentials::from_pem(&read("pem")?, &read("key")?)
+                    .context("the DM server's certificate")?,
+                trust_anchors: Vec::new(),
+                crls: Vec::new(),
+            }
+        }
+    };
+    if !certificates.trust_anchors.contains(&ca_der) {
+        certificates.trust_anchors.push(ca_der);
+    }
+    Ok(certificates)
 }
 
 /// The web listener's settings, resolved from flags, environment and the config file.
@@ -316,7 +360,25 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         tracing::info!(count, dir = %dir.display(), "object models loaded");
         config.models = std::sync::Arc::new(models);
     }
-    config.certificates = certificates;
+    let mut bootstrap_ca = args.bootstrap_ca;
+    bootstrap_ca.dir = bootstrap_ca
+        .dir
+        .or(file.bootstrap_ca)
+        .or_else(|| Some(data_dir.join("ca")));
+    let bootstrap_certificates = if args.no_bootstrap {
+        config.certificates = certificates;
+        None
+    } else {
+        let ca_dir = bootstrap_ca.dir.clone().unwrap_or_default();
+        let certificates = bootstrap_device_certificates(certificates, &data_dir, &ca_dir)?;
+        let server_public_key = certificates.credentials.key.subject_public_key_info();
+        config.certificates = Some(certificates);
+        Some(crate::bootstrap_cmd::dm_certificates(
+            &data_dir,
+            &bootstrap_ca,
+            Some(server_public_key),
+        )?)
+    };
     let bootstrap_settings =
         (!args.no_bootstrap).then_some((args.bootstrap_coap_listen, args.bootstrap_dtls_listen));
     let no_coap = args.no_coap || file.no_coap.unwrap_or(false);
@@ -345,8 +407,11 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             } else {
                 coap.or(defaults.coap_listen)
             };
+            let mut bootstrap_config =
+                crate::bootstrap_cmd::server_config(coap, dtls.or(defaults.dtls_listen));
+            bootstrap_config.certificates = bootstrap_certificates;
             let bootstrap = cairn_server::bootstrap::BootstrapServer::start(
-                crate::bootstrap_cmd::server_config(coap, dtls.or(defaults.dtls_listen)),
+                bootstrap_config,
                 cairn_server::bootstrap::BootstrapStores::embedded(store.clone()),
             )
             .await?;

@@ -173,7 +173,9 @@ pub fn generate_dm_credential(
     match kind {
         CredentialKind::Psk => generate_psk("cairn-dm-"),
         CredentialKind::Rpk => {
-            certificates.ok_or_else(unsupported)?;
+            certificates
+                .filter(|c| !c.server_public_key.is_empty())
+                .ok_or_else(unsupported)?;
             let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
                 .map_err(|e| CredentialError::Random(e.to_string()))?;
             Ok(PskCredential {

@@ -258,3 +258,112 @@ async fn a_factory_psk_device_bootstraps_to_a_raw_public_key_and_rotation_refuse
     servers.bootstrap.shutdown().await;
     servers.dm.shutdown().await;
 }
+
+/// Waits until the device's DM credential is proven; returns it.
+async fn proven_dm(servers: &Servers, endpoint: &str) -> cairn_store::DmCredential {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let stored = servers.store.get_device_credentials(endpoint).await;
+            let dm = stored.unwrap().unwrap().dm.unwrap();
+            if dm.proven {
+                return dm;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the credential is proven")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_older_than_the_scheduled_age_are_rotated() {
+    let servers = start(CredentialKind::Rpk).await;
+    let resolver = TransitionalRawPublicKeys(servers.store.clone());
+    let mut devices = Vec::new();
+    let mut vaults = Vec::new();
+    for name in ["dev-a", "dev-b"] {
+        let vault_dir = tempfile::tempdir().unwrap();
+        provision(&servers, name, vault_dir.path()).await;
+        let mut device = spawn_device(vault_dir.path());
+        wait_registered(&mut device).await;
+        devices.push(device);
+        vaults.push(vault_dir);
+    }
+    let mut first = Vec::new();
+    for name in ["dev-a", "dev-b"] {
+        first.push(proven_dm(&servers, name).await);
+    }
+    let schedule = cairn_server::bootstrap::RotationSchedule {
+        max_age: Duration::from_secs(3600),
+        interval: Duration::from_secs(60),
+        wait: Duration::from_secs(20),
+    };
+    let now = first[1].issued_at_ms + 1000;
+    // Not old enough yet: nothing is due, nothing happens.
+    assert!(
+        servers
+            .bootstrap
+            .credentials_due(schedule.max_age, now)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        servers
+            .bootstrap
+            .rotate_due(&servers.dm, &schedule, now)
+            .await
+            .unwrap(),
+        None
+    );
+    // Two hours later (a clock the test controls) both are due and rotated.
+    let later = now + 2 * 3600 * 1000;
+    let mut due = servers
+        .bootstrap
+        .credentials_due(schedule.max_age, later)
+        .await
+        .unwrap();
+    due.sort();
+    assert_eq!(due, ["dev-a", "dev-b"]);
+    let report = servers
+        .bootstrap
+        .rotate_due(&servers.dm, &schedule, later)
+        .await
+        .unwrap()
+        .expect("devices were due");
+    let mut rotated = report.rotated.clone();
+    rotated.sort();
+    assert_eq!(rotated, ["dev-a", "dev-b"], "{report:?}");
+    assert!(report.pending.is_empty() && report.failed.is_empty());
+    for ((name, old), vault) in ["dev-a", "dev-b"].iter().zip(&first).zip(&vaults) {
+        let new = proven_dm(&servers, name).await;
+        assert!(new.issued_at_ms >= old.issued_at_ms);
+        assert_ne!(new.current.identity, old.current.identity);
+        assert_eq!(dm_account(vault.path()).1, new.current.identity);
+        assert!(
+            resolver.identity(&old.current.identity).is_none(),
+            "the aged key is refused"
+        );
+    }
+    // The fresh credentials are not due now.
+    assert!(
+        servers
+            .bootstrap
+            .credentials_due(schedule.max_age, unix_now_ms())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for device in devices {
+        stop(device).await;
+    }
+    servers.bootstrap.shutdown().await;
+    servers.dm.shutdown().await;
+}
+
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}

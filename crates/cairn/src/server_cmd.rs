@@ -28,7 +28,7 @@ pub struct ServerArgs {
     /// TOML file with any of the settings below (`data_dir`, `coap_listen`, `dtls_listen`,
     /// `request_timeout_s`, `queue_timeout_s`, `models_dir`, `cert`, `key`, `ca`, `crl`,
     /// `web_listen`, `no_web`, `web_tls_cert`, `web_tls_key`, `web_public_url`,
-    /// `telemetry_retention_days`, `bootstrap_ca`).
+    /// `telemetry_retention_days`, `bootstrap_ca`, `rotate_after`).
     #[arg(long, env = "CAIRN_CONFIG")]
     config: Option<PathBuf>,
     /// Where the embedded store lives (default ./cairn-data).
@@ -82,6 +82,35 @@ pub struct ServerArgs {
     /// by it on first start.
     #[command(flatten)]
     bootstrap_ca: crate::bootstrap_cmd::CaArgs,
+    /// Rotate device-management credentials older than this (e.g. `90d`, `12h`, `30m`,
+    /// `45s`), as `cairn keys rotate` does; reports go to DATA_DIR/rotation/reports. Off by
+    /// default.
+    #[arg(long, env = "CAIRN_ROTATE_AFTER", value_parser = parse_age)]
+    rotate_after: Option<Duration>,
+}
+
+/// A duration as a number and a unit: `d`, `h`, `m` or `s`.
+fn parse_age(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?}: give a unit (d, h, m or s), e.g. 90d"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: not a number followed by a unit"))?;
+    let seconds = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        "s" => 1,
+        _ => return Err(format!("{text:?}: the unit is d, h, m or s")),
+    };
+    let age = Duration::from_secs(number.saturating_mul(seconds));
+    if age.is_zero() {
+        return Err("the age must be positive".into());
+    }
+    Ok(age)
 }
 
 /// The certificate mode of the DTLS listener from `--cert`, `--key`, `--ca` and `--crl`,
@@ -181,6 +210,7 @@ struct FileConfig {
     web_public_url: Option<String>,
     telemetry_retention_days: Option<u64>,
     bootstrap_ca: Option<PathBuf>,
+    rotate_after: Option<String>,
 }
 
 /// The DM listener's certificate credentials for the Bootstrap-Server's generated
@@ -360,6 +390,17 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         tracing::info!(count, dir = %dir.display(), "object models loaded");
         config.models = std::sync::Arc::new(models);
     }
+    let rotate_after = match (args.rotate_after, &file.rotate_after) {
+        (Some(age), _) => Some(age),
+        (None, Some(text)) => {
+            Some(parse_age(text).map_err(|e| anyhow::anyhow!("rotate_after: {e}"))?)
+        }
+        (None, None) => None,
+    };
+    anyhow::ensure!(
+        rotate_after.is_none() || !args.no_bootstrap,
+        "--rotate-after needs the Bootstrap-Server (drop --no-bootstrap)"
+    );
     let mut bootstrap_ca = args.bootstrap_ca;
     bootstrap_ca.dir = bootstrap_ca
         .dir
@@ -418,6 +459,15 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             bootstrap.follow(&server);
             if let Some(web) = &web {
                 web.set_bootstrap(bootstrap.clone());
+            }
+            if let Some(age) = rotate_after {
+                eprintln!("cairn server: credentials older than {age:?} are rotated");
+                let reports = data_dir.clone();
+                bootstrap.schedule_rotation(
+                    &server,
+                    cairn_server::bootstrap::RotationSchedule::after(age),
+                    move |report| crate::rotate_cmd::scheduled_report(&reports, report),
+                );
             }
             tokio::spawn(crate::rotate_cmd::serve_requests(
                 data_dir.clone(),
@@ -686,4 +736,20 @@ pub fn run_device(args: DeviceArgs) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_take_a_number_and_a_unit() {
+        assert_eq!(parse_age("90d"), Ok(Duration::from_secs(90 * 86_400)));
+        assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3_600)));
+        assert_eq!(parse_age("30m"), Ok(Duration::from_secs(1_800)));
+        assert_eq!(parse_age("45s"), Ok(Duration::from_secs(45)));
+        for wrong in ["90", "d", "0d", "5w", "-1d", "1.5d", ""] {
+            assert!(parse_age(wrong).is_err(), "{wrong}");
+        }
+    }
 }

@@ -558,3 +558,50 @@ fn a_fleet_bootstraps_to_raw_public_keys_through_the_cli() {
         assert!(line.contains("dm_credential=in use"), "{status}");
     }
 }
+
+/// The number of devices rotated by the scheduled rotations so far, and whether any failed.
+fn scheduled_rotations(data: &Path) -> (usize, bool) {
+    let Ok(entries) = std::fs::read_dir(data.join("rotation/reports")) else {
+        return (0, false);
+    };
+    let mut rotated = 0;
+    let mut failed = false;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("scheduled-") && name.ends_with(".toml")) {
+            continue;
+        }
+        let report: toml::Table = std::fs::read_to_string(entry.path())
+            .unwrap()
+            .parse()
+            .unwrap();
+        rotated += report["rotated"].as_array().unwrap().len();
+        failed |= !report["failed"].as_array().unwrap().is_empty();
+    }
+    (rotated, failed)
+}
+
+#[test]
+fn credentials_older_than_rotate_after_are_rotated_by_the_server() {
+    let work = tempfile::tempdir().unwrap();
+    let (dm_port, bs_port) = factory_with_template(work.path(), 3, "rpk");
+    let server = spawn_server(work.path(), dm_port, bs_port, &["--rotate-after", "6s"]);
+    let fleet = spawn_fleet(work.path(), 3);
+    wait_fleet_registered(work.path(), 3);
+    let state_dir = work.path().join("device-state");
+    let first = dm_modes(&state_dir, 3).expect("DM accounts");
+    let data = work.path().join("data");
+    assert_eq!(scheduled_rotations(&data).0, 0, "rotated before its age");
+    // Past the age, every device is given a fresh key pair, and the reports say so.
+    let rotated = support::wait_until(std::time::Duration::from_secs(40), || {
+        dm_modes(&state_dir, 3).is_some_and(|now| {
+            now.iter()
+                .zip(&first)
+                .all(|((mode, key), (_, old))| *mode == 1 && key != old)
+        }) && scheduled_rotations(&data).0 >= 3
+    });
+    assert!(rotated, "the credentials were not rotated by age");
+    assert!(!scheduled_rotations(&data).1, "a scheduled rotation failed");
+    drop(fleet);
+    drop(server);
+}

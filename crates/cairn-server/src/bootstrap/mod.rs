@@ -18,6 +18,7 @@
 //! [`BootstrapServer::follow`] observes to retire the old credentials.
 
 pub mod credentials;
+mod schedule;
 pub mod security;
 mod session;
 pub mod summary;
@@ -39,6 +40,7 @@ use tokio::sync::broadcast;
 use crate::{LwM2mServer, ServerError, ServerEvent, unix_millis};
 
 pub use credentials::CredentialError;
+pub use schedule::{RotationSchedule, is_due};
 
 /// The largest Bootstrap-Request payload accepted (the request has none).
 const MAX_REQUEST_PAYLOAD: usize = 64;
@@ -148,6 +150,9 @@ struct Inner {
     /// The running sequence of each endpoint and its number.
     sessions: Mutex<HashMap<String, (u64, tokio::task::AbortHandle)>>,
     next_session: std::sync::atomic::AtomicU64,
+    /// Endpoints marked for rotation since this server started and not bootstrapped since:
+    /// their next Update triggers the rotation (a registration checks the store).
+    rotation_marked: Mutex<std::collections::HashSet<String>>,
 }
 
 /// A running Bootstrap-Server.
@@ -220,6 +225,7 @@ impl BootstrapServer {
             credentials: EndpointLocks::new(),
             sessions: Mutex::new(HashMap::new()),
             next_session: std::sync::atomic::AtomicU64::new(0),
+            rotation_marked: Mutex::new(std::collections::HashSet::new()),
         });
         let _ = slot.set(Arc::downgrade(&inner));
         Ok(BootstrapServer { inner })
@@ -272,6 +278,18 @@ impl BootstrapServer {
                         // proofs of many devices share one.
                         tokio::spawn(on_registered(inner, server.clone(), registration));
                     }
+                    Ok(ServerEvent::Updated(registration)) => {
+                        let Some(inner) = inner.upgrade() else {
+                            return;
+                        };
+                        let marked = inner
+                            .rotation_marked
+                            .lock()
+                            .is_ok_and(|marked| marked.contains(&registration.endpoint));
+                        if marked {
+                            tokio::spawn(trigger_rotation(server.clone(), registration));
+                        }
+                    }
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) => sweep = true,
                     Err(broadcast::error::RecvError::Closed) => return,
@@ -299,6 +317,9 @@ impl BootstrapServer {
             .bootstrap
             .put_device_credentials(device)
             .await?;
+        if let Ok(mut marked) = self.inner.rotation_marked.lock() {
+            marked.insert(endpoint.to_owned());
+        }
         Ok(true)
     }
 
@@ -414,13 +435,18 @@ async fn on_registered(
         .is_some_and(|d| d.status.rotation_requested);
     drop(inner);
     if rotation_requested {
-        let trigger = bootstrap_trigger(&registration);
-        if let Err(error) = server
-            .execute(&registration.endpoint, trigger, Vec::new())
-            .await
-        {
-            tracing::warn!(endpoint = %registration.endpoint, %error, "cannot trigger a pending rotation");
-        }
+        trigger_rotation(server, registration).await;
+    }
+}
+
+/// Asks a device marked for rotation to bootstrap again.
+async fn trigger_rotation(server: LwM2mServer, registration: cairn_store::Registration) {
+    let trigger = bootstrap_trigger(&registration);
+    if let Err(error) = server
+        .execute(&registration.endpoint, trigger, Vec::new())
+        .await
+    {
+        tracing::warn!(endpoint = %registration.endpoint, %error, "cannot trigger a pending rotation");
     }
 }
 
@@ -653,6 +679,9 @@ impl Inner {
             mode: credentials::security_mode(dm.kind, &dm.current),
             created_at_ms: unix_millis(),
         });
+        if let Ok(mut marked) = self.rotation_marked.lock() {
+            marked.remove(&updated.endpoint);
+        }
         let stores = &self.stores;
         match security {
             Some(security) if stores.security_in_bootstrap_store => stores

@@ -45,6 +45,18 @@ pub use schedule::{RotationSchedule, is_due};
 /// The largest Bootstrap-Request payload accepted (the request has none).
 const MAX_REQUEST_PAYLOAD: usize = 64;
 
+/// Devices a rotation asks at once (store writes and Execute requests in flight).
+pub const ROTATION_CONCURRENCY: usize = 64;
+
+/// What asking one device to rotate did.
+enum Asked {
+    /// The Bootstrap-Request Trigger was executed.
+    Triggered,
+    /// Marked; it is asked when it next registers.
+    NotRegistered,
+    Failed(String),
+}
+
 /// Bootstrap-Server settings.
 #[derive(Clone)]
 pub struct BootstrapServerConfig {
@@ -324,8 +336,9 @@ impl BootstrapServer {
     }
 
     /// Rotates the credentials of registered devices: marks each for rotation, executes the
-    /// Bootstrap-Request Trigger (/1/x/9) through the DM server, and waits up to `wait` for each
-    /// device to register with fresh credentials (its previous ones are refused from then on).
+    /// Bootstrap-Request Trigger (/1/x/9) through the DM server (up to
+    /// [`ROTATION_CONCURRENCY`] devices at once), and waits up to `wait` for each device to
+    /// register with fresh credentials (its previous ones are refused from then on).
     pub async fn rotate(
         &self,
         server: &LwM2mServer,
@@ -333,48 +346,109 @@ impl BootstrapServer {
         wait: Duration,
     ) -> RotationReport {
         let mut events = self.events();
+        let started_ms = unix_millis();
         let mut report = RotationReport::default();
+        let permits = Arc::new(tokio::sync::Semaphore::new(ROTATION_CONCURRENCY));
+        let asks: Vec<_> = endpoints
+            .iter()
+            .map(|endpoint| {
+                let (this, server, permits) = (self.clone(), server.clone(), permits.clone());
+                let name = endpoint.clone();
+                let task = tokio::spawn(async move {
+                    let _permit = permits.acquire_owned().await;
+                    this.ask_rotation(&server, &name).await
+                });
+                (endpoint.clone(), task)
+            })
+            .collect();
         let mut waiting = std::collections::BTreeSet::new();
-        for endpoint in endpoints {
-            match self.request_rotation(endpoint).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    report
-                        .failed
-                        .push((endpoint.clone(), "no bootstrap credentials".into()));
-                    continue;
+        for (endpoint, task) in asks {
+            match task.await {
+                Ok(Asked::Triggered) => {
+                    waiting.insert(endpoint);
                 }
-                Err(error) => {
-                    report.failed.push((endpoint.clone(), error.to_string()));
-                    continue;
-                }
-            }
-            let Some(registration) = server.registration(endpoint) else {
-                report.pending.push(endpoint.clone());
-                continue;
-            };
-            let trigger = bootstrap_trigger(&registration);
-            match server.execute(endpoint, trigger, Vec::new()).await {
-                Ok(()) => {
-                    waiting.insert(endpoint.clone());
-                }
-                Err(error) => report.failed.push((endpoint.clone(), error.to_string())),
+                Ok(Asked::NotRegistered) => report.pending.push(endpoint),
+                Ok(Asked::Failed(reason)) => report.failed.push((endpoint, reason)),
+                Err(error) => report.failed.push((endpoint, error.to_string())),
             }
         }
         let deadline = tokio::time::Instant::now() + wait;
+        // Proofs that came while the devices were asked, beyond what the event queue holds,
+        // are found in the store.
+        let mut check_store = true;
         while !waiting.is_empty() {
+            if check_store {
+                self.collect_rotated(&mut waiting, started_ms, &mut report)
+                    .await;
+                check_store = false;
+                continue;
+            }
             match tokio::time::timeout_at(deadline, events.recv()).await {
                 Ok(Ok(BootstrapEvent::CredentialsProven { endpoint })) => {
                     if waiting.remove(&endpoint) {
                         report.rotated.push(endpoint);
                     }
                 }
-                Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Ok(_)) => {}
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => check_store = true,
                 Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => break,
             }
         }
+        self.collect_rotated(&mut waiting, started_ms, &mut report)
+            .await;
         report.pending.extend(waiting);
         report
+    }
+
+    /// Marks a device for rotation and, when it is registered, asks it to bootstrap.
+    async fn ask_rotation(&self, server: &LwM2mServer, endpoint: &str) -> Asked {
+        match self.request_rotation(endpoint).await {
+            Ok(true) => {}
+            Ok(false) => return Asked::Failed("no bootstrap credentials".into()),
+            Err(error) => return Asked::Failed(error.to_string()),
+        }
+        let Some(registration) = server.registration(endpoint) else {
+            return Asked::NotRegistered;
+        };
+        match server
+            .execute(endpoint, bootstrap_trigger(&registration), Vec::new())
+            .await
+        {
+            Ok(()) => Asked::Triggered,
+            Err(error) => Asked::Failed(error.to_string()),
+        }
+    }
+
+    /// Moves from `waiting` to the report's rotated the devices whose credentials issued since
+    /// `since_ms` are proven.
+    async fn collect_rotated(
+        &self,
+        waiting: &mut std::collections::BTreeSet<String>,
+        since_ms: u64,
+        report: &mut RotationReport,
+    ) {
+        let mut done = Vec::new();
+        for endpoint in waiting.iter() {
+            let device = self
+                .inner
+                .stores
+                .bootstrap
+                .get_device_credentials(endpoint)
+                .await;
+            let rotated = device.ok().flatten().is_some_and(|device| {
+                !device.status.rotation_requested
+                    && device
+                        .dm
+                        .is_some_and(|dm| dm.proven && dm.issued_at_ms >= since_ms)
+            });
+            if rotated {
+                done.push(endpoint.clone());
+            }
+        }
+        for endpoint in done {
+            waiting.remove(&endpoint);
+            report.rotated.push(endpoint);
+        }
     }
 
     /// Stops the sockets and the running sequences.

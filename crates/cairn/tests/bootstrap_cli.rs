@@ -520,10 +520,11 @@ fn wait_fleet_registered(work: &Path, count: usize) {
     );
 }
 
-#[test]
-fn a_fleet_bootstraps_to_raw_public_keys_through_the_cli() {
+/// A fleet bootstraps from factory credentials to `credential` DM credentials (Security Mode
+/// `mode`) through `cairn server`, with the key and CA it creates in its data directory.
+fn fleet_bootstraps_to(credential: &str, mode: i64, key_len: std::ops::RangeInclusive<usize>) {
     let work = tempfile::tempdir().unwrap();
-    let (dm_port, bs_port) = factory_with_template(work.path(), 3, "rpk");
+    let (dm_port, bs_port) = factory_with_template(work.path(), 3, credential);
     let server = spawn_server(work.path(), dm_port, bs_port, &[]);
     // The DM listener's key and Cairn's CA were created in the data directory.
     for file in ["dm-server.key", "dm-server.pem", "ca/ca.key", "ca/ca.pem"] {
@@ -532,9 +533,9 @@ fn a_fleet_bootstraps_to_raw_public_keys_through_the_cli() {
     let fleet = spawn_fleet(work.path(), 3);
     wait_fleet_registered(work.path(), 3);
     let modes = dm_modes(&work.path().join("device-state"), 3).expect("DM accounts");
-    for (mode, public_key) in &modes {
-        assert_eq!(*mode, 1, "Security Mode RPK");
-        assert_eq!(public_key.len(), 91, "a P-256 SubjectPublicKeyInfo");
+    for (account_mode, identity) in &modes {
+        assert_eq!(*account_mode, mode, "Security Mode");
+        assert!(key_len.contains(&identity.len()), "{}", identity.len());
     }
     // The proofs of the registrations are recorded.
     std::thread::sleep(std::time::Duration::from_secs(1));
@@ -554,9 +555,21 @@ fn a_fleet_bootstraps_to_raw_public_keys_through_the_cli() {
             .lines()
             .find(|l| l.starts_with(&format!("dev-{n:06}")))
             .unwrap();
-        assert!(line.contains("dm_kind=rpk"), "{status}");
+        assert!(line.contains(&format!("dm_kind={credential}")), "{status}");
         assert!(line.contains("dm_credential=in use"), "{status}");
     }
+}
+
+#[test]
+fn a_fleet_bootstraps_to_raw_public_keys_through_the_cli() {
+    // A P-256 SubjectPublicKeyInfo is 91 bytes.
+    fleet_bootstraps_to("rpk", 1, 91..=91);
+}
+
+#[test]
+fn a_fleet_bootstraps_to_certificates_through_the_cli() {
+    // A certificate from Cairn's CA.
+    fleet_bootstraps_to("x509", 2, 200..=1200);
 }
 
 /// The number of devices rotated by the scheduled rotations so far, and whether any failed.

@@ -31,8 +31,8 @@ use std::time::Duration;
 use cairn_coap::{Code, ContentFormat, Message};
 use cairn_lwm2m::{ClientRequest, CoapRequest, ModelRegistry, OperationError, ResponseCode};
 use cairn_store::{
-    BootstrapSettings, BootstrapStore, CredentialKind, DeviceCredentials, DmCredentialSource,
-    EmbeddedStore, PeerIdentity, SecurityInfo, SecurityMode, SecurityStore, StoreError,
+    BootstrapSettings, BootstrapStore, CredentialKind, DeviceCredentials, EmbeddedStore,
+    PeerIdentity, SecurityInfo, SecurityMode, SecurityStore, StoreError,
 };
 use cairn_transport::{CoapEndpoint, Reply, Request, Security};
 use tokio::sync::broadcast;
@@ -257,8 +257,15 @@ impl BootstrapServer {
 
     /// The device registered with the DM server under `identity`: if that is its new
     /// credential, the previous ones are retired. Returns whether they were.
-    pub async fn registered(&self, endpoint: &str, identity: &[u8]) -> Result<bool, StoreError> {
-        self.inner.registered(endpoint, identity).await
+    pub async fn registered(
+        &self,
+        endpoint: &str,
+        identity: &PeerIdentity,
+    ) -> Result<bool, StoreError> {
+        match credential_identity(identity) {
+            Some((kind, key)) => self.inner.registered(endpoint, kind, &key).await,
+            None => Ok(false),
+        }
     }
 
     /// Watches the DM server's registrations to retire credentials once devices use the new
@@ -275,8 +282,8 @@ impl BootstrapServer {
                         let Some(inner) = inner.upgrade() else {
                             return;
                         };
-                        if let Some(identity) = credential_identity(&registration.identity) {
-                            let _ = inner.registered(&registration.endpoint, identity).await;
+                        if let Some((kind, key)) = credential_identity(&registration.identity) {
+                            let _ = inner.registered(&registration.endpoint, kind, &key).await;
                         }
                     }
                     sweep = false;
@@ -478,11 +485,16 @@ impl cairn_transport::Handler for BootstrapHandler {
     }
 }
 
-/// What identifies the credential a device registered with, as the Security object's Public
-/// Key or Identity holds it: a PSK identity or a raw public key.
-fn credential_identity(identity: &PeerIdentity) -> Option<&[u8]> {
+/// The kind and lookup key ([`cairn_store::bootstrap::lookup_key`]) of the credential a device
+/// registered with: a PSK identity, a raw public key, or a certificate's SHA-256 fingerprint
+/// (a session that carries only a certificate's common name says nothing about which one).
+fn credential_identity(identity: &PeerIdentity) -> Option<(CredentialKind, Vec<u8>)> {
     match identity {
-        PeerIdentity::Psk(identity) | PeerIdentity::Rpk(identity) => Some(identity),
+        PeerIdentity::Psk(identity) => Some((CredentialKind::Psk, identity.clone())),
+        PeerIdentity::Rpk(key) => Some((CredentialKind::Rpk, key.clone())),
+        PeerIdentity::X509Certificate { fingerprint, .. } => {
+            Some((CredentialKind::X509, fingerprint.to_vec()))
+        }
         PeerIdentity::X509(_) | PeerIdentity::Unsecured => None,
     }
 }
@@ -494,8 +506,8 @@ async fn on_registered(
     server: LwM2mServer,
     registration: cairn_store::Registration,
 ) {
-    if let Some(identity) = credential_identity(&registration.identity) {
-        if let Err(error) = inner.registered(&registration.endpoint, identity).await {
+    if let Some((kind, key)) = credential_identity(&registration.identity) {
+        if let Err(error) = inner.registered(&registration.endpoint, kind, &key).await {
             tracing::warn!(%error, "cannot record a credential proof");
         }
     }
@@ -715,16 +727,6 @@ impl Inner {
         identity: &[u8],
         settings: &BootstrapSettings,
     ) -> Result<DeviceCredentials, Refusal> {
-        if credentials::credential_server(settings).is_some_and(|server| {
-            server.credential == DmCredentialSource::Generate(CredentialKind::X509)
-        }) {
-            // The DM server sees a certificate's common name only, so it could not tell a
-            // replaced certificate from its successor: X.509 credentials are not given yet.
-            return Err((
-                ResponseCode::NOT_IMPLEMENTED,
-                "X.509 device-management credentials are not supported yet".into(),
-            ));
-        }
         let in_security_store = self
             .stores
             .security
@@ -881,7 +883,12 @@ impl Inner {
         self.publish(event);
     }
 
-    async fn registered(&self, endpoint: &str, identity: &[u8]) -> Result<bool, StoreError> {
+    async fn registered(
+        &self,
+        endpoint: &str,
+        kind: CredentialKind,
+        key: &[u8],
+    ) -> Result<bool, StoreError> {
         let _guard = self.credentials.lock(endpoint).await;
         let Some(device) = self
             .stores
@@ -891,7 +898,7 @@ impl Inner {
         else {
             return Ok(false);
         };
-        let Some(proven) = credentials::on_registration(device, identity) else {
+        let Some(proven) = credentials::on_registration(device, kind, key) else {
             return Ok(false);
         };
         self.stores.bootstrap.put_device_credentials(proven).await?;

@@ -161,6 +161,10 @@ struct Inner {
     credentials: EndpointLocks,
     /// The running sequence of each endpoint and its number.
     sessions: Mutex<HashMap<String, (u64, tokio::task::AbortHandle)>>,
+    /// The endpoint whose running sequence writes to each address. A device that gave up
+    /// leaves its address; another device (of the same host, or behind the same NAT) may get
+    /// it and connect with its own credentials, and the sequence must not write to that one.
+    session_peers: Mutex<HashMap<SocketAddr, String>>,
     next_session: std::sync::atomic::AtomicU64,
     /// Endpoints marked for rotation since this server started and not bootstrapped since:
     /// their next Update triggers the rotation (a registration checks the store).
@@ -236,6 +240,7 @@ impl BootstrapServer {
             dtls,
             credentials: EndpointLocks::new(),
             sessions: Mutex::new(HashMap::new()),
+            session_peers: Mutex::new(HashMap::new()),
             next_session: std::sync::atomic::AtomicU64::new(0),
             rotation_marked: Mutex::new(std::collections::HashSet::new()),
         });
@@ -818,10 +823,20 @@ impl Inner {
                 certificates: this.config.certificates.as_deref(),
             };
             let outcome = session::run(&exchange, format, &settings, device.as_ref()).await;
-            this.finish_session(&name, number, device.is_some(), outcome)
+            this.finish_session(&name, peer, number, device.is_some(), outcome)
                 .await;
         });
+        let displaced = self
+            .session_peers
+            .lock()
+            .ok()
+            .and_then(|mut peers| peers.insert(peer, endpoint.clone()))
+            .filter(|other| *other != endpoint);
         if let Ok(mut sessions) = self.sessions.lock() {
+            if let Some((_, stale)) = displaced.and_then(|other| sessions.remove(&other)) {
+                // Another device now speaks from the address this sequence writes to.
+                stale.abort();
+            }
             if let Some((_, previous)) = sessions.insert(endpoint, (number, task.abort_handle())) {
                 // The device started over (it restarted mid-sequence).
                 previous.abort();
@@ -832,6 +847,7 @@ impl Inner {
     async fn finish_session(
         &self,
         endpoint: &str,
+        peer: SocketAddr,
         number: u64,
         has_credentials: bool,
         outcome: session::Outcome,
@@ -878,6 +894,11 @@ impl Inner {
         if let Ok(mut sessions) = self.sessions.lock() {
             if sessions.get(endpoint).is_some_and(|(n, _)| *n == number) {
                 sessions.remove(endpoint);
+                if let Ok(mut peers) = self.session_peers.lock() {
+                    if peers.get(&peer).is_some_and(|owner| owner == endpoint) {
+                        peers.remove(&peer);
+                    }
+                }
             }
         }
         self.publish(event);

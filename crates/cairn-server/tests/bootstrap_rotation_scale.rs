@@ -4,8 +4,9 @@
 //! says all of them rotated (none pending, none failed), and a sample of the replaced
 //! credentials is refused by the DM server's DTLS handshake while the new ones are accepted.
 //!
-//! N is `CAIRN_ROTATION_DEVICES` (default 2,000, which a debug build runs in about a minute
-//! on two cores); `CAIRN_ROTATION_DEVICES=10000` in a release build is the full-size check.
+//! N is `CAIRN_ROTATION_DEVICES`: default 2,000 (13–35 s in a debug build on two cores);
+//! 10,000, the full-size check, takes about 20 s in a release build and 2 to 4 minutes in a
+//! debug build (docs/benchmarks.md).
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -91,8 +92,8 @@ async fn handshake_passes(dm: SocketAddr, credential: &PskCredential) -> bool {
     matches!(answer, Ok(Ok(_)))
 }
 
-// Heavy: thousands of devices and DTLS handshakes (about a minute in a debug build with the
-// default 2,000 devices); run with `cargo nextest run --run-ignored only`.
+// Heavy: thousands of devices and DTLS handshakes (up to 35 s in a debug build with the default
+// 2,000 devices); run with `cargo nextest run --run-ignored only`.
 #[ignore]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_every_device_of_a_large_fleet_refuses_the_old_credentials() {

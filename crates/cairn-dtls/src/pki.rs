@@ -252,6 +252,8 @@ pub struct X509Verifier {
     usage: Option<(CertificateUsage, Vec<u8>)>,
     cache: Mutex<ChainCache>,
     identity_prefix: Vec<u8>,
+    /// Put the end entity's SHA-256 fingerprint between the prefix and the common name.
+    fingerprint_in_identity: bool,
 }
 
 /// Validated chains by the SHA-256 of what was validated, oldest evicted first.
@@ -321,6 +323,7 @@ impl X509Verifier {
                 ..ChainCache::default()
             }),
             identity_prefix: Vec::new(),
+            fingerprint_in_identity: false,
         })
     }
 
@@ -329,6 +332,15 @@ impl X509Verifier {
     /// name from, say, a PSK identity.
     pub fn with_identity_prefix(mut self, prefix: &[u8]) -> Self {
         self.identity_prefix = prefix.to_vec();
+        self
+    }
+
+    /// Puts the SHA-256 fingerprint of the end-entity certificate (32 bytes) between the
+    /// identity prefix and the common name in the identities this verifier returns, so that
+    /// an application can tell a certificate from another one with the same common name (a
+    /// replaced one).
+    pub fn with_fingerprint_in_identity(mut self) -> Self {
+        self.fingerprint_in_identity = true;
         self
     }
 
@@ -456,6 +468,11 @@ impl X509Verifier {
             return Ok(peer);
         }
         let (mut peer, not_after) = self.verify_uncached(chain, role, time)?;
+        if self.fingerprint_in_identity {
+            use sha2::{Digest, Sha256};
+            let fingerprint = Sha256::digest(&chain[0]);
+            peer.identity = [fingerprint.as_slice(), &peer.identity].concat();
+        }
         if !self.identity_prefix.is_empty() {
             peer.identity = [self.identity_prefix.as_slice(), &peer.identity].concat();
         }

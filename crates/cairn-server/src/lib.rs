@@ -1270,6 +1270,47 @@ impl Inner {
                     _ => (false, "this endpoint may not use an X.509 certificate"),
                 }
             }
+            PeerIdentity::X509Certificate {
+                common_name,
+                fingerprint,
+            } => {
+                let info = security
+                    .get_security_info(endpoint)
+                    .await
+                    .map_err(store_refusal)?;
+                match info.map(|info| info.mode) {
+                    Some(SecurityMode::X509(X509Expectation::CommonName(expected))) => (
+                        expected == *common_name && common_name == endpoint,
+                        "the endpoint name is not the certificate's common name",
+                    ),
+                    Some(SecurityMode::X509(X509Expectation::Fingerprint(expected))) => {
+                        let is_certificate = |info: &SecurityInfo| {
+                            info.endpoint == endpoint
+                                && info.mode
+                                    == SecurityMode::X509(X509Expectation::Fingerprint(
+                                        *fingerprint,
+                                    ))
+                        };
+                        let allowed = common_name == endpoint
+                            && (expected == *fingerprint
+                                // A certificate the endpoint is replacing, valid until it
+                                // proves the new one.
+                                || security
+                                    .get_security_info_by_psk_identity(
+                                        &security::x509_session_identity(
+                                            fingerprint,
+                                            common_name,
+                                        ),
+                                    )
+                                    .await
+                                    .map_err(store_refusal)?
+                                    .as_ref()
+                                    .is_some_and(is_certificate));
+                        (allowed, "this certificate is not the endpoint's")
+                    }
+                    _ => (false, "this endpoint may not use an X.509 certificate"),
+                }
+            }
         };
         if allowed {
             Ok(())

@@ -126,6 +126,7 @@ enum Identity {
     Psk(Box<[u8]>),
     Rpk(Box<[u8]>),
     X509(Box<str>),
+    X509Certificate(Box<str>, [u8; 32]),
 }
 
 /// A short text that is usually one of a few known values: an index into [`KNOWN`] (so the
@@ -167,6 +168,10 @@ impl Entry {
                 PeerIdentity::Psk(id) => Identity::Psk(id.into_boxed_slice()),
                 PeerIdentity::Rpk(key) => Identity::Rpk(key.into_boxed_slice()),
                 PeerIdentity::X509(name) => Identity::X509(name.into_boxed_str()),
+                PeerIdentity::X509Certificate {
+                    common_name,
+                    fingerprint,
+                } => Identity::X509Certificate(common_name.into_boxed_str(), fingerprint),
             },
             sms_number: registration.sms_number.map(String::into_boxed_str),
             lwm2m_version: Text::new(registration.lwm2m_version),
@@ -196,6 +201,10 @@ impl Entry {
                 Identity::Psk(id) => PeerIdentity::Psk(id.to_vec()),
                 Identity::Rpk(key) => PeerIdentity::Rpk(key.to_vec()),
                 Identity::X509(name) => PeerIdentity::X509(name.to_string()),
+                Identity::X509Certificate(name, fingerprint) => PeerIdentity::X509Certificate {
+                    common_name: name.to_string(),
+                    fingerprint: *fingerprint,
+                },
             },
             registered_at_ms: self.registered_at_ms,
             last_update_ms: self.last_update_ms,
@@ -353,6 +362,13 @@ impl Registry {
             (Identity::Psk(a), PeerIdentity::Psk(b)) => **a == **b,
             (Identity::Rpk(a), PeerIdentity::Rpk(b)) => **a == **b,
             (Identity::X509(a), PeerIdentity::X509(b)) => **a == **b,
+            (
+                Identity::X509Certificate(a, a_fingerprint),
+                PeerIdentity::X509Certificate {
+                    common_name: b,
+                    fingerprint: b_fingerprint,
+                },
+            ) => **a == **b && a_fingerprint == b_fingerprint,
             _ => false,
         };
         same.then(|| entry.endpoint.to_string())

@@ -11,7 +11,9 @@
 //! endpoint ([`StoreRawPublicKeys`]; any other key fails the handshake), and registration then
 //! checks the endpoint's security information: the
 //! registered public key, or the certificate's common name, which must be the endpoint
-//! name. The session's identity says which mode authenticated it ([`peer_identity`]).
+//! name, and, for certificates the Bootstrap-Server issued, its SHA-256 fingerprint (the
+//! session's identity carries it). The session's identity says which mode authenticated it
+//! ([`peer_identity`]).
 
 use std::sync::Arc;
 
@@ -23,6 +25,9 @@ use cairn_store::{EmbeddedStore, PeerIdentity};
 
 /// Marks a session identity that is an X.509 common name.
 const X509_IDENTITY: &[u8] = b"\0x509:";
+/// Marks a session identity that is an X.509 certificate's SHA-256 fingerprint (32 bytes)
+/// followed by its common name.
+const X509_CERTIFICATE_IDENTITY: &[u8] = b"\0x509#";
 /// Marks a session identity that is a raw public key (DER SubjectPublicKeyInfo).
 const RPK_IDENTITY: &[u8] = b"\0rpk:";
 
@@ -58,8 +63,9 @@ impl DeviceCertificates {
         let x509 = if self.trust_anchors.is_empty() {
             None
         } else {
-            let mut verifier =
-                X509Verifier::new(&self.trust_anchors)?.with_identity_prefix(X509_IDENTITY);
+            let mut verifier = X509Verifier::new(&self.trust_anchors)?
+                .with_identity_prefix(X509_CERTIFICATE_IDENTITY)
+                .with_fingerprint_in_identity();
             for crl in &self.crls {
                 verifier.add_crl_der(crl)?;
             }
@@ -87,6 +93,17 @@ pub(crate) fn rpk_session_identity(subject_public_key_info: &[u8]) -> Vec<u8> {
     [RPK_IDENTITY, subject_public_key_info].concat()
 }
 
+/// The session identity of a device authenticated by the X.509 certificate of SHA-256
+/// `fingerprint` and `common_name`.
+pub(crate) fn x509_session_identity(fingerprint: &[u8; 32], common_name: &str) -> Vec<u8> {
+    [
+        X509_CERTIFICATE_IDENTITY,
+        fingerprint,
+        common_name.as_bytes(),
+    ]
+    .concat()
+}
+
 impl RawPublicKeyResolver for StoreRawPublicKeys {
     fn identity(&self, subject_public_key_info: &[u8]) -> Option<Vec<u8>> {
         match self.0.rpk_endpoint_blocking(subject_public_key_info) {
@@ -108,6 +125,14 @@ pub fn peer_identity(identity: Option<&[u8]>) -> PeerIdentity {
     };
     if let Some(common_name) = identity.strip_prefix(X509_IDENTITY) {
         PeerIdentity::X509(String::from_utf8_lossy(common_name).into_owned())
+    } else if let Some((fingerprint, common_name)) = identity
+        .strip_prefix(X509_CERTIFICATE_IDENTITY)
+        .and_then(|rest| rest.split_first_chunk::<32>())
+    {
+        PeerIdentity::X509Certificate {
+            common_name: String::from_utf8_lossy(common_name).into_owned(),
+            fingerprint: *fingerprint,
+        }
     } else if let Some(key) = identity.strip_prefix(RPK_IDENTITY) {
         PeerIdentity::Rpk(key.to_vec())
     } else {
@@ -155,6 +180,19 @@ mod tests {
         assert_eq!(
             peer_identity(Some(&[RPK_IDENTITY, &[0x30, 0x59]].concat())),
             PeerIdentity::Rpk(vec![0x30, 0x59])
+        );
+        assert_eq!(
+            peer_identity(Some(
+                &[X509_CERTIFICATE_IDENTITY, &[7; 32], b"dev-1"].concat()
+            )),
+            PeerIdentity::X509Certificate {
+                common_name: "dev-1".into(),
+                fingerprint: [7; 32]
+            }
+        );
+        assert_eq!(
+            x509_session_identity(&[7; 32], "dev-1"),
+            [X509_CERTIFICATE_IDENTITY, &[7; 32], b"dev-1"].concat()
         );
     }
 

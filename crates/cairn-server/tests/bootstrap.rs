@@ -855,3 +855,141 @@ async fn a_device_waits_its_client_hold_off_time_before_bootstrapping() {
     servers.bootstrap.shutdown().await;
     servers.dm.shutdown().await;
 }
+
+/// A stand-in device at the CoAP level: answers every request of the Bootstrap-Server with
+/// success, or (`silent`) never answers; records the method and path of each.
+struct Recorder {
+    silent: bool,
+    seen: std::sync::Mutex<Vec<(Code, String)>>,
+}
+
+impl cairn_transport::Handler for Recorder {
+    fn handle(&self, request: &cairn_transport::Request) -> cairn_transport::Reply {
+        let path = request.message.uri_path();
+        self.seen.lock().unwrap().push((request.message.code, path));
+        if self.silent {
+            return cairn_transport::Reply::Pending(Box::pin(std::future::pending()));
+        }
+        let mut response = match request.message.code {
+            Code::GET => {
+                let mut response = Message::response(Code::CONTENT);
+                response.payload = b"</>;lwm2m=1.1,</0/0>".to_vec();
+                response
+            }
+            Code::DELETE => Message::response(Code::DELETED),
+            _ => Message::response(Code::CHANGED),
+        };
+        if request.message.code == Code::GET {
+            response
+                .options
+                .push(OptionNumber::CONTENT_FORMAT, vec![40]);
+        }
+        cairn_transport::Reply::Ready(response)
+    }
+}
+
+async fn stand_in(
+    local: SocketAddr,
+    server: SocketAddr,
+    factory: &PskCredential,
+    recorder: Arc<Recorder>,
+) -> cairn_transport::CoapEndpoint {
+    cairn_transport::CoapEndpoint::bind_secured(
+        local,
+        cairn_coap::Config::default(),
+        cairn_transport::Security::DtlsClient {
+            config: cairn_dtls::ClientConfig::new(
+                factory.identity.clone(),
+                cairn_dtls::Psk::new(factory.key.expose().to_vec()),
+            ),
+            server,
+        },
+        Some(recorder),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequence_stops_writing_to_an_address_another_device_bootstraps_from() {
+    let servers = start().await;
+    let mut events = servers.bootstrap.events();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let factory_a = provision(&servers, "dev-a", dir_a.path()).await;
+    let factory_b = provision(&servers, "dev-b", dir_b.path()).await;
+    let request = |endpoint: &str| {
+        let mut message = Message::request(Code::POST);
+        message.options.push(OptionNumber::URI_PATH, b"bs".to_vec());
+        message.options.push(
+            OptionNumber::URI_QUERY,
+            format!("ep={endpoint}").into_bytes(),
+        );
+        message
+    };
+    // Device A asks, then goes away without answering the sequence's first request.
+    let silent = Arc::new(Recorder {
+        silent: true,
+        seen: Default::default(),
+    });
+    let a = stand_in(
+        "127.0.0.1:0".parse().unwrap(),
+        servers.bootstrap_dtls,
+        &factory_a,
+        silent.clone(),
+    )
+    .await;
+    let address = a.local_addr();
+    let answer = a.request(servers.bootstrap_dtls, request("dev-a")).await;
+    assert_eq!(answer.unwrap().code, Code::CHANGED);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while silent.seen.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the sequence of A started");
+    a.shutdown().await;
+    // Device B gets A's address and bootstraps from it with its own credential.
+    let recorder = Arc::new(Recorder {
+        silent: false,
+        seen: Default::default(),
+    });
+    let b = stand_in(
+        address,
+        servers.bootstrap_dtls,
+        &factory_b,
+        recorder.clone(),
+    )
+    .await;
+    let answer = b.request(servers.bootstrap_dtls, request("dev-b")).await;
+    assert_eq!(answer.unwrap().code, Code::CHANGED);
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match events.recv().await.unwrap() {
+                BootstrapEvent::Finished { endpoint } if endpoint == "dev-b" => return,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("B's sequence finishes");
+    // Long enough for A's request in flight to be retransmitted (ACK_TIMEOUT 2 s) and for a
+    // sequence that went on to write and finish.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let seen = recorder.seen.lock().unwrap().clone();
+    let finishes = seen
+        .iter()
+        .filter(|(code, path)| *code == Code::POST && path == "/bs")
+        .count();
+    assert_eq!(finishes, 1, "only B's sequence finished at B: {seen:?}");
+    let writes = seen.iter().filter(|(code, _)| *code == Code::PUT).count();
+    let deletes = seen
+        .iter()
+        .filter(|(code, _)| *code == Code::DELETE)
+        .count();
+    assert_eq!(deletes, 1, "{seen:?}");
+    assert!(writes >= 2, "{seen:?}");
+    b.shutdown().await;
+    servers.bootstrap.shutdown().await;
+    servers.dm.shutdown().await;
+}

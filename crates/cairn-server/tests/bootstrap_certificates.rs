@@ -11,7 +11,7 @@ use cairn_client::credentials::{CredentialVault, DeviceState, FileVault, load_st
 use cairn_client::device::{DeviceEvent, DeviceExit, DeviceSettings, run_device};
 use cairn_dtls::{Credentials, PrivateKey, RawPublicKeyResolver};
 use cairn_lwm2m::ModelRegistry;
-use cairn_server::bootstrap::credentials::{DmCertificates, generate_psk};
+use cairn_server::bootstrap::credentials::{CertificateAuthority, DmCertificates, generate_psk};
 use cairn_server::bootstrap::security::{TransitionalRawPublicKeys, device_management_stores};
 use cairn_server::bootstrap::{BootstrapServer, BootstrapServerConfig, BootstrapStores};
 use cairn_server::{
@@ -22,7 +22,9 @@ use cairn_store::{
     BootstrapSettings, BootstrapStore, BootstrapTemplate, CredentialKind, DeviceCredentials,
     DmCredentialSource, DmServerConfig, MasterKey, MasterKeySource,
 };
+use sha2::Digest;
 use tokio::sync::{mpsc, watch};
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 struct Servers {
     _dir: tempfile::TempDir,
@@ -39,14 +41,22 @@ async fn start(kind: CredentialKind) -> Servers {
         MasterKeySource::Key(MasterKey::from_bytes(&[5; 32])),
     )
     .unwrap();
-    let server_key = PrivateKey::generate(&mut rand::rng());
+    // The DM server's key and a certificate for it from Cairn's CA, which also issues the
+    // devices' certificates.
+    let authority = CertificateAuthority::generate("Test CA", 30).unwrap();
+    let server_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let server_certificate = authority.issue_server("dm.test", &server_key).unwrap();
+    let server_private = PrivateKey::from_der(&server_key.serialize_der()).unwrap();
     let dm = LwM2mServer::start(
         ServerConfig {
             coap_listen: None,
             dtls_listen: Some("127.0.0.1:0".parse().unwrap()),
             certificates: Some(DeviceCertificates {
-                credentials: Credentials::raw_public_key(server_key.clone()),
-                trust_anchors: Vec::new(),
+                credentials: Credentials {
+                    key: server_private.clone(),
+                    chain: vec![server_certificate],
+                },
+                trust_anchors: vec![authority.certificate_der().to_vec()],
                 crls: Vec::new(),
             }),
             ..ServerConfig::default()
@@ -62,8 +72,8 @@ async fn start(kind: CredentialKind) -> Servers {
             request_timeout: Duration::from_secs(5),
             attempts: 2,
             certificates: Some(Arc::new(DmCertificates {
-                server_public_key: server_key.subject_public_key_info(),
-                authority: None,
+                server_public_key: server_private.subject_public_key_info(),
+                authority: Some(authority),
             })),
             ..BootstrapServerConfig::default()
         },
@@ -152,6 +162,14 @@ fn spawn_device(vault_dir: &std::path::Path) -> Device {
         .unwrap()
     });
     Device { events, stop, task }
+}
+
+/// Copies a file vault (to run a device later from the state it holds now).
+fn copy_vault(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
 }
 
 async fn wait_registered(device: &mut Device) {
@@ -255,6 +273,203 @@ async fn a_factory_psk_device_bootstraps_to_a_raw_public_key_and_rotation_refuse
     );
     assert!(resolver.identity(&second_key).is_some());
     stop(device).await;
+    servers.bootstrap.shutdown().await;
+    servers.dm.shutdown().await;
+}
+
+/// Waits until the device's DM credential is proven; returns it.
+async fn proven_dm(servers: &Servers, endpoint: &str) -> cairn_store::DmCredential {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let stored = servers.store.get_device_credentials(endpoint).await;
+            let dm = stored.unwrap().unwrap().dm.unwrap();
+            if dm.proven {
+                return dm;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the credential is proven")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_older_than_the_scheduled_age_are_rotated() {
+    let servers = start(CredentialKind::Rpk).await;
+    let resolver = TransitionalRawPublicKeys(servers.store.clone());
+    let mut devices = Vec::new();
+    let mut vaults = Vec::new();
+    for name in ["dev-a", "dev-b"] {
+        let vault_dir = tempfile::tempdir().unwrap();
+        provision(&servers, name, vault_dir.path()).await;
+        let mut device = spawn_device(vault_dir.path());
+        wait_registered(&mut device).await;
+        devices.push(device);
+        vaults.push(vault_dir);
+    }
+    let mut first = Vec::new();
+    for name in ["dev-a", "dev-b"] {
+        first.push(proven_dm(&servers, name).await);
+    }
+    let schedule = cairn_server::bootstrap::RotationSchedule {
+        max_age: Duration::from_secs(3600),
+        interval: Duration::from_secs(60),
+        wait: Duration::from_secs(20),
+    };
+    let now = first[1].issued_at_ms + 1000;
+    // Not old enough yet: nothing is due, nothing happens.
+    assert!(
+        servers
+            .bootstrap
+            .credentials_due(schedule.max_age, now)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        servers
+            .bootstrap
+            .rotate_due(&servers.dm, &schedule, now)
+            .await
+            .unwrap(),
+        None
+    );
+    // Two hours later (a clock the test controls) both are due and rotated.
+    let later = now + 2 * 3600 * 1000;
+    let mut due = servers
+        .bootstrap
+        .credentials_due(schedule.max_age, later)
+        .await
+        .unwrap();
+    due.sort();
+    assert_eq!(due, ["dev-a", "dev-b"]);
+    let report = servers
+        .bootstrap
+        .rotate_due(&servers.dm, &schedule, later)
+        .await
+        .unwrap()
+        .expect("devices were due");
+    let mut rotated = report.rotated.clone();
+    rotated.sort();
+    assert_eq!(rotated, ["dev-a", "dev-b"], "{report:?}");
+    assert!(report.pending.is_empty() && report.failed.is_empty());
+    for ((name, old), vault) in ["dev-a", "dev-b"].iter().zip(&first).zip(&vaults) {
+        let new = proven_dm(&servers, name).await;
+        assert!(new.issued_at_ms >= old.issued_at_ms);
+        assert_ne!(new.current.identity, old.current.identity);
+        assert_eq!(dm_account(vault.path()).1, new.current.identity);
+        assert!(
+            resolver.identity(&old.current.identity).is_none(),
+            "the aged key is refused"
+        );
+    }
+    // The fresh credentials are not due now.
+    assert!(
+        servers
+            .bootstrap
+            .credentials_due(schedule.max_age, unix_now_ms())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for device in devices {
+        stop(device).await;
+    }
+    servers.bootstrap.shutdown().await;
+    servers.dm.shutdown().await;
+}
+
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_factory_psk_device_bootstraps_to_an_x509_certificate_and_rotation_refuses_the_old_one() {
+    let servers = start(CredentialKind::X509).await;
+    let vault_dir = tempfile::tempdir().unwrap();
+    provision(&servers, "dev-x509", vault_dir.path()).await;
+    let mut device = spawn_device(vault_dir.path());
+    wait_registered(&mut device).await;
+
+    let (mode, first_certificate, secret) = dm_account(vault_dir.path());
+    assert_eq!(mode, 2, "Certificate security mode");
+    let fingerprint: [u8; 32] = sha2::Sha256::digest(&first_certificate).into();
+    let (_, parsed) = X509Certificate::from_der(&first_certificate).unwrap();
+    assert_eq!(
+        parsed
+            .subject()
+            .iter_common_name()
+            .next()
+            .unwrap()
+            .as_str()
+            .unwrap(),
+        "dev-x509"
+    );
+    assert_eq!(
+        PrivateKey::from_der(&secret)
+            .unwrap()
+            .subject_public_key_info(),
+        parsed.public_key().raw.to_vec()
+    );
+    assert_eq!(
+        servers.dm.registration("dev-x509").unwrap().identity,
+        PeerIdentity::X509Certificate {
+            common_name: "dev-x509".into(),
+            fingerprint
+        }
+    );
+    let dm = proven_dm(&servers, "dev-x509").await;
+    assert_eq!(dm.kind, CredentialKind::X509);
+    assert_eq!(dm.current.identity, first_certificate);
+    // The state holding the first certificate, to come back with it after the rotation.
+    let old_state = tempfile::tempdir().unwrap();
+    copy_vault(vault_dir.path(), old_state.path());
+
+    let report = servers
+        .bootstrap
+        .rotate(
+            &servers.dm,
+            &["dev-x509".to_owned()],
+            Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(report.rotated, vec!["dev-x509"], "{report:?}");
+    let (mode, second_certificate, _) = dm_account(vault_dir.path());
+    assert_eq!(mode, 2);
+    assert_ne!(second_certificate, first_certificate);
+    let second_fingerprint: [u8; 32] = sha2::Sha256::digest(&second_certificate).into();
+    assert_eq!(
+        servers.dm.registration("dev-x509").unwrap().identity,
+        PeerIdentity::X509Certificate {
+            common_name: "dev-x509".into(),
+            fingerprint: second_fingerprint
+        }
+    );
+    stop(device).await;
+
+    // The same common name from the same CA, but the replaced certificate: refused.
+    let mut stale = spawn_device(old_state.path());
+    let reason = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match stale.events.recv().await.expect("the device runs") {
+                DeviceEvent::RegistrationFailed { reason } => return reason,
+                DeviceEvent::Registered { .. } => panic!("the replaced certificate registered"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the registration is refused");
+    assert!(reason.contains("4.03"), "{reason}");
+    assert!(
+        servers.dm.registration("dev-x509").is_none(),
+        "the replaced certificate did not register"
+    );
+    let _ = stale.stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(15), stale.task).await;
     servers.bootstrap.shutdown().await;
     servers.dm.shutdown().await;
 }

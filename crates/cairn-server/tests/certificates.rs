@@ -314,6 +314,12 @@ async fn x509_and_rpk_devices_register_beside_psk() {
     let world = world().await;
     let mut events = world.server.events();
     let issued = world.pki.issue("x509-dev", 10);
+    // The session identity carries the certificate's SHA-256 fingerprint.
+    let x509_fingerprint: [u8; 32] = {
+        use sha2::Digest;
+        let (_, pem) = x509_parser::pem::parse_x509_pem(issued.cert_pem.as_bytes()).unwrap();
+        sha2::Sha256::digest(&pem.contents).into()
+    };
     let outcome = register(
         world.address,
         "x509-dev",
@@ -344,7 +350,13 @@ async fn x509_and_rpk_devices_register_beside_psk() {
     assert_eq!(
         registered,
         [
-            ("x509-dev".into(), PeerIdentity::X509("x509-dev".into())),
+            (
+                "x509-dev".into(),
+                PeerIdentity::X509Certificate {
+                    common_name: "x509-dev".into(),
+                    fingerprint: x509_fingerprint,
+                }
+            ),
             (
                 "rpk-dev".into(),
                 PeerIdentity::Rpk(world.rpk_device.subject_public_key_info())

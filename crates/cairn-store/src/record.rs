@@ -33,6 +33,12 @@ pub enum PeerIdentity {
     Rpk(Vec<u8>),
     /// An X.509 certificate, by its subject common name.
     X509(String),
+    /// An X.509 certificate, by its subject common name and the SHA-256 fingerprint of its
+    /// DER encoding (which tells it from another certificate with the same name).
+    X509Certificate {
+        common_name: String,
+        fingerprint: [u8; 32],
+    },
 }
 
 /// A registered LwM2M client (Register, Core §6.2.1).
@@ -208,6 +214,11 @@ enum WireIdentity {
     Rpk(#[cbor(n(0), with = "minicbor::bytes")] Vec<u8>),
     #[n(3)]
     X509(#[n(0)] String),
+    #[n(4)]
+    X509Certificate(
+        #[n(0)] String,
+        #[cbor(n(1), with = "minicbor::bytes")] [u8; 32],
+    ),
 }
 
 #[derive(Encode, Decode)]
@@ -345,6 +356,10 @@ pub fn encode_registration(registration: &Registration) -> Vec<u8> {
         PeerIdentity::Psk(identity) => WireIdentity::Psk(identity.clone()),
         PeerIdentity::Rpk(der) => WireIdentity::Rpk(der.clone()),
         PeerIdentity::X509(common_name) => WireIdentity::X509(common_name.clone()),
+        PeerIdentity::X509Certificate {
+            common_name,
+            fingerprint,
+        } => WireIdentity::X509Certificate(common_name.clone(), *fingerprint),
     };
     encode_versioned(&WireRegistration {
         id: registration.id.clone(),
@@ -371,6 +386,10 @@ pub fn decode_registration(bytes: &[u8]) -> Result<Registration, DecodeError> {
         WireIdentity::Psk(identity) => PeerIdentity::Psk(identity),
         WireIdentity::Rpk(der) => PeerIdentity::Rpk(der),
         WireIdentity::X509(common_name) => PeerIdentity::X509(common_name),
+        WireIdentity::X509Certificate(common_name, fingerprint) => PeerIdentity::X509Certificate {
+            common_name,
+            fingerprint,
+        },
     };
     Ok(Registration {
         peer_address: parse_address(REGISTRATION, &wire.peer_address)?,
@@ -710,6 +729,12 @@ pub(crate) mod tests {
             any::<Vec<u8>>().prop_map(PeerIdentity::Psk),
             any::<Vec<u8>>().prop_map(PeerIdentity::Rpk),
             any::<String>().prop_map(PeerIdentity::X509),
+            (any::<String>(), any::<[u8; 32]>()).prop_map(|(common_name, fingerprint)| {
+                PeerIdentity::X509Certificate {
+                    common_name,
+                    fingerprint,
+                }
+            }),
         ]
     }
 

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use cairn_server::bootstrap::credentials::DmCertificates;
 use cairn_server::bootstrap::{
     BootstrapEvent, BootstrapServer, BootstrapServerConfig, BootstrapStores,
 };
@@ -20,7 +21,7 @@ use cairn_store::{
     DeviceBootstrapConfig, DmCredentialSource, DmServerConfig, EmbeddedStore, PskCredential,
     SecretBytes,
 };
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 
 /// Default data directory (shared with `cairn server`).
 const DEFAULT_DATA_DIR: &str = "./cairn-data";
@@ -78,6 +79,66 @@ pub struct ServeArgs {
     /// Do not listen for plain CoAP.
     #[arg(long)]
     no_coap: bool,
+    /// The device-management server's public key (PEM `PUBLIC KEY` or DER, as `cairn keys
+    /// public` writes it): lets the server give raw-public-key credentials.
+    #[arg(long)]
+    dm_public_key: Option<PathBuf>,
+    #[command(flatten)]
+    ca: CaArgs,
+}
+
+/// Cairn's CA, which issues the devices' X.509 device-management certificates.
+#[derive(Debug, Args)]
+pub struct CaArgs {
+    /// The CA directory (`cairn keys ca init` layout); default DATA_DIR/ca, created on first
+    /// start if absent.
+    #[arg(long = "bootstrap-ca", env = "CAIRN_BOOTSTRAP_CA")]
+    pub dir: Option<PathBuf>,
+    /// Days the device certificates it issues are valid.
+    #[arg(long, default_value_t = 365)]
+    pub device_cert_days: i64,
+}
+
+/// The kind of device-management credential generated for each device at bootstrap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CredentialArg {
+    /// A pre-shared key with a random identity.
+    Psk,
+    /// A P-256 key pair; the DM server knows its public key (RFC 7250).
+    Rpk,
+    /// A P-256 key pair with a certificate from Cairn's CA naming the endpoint.
+    X509,
+}
+
+impl From<CredentialArg> for CredentialKind {
+    fn from(kind: CredentialArg) -> CredentialKind {
+        match kind {
+            CredentialArg::Psk => CredentialKind::Psk,
+            CredentialArg::Rpk => CredentialKind::Rpk,
+            CredentialArg::X509 => CredentialKind::X509,
+        }
+    }
+}
+
+/// What the Bootstrap-Server needs for certificate-mode credentials: the DM server's public
+/// key (`None`: raw public keys are not offered) and Cairn's CA from `ca.dir`, else
+/// `data_dir`/ca, created if absent.
+pub fn dm_certificates(
+    data_dir: &Path,
+    ca: &CaArgs,
+    server_public_key: Option<Vec<u8>>,
+) -> anyhow::Result<std::sync::Arc<DmCertificates>> {
+    let dir = ca.dir.clone().unwrap_or_else(|| data_dir.join("ca"));
+    if crate::keys_cmd::ensure_ca(&dir, "Cairn CA")? {
+        eprintln!("cairn: created Cairn's CA in {}", dir.display());
+    }
+    Ok(std::sync::Arc::new(DmCertificates {
+        server_public_key: server_public_key.unwrap_or_default(),
+        authority: Some(crate::keys_cmd::bootstrap_authority(
+            &dir,
+            ca.device_cert_days,
+        )?),
+    }))
 }
 
 /// What a device is given, from the command line.
@@ -107,6 +168,9 @@ struct ServerSettingsArgs {
     /// Give the server full rights on these objects (Access Control instances), e.g. `3,4`.
     #[arg(long, value_delimiter = ',')]
     acl_objects: Vec<u16>,
+    /// The device-management credential generated for each device at bootstrap.
+    #[arg(long, value_enum, default_value_t = CredentialArg::Psk)]
+    credential: CredentialArg,
 }
 
 impl ServerSettingsArgs {
@@ -278,8 +342,13 @@ async fn serve_alone(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         args.coap_listen.or(defaults.coap_listen)
     };
     let dtls = args.dtls_listen.or(defaults.dtls_listen);
-    let server =
-        BootstrapServer::start(server_config(coap, dtls), BootstrapStores::embedded(store)).await?;
+    let server_public_key = match &args.dm_public_key {
+        Some(path) => Some(crate::coap_cmd::read_public_key(path)?),
+        None => None,
+    };
+    let mut config = server_config(coap, dtls);
+    config.certificates = Some(dm_certificates(data_dir, &args.ca, server_public_key)?);
+    let server = BootstrapServer::start(config, BootstrapStores::embedded(store)).await?;
     let (coap, dtls) = server.local_addrs();
     eprintln!("cairn bootstrap: data in {}", data_dir.display());
     if let Some(address) = coap {
@@ -314,7 +383,8 @@ async fn template(store: &EmbeddedStore, command: TemplateCommand) -> anyhow::Re
                 .put_bootstrap_template(BootstrapTemplate {
                     name: name.clone(),
                     endpoint_prefix: prefix,
-                    settings: settings.settings(DmCredentialSource::Generate(CredentialKind::Psk)),
+                    settings: settings
+                        .settings(DmCredentialSource::Generate(settings.credential.into())),
                 })
                 .await
                 .context("template refused")?;
@@ -355,6 +425,9 @@ async fn config(store: &EmbeddedStore, command: ConfigCommand) -> anyhow::Result
             settings,
         } => {
             let credential = match psk_identity {
+                Some(_) if settings.credential != CredentialArg::Psk => {
+                    anyhow::bail!("--psk-identity gives a PSK: it needs --credential psk")
+                }
                 Some(identity) => {
                     let hex = zeroize::Zeroizing::new(std::env::var("CAIRN_PSK_HEX").context(
                         "an explicit PSK is read from CAIRN_PSK_HEX (hex digits of random bytes)",
@@ -364,7 +437,7 @@ async fn config(store: &EmbeddedStore, command: ConfigCommand) -> anyhow::Result
                         key: SecretBytes::new(crate::hex::decode(&hex)?),
                     })
                 }
-                None => DmCredentialSource::Generate(CredentialKind::Psk),
+                None => DmCredentialSource::Generate(settings.credential.into()),
             };
             store
                 .put_bootstrap_config(DeviceBootstrapConfig {
@@ -412,8 +485,14 @@ async fn status(store: &EmbeddedStore, endpoint: Option<String>) -> anyhow::Resu
             Some(_) => "written, not used yet",
             None => "none",
         };
+        let kind = match device.dm.as_ref().map(|dm| dm.kind) {
+            Some(CredentialKind::Psk) => "psk",
+            Some(CredentialKind::Rpk) => "rpk",
+            Some(CredentialKind::X509) => "x509",
+            None => "-",
+        };
         println!(
-            "{endpoint}\tbootstrap_identity={}\tbootstrap_credential={}\tdm_credential={dm}\tattempts={}\tfinished={}\tlast={}{}",
+            "{endpoint}\tbootstrap_identity={}\tbootstrap_credential={}\tdm_credential={dm}\tdm_kind={kind}\tattempts={}\tfinished={}\tlast={}{}",
             String::from_utf8_lossy(&device.bootstrap.identity),
             if device.bootstrap_previous.is_some() {
                 "replacing (old one still accepted)"

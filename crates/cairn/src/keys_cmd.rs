@@ -276,6 +276,66 @@ fn ca_init(args: &CaInitArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Creates the CA of `dir` (as `cairn keys ca init` does) unless it exists; returns whether it
+/// was created.
+pub(crate) fn ensure_ca(dir: &Path, common_name: &str) -> anyhow::Result<bool> {
+    if dir.join("ca.key").exists() {
+        return Ok(false);
+    }
+    ca_init(&CaInitArgs {
+        dir: dir.to_path_buf(),
+        cn: common_name.to_string(),
+        days: 3650,
+    })?;
+    Ok(true)
+}
+
+/// Issues a server certificate from the CA of `ca_dir` to `prefix`.pem/.key unless the key
+/// exists; returns whether it was issued.
+pub(crate) fn ensure_server_certificate(
+    ca_dir: &Path,
+    prefix: &Path,
+    common_name: &str,
+) -> anyhow::Result<bool> {
+    if prefix.with_extension("key").exists() {
+        return Ok(false);
+    }
+    ca_issue(&CaIssueArgs {
+        dir: ca_dir.to_path_buf(),
+        cn: common_name.to_string(),
+        dns: Vec::new(),
+        usage: Usage::Server,
+        days: 3650,
+        out: Some(prefix.to_path_buf()),
+    })?;
+    Ok(true)
+}
+
+/// The CA of `dir` as the Bootstrap-Server issues device certificates with it.
+pub(crate) fn bootstrap_authority(
+    dir: &Path,
+    validity_days: i64,
+) -> anyhow::Result<cairn_server::bootstrap::credentials::CertificateAuthority> {
+    let key_pem = fs::read_to_string(dir.join("ca.key")).context("reading ca.key")?;
+    let der = fs::read(dir.join("ca.der")).context("reading ca.der")?;
+    let common_name = {
+        let (_, cert) = X509Certificate::from_der(&der).context("parsing ca.der")?;
+        cert.subject()
+            .iter_common_name()
+            .next()
+            .and_then(|name| name.as_str().ok())
+            .context("the CA certificate has no common name")?
+            .to_string()
+    };
+    cairn_server::bootstrap::credentials::CertificateAuthority::new(
+        der,
+        &common_name,
+        &key_pem,
+        validity_days,
+    )
+    .with_context(|| format!("the CA in {}", dir.display()))
+}
+
 /// The CA of a directory, ready to sign.
 fn load_ca(dir: &Path) -> anyhow::Result<Issuer<'static, KeyPair>> {
     let key_pem = fs::read_to_string(dir.join("ca.key")).context("reading ca.key")?;

@@ -157,6 +157,48 @@ async fn endpoints_of(
     Ok(all)
 }
 
+impl From<cairn_server::bootstrap::RotationReport> for RotationReportFile {
+    fn from(report: cairn_server::bootstrap::RotationReport) -> Self {
+        RotationReportFile {
+            rotated: report.rotated,
+            pending: report.pending,
+            failed: report
+                .failed
+                .into_iter()
+                .map(|(endpoint, reason)| FailedRotation { endpoint, reason })
+                .collect(),
+        }
+    }
+}
+
+/// Prints and writes the report of a scheduled rotation (by credential age) as
+/// `rotation/reports/scheduled-UNIXMS.toml`, in the format of `cairn keys rotate`'s.
+pub fn scheduled_report(data_dir: &Path, report: &cairn_server::bootstrap::RotationReport) {
+    eprintln!(
+        "scheduled rotation: rotated={} pending={} failed={}",
+        report.rotated.len(),
+        report.pending.len(),
+        report.failed.len()
+    );
+    let file = RotationReportFile::from(report.clone());
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let reports = data_dir.join(REPORTS);
+    let written = std::fs::create_dir_all(&reports)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| {
+            write_atomically(
+                &reports.join(format!("scheduled-{millis}.toml")),
+                &toml::to_string(&file)?,
+            )
+        });
+    if let Err(error) = written {
+        tracing::warn!(%error, "cannot write the scheduled rotation's report");
+    }
+}
+
 async fn handle_request(
     path: &Path,
     reports: &Path,
@@ -178,15 +220,7 @@ async fn handle_request(
             Duration::from_secs(request.wait_s.min(3600)),
         )
         .await;
-    let file = RotationReportFile {
-        rotated: report.rotated,
-        pending: report.pending,
-        failed: report
-            .failed
-            .into_iter()
-            .map(|(endpoint, reason)| FailedRotation { endpoint, reason })
-            .collect(),
-    };
+    let file = RotationReportFile::from(report);
     let name = path.file_name().context("request name")?;
     write_atomically(&reports.join(name), &toml::to_string(&file)?)
 }

@@ -27,8 +27,8 @@ const DEFAULT_DATA_DIR: &str = "./cairn-data";
 pub struct ServerArgs {
     /// TOML file with any of the settings below (`data_dir`, `coap_listen`, `dtls_listen`,
     /// `request_timeout_s`, `queue_timeout_s`, `models_dir`, `cert`, `key`, `ca`, `crl`,
-    /// `web_listen`, `no_web`, `web_tls_cert`, `web_tls_key`, `web_tls_self_signed`, `web_public_url`,
-    /// `telemetry_retention_days`).
+    /// `web_listen`, `no_web`, `web_tls_cert`, `web_tls_key`, `web_tls_self_signed`,
+    /// `web_public_url`, `telemetry_retention_days`, `bootstrap_ca`, `rotate_after`).
     #[arg(long, env = "CAIRN_CONFIG")]
     config: Option<PathBuf>,
     /// Where the embedded store lives (default ./cairn-data).
@@ -77,6 +77,40 @@ pub struct ServerArgs {
     /// Do not run the Bootstrap-Server.
     #[arg(long, env = "CAIRN_NO_BOOTSTRAP")]
     no_bootstrap: bool,
+    /// Cairn's CA for the certificate-mode credentials the Bootstrap-Server generates. Without
+    /// --key, the DM listener's key and certificate (DATA_DIR/dm-server.key, .pem) are issued
+    /// by it on first start.
+    #[command(flatten)]
+    bootstrap_ca: crate::bootstrap_cmd::CaArgs,
+    /// Rotate device-management credentials older than this (e.g. `90d`, `12h`, `30m`,
+    /// `45s`), as `cairn keys rotate` does; reports go to DATA_DIR/rotation/reports. Off by
+    /// default.
+    #[arg(long, env = "CAIRN_ROTATE_AFTER", value_parser = parse_age)]
+    rotate_after: Option<Duration>,
+}
+
+/// A duration as a number and a unit: `d`, `h`, `m` or `s`.
+fn parse_age(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?}: give a unit (d, h, m or s), e.g. 90d"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: not a number followed by a unit"))?;
+    let seconds = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        "s" => 1,
+        _ => return Err(format!("{text:?}: the unit is d, h, m or s")),
+    };
+    let age = Duration::from_secs(number.saturating_mul(seconds));
+    if age.is_zero() {
+        return Err("the age must be positive".into());
+    }
+    Ok(age)
 }
 
 /// The certificate mode of the DTLS listener from `--cert`, `--key`, `--ca` and `--crl`,
@@ -184,6 +218,46 @@ struct FileConfig {
     web_tls_self_signed: Option<bool>,
     web_public_url: Option<String>,
     telemetry_retention_days: Option<u64>,
+    bootstrap_ca: Option<PathBuf>,
+    rotate_after: Option<String>,
+}
+
+/// The DM listener's certificate credentials for the Bootstrap-Server's generated
+/// certificate-mode credentials: the given ones (`--key`), with Cairn's CA among the trust
+/// anchors so the certificates it issues are accepted, or else a key and certificate issued by
+/// Cairn's CA in the data directory (created on first start).
+fn bootstrap_device_certificates(
+    certificates: Option<DeviceCertificates>,
+    data_dir: &Path,
+    ca_dir: &Path,
+) -> anyhow::Result<DeviceCertificates> {
+    if crate::keys_cmd::ensure_ca(ca_dir, "Cairn CA")? {
+        eprintln!("cairn server: created Cairn's CA in {}", ca_dir.display());
+    }
+    let ca_der = std::fs::read(ca_dir.join("ca.der"))
+        .with_context(|| format!("cannot read {}/ca.der", ca_dir.display()))?;
+    let mut certificates = match certificates {
+        Some(certificates) => certificates,
+        None => {
+            std::fs::create_dir_all(data_dir)?;
+            let prefix = data_dir.join("dm-server");
+            crate::keys_cmd::ensure_server_certificate(ca_dir, &prefix, "cairn-dm-server")?;
+            let read = |extension: &str| {
+                let path = prefix.with_extension(extension);
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
+            };
+            DeviceCertificates {
+                credentials: Credentials::from_pem(&read("pem")?, &read("key")?)
+                    .context("the DM server's certificate")?,
+                trust_anchors: Vec::new(),
+                crls: Vec::new(),
+            }
+        }
+    };
+    if !certificates.trust_anchors.contains(&ca_der) {
+        certificates.trust_anchors.push(ca_der);
+    }
+    Ok(certificates)
 }
 
 /// The web listener's settings, resolved from flags, environment and the config file.
@@ -383,7 +457,36 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         tracing::info!(count, dir = %dir.display(), "object models loaded");
         config.models = std::sync::Arc::new(models);
     }
-    config.certificates = certificates;
+    let rotate_after = match (args.rotate_after, &file.rotate_after) {
+        (Some(age), _) => Some(age),
+        (None, Some(text)) => {
+            Some(parse_age(text).map_err(|e| anyhow::anyhow!("rotate_after: {e}"))?)
+        }
+        (None, None) => None,
+    };
+    anyhow::ensure!(
+        rotate_after.is_none() || !args.no_bootstrap,
+        "--rotate-after needs the Bootstrap-Server (drop --no-bootstrap)"
+    );
+    let mut bootstrap_ca = args.bootstrap_ca;
+    bootstrap_ca.dir = bootstrap_ca
+        .dir
+        .or(file.bootstrap_ca)
+        .or_else(|| Some(data_dir.join("ca")));
+    let bootstrap_certificates = if args.no_bootstrap {
+        config.certificates = certificates;
+        None
+    } else {
+        let ca_dir = bootstrap_ca.dir.clone().unwrap_or_default();
+        let certificates = bootstrap_device_certificates(certificates, &data_dir, &ca_dir)?;
+        let server_public_key = certificates.credentials.key.subject_public_key_info();
+        config.certificates = Some(certificates);
+        Some(crate::bootstrap_cmd::dm_certificates(
+            &data_dir,
+            &bootstrap_ca,
+            Some(server_public_key),
+        )?)
+    };
     let bootstrap_settings =
         (!args.no_bootstrap).then_some((args.bootstrap_coap_listen, args.bootstrap_dtls_listen));
     let no_coap = args.no_coap || file.no_coap.unwrap_or(false);
@@ -412,14 +515,26 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             } else {
                 coap.or(defaults.coap_listen)
             };
+            let mut bootstrap_config =
+                crate::bootstrap_cmd::server_config(coap, dtls.or(defaults.dtls_listen));
+            bootstrap_config.certificates = bootstrap_certificates;
             let bootstrap = cairn_server::bootstrap::BootstrapServer::start(
-                crate::bootstrap_cmd::server_config(coap, dtls.or(defaults.dtls_listen)),
+                bootstrap_config,
                 cairn_server::bootstrap::BootstrapStores::embedded(store.clone()),
             )
             .await?;
             bootstrap.follow(&server);
             if let Some(web) = &web {
                 web.set_bootstrap(bootstrap.clone());
+            }
+            if let Some(age) = rotate_after {
+                eprintln!("cairn server: credentials older than {age:?} are rotated");
+                let reports = data_dir.clone();
+                bootstrap.schedule_rotation(
+                    &server,
+                    cairn_server::bootstrap::RotationSchedule::after(age),
+                    move |report| crate::rotate_cmd::scheduled_report(&reports, report),
+                );
             }
             tokio::spawn(crate::rotate_cmd::serve_requests(
                 data_dir.clone(),
@@ -688,4 +803,20 @@ pub fn run_device(args: DeviceArgs) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_take_a_number_and_a_unit() {
+        assert_eq!(parse_age("90d"), Ok(Duration::from_secs(90 * 86_400)));
+        assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3_600)));
+        assert_eq!(parse_age("30m"), Ok(Duration::from_secs(1_800)));
+        assert_eq!(parse_age("45s"), Ok(Duration::from_secs(45)));
+        for wrong in ["90", "d", "0d", "5w", "-1d", "1.5d", ""] {
+            assert!(parse_age(wrong).is_err(), "{wrong}");
+        }
+    }
 }

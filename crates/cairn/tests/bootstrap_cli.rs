@@ -394,3 +394,227 @@ fn the_bootstrap_server_runs_alone() {
     );
     assert!(log.contains("c:4.03"), "{log}");
 }
+
+/// The DM account modes (Security Mode, /0/x/2) of the fleet's devices 1..=count, when all
+/// of them have one.
+fn dm_modes(state_dir: &Path, count: usize) -> Option<Vec<(i64, Vec<u8>)>> {
+    (1..=count)
+        .map(|n| {
+            let dir = state_dir.join(format!("dev-{n:06}"));
+            // Opening a vault creates its key: only open one the fleet has written to.
+            if !dir.join("credentials.sealed").exists() {
+                return None;
+            }
+            let vault = cairn_client::credentials::FileVault::open(&dir).ok()?;
+            let models = cairn_lwm2m::ModelRegistry::with_core_models();
+            let state = cairn_client::credentials::load_state(&vault, &models).ok()??;
+            let account = state.dm_accounts().first()?.account.clone();
+            Some((account.mode, account.identity.clone()))
+        })
+        .collect()
+}
+
+/// Prepares a factory of `count` devices and a template with `credential`; returns the
+/// factory directory and the DM and bootstrap port pairs.
+fn factory_with_template(work: &Path, count: usize, credential: &str) -> (u16, u16) {
+    let data = work.join("data");
+    let public = work.join("bootstrap.pub");
+    let dm_port = free_udp_port_pair();
+    let bs_port = free_udp_port_pair();
+    let bs_uri = format!("coaps://127.0.0.1:{}", bs_port + 1);
+    let dm_uri = format!("coaps://127.0.0.1:{}", dm_port + 1);
+    run_ok(
+        cairn()
+            .args(["bootstrap", "keygen", "--public-out"])
+            .arg(&public)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap(),
+        "keygen",
+    );
+    run_ok(
+        cairn()
+            .args(["keys", "factory", "--count", &count.to_string(), "--out"])
+            .arg(work.join("factory"))
+            .arg("--server-key")
+            .arg(&public)
+            .args(["--bootstrap-uri", &bs_uri])
+            .output()
+            .unwrap(),
+        "keys factory",
+    );
+    run_ok(
+        cairn()
+            .args(["bootstrap", "import", "--factory"])
+            .arg(work.join("factory"))
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap(),
+        "import",
+    );
+    run_ok(
+        cairn()
+            .args(["bootstrap", "template", "add", "--name", "fleet"])
+            .args(["--prefix", "dev-", "--dm-uri", &dm_uri])
+            .args(["--bootstrap-uri", &bs_uri, "--credential", credential])
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap(),
+        "template add",
+    );
+    (dm_port, bs_port)
+}
+
+fn spawn_server(work: &Path, dm_port: u16, bs_port: u16, extra: &[&str]) -> Peer {
+    let server = Peer::spawn(
+        "cairn server",
+        cairn()
+            .args(["server", "--no-web", "--no-coap", "--data-dir"])
+            .arg(work.join("data"))
+            .args(["--dtls-listen", &format!("127.0.0.1:{}", dm_port + 1)])
+            .args([
+                "--bootstrap-dtls-listen",
+                &format!("127.0.0.1:{}", bs_port + 1),
+            ])
+            .args(extra),
+    );
+    wait_for_port(bs_port + 1);
+    wait_for_port(dm_port + 1);
+    server
+}
+
+/// `cairn fleet --factory` with `count` devices; its messages go to `work`/fleet.log.
+fn spawn_fleet(work: &Path, count: usize) -> Peer {
+    let log = std::fs::File::create(work.join("fleet.log")).unwrap();
+    let child = cairn()
+        .args(["fleet", "--factory"])
+        .arg(work.join("factory"))
+        .args(["--devices", &count.to_string(), "--hold", "600"])
+        .args(["--ack-timeout-ms", "500", "--state-dir"])
+        .arg(work.join("device-state"))
+        .env("RUST_LOG", "off")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Peer {
+        child,
+        name: "cairn fleet".into(),
+    }
+}
+
+/// Waits until the fleet reports every device registered.
+fn wait_fleet_registered(work: &Path, count: usize) {
+    let needle = format!("bootstrapped and registered {count}/{count} devices");
+    let registered = support::wait_until(std::time::Duration::from_secs(90), || {
+        std::fs::read_to_string(work.join("fleet.log")).is_ok_and(|log| log.contains(&needle))
+    });
+    assert!(
+        registered,
+        "the fleet did not register: {}",
+        std::fs::read_to_string(work.join("fleet.log")).unwrap_or_default()
+    );
+}
+
+/// A fleet bootstraps from factory credentials to `credential` DM credentials (Security Mode
+/// `mode`) through `cairn server`, with the key and CA it creates in its data directory.
+fn fleet_bootstraps_to(credential: &str, mode: i64, key_len: std::ops::RangeInclusive<usize>) {
+    let work = tempfile::tempdir().unwrap();
+    let (dm_port, bs_port) = factory_with_template(work.path(), 3, credential);
+    let server = spawn_server(work.path(), dm_port, bs_port, &[]);
+    // The DM listener's key and Cairn's CA were created in the data directory.
+    for file in ["dm-server.key", "dm-server.pem", "ca/ca.key", "ca/ca.pem"] {
+        assert!(work.path().join("data").join(file).exists(), "{file}");
+    }
+    let fleet = spawn_fleet(work.path(), 3);
+    wait_fleet_registered(work.path(), 3);
+    let modes = dm_modes(&work.path().join("device-state"), 3).expect("DM accounts");
+    for (account_mode, identity) in &modes {
+        assert_eq!(*account_mode, mode, "Security Mode");
+        assert!(key_len.contains(&identity.len()), "{}", identity.len());
+    }
+    // The proofs of the registrations are recorded.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    drop(fleet);
+    drop(server);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let status = run_ok(
+        cairn()
+            .args(["bootstrap", "status", "--data-dir"])
+            .arg(work.path().join("data"))
+            .output()
+            .unwrap(),
+        "status",
+    );
+    for n in 1..=3 {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(&format!("dev-{n:06}")))
+            .unwrap();
+        assert!(line.contains(&format!("dm_kind={credential}")), "{status}");
+        assert!(line.contains("dm_credential=in use"), "{status}");
+    }
+}
+
+#[test]
+fn a_fleet_bootstraps_to_raw_public_keys_through_the_cli() {
+    // A P-256 SubjectPublicKeyInfo is 91 bytes.
+    fleet_bootstraps_to("rpk", 1, 91..=91);
+}
+
+#[test]
+fn a_fleet_bootstraps_to_certificates_through_the_cli() {
+    // A certificate from Cairn's CA.
+    fleet_bootstraps_to("x509", 2, 200..=1200);
+}
+
+/// The number of devices rotated by the scheduled rotations so far, and whether any failed.
+fn scheduled_rotations(data: &Path) -> (usize, bool) {
+    let Ok(entries) = std::fs::read_dir(data.join("rotation/reports")) else {
+        return (0, false);
+    };
+    let mut rotated = 0;
+    let mut failed = false;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("scheduled-") && name.ends_with(".toml")) {
+            continue;
+        }
+        let report: toml::Table = std::fs::read_to_string(entry.path())
+            .unwrap()
+            .parse()
+            .unwrap();
+        rotated += report["rotated"].as_array().unwrap().len();
+        failed |= !report["failed"].as_array().unwrap().is_empty();
+    }
+    (rotated, failed)
+}
+
+#[test]
+fn credentials_older_than_rotate_after_are_rotated_by_the_server() {
+    let work = tempfile::tempdir().unwrap();
+    let (dm_port, bs_port) = factory_with_template(work.path(), 3, "rpk");
+    let server = spawn_server(work.path(), dm_port, bs_port, &["--rotate-after", "6s"]);
+    let fleet = spawn_fleet(work.path(), 3);
+    wait_fleet_registered(work.path(), 3);
+    let state_dir = work.path().join("device-state");
+    let first = dm_modes(&state_dir, 3).expect("DM accounts");
+    let data = work.path().join("data");
+    assert_eq!(scheduled_rotations(&data).0, 0, "rotated before its age");
+    // Past the age, every device is given a fresh key pair, and the reports say so.
+    let rotated = support::wait_until(std::time::Duration::from_secs(40), || {
+        dm_modes(&state_dir, 3).is_some_and(|now| {
+            now.iter()
+                .zip(&first)
+                .all(|((mode, key), (_, old))| *mode == 1 && key != old)
+        }) && scheduled_rotations(&data).0 >= 3
+    });
+    assert!(rotated, "the credentials were not rotated by age");
+    assert!(!scheduled_rotations(&data).1, "a scheduled rotation failed");
+    drop(fleet);
+    drop(server);
+}

@@ -115,14 +115,32 @@ impl CertificateAuthority {
         &self.certificate_der
     }
 
-    /// Issues a certificate for `key` with `common_name`; returns its DER.
+    /// Issues a device (TLS client) certificate for `key` with `common_name`; returns its DER.
     pub fn issue(&self, common_name: &str, key: &KeyPair) -> Result<Vec<u8>, CredentialError> {
+        self.issue_for(common_name, key, ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    /// Issues a server (TLS server) certificate for `key` with `common_name`; returns its DER.
+    pub fn issue_server(
+        &self,
+        common_name: &str,
+        key: &KeyPair,
+    ) -> Result<Vec<u8>, CredentialError> {
+        self.issue_for(common_name, key, ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    fn issue_for(
+        &self,
+        common_name: &str,
+        key: &KeyPair,
+        usage: ExtendedKeyUsagePurpose,
+    ) -> Result<Vec<u8>, CredentialError> {
         let mut params = CertificateParams::default();
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = vec![usage];
         let mut serial = [0u8; 16];
         getrandom::fill(&mut serial).map_err(|e| CredentialError::Random(e.to_string()))?;
         serial[0] &= 0x7f;
@@ -173,7 +191,9 @@ pub fn generate_dm_credential(
     match kind {
         CredentialKind::Psk => generate_psk("cairn-dm-"),
         CredentialKind::Rpk => {
-            certificates.ok_or_else(unsupported)?;
+            certificates
+                .filter(|c| !c.server_public_key.is_empty())
+                .ok_or_else(unsupported)?;
             let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
                 .map_err(|e| CredentialError::Random(e.to_string()))?;
             Ok(PskCredential {
@@ -339,13 +359,19 @@ pub fn on_bootstrap_request(
 }
 
 /// Updates a device's credentials after it registered with the device-management server
-/// under `identity`; `None` if nothing changes.
+/// with a credential of `kind` whose lookup key ([`cairn_store::bootstrap::lookup_key`]: a PSK
+/// identity, a raw public key, a certificate's SHA-256 fingerprint) is `key`; `None` if
+/// nothing changes.
 pub fn on_registration(
     mut device: DeviceCredentials,
-    identity: &[u8],
+    kind: CredentialKind,
+    key: &[u8],
 ) -> Option<DeviceCredentials> {
     let dm = device.dm.as_ref()?;
-    if dm.proven || dm.current.identity != identity {
+    if dm.proven
+        || dm.kind != kind
+        || cairn_store::bootstrap::lookup_key(dm.kind, &dm.current.identity) != key
+    {
         return None;
     }
     prove(&mut device);
@@ -433,10 +459,12 @@ mod tests {
         assert_eq!(again.bootstrap, first.bootstrap);
         assert_eq!(again.dm.as_ref().unwrap().current, dm.current);
         // It registers with the new DM credential: the factory one is retired.
-        let proven = on_registration(again, &dm.current.identity).unwrap();
+        let proven = on_registration(again, CredentialKind::Psk, &dm.current.identity).unwrap();
         assert!(proven.bootstrap_previous.is_none() && proven.bootstrap_proven);
         assert!(proven.dm.as_ref().unwrap().proven);
-        assert!(on_registration(proven.clone(), &dm.current.identity).is_none());
+        assert!(
+            on_registration(proven.clone(), CredentialKind::Psk, &dm.current.identity).is_none()
+        );
         // The factory credential is no longer one of the device's.
         assert!(matches!(
             request(
@@ -470,7 +498,7 @@ mod tests {
         let factory_id = device.bootstrap.identity.clone();
         let first = request(device, Some(&factory_id), &settings(true), None, 1).unwrap();
         let dm1 = first.dm.clone().unwrap().current;
-        let proven = on_registration(first, &dm1.identity).unwrap();
+        let proven = on_registration(first, CredentialKind::Psk, &dm1.identity).unwrap();
         // The operator removed the DM credential from the security store.
         let again = request(
             proven.clone(),
@@ -550,7 +578,11 @@ mod tests {
             key.subject_public_key_info(),
             certificate.public_key().raw.to_vec()
         );
-        let proven = on_registration(first, &dm.current.identity).unwrap();
+        // The certificate is proven by its fingerprint, not by another one of the same name.
+        assert!(on_registration(first.clone(), CredentialKind::X509, &[0; 32]).is_none());
+        let fingerprint =
+            cairn_store::bootstrap::lookup_key(CredentialKind::X509, &dm.current.identity);
+        let proven = on_registration(first, CredentialKind::X509, &fingerprint).unwrap();
         let in_store = Some(security_mode(CredentialKind::X509, &dm.current));
         let second = on_bootstrap_request(
             proven.clone(),

@@ -18,6 +18,7 @@
 //! [`BootstrapServer::follow`] observes to retire the old credentials.
 
 pub mod credentials;
+mod schedule;
 pub mod security;
 mod session;
 pub mod summary;
@@ -30,8 +31,8 @@ use std::time::Duration;
 use cairn_coap::{Code, ContentFormat, Message};
 use cairn_lwm2m::{ClientRequest, CoapRequest, ModelRegistry, OperationError, ResponseCode};
 use cairn_store::{
-    BootstrapSettings, BootstrapStore, CredentialKind, DeviceCredentials, DmCredentialSource,
-    EmbeddedStore, PeerIdentity, SecurityInfo, SecurityMode, SecurityStore, StoreError,
+    BootstrapSettings, BootstrapStore, CredentialKind, DeviceCredentials, EmbeddedStore,
+    PeerIdentity, SecurityInfo, SecurityMode, SecurityStore, StoreError,
 };
 use cairn_transport::{CoapEndpoint, Reply, Request, Security};
 use tokio::sync::broadcast;
@@ -39,9 +40,22 @@ use tokio::sync::broadcast;
 use crate::{LwM2mServer, ServerError, ServerEvent, unix_millis};
 
 pub use credentials::CredentialError;
+pub use schedule::{RotationSchedule, is_due};
 
 /// The largest Bootstrap-Request payload accepted (the request has none).
 const MAX_REQUEST_PAYLOAD: usize = 64;
+
+/// Devices a rotation asks at once (store writes and Execute requests in flight).
+pub const ROTATION_CONCURRENCY: usize = 64;
+
+/// What asking one device to rotate did.
+enum Asked {
+    /// The Bootstrap-Request Trigger was executed.
+    Triggered,
+    /// Marked; it is asked when it next registers.
+    NotRegistered,
+    Failed(String),
+}
 
 /// Bootstrap-Server settings.
 #[derive(Clone)]
@@ -147,7 +161,14 @@ struct Inner {
     credentials: EndpointLocks,
     /// The running sequence of each endpoint and its number.
     sessions: Mutex<HashMap<String, (u64, tokio::task::AbortHandle)>>,
+    /// The endpoint whose running sequence writes to each address. A device that gave up
+    /// leaves its address; another device (of the same host, or behind the same NAT) may get
+    /// it and connect with its own credentials, and the sequence must not write to that one.
+    session_peers: Mutex<HashMap<SocketAddr, String>>,
     next_session: std::sync::atomic::AtomicU64,
+    /// Endpoints marked for rotation since this server started and not bootstrapped since:
+    /// their next Update triggers the rotation (a registration checks the store).
+    rotation_marked: Mutex<std::collections::HashSet<String>>,
 }
 
 /// A running Bootstrap-Server.
@@ -219,7 +240,9 @@ impl BootstrapServer {
             dtls,
             credentials: EndpointLocks::new(),
             sessions: Mutex::new(HashMap::new()),
+            session_peers: Mutex::new(HashMap::new()),
             next_session: std::sync::atomic::AtomicU64::new(0),
+            rotation_marked: Mutex::new(std::collections::HashSet::new()),
         });
         let _ = slot.set(Arc::downgrade(&inner));
         Ok(BootstrapServer { inner })
@@ -239,8 +262,15 @@ impl BootstrapServer {
 
     /// The device registered with the DM server under `identity`: if that is its new
     /// credential, the previous ones are retired. Returns whether they were.
-    pub async fn registered(&self, endpoint: &str, identity: &[u8]) -> Result<bool, StoreError> {
-        self.inner.registered(endpoint, identity).await
+    pub async fn registered(
+        &self,
+        endpoint: &str,
+        identity: &PeerIdentity,
+    ) -> Result<bool, StoreError> {
+        match credential_identity(identity) {
+            Some((kind, key)) => self.inner.registered(endpoint, kind, &key).await,
+            None => Ok(false),
+        }
     }
 
     /// Watches the DM server's registrations to retire credentials once devices use the new
@@ -257,8 +287,8 @@ impl BootstrapServer {
                         let Some(inner) = inner.upgrade() else {
                             return;
                         };
-                        if let Some(identity) = credential_identity(&registration.identity) {
-                            let _ = inner.registered(&registration.endpoint, identity).await;
+                        if let Some((kind, key)) = credential_identity(&registration.identity) {
+                            let _ = inner.registered(&registration.endpoint, kind, &key).await;
                         }
                     }
                     sweep = false;
@@ -271,6 +301,18 @@ impl BootstrapServer {
                         // One task per registration: a proof waits for its commit, and the
                         // proofs of many devices share one.
                         tokio::spawn(on_registered(inner, server.clone(), registration));
+                    }
+                    Ok(ServerEvent::Updated(registration)) => {
+                        let Some(inner) = inner.upgrade() else {
+                            return;
+                        };
+                        let marked = inner
+                            .rotation_marked
+                            .lock()
+                            .is_ok_and(|marked| marked.contains(&registration.endpoint));
+                        if marked {
+                            tokio::spawn(trigger_rotation(server.clone(), registration));
+                        }
                     }
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) => sweep = true,
@@ -299,12 +341,16 @@ impl BootstrapServer {
             .bootstrap
             .put_device_credentials(device)
             .await?;
+        if let Ok(mut marked) = self.inner.rotation_marked.lock() {
+            marked.insert(endpoint.to_owned());
+        }
         Ok(true)
     }
 
     /// Rotates the credentials of registered devices: marks each for rotation, executes the
-    /// Bootstrap-Request Trigger (/1/x/9) through the DM server, and waits up to `wait` for each
-    /// device to register with fresh credentials (its previous ones are refused from then on).
+    /// Bootstrap-Request Trigger (/1/x/9) through the DM server (up to
+    /// [`ROTATION_CONCURRENCY`] devices at once), and waits up to `wait` for each device to
+    /// register with fresh credentials (its previous ones are refused from then on).
     pub async fn rotate(
         &self,
         server: &LwM2mServer,
@@ -312,48 +358,109 @@ impl BootstrapServer {
         wait: Duration,
     ) -> RotationReport {
         let mut events = self.events();
+        let started_ms = unix_millis();
         let mut report = RotationReport::default();
+        let permits = Arc::new(tokio::sync::Semaphore::new(ROTATION_CONCURRENCY));
+        let asks: Vec<_> = endpoints
+            .iter()
+            .map(|endpoint| {
+                let (this, server, permits) = (self.clone(), server.clone(), permits.clone());
+                let name = endpoint.clone();
+                let task = tokio::spawn(async move {
+                    let _permit = permits.acquire_owned().await;
+                    this.ask_rotation(&server, &name).await
+                });
+                (endpoint.clone(), task)
+            })
+            .collect();
         let mut waiting = std::collections::BTreeSet::new();
-        for endpoint in endpoints {
-            match self.request_rotation(endpoint).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    report
-                        .failed
-                        .push((endpoint.clone(), "no bootstrap credentials".into()));
-                    continue;
+        for (endpoint, task) in asks {
+            match task.await {
+                Ok(Asked::Triggered) => {
+                    waiting.insert(endpoint);
                 }
-                Err(error) => {
-                    report.failed.push((endpoint.clone(), error.to_string()));
-                    continue;
-                }
-            }
-            let Some(registration) = server.registration(endpoint) else {
-                report.pending.push(endpoint.clone());
-                continue;
-            };
-            let trigger = bootstrap_trigger(&registration);
-            match server.execute(endpoint, trigger, Vec::new()).await {
-                Ok(()) => {
-                    waiting.insert(endpoint.clone());
-                }
-                Err(error) => report.failed.push((endpoint.clone(), error.to_string())),
+                Ok(Asked::NotRegistered) => report.pending.push(endpoint),
+                Ok(Asked::Failed(reason)) => report.failed.push((endpoint, reason)),
+                Err(error) => report.failed.push((endpoint, error.to_string())),
             }
         }
         let deadline = tokio::time::Instant::now() + wait;
+        // Proofs that came while the devices were asked, beyond what the event queue holds,
+        // are found in the store.
+        let mut check_store = true;
         while !waiting.is_empty() {
+            if check_store {
+                self.collect_rotated(&mut waiting, started_ms, &mut report)
+                    .await;
+                check_store = false;
+                continue;
+            }
             match tokio::time::timeout_at(deadline, events.recv()).await {
                 Ok(Ok(BootstrapEvent::CredentialsProven { endpoint })) => {
                     if waiting.remove(&endpoint) {
                         report.rotated.push(endpoint);
                     }
                 }
-                Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Ok(_)) => {}
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => check_store = true,
                 Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => break,
             }
         }
+        self.collect_rotated(&mut waiting, started_ms, &mut report)
+            .await;
         report.pending.extend(waiting);
         report
+    }
+
+    /// Marks a device for rotation and, when it is registered, asks it to bootstrap.
+    async fn ask_rotation(&self, server: &LwM2mServer, endpoint: &str) -> Asked {
+        match self.request_rotation(endpoint).await {
+            Ok(true) => {}
+            Ok(false) => return Asked::Failed("no bootstrap credentials".into()),
+            Err(error) => return Asked::Failed(error.to_string()),
+        }
+        let Some(registration) = server.registration(endpoint) else {
+            return Asked::NotRegistered;
+        };
+        match server
+            .execute(endpoint, bootstrap_trigger(&registration), Vec::new())
+            .await
+        {
+            Ok(()) => Asked::Triggered,
+            Err(error) => Asked::Failed(error.to_string()),
+        }
+    }
+
+    /// Moves from `waiting` to the report's rotated the devices whose credentials issued since
+    /// `since_ms` are proven.
+    async fn collect_rotated(
+        &self,
+        waiting: &mut std::collections::BTreeSet<String>,
+        since_ms: u64,
+        report: &mut RotationReport,
+    ) {
+        let mut done = Vec::new();
+        for endpoint in waiting.iter() {
+            let device = self
+                .inner
+                .stores
+                .bootstrap
+                .get_device_credentials(endpoint)
+                .await;
+            let rotated = device.ok().flatten().is_some_and(|device| {
+                !device.status.rotation_requested
+                    && device
+                        .dm
+                        .is_some_and(|dm| dm.proven && dm.issued_at_ms >= since_ms)
+            });
+            if rotated {
+                done.push(endpoint.clone());
+            }
+        }
+        for endpoint in done {
+            waiting.remove(&endpoint);
+            report.rotated.push(endpoint);
+        }
     }
 
     /// Stops the sockets and the running sequences.
@@ -383,11 +490,16 @@ impl cairn_transport::Handler for BootstrapHandler {
     }
 }
 
-/// What identifies the credential a device registered with, as the Security object's Public
-/// Key or Identity holds it: a PSK identity or a raw public key.
-fn credential_identity(identity: &PeerIdentity) -> Option<&[u8]> {
+/// The kind and lookup key ([`cairn_store::bootstrap::lookup_key`]) of the credential a device
+/// registered with: a PSK identity, a raw public key, or a certificate's SHA-256 fingerprint
+/// (a session that carries only a certificate's common name says nothing about which one).
+fn credential_identity(identity: &PeerIdentity) -> Option<(CredentialKind, Vec<u8>)> {
     match identity {
-        PeerIdentity::Psk(identity) | PeerIdentity::Rpk(identity) => Some(identity),
+        PeerIdentity::Psk(identity) => Some((CredentialKind::Psk, identity.clone())),
+        PeerIdentity::Rpk(key) => Some((CredentialKind::Rpk, key.clone())),
+        PeerIdentity::X509Certificate { fingerprint, .. } => {
+            Some((CredentialKind::X509, fingerprint.to_vec()))
+        }
         PeerIdentity::X509(_) | PeerIdentity::Unsecured => None,
     }
 }
@@ -399,8 +511,8 @@ async fn on_registered(
     server: LwM2mServer,
     registration: cairn_store::Registration,
 ) {
-    if let Some(identity) = credential_identity(&registration.identity) {
-        if let Err(error) = inner.registered(&registration.endpoint, identity).await {
+    if let Some((kind, key)) = credential_identity(&registration.identity) {
+        if let Err(error) = inner.registered(&registration.endpoint, kind, &key).await {
             tracing::warn!(%error, "cannot record a credential proof");
         }
     }
@@ -414,13 +526,18 @@ async fn on_registered(
         .is_some_and(|d| d.status.rotation_requested);
     drop(inner);
     if rotation_requested {
-        let trigger = bootstrap_trigger(&registration);
-        if let Err(error) = server
-            .execute(&registration.endpoint, trigger, Vec::new())
-            .await
-        {
-            tracing::warn!(endpoint = %registration.endpoint, %error, "cannot trigger a pending rotation");
-        }
+        trigger_rotation(server, registration).await;
+    }
+}
+
+/// Asks a device marked for rotation to bootstrap again.
+async fn trigger_rotation(server: LwM2mServer, registration: cairn_store::Registration) {
+    let trigger = bootstrap_trigger(&registration);
+    if let Err(error) = server
+        .execute(&registration.endpoint, trigger, Vec::new())
+        .await
+    {
+        tracing::warn!(endpoint = %registration.endpoint, %error, "cannot trigger a pending rotation");
     }
 }
 
@@ -615,16 +732,6 @@ impl Inner {
         identity: &[u8],
         settings: &BootstrapSettings,
     ) -> Result<DeviceCredentials, Refusal> {
-        if credentials::credential_server(settings).is_some_and(|server| {
-            server.credential == DmCredentialSource::Generate(CredentialKind::X509)
-        }) {
-            // The DM server sees a certificate's common name only, so it could not tell a
-            // replaced certificate from its successor: X.509 credentials are not given yet.
-            return Err((
-                ResponseCode::NOT_IMPLEMENTED,
-                "X.509 device-management credentials are not supported yet".into(),
-            ));
-        }
         let in_security_store = self
             .stores
             .security
@@ -653,6 +760,9 @@ impl Inner {
             mode: credentials::security_mode(dm.kind, &dm.current),
             created_at_ms: unix_millis(),
         });
+        if let Ok(mut marked) = self.rotation_marked.lock() {
+            marked.remove(&updated.endpoint);
+        }
         let stores = &self.stores;
         match security {
             Some(security) if stores.security_in_bootstrap_store => stores
@@ -713,10 +823,20 @@ impl Inner {
                 certificates: this.config.certificates.as_deref(),
             };
             let outcome = session::run(&exchange, format, &settings, device.as_ref()).await;
-            this.finish_session(&name, number, device.is_some(), outcome)
+            this.finish_session(&name, peer, number, device.is_some(), outcome)
                 .await;
         });
+        let displaced = self
+            .session_peers
+            .lock()
+            .ok()
+            .and_then(|mut peers| peers.insert(peer, endpoint.clone()))
+            .filter(|other| *other != endpoint);
         if let Ok(mut sessions) = self.sessions.lock() {
+            if let Some((_, stale)) = displaced.and_then(|other| sessions.remove(&other)) {
+                // Another device now speaks from the address this sequence writes to.
+                stale.abort();
+            }
             if let Some((_, previous)) = sessions.insert(endpoint, (number, task.abort_handle())) {
                 // The device started over (it restarted mid-sequence).
                 previous.abort();
@@ -727,6 +847,7 @@ impl Inner {
     async fn finish_session(
         &self,
         endpoint: &str,
+        peer: SocketAddr,
         number: u64,
         has_credentials: bool,
         outcome: session::Outcome,
@@ -773,12 +894,22 @@ impl Inner {
         if let Ok(mut sessions) = self.sessions.lock() {
             if sessions.get(endpoint).is_some_and(|(n, _)| *n == number) {
                 sessions.remove(endpoint);
+                if let Ok(mut peers) = self.session_peers.lock() {
+                    if peers.get(&peer).is_some_and(|owner| owner == endpoint) {
+                        peers.remove(&peer);
+                    }
+                }
             }
         }
         self.publish(event);
     }
 
-    async fn registered(&self, endpoint: &str, identity: &[u8]) -> Result<bool, StoreError> {
+    async fn registered(
+        &self,
+        endpoint: &str,
+        kind: CredentialKind,
+        key: &[u8],
+    ) -> Result<bool, StoreError> {
         let _guard = self.credentials.lock(endpoint).await;
         let Some(device) = self
             .stores
@@ -788,7 +919,7 @@ impl Inner {
         else {
             return Ok(false);
         };
-        let Some(proven) = credentials::on_registration(device, identity) else {
+        let Some(proven) = credentials::on_registration(device, kind, key) else {
             return Ok(false);
         };
         self.stores.bootstrap.put_device_credentials(proven).await?;

@@ -8,7 +8,9 @@
 //!   registers with it, the one it had before the last bootstrap; [`TransitionalRawPublicKeys`]
 //!   does the same for raw public keys. The DM server asks the security store for a session
 //!   identity's retiring credential ([`SecurityStore::get_security_info_by_psk_identity`] with
-//!   the raw-public-key session identity) when the endpoint's current key is not the one used.
+//!   the raw-public-key or X.509 session identity) when the endpoint's current key or
+//!   certificate is not the one used. An X.509 device's certificates all chain to Cairn's CA and
+//!   pass the handshake; registration tells them apart by their SHA-256 fingerprint.
 
 use std::sync::Arc;
 
@@ -122,6 +124,9 @@ impl SecurityStore for TransitionalSecurityStore {
             let (kind, lookup) = match crate::peer_identity(Some(identity)) {
                 PeerIdentity::Rpk(key) => (CredentialKind::Rpk, key),
                 PeerIdentity::Psk(_) => (CredentialKind::Psk, identity.to_vec()),
+                PeerIdentity::X509Certificate { fingerprint, .. } => {
+                    (CredentialKind::X509, fingerprint.to_vec())
+                }
                 _ => return Ok(None),
             };
             let Some(device) = self

@@ -42,6 +42,11 @@ pub struct BootstrapBenchArgs {
     /// Worker threads of each fleet process.
     #[arg(long, default_value_t = 2)]
     fleet_threads: usize,
+    /// Seconds to wait for every device before giving up (default: the start time at
+    /// --rate plus 300 s); the devices still missing are then listed with their bootstrap
+    /// records.
+    #[arg(long)]
+    give_up_s: Option<u64>,
 }
 
 /// Kills the fleet processes when dropped.
@@ -179,7 +184,10 @@ async fn bench(args: &BootstrapBenchArgs, work: &Path) -> anyhow::Result<()> {
         fleets.0.push(child);
         logs.push(log);
     }
-    let limit = Duration::from_secs_f64(args.devices as f64 / args.rate + 300.0);
+    let limit = match args.give_up_s {
+        Some(seconds) => Duration::from_secs(seconds),
+        None => Duration::from_secs_f64(args.devices as f64 / args.rate + 300.0),
+    };
     let mut last_report = Instant::now();
     let registered = loop {
         let registered = *count_rx.borrow_and_update();
@@ -187,6 +195,7 @@ async fn bench(args: &BootstrapBenchArgs, work: &Path) -> anyhow::Result<()> {
             break registered;
         }
         if started.elapsed() > limit {
+            explain_missing(&store, &dm, &logs).await;
             bail!(
                 "only {registered} of {} devices registered within {limit:?}",
                 args.devices
@@ -224,6 +233,50 @@ async fn bench(args: &BootstrapBenchArgs, work: &Path) -> anyhow::Result<()> {
         registered as f64 / seconds
     );
     Ok(())
+}
+
+/// Lists (up to 40 of) the devices that did not register, with their bootstrap records, and
+/// the fleets' warnings.
+async fn explain_missing(store: &EmbeddedStore, dm: &LwM2mServer, logs: &[PathBuf]) {
+    let registered: HashSet<String> = dm.registrations().into_iter().map(|r| r.endpoint).collect();
+    let mut missing = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let Ok(page) = store.list_device_endpoints(after.as_deref(), 1000).await else {
+            break;
+        };
+        missing.extend(page.items.into_iter().filter(|e| !registered.contains(e)));
+        match page.next_cursor {
+            Some(cursor) => after = Some(cursor),
+            None => break,
+        }
+    }
+    eprintln!("{} devices did not register:", missing.len());
+    for endpoint in missing.iter().take(40) {
+        let Ok(Some(device)) = store.get_device_credentials(endpoint).await else {
+            continue;
+        };
+        let dm_state = match &device.dm {
+            Some(dm) if dm.proven => "proven",
+            Some(_) => "written",
+            None => "none",
+        };
+        eprintln!(
+            "  {endpoint}: attempts={} finished={} last={:?} bootstrap_proven={} dm={dm_state}",
+            device.status.attempts,
+            device.status.finished,
+            device.status.last_result,
+            device.bootstrap_proven,
+        );
+    }
+    for log in logs {
+        let Ok(text) = std::fs::read_to_string(log) else {
+            continue;
+        };
+        for line in text.lines().filter(|l| l.contains("WARN")).take(20) {
+            eprintln!("  fleet: {line}");
+        }
+    }
 }
 
 /// The summary line of each fleet log, waiting up to `wait` for them.

@@ -126,7 +126,9 @@ enum Identity {
     Psk(Box<[u8]>),
     Rpk(Box<[u8]>),
     X509(Box<str>),
-    X509Certificate(Box<str>, [u8; 32]),
+    /// The common name and the certificate's fingerprint, boxed together so that an entry
+    /// of another kind does not pay for them.
+    X509Certificate(Box<(Box<str>, [u8; 32])>),
 }
 
 /// A short text that is usually one of a few known values: an index into [`KNOWN`] (so the
@@ -171,7 +173,9 @@ impl Entry {
                 PeerIdentity::X509Certificate {
                     common_name,
                     fingerprint,
-                } => Identity::X509Certificate(common_name.into_boxed_str(), fingerprint),
+                } => {
+                    Identity::X509Certificate(Box::new((common_name.into_boxed_str(), fingerprint)))
+                }
             },
             sms_number: registration.sms_number.map(String::into_boxed_str),
             lwm2m_version: Text::new(registration.lwm2m_version),
@@ -201,9 +205,9 @@ impl Entry {
                 Identity::Psk(id) => PeerIdentity::Psk(id.to_vec()),
                 Identity::Rpk(key) => PeerIdentity::Rpk(key.to_vec()),
                 Identity::X509(name) => PeerIdentity::X509(name.to_string()),
-                Identity::X509Certificate(name, fingerprint) => PeerIdentity::X509Certificate {
-                    common_name: name.to_string(),
-                    fingerprint: *fingerprint,
+                Identity::X509Certificate(certificate) => PeerIdentity::X509Certificate {
+                    common_name: certificate.0.to_string(),
+                    fingerprint: certificate.1,
                 },
             },
             registered_at_ms: self.registered_at_ms,
@@ -363,12 +367,12 @@ impl Registry {
             (Identity::Rpk(a), PeerIdentity::Rpk(b)) => **a == **b,
             (Identity::X509(a), PeerIdentity::X509(b)) => **a == **b,
             (
-                Identity::X509Certificate(a, a_fingerprint),
+                Identity::X509Certificate(a),
                 PeerIdentity::X509Certificate {
                     common_name: b,
                     fingerprint: b_fingerprint,
                 },
-            ) => **a == **b && a_fingerprint == b_fingerprint,
+            ) => *a.0 == **b && a.1 == *b_fingerprint,
             _ => false,
         };
         same.then(|| entry.endpoint.to_string())

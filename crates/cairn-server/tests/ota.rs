@@ -870,3 +870,91 @@ async fn a_block_request_that_never_completes_is_retried_and_the_pull_completes(
     wait_for(&device, (0, 1)).await;
     endpoint.shutdown().await;
 }
+
+/// A package that ends on a block boundary, with the power cut at each flash operation
+/// from the last block's arrival through the final check: a resume that finds every byte
+/// in flash asks for the block past the end (4.02), and still ends with the package
+/// Downloaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_power_cut_at_the_end_of_a_block_aligned_pull_still_completes() {
+    let key = vendor_key();
+    // An image length that makes the package a whole number of 1 KiB blocks.
+    let unaligned = package(&image(40_000, 2), "meter", 2, &key).len();
+    let v2 = image(40_000 + (1024 - unaligned % 1024) % 1024, 2);
+    let bytes = package(&v2, "meter", 2, &key);
+    assert_eq!(bytes.len() % 1024, 0);
+    let (_dir, server) = start_server(1000).await;
+    let address = server.local_addrs().1.unwrap();
+    let source = Arc::new(ReplaceableSource {
+        package: Mutex::new(bytes.clone()),
+        requested: Mutex::new(Vec::new()),
+        stall: Mutex::new(None),
+    });
+    let serving = source.clone();
+    let endpoint = cairn_transport::CoapEndpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        Config::default(),
+        Some(Arc::new(move |request: &cairn_transport::Request| {
+            serving.serve(request)
+        })),
+    )
+    .await
+    .unwrap();
+    let uri = format!("coap://{}/fw", endpoint.local_addr());
+    let last_offset = (bytes.len() - 1024) as u64;
+    // Device n: the power is cut at the n-th flash operation after the last block arrives
+    // (0: never). Returns the operations from the last block to Downloaded, and whether it
+    // got there.
+    let run = async |n: usize| {
+        let device_power: Arc<std::sync::OnceLock<SimPower>> = Arc::default();
+        let at_last = Arc::new(AtomicU64::new(u64::MAX));
+        let (power_in, at_last_in) = (device_power.clone(), at_last.clone());
+        let options = PullOptions {
+            retry_delay: Duration::from_millis(20),
+            drop: Some(Arc::new(move |offset| {
+                let power = power_in.get().unwrap();
+                if offset == last_offset && at_last_in.load(Ordering::SeqCst) == u64::MAX {
+                    at_last_in.store(power.operations(), Ordering::SeqCst);
+                    if n > 0 {
+                        power.cut_after(n as u64);
+                    }
+                }
+                false
+            })),
+            ..PullOptions::default()
+        };
+        let device = start_device(address, n, "meter", options).await;
+        device_power.set(device.power.clone()).unwrap();
+        let ep = format!("ota-{n}");
+        wait_registered(&server, &ep).await;
+        write_uri(&server, &ep, &uri).await.unwrap();
+        let downloaded = tokio::time::timeout(Duration::from_secs(20), async {
+            while device.state_and_result() != (2, 0) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .is_ok();
+        let span = device.power.operations() - at_last.load(Ordering::SeqCst).min(u64::MAX - 1);
+        (span, downloaded, device.state_and_result())
+    };
+    let (span, downloaded, _) = run(0).await;
+    assert!(downloaded, "without a power cut");
+    assert!(
+        span > 2 && span < 1000,
+        "{span} operations from the last block to Downloaded"
+    );
+    // Every operation would take a minute in a debug build: a stride that still lands in
+    // the sector flush, its record, and the check's reads.
+    let stride = (span as usize / 24).max(1);
+    let mut outcomes = Vec::new();
+    for n in (1..=span as usize).step_by(stride) {
+        let (_, downloaded, state) = run(n).await;
+        outcomes.push((n, downloaded, state));
+    }
+    assert!(
+        outcomes.iter().all(|&(_, downloaded, _)| downloaded),
+        "(cut at, Downloaded, (state, result)): {outcomes:?}"
+    );
+    endpoint.shutdown().await;
+}

@@ -270,7 +270,11 @@ impl<F: Flash + Send + 'static, S: ProtectedStorage + Send + 'static> FirmwareOb
                 }
             }
             match self.boot_and_confirm() {
-                Ok(booted) => return Ok(booted),
+                Ok(booted) => {
+                    // A package Downloaded before the restart is still named by its manifest.
+                    self.note_package();
+                    return Ok(booted);
+                }
                 Err(failure) if is_power_loss(&failure) => continue,
                 Err(failure) => return Err(failure),
             }
@@ -834,6 +838,14 @@ mod tests {
                 (UpdateState::Downloaded, UpdateResult::Initial) => {
                     assert!(written.is_ok(), "cut {cut}: {written:?}");
                     downloaded += 1;
+                    // The restart kept the package's name and version.
+                    let shown = crate::object::ObjectHandler::read(&firmware, 0).unwrap();
+                    let text = |id| match &shown.resources[&id].value {
+                        cairn_lwm2m::ResourceValue::Single(Value::String(text)) => text.clone(),
+                        other => panic!("{other:?}"),
+                    };
+                    assert!(!text(resource::PKG_NAME).is_empty(), "cut {cut}");
+                    assert_eq!(text(resource::PKG_VERSION), "2", "cut {cut}");
                 }
                 other => panic!("cut {cut}: the device is at {other:?} ({written:?})"),
             }

@@ -172,15 +172,21 @@ pub struct Observation {
     pub created_at_ms: u64,
 }
 
-/// A fresh random id (12 characters of the URL-safe base64 alphabet, 72 bits), for
-/// registrations and observations.
+/// A fresh random id (12 characters of the URL-safe base64 alphabet, 71 bits), for
+/// registrations, observations, firmware images and campaigns. It starts with a letter, so
+/// that a command line never takes it for an option (`-x`).
 pub fn random_id() -> Result<String, StoreError> {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut bytes = [0u8; 12];
     getrandom::fill(&mut bytes).map_err(|e| crate::error::MasterKeyError::Random(e.to_string()))?;
     Ok(bytes
         .iter()
-        .map(|b| char::from(ALPHABET[usize::from(b & 63)]))
+        .enumerate()
+        .map(|(i, b)| {
+            // The first 32 characters of the alphabet are letters.
+            let mask = if i == 0 { 31 } else { 63 };
+            char::from(ALPHABET[usize::from(b & mask)])
+        })
         .collect())
 }
 
@@ -721,6 +727,18 @@ pub(crate) mod tests {
         let b = random_id().unwrap();
         assert_eq!(a.len(), 12);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn random_ids_start_with_a_letter() {
+        for _ in 0..10_000 {
+            let id = random_id().unwrap();
+            assert!(id.starts_with(|c: char| c.is_ascii_alphabetic()), "{id}");
+            assert!(
+                id.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            );
+        }
     }
 
     fn arbitrary_identity() -> impl Strategy<Value = PeerIdentity> {

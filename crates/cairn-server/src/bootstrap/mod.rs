@@ -358,7 +358,12 @@ impl BootstrapServer {
         wait: Duration,
     ) -> RotationReport {
         let mut events = self.events();
-        let started_ms = unix_millis();
+        // The credential each device had proven when the rotation began: a proof of any
+        // other (fresh) one ends its rotation; a late proof of this one does not.
+        let mut before = std::collections::HashMap::new();
+        for endpoint in endpoints {
+            before.insert(endpoint.clone(), self.proven_identity(endpoint).await);
+        }
         let mut report = RotationReport::default();
         let permits = Arc::new(tokio::sync::Semaphore::new(ROTATION_CONCURRENCY));
         let asks: Vec<_> = endpoints
@@ -390,14 +395,17 @@ impl BootstrapServer {
         let mut check_store = true;
         while !waiting.is_empty() {
             if check_store {
-                self.collect_rotated(&mut waiting, started_ms, &mut report)
+                self.collect_rotated(&mut waiting, &before, &mut report)
                     .await;
                 check_store = false;
                 continue;
             }
             match tokio::time::timeout_at(deadline, events.recv()).await {
+                // The event may be the late proof of the credentials being replaced: the
+                // store says whether the proven ones are others.
                 Ok(Ok(BootstrapEvent::CredentialsProven { endpoint })) => {
-                    if waiting.remove(&endpoint) {
+                    if waiting.contains(&endpoint) && self.rotated_from(&endpoint, &before).await {
+                        waiting.remove(&endpoint);
                         report.rotated.push(endpoint);
                     }
                 }
@@ -406,7 +414,7 @@ impl BootstrapServer {
                 Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => break,
             }
         }
-        self.collect_rotated(&mut waiting, started_ms, &mut report)
+        self.collect_rotated(&mut waiting, &before, &mut report)
             .await;
         report.pending.extend(waiting);
         report
@@ -431,29 +439,17 @@ impl BootstrapServer {
         }
     }
 
-    /// Moves from `waiting` to the report's rotated the devices whose credentials issued since
-    /// `since_ms` are proven.
+    /// Moves from `waiting` to the report's rotated the devices that proved credentials other
+    /// than those they had proven in `before`.
     async fn collect_rotated(
         &self,
         waiting: &mut std::collections::BTreeSet<String>,
-        since_ms: u64,
+        before: &std::collections::HashMap<String, Option<Vec<u8>>>,
         report: &mut RotationReport,
     ) {
         let mut done = Vec::new();
         for endpoint in waiting.iter() {
-            let device = self
-                .inner
-                .stores
-                .bootstrap
-                .get_device_credentials(endpoint)
-                .await;
-            let rotated = device.ok().flatten().is_some_and(|device| {
-                !device.status.rotation_requested
-                    && device
-                        .dm
-                        .is_some_and(|dm| dm.proven && dm.issued_at_ms >= since_ms)
-            });
-            if rotated {
+            if self.rotated_from(endpoint, before).await {
                 done.push(endpoint.clone());
             }
         }
@@ -461,6 +457,44 @@ impl BootstrapServer {
             waiting.remove(&endpoint);
             report.rotated.push(endpoint);
         }
+    }
+
+    /// The identity of the device-management credential `endpoint` has proven, if any.
+    async fn proven_identity(&self, endpoint: &str) -> Option<Vec<u8>> {
+        let device = self
+            .inner
+            .stores
+            .bootstrap
+            .get_device_credentials(endpoint)
+            .await;
+        device
+            .ok()
+            .flatten()
+            .and_then(|device| device.dm)
+            .filter(|dm| dm.proven)
+            .map(|dm| dm.current.identity)
+    }
+
+    /// Whether `endpoint` proved a credential other than the one it had proven in `before`,
+    /// with no rotation pending for it.
+    async fn rotated_from(
+        &self,
+        endpoint: &str,
+        before: &std::collections::HashMap<String, Option<Vec<u8>>>,
+    ) -> bool {
+        let device = self
+            .inner
+            .stores
+            .bootstrap
+            .get_device_credentials(endpoint)
+            .await;
+        let old = before.get(endpoint).cloned().flatten();
+        device.ok().flatten().is_some_and(|device| {
+            !device.status.rotation_requested
+                && device
+                    .dm
+                    .is_some_and(|dm| dm.proven && Some(&dm.current.identity) != old.as_ref())
+        })
     }
 
     /// Stops the sockets and the running sequences.

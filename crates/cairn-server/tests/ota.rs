@@ -668,6 +668,30 @@ struct ReplaceableSource {
 }
 
 impl ReplaceableSource {
+    /// A source of `package` (whose block `stall`, if any, is never answered the first time)
+    /// served at `/fw` by a CoAP endpoint on 127.0.0.1.
+    async fn serve_on_loopback(
+        package: Vec<u8>,
+        stall: Option<u32>,
+    ) -> (Arc<Self>, cairn_transport::CoapEndpoint) {
+        let source = Arc::new(ReplaceableSource {
+            package: Mutex::new(package),
+            requested: Mutex::new(Vec::new()),
+            stall: Mutex::new(stall),
+        });
+        let serving = source.clone();
+        let endpoint = cairn_transport::CoapEndpoint::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            Config::default(),
+            Some(Arc::new(move |request: &cairn_transport::Request| {
+                serving.serve(request)
+            })),
+        )
+        .await
+        .unwrap();
+        (source, endpoint)
+    }
+
     fn serve(&self, request: &cairn_transport::Request) -> cairn_transport::Reply {
         use cairn_coap::{BlockValue, Code, Message, OptionNumber};
         let package = self.package.lock().unwrap().clone();
@@ -722,21 +746,8 @@ async fn a_replaced_package_restarts_the_pull(power_cut: bool) {
     let address = server.local_addrs().1.unwrap();
     let key = vendor_key();
     let (v2, v3) = (image(40_000, 2), image(40_000, 3));
-    let source = Arc::new(ReplaceableSource {
-        package: Mutex::new(package(&v2, "meter", 2, &key)),
-        requested: Mutex::new(Vec::new()),
-        stall: Mutex::new(None),
-    });
-    let serving = source.clone();
-    let endpoint = cairn_transport::CoapEndpoint::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        Config::default(),
-        Some(Arc::new(move |request: &cairn_transport::Request| {
-            serving.serve(request)
-        })),
-    )
-    .await
-    .unwrap();
+    let (source, endpoint) =
+        ReplaceableSource::serve_on_loopback(package(&v2, "meter", 2, &key), None).await;
     // At block 20 the source gets package v3; the block of v2 in flight is lost with its
     // connection, or reaches the device as its power fails.
     let replace_at = 20 * 1024;
@@ -826,21 +837,9 @@ async fn a_block_request_that_never_completes_is_retried_and_the_pull_completes(
     let (_dir, server) = start_server(1).await;
     let address = server.local_addrs().1.unwrap();
     let v2 = image(40_000, 2);
-    let source = Arc::new(ReplaceableSource {
-        package: Mutex::new(package(&v2, "meter", 2, &vendor_key())),
-        requested: Mutex::new(Vec::new()),
-        stall: Mutex::new(Some(7)),
-    });
-    let serving = source.clone();
-    let endpoint = cairn_transport::CoapEndpoint::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        Config::default(),
-        Some(Arc::new(move |request: &cairn_transport::Request| {
-            serving.serve(request)
-        })),
-    )
-    .await
-    .unwrap();
+    let (source, endpoint) =
+        ReplaceableSource::serve_on_loopback(package(&v2, "meter", 2, &vendor_key()), Some(7))
+            .await;
     let options = PullOptions {
         retry_delay: Duration::from_millis(20),
         // Far below CoAP's own limit on a separate response (93 s): without this bound
@@ -885,21 +884,7 @@ async fn a_power_cut_at_the_end_of_a_block_aligned_pull_still_completes() {
     assert_eq!(bytes.len() % 1024, 0);
     let (_dir, server) = start_server(1000).await;
     let address = server.local_addrs().1.unwrap();
-    let source = Arc::new(ReplaceableSource {
-        package: Mutex::new(bytes.clone()),
-        requested: Mutex::new(Vec::new()),
-        stall: Mutex::new(None),
-    });
-    let serving = source.clone();
-    let endpoint = cairn_transport::CoapEndpoint::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        Config::default(),
-        Some(Arc::new(move |request: &cairn_transport::Request| {
-            serving.serve(request)
-        })),
-    )
-    .await
-    .unwrap();
+    let (_source, endpoint) = ReplaceableSource::serve_on_loopback(bytes.clone(), None).await;
     let uri = format!("coap://{}/fw", endpoint.local_addr());
     let last_offset = (bytes.len() - 1024) as u64;
     // Device n: the power is cut at the n-th flash operation after the last block arrives

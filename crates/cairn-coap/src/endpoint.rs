@@ -24,6 +24,7 @@ use hashbrown::HashTable;
 use crate::message::{Code, FormatError, Message, MessageType, MessageView, RawHeader, Token};
 use crate::observe::{ObserveSequence, is_fresh};
 use crate::option::{BlockValue, OptionNumber};
+use crate::request_table::{ClientRequest, ObservationRecord, RequestTable};
 
 /// Transmission parameters and resource limits (RFC 7252 §4.8 defaults).
 #[derive(Clone, Debug)]
@@ -94,7 +95,16 @@ pub struct ExchangeId(u64);
 
 /// A request sent by [`Endpoint::request`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RequestId(u64);
+pub struct RequestId(pub(crate) u64);
+
+impl RequestId {
+    /// The request's position in the endpoint's table: small, unique among the requests in
+    /// progress and reused after them, so tables beside the endpoint's can be vectors
+    /// indexed by it (keeping the whole id to tell a request from an earlier one).
+    pub fn index(self) -> usize {
+        (self.0 & 0xffff_ffff) as usize
+    }
+}
 
 /// An observation registered by a peer on this endpoint (server role).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -353,26 +363,6 @@ struct Observation {
     last_message_id: u16,
 }
 
-#[derive(Debug)]
-struct ClientRequest {
-    peer: SocketAddr,
-    token: Token,
-    /// The request without its body, encoded: an observation keeps it as long as it lasts
-    /// (for the later blocks of a notification and for deregistering), and the encoding is a
-    /// fraction of a decoded message's size.
-    template: Box<[u8]>,
-    body: Vec<u8>,
-    block1_offset: usize,
-    block1_szx: u8,
-    block2_body: Vec<u8>,
-    /// The caller asked for one Block2 block itself: the response is delivered as it
-    /// came, Block2 option included, and the endpoint does not fetch the next block.
-    single_block: bool,
-    observing: bool,
-    last_notification: Option<(u32, Duration)>,
-    sent: bool,
-}
-
 /// The endpoint's hash maps: foldhash, seeded per map from the process's random state, so
 /// keys a peer chooses (its address, its tokens) cannot be aimed at one bucket, at a
 /// fraction of SipHash's cost on every datagram.
@@ -412,9 +402,8 @@ pub struct Endpoint {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     exchanges: Map<ExchangeId, ServerExchange>,
-    /// Boxed: an observation keeps its request for as long as it lasts, and a server holds
-    /// one per device; the table's empty slots then cost a pointer, not a request.
-    requests: Map<RequestId, Box<ClientRequest>>,
+    /// Our requests in progress; an established observation is a compact record there.
+    requests: RequestTable,
     /// Requests by peer and token: the ids, hashed by `(peer, token)`; the key is the one in
     /// the request, not a second copy.
     tokens: HashTable<RequestId>,
@@ -440,7 +429,7 @@ impl Endpoint {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             exchanges: Map::default(),
-            requests: Map::default(),
+            requests: RequestTable::default(),
             tokens: HashTable::new(),
             token_hasher: foldhash::fast::RandomState::default(),
             observations: Map::default(),
@@ -484,9 +473,7 @@ impl Endpoint {
         let requests = &self.requests;
         self.tokens
             .find(self.token_hasher.hash_one((peer, token)), |id| {
-                requests
-                    .get(id)
-                    .is_some_and(|r| r.peer == peer && r.token == token)
+                requests.peer_and_token(*id) == Some((peer, token))
             })
             .copied()
     }
@@ -497,8 +484,8 @@ impl Endpoint {
         let hash = hasher.hash_one((peer, token));
         self.tokens.insert_unique(hash, id, |id| {
             requests
-                .get(id)
-                .map_or(0, |r| hasher.hash_one((r.peer, r.token)))
+                .peer_and_token(*id)
+                .map_or(0, |key| hasher.hash_one(key))
         });
     }
 
@@ -632,13 +619,13 @@ impl Endpoint {
         }
         shrink(&mut self.peers);
         shrink(&mut self.exchanges);
-        shrink(&mut self.requests);
+        self.requests.shrink();
         if self.tokens.capacity() > 64 && self.tokens.len() < self.tokens.capacity() / 4 {
             let (requests, hasher) = (&self.requests, &self.token_hasher);
             self.tokens.shrink_to(self.tokens.len() * 2, |id| {
                 requests
-                    .get(id)
-                    .map_or(0, |r| hasher.hash_one((r.peer, r.token)))
+                    .peer_and_token(*id)
+                    .map_or(0, |key| hasher.hash_one(key))
             });
         }
         shrink(&mut self.observations);
@@ -732,7 +719,7 @@ impl Endpoint {
             self.schedule(deadline, TimerKind::ResponseTimeout(id));
             self.start_queued(now, peer);
         } else if let ConPurpose::Ping(id) = outgoing.purpose {
-            self.requests.remove(&id);
+            self.requests.remove(id, self.block_szx);
             self.events.push_back(Event::Pong { id });
             self.start_queued(now, peer);
         }
@@ -747,7 +734,7 @@ impl Endpoint {
                     self.start_queued(now, peer);
                 }
                 ConPurpose::Ping(id) => {
-                    self.requests.remove(&id);
+                    self.requests.remove(id, self.block_szx);
                     self.events.push_back(Event::Pong { id });
                     self.start_queued(now, peer);
                 }
@@ -1132,7 +1119,26 @@ impl Endpoint {
         mut message: Message,
     ) {
         let max_body = self.config.max_body_size;
-        let Some(request) = self.requests.get_mut(&id) else {
+        let block2 = message
+            .options
+            .get(OptionNumber::BLOCK2)
+            .and_then(BlockValue::decode);
+        let observe = message.observe();
+        // An established observation: a notification in one message needs only its record.
+        if let Some(record) = self.requests.observation_mut(id) {
+            if let (Some(sequence), None, true) = (observe, block2, message.code.is_success()) {
+                if let Some((last, at)) = record.last_notification() {
+                    if !is_fresh(last, at, sequence, now) {
+                        return;
+                    }
+                }
+                record.set_last_notification(sequence, now);
+                self.events.push_back(Event::Response { id, peer, message });
+                return;
+            }
+        }
+        let block_szx = self.block_szx;
+        let Some(request) = self.requests.active_mut(id, block_szx) else {
             return;
         };
         // Block1: the server asks for the next block of our request body.
@@ -1149,11 +1155,6 @@ impl Endpoint {
             self.send_request_block(now, id);
             return;
         }
-        let block2 = message
-            .options
-            .get(OptionNumber::BLOCK2)
-            .and_then(BlockValue::decode);
-        let observe = message.observe();
         if request.single_block {
             self.finish_request(id);
             self.events.push_back(Event::Response { id, peer, message });
@@ -1207,11 +1208,13 @@ impl Endpoint {
             if let Some(sequence) = observe {
                 if let Some((last, at)) = request.last_notification {
                     if !is_fresh(last, at, sequence, now) {
+                        self.requests.compact(id);
                         return;
                     }
                 }
                 request.last_notification = Some((sequence, now));
             }
+            self.requests.compact(id);
             self.events.push_back(Event::Response { id, peer, message });
             return;
         }
@@ -1242,12 +1245,12 @@ impl Endpoint {
                 TimerKind::ResponseTimeout(id) => {
                     let waiting = self
                         .requests
-                        .get(&id)
-                        .is_some_and(|r| !r.observing || r.last_notification.is_none());
+                        .observing(id)
+                        .is_some_and(|(observing, last)| !observing || last.is_none());
                     let acknowledged = self
                         .requests
-                        .get(&id)
-                        .and_then(|r| self.peers.get(&r.peer))
+                        .peer_and_token(id)
+                        .and_then(|(peer, _)| self.peers.get(&peer))
                         .is_some_and(|p| {
                             !p.outgoing
                                 .iter()
@@ -1722,27 +1725,23 @@ impl Endpoint {
         if must_wait && state.extra().queued.len() >= queue_limit {
             return Err(EndpointError::QueueFull);
         }
-        let id = RequestId(self.next_id());
         message.token = token;
         let body = core::mem::take(&mut message.payload);
         let observing = message.observe() == Some(0);
         let single_block = !observing && message.options.get(OptionNumber::BLOCK2).is_some();
-        self.requests.insert(
-            id,
-            Box::new(ClientRequest {
-                peer,
-                token,
-                template: message.to_bytes().into(),
-                body,
-                block1_offset: 0,
-                block1_szx: block_szx,
-                block2_body: Vec::new(),
-                single_block,
-                observing,
-                last_notification: None,
-                sent: false,
-            }),
-        );
+        let id = self.requests.insert(ClientRequest {
+            peer,
+            token,
+            template: message.to_bytes().into(),
+            body,
+            block1_offset: 0,
+            block1_szx: block_szx,
+            block2_body: Vec::new(),
+            single_block,
+            observing,
+            last_notification: None,
+            sent: false,
+        });
         self.index_token(id, peer, token);
         if must_wait {
             if let Some(state) = self.peers.get_mut(&peer) {
@@ -1756,26 +1755,22 @@ impl Endpoint {
 
     /// Sends a CoAP ping (an empty confirmable message); answered by [`Event::Pong`].
     pub fn ping(&mut self, now: Duration, peer: SocketAddr) -> Result<RequestId, EndpointError> {
-        let id = RequestId(self.next_id());
         let ping = Message::new(MessageType::Confirmable, Code::EMPTY, 0);
         self.peer_mut(now, peer)
             .ok_or(EndpointError::TooManyPeers)?;
-        self.requests.insert(
-            id,
-            Box::new(ClientRequest {
-                peer,
-                token: Token::EMPTY,
-                template: ping.to_bytes().into(),
-                body: Vec::new(),
-                block1_offset: 0,
-                block1_szx: self.block_szx,
-                block2_body: Vec::new(),
-                single_block: false,
-                observing: false,
-                last_notification: None,
-                sent: true,
-            }),
-        );
+        let id = self.requests.insert(ClientRequest {
+            peer,
+            token: Token::EMPTY,
+            template: ping.to_bytes().into(),
+            body: Vec::new(),
+            block1_offset: 0,
+            block1_szx: self.block_szx,
+            block2_body: Vec::new(),
+            single_block: false,
+            observing: false,
+            last_notification: None,
+            sent: true,
+        });
         self.send_confirmable(now, peer, ping, ConPurpose::Ping(id));
         Ok(id)
     }
@@ -1783,7 +1778,8 @@ impl Endpoint {
     /// Sends the next message of a request: the whole request, its next Block1 block, or a
     /// request for its next Block2 block.
     fn send_request_block(&mut self, now: Duration, id: RequestId) {
-        let Some(request) = self.requests.get_mut(&id) else {
+        let block_szx = self.block_szx;
+        let Some(request) = self.requests.active_mut(id, block_szx) else {
             return;
         };
         let Ok(mut message) = Message::decode(&request.template) else {
@@ -1845,14 +1841,14 @@ impl Endpoint {
                 return;
             };
             state.release_extra();
-            if self.requests.contains_key(&id) {
+            if self.requests.contains(id) {
                 self.send_request_block(now, id);
             }
         }
     }
 
     fn finish_request(&mut self, id: RequestId) -> Option<ClientRequest> {
-        let request = self.requests.remove(&id)?;
+        let request = self.requests.remove(id, self.block_szx)?;
         let hash = self.token_hasher.hash_one((request.peer, request.token));
         if let Ok(entry) = self.tokens.find_entry(hash, |other| *other == id) {
             entry.remove();
@@ -1866,7 +1862,7 @@ impl Endpoint {
             }
             state.release_extra();
         }
-        Some(*request)
+        Some(request)
     }
 
     fn fail_request(&mut self, id: RequestId, error: RequestError) {
@@ -1878,20 +1874,21 @@ impl Endpoint {
     /// Fails every request of ours to `peer` at once, e.g. when the secure session to it
     /// could not be established, rather than letting each one time out.
     pub fn abort_requests(&mut self, peer: SocketAddr, error: RequestError) {
-        let ids: Vec<RequestId> = self
-            .requests
-            .iter()
-            .filter(|(_, request)| request.peer == peer)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
+        for id in self.requests.ids_of_peer(peer) {
             self.fail_request(id, error);
         }
     }
 
     /// The token of a request of ours (to persist an observation).
     pub fn request_token(&self, id: RequestId) -> Option<Token> {
-        self.requests.get(&id).map(|r| r.token)
+        self.requests.peer_and_token(id).map(|(_, token)| token)
+    }
+
+    /// Bytes that request `id` holds in the endpoint: its slot with what that owns on the
+    /// heap, and its entry in the token index. For memory figures; `None` when it is over.
+    pub fn request_bytes(&self, id: RequestId) -> Option<usize> {
+        let index_entry = core::mem::size_of::<RequestId>() + 1;
+        Some(self.requests.accounted_bytes(id)? + index_entry)
     }
 
     /// Takes over an observation established earlier (e.g. before a restart): notifications
@@ -1912,25 +1909,13 @@ impl Endpoint {
         if let Some(previous) = self.request_by_token(peer, token) {
             self.finish_request(previous);
         }
-        let id = RequestId(self.next_id());
         template.token = token;
         template.options.set_uint(OptionNumber::OBSERVE, 0);
-        self.requests.insert(
-            id,
-            Box::new(ClientRequest {
-                peer,
-                token,
-                template: template.to_bytes().into(),
-                body: Vec::new(),
-                block1_offset: 0,
-                block1_szx: self.block_szx,
-                block2_body: Vec::new(),
-                single_block: false,
-                observing: true,
-                last_notification: None,
-                sent: true,
-            }),
-        );
+        let id = self.requests.insert_observation(ObservationRecord::new(
+            peer,
+            token,
+            template.to_bytes().into(),
+        ));
         self.index_token(id, peer, token);
         Ok(id)
     }

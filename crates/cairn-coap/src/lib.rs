@@ -11,6 +11,7 @@ pub mod link_format;
 pub mod message;
 pub mod observe;
 pub mod option;
+mod request_table;
 pub mod uri;
 
 pub use content_format::ContentFormat;

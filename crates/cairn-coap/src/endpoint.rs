@@ -104,6 +104,11 @@ impl RequestId {
     pub fn index(self) -> usize {
         (self.0 & 0xffff_ffff) as usize
     }
+
+    /// Tells this request from the earlier ones at the same [`RequestId::index`].
+    pub fn generation(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
 }
 
 /// An observation registered by a peer on this endpoint (server role).

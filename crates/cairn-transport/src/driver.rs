@@ -18,7 +18,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::security::{Identities, Layer, Security};
-use crate::{Command, Handler, Reply, Request, ResponseSink, TransportError};
+use crate::{
+    Command, FirstResponse, Handler, NotificationSink, Reply, Request, ResponseSink, TransportError,
+};
 
 /// Largest datagram accepted; CoAP over UDP stays well below (RFC 7252 §4.6).
 const MAX_DATAGRAM: usize = 64 * 1024;
@@ -50,7 +52,7 @@ pub(crate) struct Driver {
     commands: mpsc::Receiver<Command>,
     loopback: mpsc::Sender<Command>,
     origin: Instant,
-    sinks: HashMap<RequestId, ResponseSink>,
+    sinks: Sinks,
     pings: HashMap<RequestId, oneshot::Sender<Result<(), TransportError>>>,
     /// Receive buffers, `MAX_DATAGRAM` bytes each, in one allocation: large enough to come
     /// straight from the kernel zeroed, so only the pages datagrams touch become resident.
@@ -94,7 +96,7 @@ impl Driver {
             commands,
             loopback,
             origin: Instant::now(),
-            sinks: HashMap::new(),
+            sinks: Sinks::default(),
             pings: HashMap::new(),
             storage: if security_is_client {
                 Vec::new()
@@ -145,7 +147,7 @@ impl Driver {
             self.process_events();
             self.flush().await;
         }
-        for (_, sink) in self.sinks.drain() {
+        for sink in self.sinks.drain() {
             if let ResponseSink::Stream { rest, .. } = sink {
                 rest.closed();
             }
@@ -272,7 +274,7 @@ impl Driver {
                 }
                 Event::Response { id, message, .. } => self.deliver(id, message),
                 Event::RequestFailed { id, error } => {
-                    if let Some(sink) = self.sinks.remove(&id) {
+                    if let Some(sink) = self.sinks.remove(id) {
                         fail(sink, TransportError::Request(error));
                     }
                     if let Some(done) = self.pings.remove(&id) {
@@ -318,7 +320,7 @@ impl Driver {
     }
 
     fn deliver(&mut self, id: RequestId, message: Message) {
-        let Some(sink) = self.sinks.remove(&id) else {
+        let Some(sink) = self.sinks.remove(id) else {
             return;
         };
         match sink {
@@ -379,7 +381,7 @@ impl Driver {
                 }
             },
             Command::Cancel { id, deregister } => {
-                if let Some(ResponseSink::Stream { rest, .. }) = self.sinks.remove(&id) {
+                if let Some(ResponseSink::Stream { rest, .. }) = self.sinks.remove(id) {
                     rest.closed();
                 }
                 let _ = self.endpoint.cancel(now, id, deregister);
@@ -421,8 +423,131 @@ impl Driver {
                 }
                 let _ = done.send(count);
             }
+            Command::Measure { id, done } => {
+                let memory = match self.endpoint.request_bytes(id) {
+                    Some(coap) if self.sinks.holds(id) => Some(crate::ObservationMemory {
+                        coap,
+                        transport: Sinks::SLOT_BYTES,
+                        sink: 0,
+                    }),
+                    _ => None,
+                };
+                let _ = done.send(memory);
+            }
             Command::Shutdown => {}
         }
+    }
+}
+
+/// The callers waiting for the responses of our requests, by the request's index in the
+/// endpoint's table: an established observation costs one 24-byte slot here (its generation
+/// and its sink), no hash-map entry. A slot is taken when the request is made and emptied
+/// when the caller is done.
+#[derive(Default)]
+struct Sinks {
+    slots: Vec<Option<Held>>,
+}
+
+/// A [`ResponseSink`] as kept, with the generation of its request.
+enum Held {
+    Once {
+        generation: u32,
+        sender: oneshot::Sender<Result<Message, TransportError>>,
+    },
+    /// An observe request waiting for its first response.
+    First {
+        generation: u32,
+        waiting: Box<(FirstResponse, Arc<dyn NotificationSink>)>,
+    },
+    Stream {
+        generation: u32,
+        sink: Arc<dyn NotificationSink>,
+    },
+}
+
+impl Held {
+    fn new(generation: u32, sink: ResponseSink) -> Self {
+        match sink {
+            ResponseSink::Once(sender) => Held::Once { generation, sender },
+            ResponseSink::Stream {
+                first: Some(first),
+                rest,
+            } => Held::First {
+                generation,
+                waiting: Box::new((first, rest)),
+            },
+            ResponseSink::Stream { first: None, rest } => Held::Stream {
+                generation,
+                sink: rest,
+            },
+        }
+    }
+
+    fn generation(&self) -> u32 {
+        match self {
+            Held::Once { generation, .. }
+            | Held::First { generation, .. }
+            | Held::Stream { generation, .. } => *generation,
+        }
+    }
+
+    fn into_sink(self) -> ResponseSink {
+        match self {
+            Held::Once { sender, .. } => ResponseSink::Once(sender),
+            Held::First { waiting, .. } => {
+                let (first, rest) = *waiting;
+                ResponseSink::Stream {
+                    first: Some(first),
+                    rest,
+                }
+            }
+            Held::Stream { sink, .. } => ResponseSink::Stream {
+                first: None,
+                rest: sink,
+            },
+        }
+    }
+}
+
+impl Sinks {
+    /// Bytes a request's entry takes here.
+    const SLOT_BYTES: usize = core::mem::size_of::<Option<Held>>();
+
+    fn insert(&mut self, id: RequestId, sink: ResponseSink) {
+        let index = id.index();
+        if index >= self.slots.len() {
+            self.slots.resize_with(index + 1, || None);
+        }
+        // A sink left in the slot belongs to a request the endpoint has already forgotten.
+        let previous = self.slots[index].replace(Held::new(id.generation(), sink));
+        if let Some(ResponseSink::Stream { rest, .. }) = previous.map(Held::into_sink) {
+            rest.closed();
+        }
+    }
+
+    fn holds(&self, id: RequestId) -> bool {
+        self.slots
+            .get(id.index())
+            .and_then(Option::as_ref)
+            .is_some_and(|held| held.generation() == id.generation())
+    }
+
+    fn remove(&mut self, id: RequestId) -> Option<ResponseSink> {
+        if !self.holds(id) {
+            return None;
+        }
+        let held = self.slots[id.index()].take()?;
+        while matches!(self.slots.last(), Some(None)) {
+            self.slots.pop();
+        }
+        if self.slots.capacity() > 64 && self.slots.len() < self.slots.capacity() / 4 {
+            self.slots.shrink_to(self.slots.len() * 2);
+        }
+        Some(held.into_sink())
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = ResponseSink> + '_ {
+        self.slots.drain(..).flatten().map(Held::into_sink)
     }
 }
 

@@ -10,7 +10,9 @@ mod driver;
 mod observe;
 mod security;
 
-pub use observe::{MAILBOX_CAPACITY, Mailbox, NotificationSink, Observation, ObservationHandle};
+pub use observe::{
+    MAILBOX_CAPACITY, Mailbox, NotificationSink, Observation, ObservationHandle, ObservationMemory,
+};
 pub use security::Security;
 
 use std::future::Future;
@@ -114,6 +116,11 @@ pub(crate) enum Command {
         fetch_body: Option<Vec<u8>>,
         response: Message,
         done: oneshot::Sender<usize>,
+    },
+    /// What an observation holds in the endpoint and here.
+    Measure {
+        id: cairn_coap::RequestId,
+        done: oneshot::Sender<Option<ObservationMemory>>,
     },
     Shutdown,
 }

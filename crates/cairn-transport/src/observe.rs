@@ -6,9 +6,10 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use cairn_coap::Message;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 
 use crate::Command;
 
@@ -29,14 +30,19 @@ pub trait NotificationSink: Send + Sync + 'static {
 /// (an observer that reads slowly misses intermediate values, which RFC 7641 allows).
 pub const MAILBOX_CAPACITY: usize = 64;
 
-/// A single-consumer queue that allocates nothing until an item arrives.
+/// A single-consumer queue that allocates nothing until an item arrives: 40 bytes while
+/// empty (a lock, the waiting receiver's waker, flags), the queue itself boxed on demand and
+/// freed once drained, so an idle observation holds no buffer.
 pub struct Mailbox<T> {
     state: Mutex<MailboxState<T>>,
-    notify: Notify,
 }
 
 struct MailboxState<T> {
-    items: VecDeque<T>,
+    /// Boxed: an empty mailbox then holds 8 bytes here instead of a 32-byte `VecDeque`.
+    #[allow(clippy::box_collection)]
+    items: Option<Box<VecDeque<T>>>,
+    /// The receiver waiting in [`Mailbox::recv`], if any.
+    waker: Option<Waker>,
     closed: bool,
     receiver_gone: bool,
 }
@@ -45,11 +51,11 @@ impl<T> Default for Mailbox<T> {
     fn default() -> Self {
         Mailbox {
             state: Mutex::new(MailboxState {
-                items: VecDeque::new(),
+                items: None,
+                waker: None,
                 closed: false,
                 receiver_gone: false,
             }),
-            notify: Notify::new(),
         }
     }
 }
@@ -65,25 +71,38 @@ impl<T> Mailbox<T> {
         if state.receiver_gone {
             return false;
         }
-        if state.items.len() < MAILBOX_CAPACITY && !state.closed {
-            state.items.push_back(item);
+        if state.closed {
+            return true;
+        }
+        let items = state.items.get_or_insert_with(Box::default);
+        if items.len() < MAILBOX_CAPACITY {
+            items.push_back(item);
+            let waker = state.waker.take();
             drop(state);
-            self.notify.notify_one();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
         }
         true
     }
 
     /// No more items will come; the receiver sees `None` after the queued ones.
     pub fn close(&self) {
-        self.state().closed = true;
-        self.notify.notify_one();
+        let mut state = self.state();
+        state.closed = true;
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     /// The receiver will not read again: later pushes return `false`.
     pub fn receiver_dropped(&self) {
         let mut state = self.state();
         state.receiver_gone = true;
-        state.items = VecDeque::new();
+        state.items = None;
+        state.waker = None;
     }
 
     pub fn is_receiver_gone(&self) -> bool {
@@ -92,25 +111,46 @@ impl<T> Mailbox<T> {
 
     /// The next item, or `None` once the mailbox is closed and empty.
     pub async fn recv(&self) -> Option<T> {
-        loop {
-            {
-                let mut state = self.state();
-                if let Some(item) = state.items.pop_front() {
-                    if state.items.is_empty() {
-                        // Give back the buffer: an idle observation holds no memory.
-                        state.items = VecDeque::new();
-                    }
-                    return Some(item);
-                }
-                if state.closed {
-                    return None;
-                }
-            }
-            // `notify_one` keeps a permit when nobody waits, so a push between the check
-            // above and this wait is not lost.
-            self.notify.notified().await;
-        }
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
+
+    /// [`Mailbox::recv`] as a poll: the waker of the last call is woken by the next push.
+    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let mut state = self.state();
+        if let Some(items) = state.items.as_mut() {
+            if let Some(item) = items.pop_front() {
+                if items.is_empty() {
+                    // Give back the buffer: an idle observation holds no memory.
+                    state.items = None;
+                }
+                return Poll::Ready(Some(item));
+            }
+        }
+        if state.closed {
+            return Poll::Ready(None);
+        }
+        if !state
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            state.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Bytes the mailbox holds on the heap besides itself (its queue, while not empty).
+    pub fn heap_bytes(&self) -> usize {
+        self.state().items.as_ref().map_or(0, |items| {
+            core::mem::size_of::<VecDeque<T>>() + items.capacity() * core::mem::size_of::<T>()
+        })
+    }
+}
+
+/// What a shared mailbox holds: its allocation (two reference counts and the mailbox) and
+/// its queue.
+pub fn mailbox_bytes<T>(mailbox: &Arc<Mailbox<T>>) -> usize {
+    2 * core::mem::size_of::<usize>() + core::mem::size_of::<Mailbox<T>>() + mailbox.heap_bytes()
 }
 
 impl NotificationSink for Mailbox<Message> {
@@ -120,6 +160,22 @@ impl NotificationSink for Mailbox<Message> {
 
     fn closed(&self) {
         self.close();
+    }
+}
+
+/// What an established observation holds in memory, by layer, in bytes (for memory figures):
+/// its request in the CoAP endpoint (slot, heap, token index entry), its entry in the
+/// transport's sink table, and its sink (filled in by whoever made the sink).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ObservationMemory {
+    pub coap: usize,
+    pub transport: usize,
+    pub sink: usize,
+}
+
+impl ObservationMemory {
+    pub fn total(&self) -> usize {
+        self.coap + self.transport + self.sink
     }
 }
 
@@ -165,6 +221,16 @@ impl ObservationHandle {
         }
     }
 
+    /// What the observation holds in the endpoint and the transport; `None` once it is over.
+    pub async fn memory(&self) -> Option<ObservationMemory> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.commands
+            .send(Command::Measure { id: self.id, done })
+            .await
+            .ok()?;
+        answer.await.ok().flatten()
+    }
+
     /// Forgets the observation without telling the peer: its next notification is answered
     /// with Reset (RFC 7641 §3.6).
     pub fn forget(self) {
@@ -186,6 +252,13 @@ impl Observation {
     /// The token the peer's notifications carry (to persist the observation).
     pub fn token(&self) -> Option<&[u8]> {
         self.handle.token()
+    }
+
+    /// What the observation holds in memory, its mailbox included; `None` once it is over.
+    pub async fn memory(&self) -> Option<ObservationMemory> {
+        let mut memory = self.handle.memory().await?;
+        memory.sink = mailbox_bytes(&self.mailbox);
+        Some(memory)
     }
 
     /// The next fresh notification, or `None` once the observation has ended.

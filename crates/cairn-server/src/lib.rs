@@ -35,6 +35,7 @@ pub use cairn_store::{
     EmbeddedStore, ObservationStore, PeerIdentity, Registration, RegistrationStore, SecurityInfo,
     SecurityInfoSummary, SecurityMode, SecurityStore, StoreError, X509Expectation,
 };
+pub use cairn_transport::ObservationMemory;
 pub use registration::Registry;
 pub use security::{DeviceCertificates, StorePskResolver, peer_identity};
 
@@ -533,23 +534,11 @@ impl LwM2mServer {
         accept: Option<cairn_coap::ContentFormat>,
     ) -> Result<(LwM2mNode, Notifications), ServerError> {
         let request = ServerRequest::Observe { path, accept };
-        let mailbox = Arc::new(Mailbox::default());
         let (response, notifications) = self
             .inner
-            .observe(
-                endpoint,
-                request,
-                Subscriber::Node(mailbox.clone()),
-                self.timeout(),
-            )
+            .observe(endpoint, request, self.timeout())
             .await?;
-        Ok((
-            node_of(response)?,
-            Notifications {
-                mailbox,
-                cancel: Some(notifications),
-            },
-        ))
+        Ok((node_of(response)?, notifications))
     }
 
     /// Observe-Composite (Core §6.4.3, LwM2M 1.1 and later): the current values of `paths`
@@ -571,23 +560,11 @@ impl LwM2mServer {
             format,
             accept: Some(format),
         };
-        let mailbox = Arc::new(Mailbox::default());
         let (response, notifications) = self
             .inner
-            .observe(
-                endpoint,
-                request,
-                Subscriber::Nodes(mailbox.clone()),
-                self.timeout(),
-            )
+            .observe(endpoint, request, self.timeout())
             .await?;
-        Ok((
-            nodes_of(response)?,
-            Notifications {
-                mailbox,
-                cancel: Some(notifications),
-            },
-        ))
+        Ok((nodes_of(response)?, notifications))
     }
 
     /// The content format to write in for a device: by its LwM2M version.
@@ -948,14 +925,23 @@ fn node_of(response: Lwm2mResponse) -> Result<LwM2mNode, ServerError> {
 
 /// Notifications of one observation; dropping it cancels the observation on the device.
 pub struct Notifications<T = LwM2mNode> {
-    mailbox: Arc<Mailbox<T>>,
+    /// The observation's sink, which holds the queue of notifications for this caller.
+    sink: Arc<ObservationSink<T>>,
     cancel: Option<ObservationHandle>,
 }
 
 impl<T> Notifications<T> {
     /// The next notified value, or `None` once the observation has ended.
     pub async fn next(&mut self) -> Option<T> {
-        self.mailbox.recv().await
+        self.sink.mailbox.recv().await
+    }
+
+    /// What the observation holds in the server's memory, by layer (for memory figures);
+    /// `None` once it is over.
+    pub async fn memory(&self) -> Option<ObservationMemory> {
+        let mut memory = self.cancel.as_ref()?.memory().await?;
+        memory.sink = self.sink.accounted_bytes();
+        Some(memory)
     }
 
     /// Cancels the observation actively (GET with Observe = 1).
@@ -964,7 +950,7 @@ impl<T> Notifications<T> {
     }
 
     fn cancel_now(&mut self) {
-        self.mailbox.receiver_dropped();
+        self.sink.mailbox.receiver_dropped();
         if let Some(handle) = self.cancel.take() {
             handle.cancel_soon();
         }
@@ -1090,13 +1076,12 @@ impl Inner {
 
     /// Registers an observation (single or composite) whose notifications go to the event bus
     /// and to `subscriber`; returns the first response.
-    async fn observe(
+    async fn observe<T: Notified>(
         self: &Arc<Self>,
         endpoint: &str,
         request: ServerRequest,
-        subscriber: Subscriber,
         timeout: Duration,
-    ) -> Result<(Lwm2mResponse, ObservationHandle), ServerError> {
+    ) -> Result<(Lwm2mResponse, Notifications<T>), ServerError> {
         request.validate()?;
         let registration = self.reachable(endpoint).await?;
         let models = self
@@ -1117,8 +1102,8 @@ impl Inner {
             inner: Arc::downgrade(self),
             endpoint: endpoint.into(),
             request: ObservedRequest::new(request),
-            record: Some(record_id.clone().into()),
-            subscriber,
+            record: record_id.as_str().into(),
+            mailbox: Mailbox::<T>::default(),
         });
         let (first, handle) = tokio::time::timeout(
             timeout,
@@ -1155,7 +1140,13 @@ impl Inner {
                 return Err(error.into());
             }
         }
-        Ok((response, handle))
+        Ok((
+            response,
+            Notifications {
+                sink,
+                cancel: Some(handle),
+            },
+        ))
     }
 
     // ----- client registration interface -----
@@ -1557,12 +1548,29 @@ fn unreachable_observe() -> ! {
     unreachable!("only Observe and Observe-Composite requests are observations")
 }
 
-/// The API caller that reads an observation's notifications, if any.
-enum Subscriber {
-    /// An observation restored after a restart: its notifications go to the event bus only.
-    None,
-    Node(Arc<Mailbox<LwM2mNode>>),
-    Nodes(Arc<Mailbox<BTreeMap<LwM2mPath, LwM2mNode>>>),
+/// What an observation's notifications are for the API caller that reads them: one node
+/// (Observe) or the nodes of every path (Observe-Composite).
+trait Notified: Send + Sized + 'static {
+    fn from_content(path: LwM2mPath, content: ResponseContent) -> Option<Self>;
+}
+
+impl Notified for LwM2mNode {
+    fn from_content(_: LwM2mPath, content: ResponseContent) -> Option<Self> {
+        match content {
+            ResponseContent::Node(node) => Some(node),
+            _ => None,
+        }
+    }
+}
+
+impl Notified for BTreeMap<LwM2mPath, LwM2mNode> {
+    fn from_content(path: LwM2mPath, content: ResponseContent) -> Option<Self> {
+        match content {
+            ResponseContent::Node(node) => Some(BTreeMap::from([(path, node)])),
+            ResponseContent::Nodes(nodes) => Some(nodes),
+            _ => None,
+        }
+    }
 }
 
 /// The request of an observation, kept for as long as it lasts: a single-path Observe (the
@@ -1595,24 +1603,87 @@ impl ObservedRequest {
 }
 
 /// Where the notifications of one observation go: decoded on the socket's task, published on
-/// the event bus and handed to the subscriber. No task or channel per observation.
-struct ObservationSink {
+/// the event bus and queued for the API caller. One allocation per observation, shared with
+/// the caller's [`Notifications`]; no task or channel.
+struct ObservationSink<T> {
     inner: std::sync::Weak<Inner>,
-    endpoint: Box<str>,
+    endpoint: ShortStr,
     /// The Observe or Observe-Composite request, to decode the notifications.
     request: ObservedRequest,
     /// The observation's id in the store.
-    record: Option<Box<str>>,
-    subscriber: Subscriber,
+    record: ShortStr,
+    /// The caller's queue (it allocates only while it holds notifications). An observation
+    /// restored after a restart has no caller: its mailbox discards, and its notifications
+    /// go to the event bus only.
+    mailbox: Mailbox<T>,
 }
 
-impl ObservationSink {
+/// A string kept inline when short (endpoint names, store ids), boxed otherwise.
+#[derive(Clone)]
+enum ShortStr {
+    Inline { len: u8, bytes: [u8; 22] },
+    Boxed(Box<str>),
+}
+
+impl From<&str> for ShortStr {
+    fn from(value: &str) -> Self {
+        let mut bytes = [0; 22];
+        match bytes.get_mut(..value.len()) {
+            Some(prefix) => {
+                prefix.copy_from_slice(value.as_bytes());
+                ShortStr::Inline {
+                    len: value.len() as u8,
+                    bytes,
+                }
+            }
+            None => ShortStr::Boxed(value.into()),
+        }
+    }
+}
+
+impl std::ops::Deref for ShortStr {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            ShortStr::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            ShortStr::Boxed(value) => value,
+        }
+    }
+}
+
+impl ShortStr {
+    fn heap_bytes(&self) -> usize {
+        match self {
+            ShortStr::Inline { .. } => 0,
+            ShortStr::Boxed(value) => value.len(),
+        }
+    }
+}
+
+impl<T> ObservationSink<T> {
+    /// Bytes the sink holds: its allocation (with the two reference counts) and its heap.
+    fn accounted_bytes(&self) -> usize {
+        let request = match &self.request {
+            ObservedRequest::Observe { .. } => 0,
+            ObservedRequest::Other(_) => core::mem::size_of::<ServerRequest>(),
+        };
+        2 * core::mem::size_of::<usize>()
+            + core::mem::size_of::<Self>()
+            + self.endpoint.heap_bytes()
+            + self.record.heap_bytes()
+            + request
+            + self.mailbox.heap_bytes()
+    }
+
     fn decode(&self, inner: &Inner, message: &Message) -> Result<ResponseContent, ServerError> {
         let versions = inner
             .registry
             .read()
             .ok()
-            .and_then(|r| r.object_versions_of(&self.endpoint))
+            .and_then(|r| r.object_versions_of(&self.endpoint[..]))
             .unwrap_or_default();
         let models = inner.config.models.for_versions(&versions);
         let coap = CoapResponse::from_message(message)?;
@@ -1621,78 +1692,64 @@ impl ObservationSink {
     }
 }
 
-impl cairn_transport::NotificationSink for ObservationSink {
+impl<T: Notified> cairn_transport::NotificationSink for ObservationSink<T>
+where
+    Mailbox<T>: Sync,
+{
     fn deliver(&self, message: Message) -> bool {
         let Some(inner) = self.inner.upgrade() else {
             return false;
         };
-        let wanted = match &self.subscriber {
-            Subscriber::None => true,
-            Subscriber::Node(mailbox) => !mailbox.is_receiver_gone(),
-            Subscriber::Nodes(mailbox) => !mailbox.is_receiver_gone(),
-        };
-        if !wanted {
+        if self.mailbox.is_receiver_gone() {
             return false;
         }
         let content = match self.decode(&inner, &message) {
             Ok(content) => content,
             Err(error) => {
-                tracing::debug!(endpoint = %self.endpoint, %error, "notification dropped");
+                tracing::debug!(endpoint = %&self.endpoint[..], %error, "notification dropped");
                 return true;
             }
         };
-        match content {
-            ResponseContent::Node(node) => {
-                let path = self.request.get().path().unwrap_or(LwM2mPath::Root);
-                inner.publish(ServerEvent::Notification {
-                    endpoint: self.endpoint.to_string(),
-                    path,
-                    node: node.clone(),
-                });
-                match &self.subscriber {
-                    Subscriber::Node(mailbox) => mailbox.push(node),
-                    Subscriber::Nodes(mailbox) => mailbox.push(BTreeMap::from([(path, node)])),
-                    Subscriber::None => true,
-                }
-            }
+        let path = self.request.get().path().unwrap_or(LwM2mPath::Root);
+        match &content {
+            ResponseContent::Node(node) => inner.publish(ServerEvent::Notification {
+                endpoint: self.endpoint.to_string(),
+                path,
+                node: node.clone(),
+            }),
             ResponseContent::Nodes(nodes) => {
-                for (path, node) in &nodes {
+                for (path, node) in nodes {
                     inner.publish(ServerEvent::Notification {
                         endpoint: self.endpoint.to_string(),
                         path: *path,
                         node: node.clone(),
                     });
                 }
-                match &self.subscriber {
-                    Subscriber::Nodes(mailbox) => mailbox.push(nodes),
-                    Subscriber::Node(_) | Subscriber::None => true,
-                }
             }
-            _ => true,
+            _ => return true,
+        }
+        match T::from_content(path, content) {
+            Some(notified) => self.mailbox.push(notified),
+            None => true,
         }
     }
 
     /// The observation ended on purpose (cancelled, caller gone, or ended by the device):
     /// forget it, here and in the store. One that ends because the server stops is kept.
     fn closed(&self) {
-        match &self.subscriber {
-            Subscriber::None => {}
-            Subscriber::Node(mailbox) => mailbox.close(),
-            Subscriber::Nodes(mailbox) => mailbox.close(),
-        }
+        self.mailbox.close();
         let Some(inner) = self.inner.upgrade() else {
             return;
         };
         if inner.stopping.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
-        if let Some(id) = self.record.clone() {
-            tokio::spawn(async move {
-                if let Err(error) = inner.stores.observations.remove_observation(&id).await {
-                    tracing::warn!(%error, "cannot remove an ended observation");
-                }
-            });
-        }
+        let id = self.record.to_string();
+        tokio::spawn(async move {
+            if let Err(error) = inner.stores.observations.remove_observation(&id).await {
+                tracing::warn!(%error, "cannot remove an ended observation");
+            }
+        });
     }
 }
 
@@ -1750,12 +1807,12 @@ async fn restore_observations(inner: &Arc<Inner>) {
             let Ok(socket) = inner.socket(&registration) else {
                 continue;
             };
-            let sink = Arc::new(ObservationSink {
+            let sink = Arc::new(ObservationSink::<LwM2mNode> {
                 inner: Arc::downgrade(inner),
                 endpoint: registration.endpoint.as_str().into(),
                 request: ObservedRequest::new(request),
-                record: Some(record.id.into()),
-                subscriber: Subscriber::None,
+                record: record.id.as_str().into(),
+                mailbox: Mailbox::discarding(),
             });
             match socket
                 .resume_observation_with(

@@ -61,6 +61,14 @@ impl<T> Default for Mailbox<T> {
 }
 
 impl<T> Mailbox<T> {
+    /// A mailbox without a receiver that still counts as wanted: it takes nothing, and
+    /// [`Mailbox::push`] returns `true` (for a sink whose items go elsewhere too).
+    pub fn discarding() -> Self {
+        let mailbox = Mailbox::default();
+        mailbox.state().closed = true;
+        mailbox
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, MailboxState<T>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -1916,11 +1916,9 @@ impl Endpoint {
         }
         template.token = token;
         template.options.set_uint(OptionNumber::OBSERVE, 0);
-        let id = self.requests.insert_observation(ObservationRecord::new(
-            peer,
-            token,
-            template.to_bytes().into(),
-        ));
+        let id = self
+            .requests
+            .insert_observation(ObservationRecord::new(peer, template.to_bytes().into()));
         self.index_token(id, peer, token);
         Ok(id)
     }

@@ -8,7 +8,7 @@
 //! a boxed [`ClientRequest`] with its body and block-wise state. A [`RequestId`] is the slot
 //! index and a generation, so the table needs no hash map and a stale id finds nothing.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV6};
 use std::time::Duration;
 
 use crate::endpoint::RequestId;
@@ -94,14 +94,47 @@ impl Template {
     }
 }
 
+/// A peer address in 8 bytes when it is IPv4 (a `SocketAddr` takes 32).
+#[derive(Debug)]
+enum CompactAddr {
+    V4 { ip: [u8; 4], port: u16 },
+    V6(Box<SocketAddrV6>),
+}
+
+impl CompactAddr {
+    fn new(address: SocketAddr) -> Self {
+        match address {
+            SocketAddr::V4(v4) => CompactAddr::V4 {
+                ip: v4.ip().octets(),
+                port: v4.port(),
+            },
+            SocketAddr::V6(v6) => CompactAddr::V6(Box::new(v6)),
+        }
+    }
+
+    fn get(&self) -> SocketAddr {
+        match self {
+            CompactAddr::V4 { ip, port } => SocketAddr::from((*ip, *port)),
+            CompactAddr::V6(v6) => SocketAddr::V6(**v6),
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        match self {
+            CompactAddr::V4 { .. } => 0,
+            CompactAddr::V6(_) => core::mem::size_of::<SocketAddrV6>(),
+        }
+    }
+}
+
 /// No notification yet, in [`ObservationRecord::last_at`].
 const NEVER: u64 = u64::MAX;
 
-/// An established observation between notifications.
+/// An established observation between notifications. Its token is the one in its encoded
+/// request.
 #[derive(Debug)]
 pub(crate) struct ObservationRecord {
-    pub(crate) peer: SocketAddr,
-    pub(crate) token: Token,
+    peer: CompactAddr,
     template: Template,
     last_sequence: u32,
     /// When the last fresh notification came, in nanoseconds; [`NEVER`] before the first.
@@ -109,14 +142,29 @@ pub(crate) struct ObservationRecord {
 }
 
 impl ObservationRecord {
-    pub(crate) fn new(peer: SocketAddr, token: Token, template: Box<[u8]>) -> Self {
+    /// `template` is the request encoded with its token.
+    pub(crate) fn new(peer: SocketAddr, template: Box<[u8]>) -> Self {
         ObservationRecord {
-            peer,
-            token,
+            peer: CompactAddr::new(peer),
             template: Template::new(template),
             last_sequence: 0,
             last_at: NEVER,
         }
+    }
+
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.peer.get()
+    }
+
+    /// The token, read from the encoded request (RFC 7252 §3: after the 4-byte header,
+    /// as long as the header's TKL says).
+    pub(crate) fn token(&self) -> Token {
+        let bytes = self.template.as_bytes();
+        let length = usize::from(bytes.first().map_or(0, |b| b & 0x0f));
+        bytes
+            .get(4..4 + length)
+            .and_then(Token::new)
+            .unwrap_or(Token::EMPTY)
     }
 
     pub(crate) fn last_notification(&self) -> Option<(u32, Duration)> {
@@ -131,7 +179,7 @@ impl ObservationRecord {
     }
 
     fn from_request(request: ClientRequest) -> Self {
-        let mut record = ObservationRecord::new(request.peer, request.token, request.template);
+        let mut record = ObservationRecord::new(request.peer, request.template);
         if let Some((sequence, at)) = request.last_notification {
             record.set_last_notification(sequence, at);
         }
@@ -140,8 +188,8 @@ impl ObservationRecord {
 
     fn into_request(self, block1_szx: u8) -> ClientRequest {
         ClientRequest {
-            peer: self.peer,
-            token: self.token,
+            peer: self.peer(),
+            token: self.token(),
             last_notification: self.last_notification(),
             template: self.template.into_boxed(),
             body: Vec::new(),
@@ -251,7 +299,7 @@ impl RequestTable {
     pub(crate) fn peer_and_token(&self, id: RequestId) -> Option<(SocketAddr, Token)> {
         match self.slot(id)? {
             Entry::Active(request) => Some((request.peer, request.token)),
-            Entry::Observing(record) => Some((record.peer, record.token)),
+            Entry::Observing(record) => Some((record.peer(), record.token())),
             Entry::Vacant { .. } => None,
         }
     }
@@ -337,7 +385,7 @@ impl RequestTable {
             .filter_map(|(index, slot)| {
                 let to = match &slot.entry {
                     Entry::Active(request) => request.peer,
-                    Entry::Observing(record) => record.peer,
+                    Entry::Observing(record) => record.peer(),
                     Entry::Vacant { .. } => return None,
                 };
                 (to == peer).then(|| RequestId((u64::from(slot.generation) << 32) | index as u64))
@@ -379,7 +427,7 @@ impl RequestTable {
                     + request.body.capacity()
                     + request.block2_body.capacity()
             }
-            Entry::Observing(record) => record.template.heap_bytes(),
+            Entry::Observing(record) => record.template.heap_bytes() + record.peer.heap_bytes(),
             Entry::Vacant { .. } => 0,
         };
         Some(core::mem::size_of::<Slot>() + heap)
@@ -390,11 +438,18 @@ impl RequestTable {
 mod tests {
     use super::*;
 
+    /// A GET with an 8-byte token, encoded.
+    fn template(token: u64) -> Box<[u8]> {
+        let mut bytes = vec![0x48, 1, 0, 0];
+        bytes.extend_from_slice(&token.to_be_bytes());
+        bytes.into_boxed_slice()
+    }
+
     fn request(peer: SocketAddr, token: u64) -> ClientRequest {
         ClientRequest {
             peer,
             token: Token::from_u64(token),
-            template: vec![0x40, 1, 0, 0].into_boxed_slice(),
+            template: template(token),
             body: Vec::new(),
             block1_offset: 0,
             block1_szx: 6,
@@ -409,7 +464,7 @@ mod tests {
     #[test]
     fn an_idle_observation_is_a_small_slot() {
         assert!(
-            core::mem::size_of::<Slot>() <= 88,
+            core::mem::size_of::<Slot>() <= 64,
             "{}",
             core::mem::size_of::<Slot>()
         );
@@ -442,14 +497,16 @@ mod tests {
         assert!(table.observation_mut(id).is_some());
         assert_eq!(
             table.accounted_bytes(id),
-            Some(core::mem::size_of::<Slot>())
+            Some(core::mem::size_of::<Slot>() + 28),
+            "an IPv6 peer is boxed"
         );
         assert_eq!(
             table.observing(id),
             Some((true, Some((7, Duration::from_secs(3)))))
         );
         let active = table.active_mut(id, 6).unwrap();
-        assert_eq!(&*active.template, &[0x40, 1, 0, 0]);
+        assert_eq!(active.template, template(9));
+        assert_eq!(active.peer, peer);
         assert_eq!(active.token, Token::from_u64(9));
         let removed = table.remove(id, 6).unwrap();
         assert_eq!(removed.last_notification, Some((7, Duration::from_secs(3))));

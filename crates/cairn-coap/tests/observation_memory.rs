@@ -43,7 +43,7 @@ fn answer(datagram: &[u8], sequence: u32, payload: &[u8]) -> Vec<u8> {
 }
 
 #[test]
-fn an_idle_observation_costs_at_most_112_bytes() {
+fn an_idle_observation_costs_at_most_80_bytes() {
     let mut client = Endpoint::new(Config::default(), 7);
     let count = 2_000;
     let mut ids = Vec::new();
@@ -66,7 +66,7 @@ fn an_idle_observation_costs_at_most_112_bytes() {
         .sum();
     let per_observation = total / ids.len();
     println!("bytes per idle observation (CoAP endpoint): {per_observation}");
-    assert!(per_observation <= 112, "{per_observation} bytes");
+    assert!(per_observation <= 80, "{per_observation} bytes");
 
     // Still observing: a fresh notification (non-confirmable) comes through.
     let mut notification = Message::new(MessageType::NonConfirmable, Code::CONTENT, 9);

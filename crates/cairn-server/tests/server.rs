@@ -429,7 +429,7 @@ async fn observe_notifications_and_send_reach_the_server() {
         memory.sink,
         memory.total()
     );
-    assert!(memory.coap <= 112, "{memory:?}");
+    assert!(memory.coap <= 80, "{memory:?}");
     assert!(memory.transport <= 24, "{memory:?}");
     assert!(memory.sink <= 144, "{memory:?}");
     for level in [80, 75] {

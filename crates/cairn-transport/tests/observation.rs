@@ -50,7 +50,7 @@ async fn an_observation_streams_notifications_and_an_idle_one_is_small() {
         memory.total()
     );
     // Before the compact records: 189 (CoAP) + 33 (sink map entry) + 96 (mailbox).
-    assert!(memory.coap <= 112, "{memory:?}");
+    assert!(memory.coap <= 80, "{memory:?}");
     assert!(memory.transport <= 24, "{memory:?}");
     assert!(memory.sink <= 56, "{memory:?}");
 

@@ -1075,7 +1075,7 @@ impl Inner {
     }
 
     /// Registers an observation (single or composite) whose notifications go to the event bus
-    /// and to `subscriber`; returns the first response.
+    /// and to the returned [`Notifications`]; returns the first response with them.
     async fn observe<T: Notified>(
         self: &Arc<Self>,
         endpoint: &str,

@@ -36,6 +36,13 @@ pub struct Lwm2mBenchArgs {
     /// Skip the observation per device.
     #[arg(long)]
     no_observe: bool,
+    /// Seconds the fleet stays idle before the memory per device is read again. The default
+    /// outlasts CoAP's EXCHANGE_LIFETIME (247 s) and the sweep that follows it, so the
+    /// duplicate-detection state of the registrations and observations has expired, as it
+    /// has for a device that has not talked for a few minutes. 0 reads it only right after
+    /// the observations.
+    #[arg(long, default_value_t = 290)]
+    idle_seconds: u64,
 }
 
 /// Kills the fleet processes when dropped.
@@ -207,7 +214,7 @@ fn run_in(dir: &Path, args: &Lwm2mBenchArgs) -> anyhow::Result<()> {
         // registrations' allocation (far larger than the names) and count it as the server's.
         let mut names = Vec::with_capacity(args.devices);
         names.extend(server.registrations().into_iter().map(|r| r.endpoint));
-        let endpoints: Arc<Vec<String>> = Arc::new(names);
+        let mut endpoints: Arc<Vec<String>> = Arc::new(names);
         let mut observations = Vec::new();
         if !args.no_observe {
             let started = Instant::now();
@@ -236,12 +243,37 @@ fn run_in(dir: &Path, args: &Lwm2mBenchArgs) -> anyhow::Result<()> {
             eprintln!("{} observations in {:.2} s", observations.len(), started.elapsed().as_secs_f64());
         }
         let rss_after = rss_bytes()?;
-        let bytes_per_device = rss_after.saturating_sub(rss_before) / args.devices as u64;
+        let mut bytes_per_device = rss_after.saturating_sub(rss_before) / args.devices as u64;
         eprintln!(
-            "RSS {:.1} MiB -> {:.1} MiB: {bytes_per_device} bytes per registered device",
+            "RSS {:.1} MiB -> {:.1} MiB: {bytes_per_device} bytes per registered device, right after the observations",
             rss_before as f64 / 1048576.0,
             rss_after as f64 / 1048576.0
         );
+        if args.idle_seconds > 0 {
+            // The bench's own list of names is not the server's: it goes before the idle
+            // reading and is collected again for the Reads.
+            drop(std::mem::take(&mut endpoints));
+            let idle_since = Instant::now();
+            let idle = Duration::from_secs(args.idle_seconds);
+            while idle_since.elapsed() < idle {
+                tokio::time::sleep(Duration::from_secs(30).min(idle - idle_since.elapsed())).await;
+                let registered = server.registrations().len();
+                eprintln!(
+                    "  idle {:.0} s: RSS {:.1} MiB, {registered} registered",
+                    idle_since.elapsed().as_secs_f64(),
+                    rss_bytes()? as f64 / 1048576.0
+                );
+            }
+            let rss_idle = rss_bytes()?;
+            bytes_per_device = rss_idle.saturating_sub(rss_before) / args.devices as u64;
+            eprintln!(
+                "RSS {:.1} MiB -> {:.1} MiB: {bytes_per_device} bytes per registered idle device, after {} s without traffic",
+                rss_before as f64 / 1048576.0,
+                rss_idle as f64 / 1048576.0,
+                args.idle_seconds
+            );
+            endpoints = Arc::new(server.registrations().into_iter().map(|r| r.endpoint).collect());
+        }
 
         let reads = Arc::new(AtomicUsize::new(0));
         let failures = Arc::new(AtomicUsize::new(0));

@@ -6,11 +6,13 @@
 #![forbid(unsafe_code)]
 
 pub mod content_format;
+mod dedup;
 pub mod endpoint;
 pub mod link_format;
 pub mod message;
 pub mod observe;
 pub mod option;
+mod peer_table;
 pub mod uri;
 
 pub use content_format::ContentFormat;

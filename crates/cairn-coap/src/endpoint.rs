@@ -671,6 +671,9 @@ impl Endpoint {
                 });
             }
             peer.release_extra();
+            if peer.outgoing.is_empty() && peer.outgoing.capacity() > 0 {
+                peer.outgoing = Vec::new();
+            }
             if peer.holds_nothing() {
                 self.peers.remove_at(position);
             }

@@ -819,3 +819,47 @@ fn peers_are_dropped_once_their_duplicate_window_ends() {
     server.handle(now, first, &request.to_bytes());
     assert!(matches!(server.poll_event(), Some(Event::Request { .. })));
 }
+
+/// A full peer table (100,000 peers, each with a cached reply) keeps serving new addresses at
+/// a bounded cost, and its sweep stays cheap. Heavy (a few seconds in a debug build), so run
+/// with `cargo test --release -p cairn-coap --test endpoint -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn a_full_peer_table_serves_new_addresses_without_a_scan() {
+    let mut server = Endpoint::new(Config::default(), 11);
+    let peer =
+        |n: u32| SocketAddr::from(([127, 1, (n >> 8) as u8, n as u8], 10000 + (n >> 16) as u16));
+    let fill = std::time::Instant::now();
+    for n in 0..100_000u32 {
+        let request = Message::new(MessageType::Confirmable, Code::POST, n as u16);
+        serve_once(
+            &mut server,
+            Duration::from_millis(1),
+            peer(n),
+            &request,
+            b"registered",
+        );
+    }
+    let fill = fill.elapsed();
+    assert_eq!(server.peer_count(), 100_000);
+    let new = std::time::Instant::now();
+    for n in 100_000..120_000u32 {
+        let request = Message::new(MessageType::Confirmable, Code::GET, n as u16);
+        let replies = serve_once(&mut server, Duration::from_secs(1), peer(n), &request, b"x");
+        assert_eq!(replies.len(), 1);
+        assert_ne!(replies[0][1], 0xA3, "no 5.03 while idle peers can make way");
+    }
+    let new = new.elapsed();
+    assert_eq!(server.peer_count(), 100_000);
+    let sweep = std::time::Instant::now();
+    server.handle_timeout(Duration::from_secs(40));
+    let sweep = sweep.elapsed();
+    println!(
+        "fill {:.2} µs per peer; new address on a full table {:.2} µs per request; sweep {:.2} ms",
+        fill.as_secs_f64() * 1e6 / 100_000.0,
+        new.as_secs_f64() * 1e6 / 20_000.0,
+        sweep.as_secs_f64() * 1e3
+    );
+    // Seconds, not minutes: a scan per request would cost about 100,000 steps each.
+    assert!(new < Duration::from_secs(20), "{new:?}");
+}

@@ -122,10 +122,35 @@ struct Entry {
     binding: u8,
     queue_mode: bool,
     rare: Option<Box<Rare>>,
-    peer_address: SocketAddr,
+    peer_address: Address,
     registered_at_ms: u64,
     last_update_ms: u64,
     lifetime_s: u32,
+}
+
+/// A peer address in 16 bytes: IPv4 inline, IPv6 (with its flow and scope) boxed.
+enum Address {
+    V4 { ip: [u8; 4], port: u16 },
+    V6(Box<std::net::SocketAddrV6>),
+}
+
+impl Address {
+    fn new(address: SocketAddr) -> Address {
+        match address {
+            SocketAddr::V4(v4) => Address::V4 {
+                ip: v4.ip().octets(),
+                port: v4.port(),
+            },
+            SocketAddr::V6(v6) => Address::V6(Box::new(v6)),
+        }
+    }
+
+    fn get(&self) -> SocketAddr {
+        match self {
+            Address::V4 { ip, port } => SocketAddr::from((*ip, *port)),
+            Address::V6(v6) => SocketAddr::V6(**v6),
+        }
+    }
 }
 
 /// What few registrations have: an SMS number, a version or binding outside [`KNOWN`].
@@ -235,7 +260,7 @@ impl Entry {
             binding,
             queue_mode: registration.queue_mode,
             rare,
-            peer_address: registration.peer_address,
+            peer_address: Address::new(registration.peer_address),
             registered_at_ms: registration.registered_at_ms,
             last_update_ms: registration.last_update_ms,
             lifetime_s: registration.lifetime_s,
@@ -274,7 +299,7 @@ impl Entry {
                 .map(str::to_owned),
             object_links: self.object_links.to_string(),
             object_paths: object_paths(&self.object_links),
-            peer_address: self.peer_address,
+            peer_address: self.peer_address.get(),
             identity: match &self.identity {
                 Identity::Unsecured => PeerIdentity::Unsecured,
                 Identity::PskIsEndpoint => PeerIdentity::Psk(self.endpoint().as_bytes().to_vec()),
@@ -321,7 +346,7 @@ impl Registry {
     fn slot_of_address(&self, address: SocketAddr) -> Option<u32> {
         self.by_address
             .find(self.hash(&address), |&slot| {
-                self.entry(slot).peer_address == address
+                self.entry(slot).peer_address.get() == address
             })
             .copied()
     }
@@ -340,9 +365,9 @@ impl Registry {
         let (id_hash, endpoint_hash, address_hash) = (
             self.hash(entry.id()),
             self.hash(entry.endpoint()),
-            self.hash(&entry.peer_address),
+            self.hash(&entry.peer_address.get()),
         );
-        let address = entry.peer_address;
+        let address = entry.peer_address.get();
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.entries[slot as usize] = Some(entry);
@@ -375,6 +400,7 @@ impl Registry {
                 .as_ref()
                 .expect("live entry")
                 .peer_address
+                .get()
                 == address
         }) {
             found.remove();
@@ -384,7 +410,8 @@ impl Registry {
                 entries[s as usize]
                     .as_ref()
                     .expect("live entry")
-                    .peer_address,
+                    .peer_address
+                    .get(),
             )
         });
         self.len += 1;
@@ -396,7 +423,7 @@ impl Registry {
         let entry = self.entries[slot as usize].take()?;
         let id_hash = self.hash(entry.id());
         let endpoint_hash = self.hash(entry.endpoint());
-        let address_hash = self.hash(&entry.peer_address);
+        let address_hash = self.hash(&entry.peer_address.get());
         for (table, hash) in [
             (&mut self.by_id, id_hash),
             (&mut self.by_endpoint, endpoint_hash),
@@ -532,11 +559,21 @@ mod tests {
     #[test]
     fn entry_is_compact() {
         assert!(
-            std::mem::size_of::<Option<Entry>>() <= 152,
+            std::mem::size_of::<Option<Entry>>() <= 136,
             "{}",
             std::mem::size_of::<Option<Entry>>()
         );
         assert_eq!(std::mem::size_of::<Short>(), 24);
+        assert_eq!(std::mem::size_of::<Address>(), 16);
+        for address in [
+            "127.0.0.1:5684",
+            "[::1]:5684",
+            "[fe80::1%3]:61000",
+            "0.0.0.0:0",
+        ] {
+            let address: SocketAddr = address.parse().unwrap();
+            assert_eq!(Address::new(address).get(), address);
+        }
         for text in ["", "AbCdEfGhIjKl", "é-22-bytes-long-name", &"x".repeat(100)] {
             assert_eq!(Short::new(text.to_owned()).as_str(), text);
         }

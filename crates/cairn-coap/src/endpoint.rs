@@ -21,10 +21,12 @@ use core::hash::BuildHasher;
 
 use hashbrown::HashTable;
 
+use crate::dedup::{Chain, DedupQueue};
 use crate::message::{Code, FormatError, Message, MessageType, MessageView, RawHeader, Token};
 use crate::observe::{ObserveSequence, is_fresh};
 use crate::option::{BlockValue, OptionNumber};
 use crate::request_table::{ClientRequest, ObservationRecord, RequestTable};
+use crate::peer_table::{Addressed, PeerTable};
 
 /// Transmission parameters and resource limits (RFC 7252 §4.8 defaults).
 #[derive(Clone, Debug)]
@@ -220,13 +222,6 @@ enum TimerKind {
     Sweep,
 }
 
-#[derive(Debug)]
-struct DedupEntry {
-    message_id: u16,
-    expires: Duration,
-    reply: Option<Vec<u8>>,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ConPurpose {
     Request(RequestId),
@@ -260,13 +255,23 @@ struct Representation {
 }
 
 /// What a peer holds while it is idle is kept small (a server holds one per device):
-/// the rarely used collections sit in [`PeerExtra`], allocated when first needed.
+/// the rarely used collections sit in [`PeerExtra`], allocated when first needed, and its
+/// duplicate-detection entries in the endpoint's [`DedupQueue`].
 #[derive(Debug)]
 struct Peer {
+    address: SocketAddr,
     next_message_id: u16,
-    dedup: VecDeque<DedupEntry>,
+    /// Its entries in the duplicate-detection queue (see [`Chain`]).
+    dedup_len: u16,
+    dedup_last: u32,
     outgoing: Vec<OutgoingCon>,
     extra: Option<Box<PeerExtra>>,
+}
+
+impl Addressed for Peer {
+    fn address(&self) -> SocketAddr {
+        self.address
+    }
 }
 
 #[derive(Debug, Default)]
@@ -294,13 +299,41 @@ impl PeerExtra {
 }
 
 impl Peer {
-    fn new(first_message_id: u16) -> Self {
+    fn new(address: SocketAddr, first_message_id: u16) -> Self {
         Peer {
+            address,
             next_message_id: first_message_id,
-            dedup: VecDeque::new(),
+            dedup_len: 0,
+            dedup_last: Chain::EMPTY.last,
             outgoing: Vec::new(),
             extra: None,
         }
+    }
+
+    fn chain(&self) -> Chain {
+        Chain {
+            last: self.dedup_last,
+            len: self.dedup_len,
+        }
+    }
+
+    fn set_chain(&mut self, chain: Chain) {
+        self.dedup_last = chain.last;
+        self.dedup_len = chain.len;
+    }
+
+    /// Nothing left to keep: no duplicate-detection entry, exchange or other state.
+    fn holds_nothing(&self) -> bool {
+        self.dedup_len == 0 && self.outgoing.is_empty() && self.extra.is_none()
+    }
+
+    /// Holds state that eviction must not drop (exchanges, observations, transfers).
+    fn is_busy(&self) -> bool {
+        let extra = self.extra();
+        !self.outgoing.is_empty()
+            || !extra.queued.is_empty()
+            || !extra.observations.is_empty()
+            || !extra.block1.is_empty()
     }
 
     fn extra(&self) -> &PeerExtra {
@@ -330,16 +363,6 @@ impl Peer {
             .iter()
             .filter(|o| matches!(o.purpose, ConPurpose::Request(_) | ConPurpose::Ping(_)))
             .count()
-    }
-
-    fn is_idle(&self, now: Duration) -> bool {
-        let extra = self.extra();
-        self.outgoing.is_empty()
-            && extra.queued.is_empty()
-            && extra.observations.is_empty()
-            && extra.block1.iter().all(|t| t.expires <= now)
-            && extra.representations.iter().all(|r| r.expires <= now)
-            && self.dedup.iter().all(|d| d.expires <= now)
     }
 }
 
@@ -397,10 +420,13 @@ pub struct Endpoint {
     block_szx: u8,
     rng: SplitMix64,
     next_id: u64,
-    /// Boxed, for the same reason as `requests`.
-    peers: Map<SocketAddr, Box<Peer>>,
-    /// Peers in the order they arrived, for eviction when the table is full.
-    peer_order: VecDeque<SocketAddr>,
+    /// Peers in a slab indexed by address.
+    peers: PeerTable<Peer>,
+    /// Duplicate detection for all peers, in arrival (and so expiry) order.
+    dedup: DedupQueue,
+    /// Where the next eviction looks when the oldest duplicate-detection entries belong to
+    /// busy peers.
+    eviction_hand: u32,
     timers: BinaryHeap<Reverse<(Duration, TimerKind)>>,
     /// Piggyback windows end in arrival order, so a queue serves them without a heap.
     piggyback_deadlines: VecDeque<(Duration, ExchangeId)>,
@@ -427,8 +453,9 @@ impl Endpoint {
             block_szx,
             rng: SplitMix64(seed),
             next_id: 1,
-            peers: Map::default(),
-            peer_order: VecDeque::new(),
+            peers: PeerTable::default(),
+            dedup: DedupQueue::default(),
+            eviction_hand: 0,
             timers: BinaryHeap::new(),
             piggyback_deadlines: VecDeque::new(),
             transmits: VecDeque::new(),
@@ -525,66 +552,106 @@ impl Endpoint {
     }
 
     fn peer_mut(&mut self, now: Duration, address: SocketAddr) -> Option<&mut Peer> {
-        if !self.peers.contains_key(&address) {
-            if self.peers.len() >= self.config.max_peers && !self.evict_a_peer() {
-                return None;
+        let position = match self.peers.position(&address) {
+            Some(position) => position,
+            None => {
+                if self.peers.len() >= self.config.max_peers && !self.evict_a_peer() {
+                    return None;
+                }
+                let first_message_id = self.rng.next() as u16;
+                let position = self.peers.insert(Peer::new(address, first_message_id));
+                if !self.sweep_scheduled {
+                    self.sweep_scheduled = true;
+                    let at = now + self.config.exchange_lifetime / 8;
+                    self.schedule(at, TimerKind::Sweep);
+                }
+                position
             }
-            let first_message_id = self.rng.next() as u16;
-            self.peers
-                .insert(address, Box::new(Peer::new(first_message_id)));
-            self.peer_order.push_back(address);
-            if !self.sweep_scheduled {
-                self.sweep_scheduled = true;
-                let at = now + self.config.exchange_lifetime / 8;
-                self.schedule(at, TimerKind::Sweep);
-            }
-        }
-        self.peers.get_mut(&address).map(|peer| &mut **peer)
+        };
+        self.peers.at_mut(position)
     }
 
-    /// Makes room for a new peer by dropping the oldest one that holds nothing but duplicate
-    /// detection state (losing that only weakens deduplication for it). Looks at a bounded
+    /// Makes room for a new peer by dropping one that holds nothing but duplicate detection
+    /// state (losing that only weakens deduplication for it): the peer of the oldest such
+    /// state first, then the next ones of a hand going round the table. Looks at a bounded
     /// number of candidates, so a full table costs O(1) per new peer, not a scan.
     fn evict_a_peer(&mut self) -> bool {
         const CANDIDATES: usize = 16;
-        for _ in 0..CANDIDATES {
-            let Some(address) = self.peer_order.pop_front() else {
-                return false;
-            };
-            let Some(peer) = self.peers.get(&address) else {
-                continue;
-            };
-            let extra = peer.extra();
-            let busy = !peer.outgoing.is_empty()
-                || !extra.queued.is_empty()
-                || !extra.observations.is_empty()
-                || !extra.block1.is_empty();
-            if busy {
-                self.peer_order.push_back(address);
-                continue;
-            }
-            if let Some(peer) = self.peers.remove(&address) {
-                let freed: usize = peer
-                    .extra()
-                    .representations
-                    .iter()
-                    .map(|r| r.response.payload.len())
-                    .sum();
-                self.representation_bytes = self.representation_bytes.saturating_sub(freed);
-            }
+        let peers = &self.peers;
+        let oldest = self
+            .dedup
+            .oldest_peers(CANDIDATES)
+            .find(|&position| peers.at(position).is_some_and(|p| !p.is_busy()));
+        if let Some(position) = oldest {
+            self.remove_peer_at(position);
             return true;
+        }
+        let slots = self.peers.slot_count();
+        if slots == 0 {
+            return false;
+        }
+        for _ in 0..CANDIDATES {
+            let position = self.eviction_hand % slots as u32;
+            self.eviction_hand = position.wrapping_add(1);
+            if self.peers.at(position).is_some_and(|p| !p.is_busy()) {
+                self.remove_peer_at(position);
+                return true;
+            }
         }
         false
     }
 
-    fn remove_idle_peers(&mut self, now: Duration) {
-        let mut freed = 0;
-        self.peers.retain(|_, peer| {
-            peer.dedup.retain(|d| d.expires > now);
-            if peer.dedup.is_empty() {
-                // An idle peer's emptied window gives its buffer back.
-                peer.dedup = VecDeque::new();
+    /// Forgets a peer and everything it holds.
+    fn remove_peer_at(&mut self, position: u32) {
+        if let Some(peer) = self.peers.remove_at(position) {
+            self.dedup.forget(peer.chain());
+            let freed: usize = peer
+                .extra()
+                .representations
+                .iter()
+                .map(|r| r.response.payload.len())
+                .sum();
+            self.representation_bytes = self.representation_bytes.saturating_sub(freed);
+        }
+    }
+
+    /// Pops the duplicate-detection entries expired at `now`; a peer left holding nothing is
+    /// dropped at once.
+    fn expire_dedup(&mut self, now: Duration) {
+        while let Some(position) = self.dedup.pop_expired(now) {
+            let Some(peer) = self.peers.at_mut(position) else {
+                continue;
+            };
+            let mut chain = peer.chain();
+            chain.len = chain.len.saturating_sub(1);
+            if chain.len == 0 {
+                chain = Chain::EMPTY;
             }
+            peer.set_chain(chain);
+            if peer.holds_nothing() {
+                self.peers.remove_at(position);
+            }
+        }
+        if self.dedup.needs_compaction() {
+            let remap = self.dedup.compact();
+            for position in 0..self.peers.slot_count() as u32 {
+                if let Some(peer) = self.peers.at_mut(position) {
+                    peer.set_chain(remap.chain(peer.chain()));
+                }
+            }
+        }
+    }
+
+    /// The periodic sweep: expired duplicate-detection entries (the queue's front only),
+    /// then one pass over the slab for expired Block1 transfers and representations and for
+    /// peers that hold nothing any more.
+    fn remove_idle_peers(&mut self, now: Duration) {
+        self.expire_dedup(now);
+        let mut freed = 0;
+        for position in 0..self.peers.slot_count() as u32 {
+            let Some(peer) = self.peers.at_mut(position) else {
+                continue;
+            };
             if let Some(extra) = peer.extra.as_mut() {
                 extra.block1.retain(|t| t.expires > now);
                 extra.representations.retain(|r| {
@@ -596,21 +663,14 @@ impl Endpoint {
                 });
             }
             peer.release_extra();
-            let idle = peer.is_idle(now);
-            if idle {
-                freed += peer
-                    .extra()
-                    .representations
-                    .iter()
-                    .map(|r| r.response.payload.len())
-                    .sum::<usize>();
+            if peer.outgoing.is_empty() && peer.outgoing.capacity() > 0 {
+                peer.outgoing = Vec::new();
             }
-            !idle
-        });
+            if peer.holds_nothing() {
+                self.peers.remove_at(position);
+            }
+        }
         self.representation_bytes = self.representation_bytes.saturating_sub(freed);
-        let peers = &self.peers;
-        self.peer_order
-            .retain(|address| peers.contains_key(address));
         self.shrink_maps();
     }
 
@@ -622,7 +682,8 @@ impl Endpoint {
                 map.shrink_to(map.len() * 2);
             }
         }
-        shrink(&mut self.peers);
+        self.peers.shrink();
+        self.dedup.shrink();
         shrink(&mut self.exchanges);
         self.requests.shrink();
         if self.tokens.capacity() > 64 && self.tokens.len() < self.tokens.capacity() / 4 {
@@ -639,7 +700,6 @@ impl Endpoint {
                 queue.shrink_to(queue.len() * 2);
             }
         }
-        shrink_queue(&mut self.peer_order);
         shrink_queue(&mut self.piggyback_deadlines);
         shrink_queue(&mut self.transmits);
         shrink_queue(&mut self.events);
@@ -774,19 +834,20 @@ impl Endpoint {
         message: &Message,
     ) -> Result<bool, ()> {
         let lifetime = self.config.exchange_lifetime;
-        let capacity = self.config.dedup_capacity_per_peer.max(1);
-        let Some(state) = self.peer_mut(now, peer) else {
+        let capacity =
+            u16::try_from(self.config.dedup_capacity_per_peer.max(1)).unwrap_or(u16::MAX);
+        self.expire_dedup(now);
+        if self.peer_mut(now, peer).is_none() {
+            return Err(());
+        }
+        let Some(position) = self.peers.position(&peer) else {
             return Err(());
         };
-        while state.dedup.front().is_some_and(|d| d.expires <= now) {
-            state.dedup.pop_front();
-        }
-        if let Some(entry) = state
-            .dedup
-            .iter()
-            .find(|d| d.message_id == message.message_id)
-        {
-            let reply = entry.reply.clone();
+        let Some(state) = self.peers.at_mut(position) else {
+            return Err(());
+        };
+        let mut chain = state.chain();
+        if let Some(reply) = self.dedup.find(chain, message.message_id) {
             if message.message_type == MessageType::Confirmable {
                 if let Some(reply) = reply {
                     self.send(peer, reply);
@@ -794,29 +855,20 @@ impl Endpoint {
             }
             return Ok(true);
         }
-        if state.dedup.len() >= capacity {
-            state.dedup.pop_front();
-        }
-        if state.dedup.capacity() == 0 {
-            // Most peers have one exchange at a time: no room for four on the first one.
-            state.dedup.reserve_exact(1);
-        }
-        state.dedup.push_back(DedupEntry {
-            message_id: message.message_id,
-            expires: now + lifetime,
-            reply: None,
-        });
+        self.dedup.push(
+            &mut chain,
+            position,
+            message.message_id,
+            now + lifetime,
+            capacity,
+        );
+        state.set_chain(chain);
         Ok(false)
     }
 
     fn cache_reply(&mut self, peer: SocketAddr, message_id: u16, reply: &[u8]) {
-        if let Some(entry) = self.peers.get_mut(&peer).and_then(|s| {
-            s.dedup
-                .iter_mut()
-                .rev()
-                .find(|d| d.message_id == message_id)
-        }) {
-            entry.reply = Some(reply.to_vec());
+        if let Some(state) = self.peers.get(&peer) {
+            self.dedup.set_reply(state.chain(), message_id, reply);
         }
     }
 
@@ -2048,7 +2100,7 @@ mod tests {
 
     #[test]
     fn peer_extra_is_allocated_on_demand_and_freed_when_empty() {
-        let mut peer = Peer::new(7);
+        let mut peer = Peer::new(SocketAddr::from(([127, 0, 0, 1], 5683)), 7);
         assert!(peer.extra.is_none());
         assert!(peer.extra().queued.is_empty());
         peer.extra_mut().observations.push(ObservationId(1));

@@ -6,12 +6,14 @@
 #![forbid(unsafe_code)]
 
 pub mod content_format;
+mod dedup;
 pub mod endpoint;
 pub mod link_format;
 pub mod message;
 pub mod observe;
 pub mod option;
 mod request_table;
+mod peer_table;
 pub mod uri;
 
 pub use content_format::ContentFormat;

@@ -724,3 +724,142 @@ fn a_resumed_observation_receives_notifications() {
         "no Reset: the observation lives on"
     );
 }
+
+/// Sends `request` from `peer` to a bare server endpoint, answers it with `payload` and
+/// returns what the server sent back.
+fn serve_once(
+    server: &mut Endpoint,
+    now: Duration,
+    peer: SocketAddr,
+    request: &Message,
+    payload: &[u8],
+) -> Vec<Vec<u8>> {
+    server.handle(now, peer, &request.to_bytes());
+    while let Some(event) = server.poll_event() {
+        if let Event::Request { id, .. } = event {
+            let mut response = Message::response(Code::CONTENT);
+            response.payload = payload.to_vec();
+            server.respond(now, id, response).unwrap();
+        }
+    }
+    std::iter::from_fn(|| server.poll_transmit())
+        .map(|t| t.payload)
+        .collect()
+}
+
+#[test]
+fn duplicates_get_the_same_reply_whatever_its_size() {
+    let mut server = Endpoint::new(Config::default(), 5);
+    // An empty ACK (separate response), a reply kept inline and one too long for that.
+    for (n, payload) in [&b"short"[..], &[7u8; 25], &[9u8; 300]]
+        .into_iter()
+        .enumerate()
+    {
+        let peer = SocketAddr::from(([127, 0, 0, 1], 20000 + n as u16));
+        let mut request = Message::new(MessageType::Confirmable, Code::GET, 100 + n as u16);
+        request.token = cairn_coap::Token::from_u64(0x1122_3344_5566_7788);
+        let first = serve_once(&mut server, Duration::ZERO, peer, &request, payload);
+        assert_eq!(first.len(), 1);
+        let again = serve_once(&mut server, Duration::from_secs(5), peer, &request, b"new");
+        assert_eq!(again, first, "reply {n} replayed byte for byte");
+    }
+    // A request the application has not answered within the piggyback window gets an
+    // empty ACK, and its duplicate gets that ACK again.
+    let peer = addr(CLIENT);
+    let request = Message::new(MessageType::Confirmable, Code::GET, 77);
+    server.handle(Duration::ZERO, peer, &request.to_bytes());
+    while server.poll_event().is_some() {}
+    server.handle_timeout(Duration::from_secs(2));
+    let ack: Vec<_> = std::iter::from_fn(|| server.poll_transmit()).collect();
+    assert_eq!(ack.len(), 1);
+    server.handle(Duration::from_secs(3), peer, &request.to_bytes());
+    assert_eq!(
+        server.poll_transmit().map(|t| t.payload),
+        Some(ack[0].payload.clone())
+    );
+}
+
+#[test]
+fn peers_are_dropped_once_their_duplicate_window_ends() {
+    let config = Config::default();
+    let lifetime = config.exchange_lifetime;
+    let mut server = Endpoint::new(config, 9);
+    for n in 0..500u16 {
+        let peer = SocketAddr::from(([127, 0, 0, 1], 30000 + n));
+        let request = Message::new(MessageType::Confirmable, Code::POST, n);
+        serve_once(
+            &mut server,
+            Duration::from_millis(u64::from(n)),
+            peer,
+            &request,
+            b"",
+        );
+    }
+    assert_eq!(server.peer_count(), 500);
+    // Within EXCHANGE_LIFETIME a duplicate is still recognised.
+    let first = SocketAddr::from(([127, 0, 0, 1], 30000));
+    let request = Message::new(MessageType::Confirmable, Code::POST, 0);
+    server.handle(
+        lifetime - Duration::from_millis(1),
+        first,
+        &request.to_bytes(),
+    );
+    assert!(server.poll_event().is_none());
+    // After it, the sweeps drop every peer: nothing else was held.
+    let mut now = lifetime;
+    while let Some(at) = server.poll_timeout() {
+        if at > lifetime * 3 {
+            break;
+        }
+        now = now.max(at);
+        server.handle_timeout(now);
+    }
+    assert_eq!(server.peer_count(), 0);
+    // The same message ID from the same address is new again.
+    server.handle(now, first, &request.to_bytes());
+    assert!(matches!(server.poll_event(), Some(Event::Request { .. })));
+}
+
+/// A full peer table (100,000 peers, each with a cached reply) keeps serving new addresses at
+/// a bounded cost, and its sweep stays cheap. Heavy (a few seconds in a debug build), so run
+/// with `cargo test --release -p cairn-coap --test endpoint -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn a_full_peer_table_serves_new_addresses_without_a_scan() {
+    let mut server = Endpoint::new(Config::default(), 11);
+    let peer =
+        |n: u32| SocketAddr::from(([127, 1, (n >> 8) as u8, n as u8], 10000 + (n >> 16) as u16));
+    let fill = std::time::Instant::now();
+    for n in 0..100_000u32 {
+        let request = Message::new(MessageType::Confirmable, Code::POST, n as u16);
+        serve_once(
+            &mut server,
+            Duration::from_millis(1),
+            peer(n),
+            &request,
+            b"registered",
+        );
+    }
+    let fill = fill.elapsed();
+    assert_eq!(server.peer_count(), 100_000);
+    let new = std::time::Instant::now();
+    for n in 100_000..120_000u32 {
+        let request = Message::new(MessageType::Confirmable, Code::GET, n as u16);
+        let replies = serve_once(&mut server, Duration::from_secs(1), peer(n), &request, b"x");
+        assert_eq!(replies.len(), 1);
+        assert_ne!(replies[0][1], 0xA3, "no 5.03 while idle peers can make way");
+    }
+    let new = new.elapsed();
+    assert_eq!(server.peer_count(), 100_000);
+    let sweep = std::time::Instant::now();
+    server.handle_timeout(Duration::from_secs(40));
+    let sweep = sweep.elapsed();
+    println!(
+        "fill {:.2} µs per peer; new address on a full table {:.2} µs per request; sweep {:.2} ms",
+        fill.as_secs_f64() * 1e6 / 100_000.0,
+        new.as_secs_f64() * 1e6 / 20_000.0,
+        sweep.as_secs_f64() * 1e3
+    );
+    // Seconds, not minutes: a scan per request would cost about 100,000 steps each.
+    assert!(new < Duration::from_secs(20), "{new:?}");
+}

@@ -61,9 +61,81 @@ impl ConnectionId {
     }
 }
 
+/// Bytes a [`StoredCid`] holds without a heap allocation.
+const INLINE_CID: usize = 14;
+
+/// A connection ID as an established session keeps it: 16 bytes, inline up to 14 bytes (a
+/// server's own CIDs are short: it chooses their length), boxed beyond. A [`ConnectionId`]
+/// is 33 bytes wherever it is.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) enum StoredCid {
+    Inline { len: u8, bytes: [u8; INLINE_CID] },
+    Boxed(Box<ConnectionId>),
+}
+
+impl StoredCid {
+    pub(crate) fn new(cid: &ConnectionId) -> Self {
+        let bytes = cid.as_bytes();
+        match u8::try_from(bytes.len()) {
+            Ok(len) if bytes.len() <= INLINE_CID => {
+                let mut inline = [0; INLINE_CID];
+                inline[..bytes.len()].copy_from_slice(bytes);
+                Self::Inline { len, bytes: inline }
+            }
+            _ => Self::Boxed(Box::new(*cid)),
+        }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Self::Boxed(cid) => cid.as_bytes(),
+        }
+    }
+
+    pub(crate) fn to_cid(&self) -> ConnectionId {
+        match self {
+            Self::Inline { .. } => ConnectionId::new(self.as_bytes()).unwrap_or_default(),
+            Self::Boxed(cid) => **cid,
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.as_bytes().is_empty()
+    }
+
+    /// Heap bytes (for memory accounting).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        match self {
+            Self::Inline { .. } => 0,
+            Self::Boxed(_) => core::mem::size_of::<ConnectionId>(),
+        }
+    }
+}
+
+impl core::fmt::Debug for StoredCid {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        self.to_cid().fmt(f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_cids_are_compact_and_keep_their_bytes() {
+        assert_eq!(core::mem::size_of::<StoredCid>(), 16);
+        for len in [0, 1, 8, INLINE_CID, INLINE_CID + 1, MAX_CID] {
+            let bytes: Vec<u8> = (1..=len as u8).collect();
+            let cid = ConnectionId::new(&bytes).unwrap();
+            let stored = StoredCid::new(&cid);
+            assert_eq!(stored.as_bytes(), &bytes[..]);
+            assert_eq!(stored.to_cid(), cid);
+            assert_eq!(stored.is_empty(), len == 0);
+            assert_eq!(stored.heap_bytes() > 0, len > INLINE_CID);
+        }
+    }
 
     #[test]
     fn bounds_are_checked() {

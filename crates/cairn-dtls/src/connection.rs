@@ -9,7 +9,7 @@
 
 use core::time::Duration;
 
-use crate::cid::ConnectionId;
+use crate::cid::{ConnectionId, StoredCid};
 use crate::codec::Reader;
 use crate::error::{AlertDescription, AlertLevel, CloseReason};
 use crate::handshake::{Completed, Handshake, Progress, ResumableSession};
@@ -56,7 +56,7 @@ pub enum Connection {
     /// Session established.
     Established(Session),
     /// Ended, keeping the CID it had so the endpoint can unregister it.
-    Closed(ConnectionId),
+    Closed(StoredCid),
 }
 
 impl Connection {
@@ -70,12 +70,26 @@ impl Connection {
         match self {
             Self::Handshaking(handshake) => handshake.cid_in,
             Self::Established(session) => session.cid_in(),
-            Self::Closed(cid) => *cid,
+            Self::Closed(cid) => cid.to_cid(),
+        }
+    }
+
+    /// The bytes of [`Connection::cid_in`], without a copy.
+    pub(crate) fn cid_in_bytes(&self) -> &[u8] {
+        match self {
+            Self::Handshaking(handshake) => handshake.cid_in.as_bytes(),
+            Self::Established(session) => session.cid_in_bytes(),
+            Self::Closed(cid) => cid.as_bytes(),
         }
     }
 
     fn close(&mut self) {
-        *self = Self::Closed(self.cid_in());
+        let cid = match self {
+            Self::Handshaking(handshake) => StoredCid::new(&handshake.cid_in),
+            Self::Established(session) => session.stored_cid_in().clone(),
+            Self::Closed(cid) => cid.clone(),
+        };
+        *self = Self::Closed(cid);
     }
 
     /// The session, if established.

@@ -176,14 +176,14 @@ impl PeerTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cid::ConnectionId;
+    use crate::cid::{ConnectionId, StoredCid};
 
     fn address(n: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], n))
     }
 
     fn closed(n: u8) -> Connection {
-        Connection::Closed(ConnectionId::new(&[n]).unwrap())
+        Connection::Closed(StoredCid::new(&ConnectionId::new(&[n]).unwrap()))
     }
 
     #[test]

@@ -234,70 +234,103 @@ impl Protection {
         cid: &[u8],
         plaintext: &[u8],
     ) -> Result<(), Error> {
-        if plaintext.len() > MAX_PLAINTEXT {
-            return Err(Error::RecordOverflow);
-        }
-        let explicit = explicit_nonce(epoch, sequence);
-        let mut body = plaintext.to_vec();
-        let (outer_type, aad) = if cid.is_empty() {
-            (
-                content_type,
-                classic_aad(epoch, sequence, content_type, body.len()),
-            )
-        } else {
-            body.push(content_type.to_u8());
-            (
-                ContentType::Tls12Cid,
-                cid_aad(epoch, sequence, cid, body.len()),
-            )
-        };
-        self.key.seal(self.suite, &explicit, &aad, &mut body)?;
-        header(out, outer_type, DTLS_1_2, epoch, sequence);
-        out.extend_from_slice(cid);
-        let len = EXPLICIT_NONCE_LEN + body.len();
-        out.extend_from_slice(&u16::try_from(len).unwrap_or(u16::MAX).to_be_bytes());
-        out.extend_from_slice(&explicit);
-        out.extend_from_slice(&body);
-        Ok(())
+        write_protected(
+            self.suite,
+            &self.key,
+            out,
+            content_type,
+            epoch,
+            sequence,
+            cid,
+            plaintext,
+        )
     }
 
     /// Opens a protected record and returns its real content type and plaintext. Any failure is
     /// [`Error::BadRecordMac`] or a decode error; the caller drops the record silently.
     pub fn open(&self, record: &Record<'_>) -> Result<(ContentType, Vec<u8>), Error> {
-        // The version is part of the additional data (RFC 5246 §6.2.3.3); only DTLS 1.2 is
-        // ever protected here.
-        if record.version != DTLS_1_2 {
-            return Err(Error::BadRecordMac);
-        }
-        let mut reader = Reader::new(record.fragment);
-        let explicit: [u8; EXPLICIT_NONCE_LEN] = reader.array("explicit nonce")?;
-        let mut body = reader.rest().to_vec();
-        let plain_len = body
-            .len()
-            .checked_sub(self.suite.tag_len())
-            .ok_or(Error::BadRecordMac)?;
-        if record.content_type == ContentType::Tls12Cid {
-            let aad = cid_aad(record.epoch, record.sequence, record.cid, plain_len);
-            self.key.open(self.suite, &explicit, &aad, &mut body)?;
-            let content_end = body
-                .iter()
-                .rposition(|&byte| byte != 0)
-                .ok_or(Error::Invalid {
-                    what: "DTLSInnerPlaintext",
-                })?;
-            let inner_type = ContentType::from_u8(body[content_end]);
-            body.truncate(content_end);
-            Ok((inner_type, body))
-        } else {
-            let aad = classic_aad(
-                record.epoch,
-                record.sequence,
-                record.content_type,
-                plain_len,
-            );
-            self.key.open(self.suite, &explicit, &aad, &mut body)?;
-            Ok((record.content_type, body))
-        }
+        open_protected(self.suite, &self.key, record)
+    }
+}
+
+/// [`Protection::write`] with the suite and key apart (an established session keeps them so).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn write_protected(
+    suite: CipherSuite,
+    key: &TrafficKey,
+    out: &mut Vec<u8>,
+    content_type: ContentType,
+    epoch: u16,
+    sequence: u64,
+    cid: &[u8],
+    plaintext: &[u8],
+) -> Result<(), Error> {
+    if plaintext.len() > MAX_PLAINTEXT {
+        return Err(Error::RecordOverflow);
+    }
+    let explicit = explicit_nonce(epoch, sequence);
+    let mut body = plaintext.to_vec();
+    let (outer_type, aad) = if cid.is_empty() {
+        (
+            content_type,
+            classic_aad(epoch, sequence, content_type, body.len()),
+        )
+    } else {
+        body.push(content_type.to_u8());
+        (
+            ContentType::Tls12Cid,
+            cid_aad(epoch, sequence, cid, body.len()),
+        )
+    };
+    key.seal(suite, &explicit, &aad, &mut body)?;
+    header(out, outer_type, DTLS_1_2, epoch, sequence);
+    out.extend_from_slice(cid);
+    let len = EXPLICIT_NONCE_LEN + body.len();
+    out.extend_from_slice(&u16::try_from(len).unwrap_or(u16::MAX).to_be_bytes());
+    out.extend_from_slice(&explicit);
+    out.extend_from_slice(&body);
+    Ok(())
+}
+
+/// [`Protection::open`] with the suite and key apart.
+pub(crate) fn open_protected(
+    suite: CipherSuite,
+    key: &TrafficKey,
+    record: &Record<'_>,
+) -> Result<(ContentType, Vec<u8>), Error> {
+    // The version is part of the additional data (RFC 5246 §6.2.3.3); only DTLS 1.2 is
+    // ever protected here.
+    if record.version != DTLS_1_2 {
+        return Err(Error::BadRecordMac);
+    }
+    let mut reader = Reader::new(record.fragment);
+    let explicit: [u8; EXPLICIT_NONCE_LEN] = reader.array("explicit nonce")?;
+    let mut body = reader.rest().to_vec();
+    let plain_len = body
+        .len()
+        .checked_sub(suite.tag_len())
+        .ok_or(Error::BadRecordMac)?;
+    if record.content_type == ContentType::Tls12Cid {
+        let aad = cid_aad(record.epoch, record.sequence, record.cid, plain_len);
+        key.open(suite, &explicit, &aad, &mut body)?;
+        let content_end = body
+            .iter()
+            .rposition(|&byte| byte != 0)
+            .ok_or(Error::Invalid {
+                what: "DTLSInnerPlaintext",
+            })?;
+        let inner_type = ContentType::from_u8(body[content_end]);
+        body.truncate(content_end);
+        Ok((inner_type, body))
+    } else {
+        let aad = classic_aad(
+            record.epoch,
+            record.sequence,
+            record.content_type,
+            plain_len,
+        );
+        key.open(suite, &explicit, &aad, &mut body)?;
+        Ok((record.content_type, body))
     }
 }
 

@@ -251,7 +251,9 @@ impl ServerEndpoint {
     fn peer_of_cid(&self, cid: &ConnectionId) -> Option<SocketAddr> {
         let peers = &self.peers;
         let position = self.cids.find(self.cid_hash(cid), |&position| {
-            peers.at(position).is_some_and(|(_, c)| c.cid_in() == *cid)
+            peers
+                .at(position)
+                .is_some_and(|(_, c)| c.cid_in_bytes() == cid.as_bytes())
         })?;
         Some(peers.at(*position)?.0)
     }
@@ -267,9 +269,8 @@ impl ServerEndpoint {
         self.cids.insert_unique(hash, position, |&position| {
             let cid = peers
                 .at(position)
-                .map(|(_, c)| c.cid_in())
-                .unwrap_or_default();
-            hasher.hash_one(cid.as_bytes())
+                .map_or(&[][..], |(_, c)| c.cid_in_bytes());
+            hasher.hash_one(cid)
         });
     }
 

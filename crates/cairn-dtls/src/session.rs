@@ -2,28 +2,34 @@
 //! (RFC 6347 §4.1 record state, §4.1.2.6 replay window, §4.2.4 last-flight retransmission,
 //! RFC 9146 §6 address updates, RFC 5746 §4.4/§4.2 renegotiation refused).
 //!
-//! Only the two traffic keys (20 bytes each), the write sequence numbers, the replay window,
-//! the connection IDs and the PSK identity remain; the AES key schedule is rebuilt per record.
+//! Only the two traffic keys (20 bytes each) and the suite, the write sequence number, the
+//! replay window, the connection IDs (ours inline, the peer's boxed when it has one) and the
+//! PSK identity remain: 112 bytes; the AES key schedule is rebuilt per record.
 //! Until the peer proves it has the keys (its first application data), the verify data of the
-//! last flight is kept so that the flight can be sent again when the peer retransmits.
+//! last flight is kept, boxed, so that the flight can be sent again when the peer retransmits.
 
 use std::sync::Arc;
 
 use crate::Error;
-use crate::cid::ConnectionId;
+use crate::cid::{ConnectionId, StoredCid};
 use crate::codec::Reader;
+use crate::crypto::{CipherSuite, TrafficKey};
 use crate::endpoint::DEFAULT_MTU;
 use crate::error::{AlertDescription, AlertLevel, CloseReason};
 use crate::flight::{FlightItem, RecordWriter, write_flight};
 use crate::handshake::Role;
 use crate::message::{Fragment, HandshakeType};
-use crate::record::{ContentType, Protection, Record, ReplayWindow};
+use crate::record::{
+    self, ContentType, HEADER_LEN, MAX_SEQUENCE, Protection, Record, ReplayWindow,
+};
 
 /// The last flight of a handshake (CCS, Finished), kept as its verify data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FinalFlight {
     verify_data: [u8; 12],
     message_seq: u16,
+    /// Next epoch 0 sequence number (for the ChangeCipherSpec of a retransmission).
+    epoch0_seq: u64,
 }
 
 impl FinalFlight {
@@ -32,6 +38,7 @@ impl FinalFlight {
         Some(Self {
             verify_data: finished_body.try_into().ok()?,
             message_seq,
+            epoch0_seq: 0,
         })
     }
 }
@@ -46,20 +53,31 @@ pub enum SessionOutput {
 }
 
 /// An established DTLS session.
+///
+/// A server keeps one per device, so the layout is the point: keys, suite, role and the
+/// 48-bit write sequence number pack into 48 bytes; the peer's CID (usually none) and the
+/// final flight (gone after the peer's first application data) are boxed.
 #[derive(Debug)]
 pub struct Session {
+    read_key: TrafficKey,
+    write_key: TrafficKey,
+    suite: CipherSuite,
     role: Role,
-    read: Protection,
-    writer: RecordWriter,
+    /// Next epoch 1 sequence number, 48 bits big-endian (RFC 6347 §4.1).
+    write_seq: [u8; 6],
     replay: ReplayWindow,
-    cid_in: ConnectionId,
-    final_flight: Option<FinalFlight>,
+    /// The CID the peer writes on its records (ours; empty if none).
+    cid_in: StoredCid,
+    /// The CID written on our records (the peer's), if it has one.
+    cid_out: Option<Box<ConnectionId>>,
+    final_flight: Option<Box<FinalFlight>>,
     /// Shared, so that the layer above can tag requests with it without a copy.
     identity: Arc<[u8]>,
 }
 
 impl Session {
-    /// A session from the handshake's end state.
+    /// A session from the handshake's end state: `read` and `writer` must have the same suite
+    /// (the writer's protection is the epoch 1 write key).
     pub fn new(
         role: Role,
         read: Protection,
@@ -69,15 +87,52 @@ impl Session {
         final_flight: Option<FinalFlight>,
         identity: &[u8],
     ) -> Self {
-        Self {
+        let RecordWriter {
+            epoch0_seq,
+            epoch1_seq,
+            protection,
+            cid,
+        } = writer;
+        let write_key = match protection {
+            Some(protection) => protection.key,
+            // Not reached: a handshake completes only with keys. A session without a write key
+            // would only produce records the peer cannot open.
+            None => TrafficKey::new([0; 16], [0; 4]),
+        };
+        let mut session = Self {
+            read_key: read.key,
+            write_key,
+            suite: read.suite,
             role,
-            read,
-            writer,
+            write_seq: [0; 6],
             replay,
-            cid_in,
-            final_flight,
+            cid_in: StoredCid::new(&cid_in),
+            cid_out: (!cid.is_empty()).then(|| Box::new(cid)),
+            final_flight: final_flight.map(|flight| {
+                Box::new(FinalFlight {
+                    epoch0_seq,
+                    ..flight
+                })
+            }),
             identity: identity.into(),
-        }
+        };
+        session.set_write_seq(epoch1_seq);
+        session
+    }
+
+    fn write_seq(&self) -> u64 {
+        let mut bytes = [0; 8];
+        bytes[2..].copy_from_slice(&self.write_seq);
+        u64::from_be_bytes(bytes)
+    }
+
+    fn set_write_seq(&mut self, seq: u64) {
+        self.write_seq
+            .copy_from_slice(&(seq & MAX_SEQUENCE).to_be_bytes()[2..]);
+    }
+
+    fn cid_out(&self) -> &[u8] {
+        self.cid_out.as_deref().map_or(&[], ConnectionId::as_bytes)
     }
 
     /// The peer's PSK identity.
@@ -92,26 +147,72 @@ impl Session {
 
     /// The CID the peer writes on its records (empty if none).
     pub fn cid_in(&self) -> ConnectionId {
-        self.cid_in
+        self.cid_in.to_cid()
+    }
+
+    /// The bytes of [`Session::cid_in`], without a copy.
+    pub(crate) fn cid_in_bytes(&self) -> &[u8] {
+        self.cid_in.as_bytes()
+    }
+
+    pub(crate) fn stored_cid_in(&self) -> &StoredCid {
+        &self.cid_in
     }
 
     /// Bytes one application data record adds to its plaintext (header, explicit nonce, tag,
     /// CID and inner content type): the largest `send` for a path MTU is `mtu - overhead`.
     pub fn record_overhead(&self) -> usize {
-        self.writer.overhead(1)
+        let cid = self.cid_out();
+        let cid_extra = if cid.is_empty() { 0 } else { cid.len() + 1 };
+        HEADER_LEN + self.suite.overhead() + cid_extra
     }
 
     /// Heap bytes owned by the session (for memory accounting): the identity and the two
-    /// reference counts beside it.
+    /// reference counts beside it, and what is boxed (CIDs, final flight).
     pub fn heap_bytes(&self) -> usize {
-        self.identity.len() + 2 * core::mem::size_of::<usize>()
+        self.identity.len()
+            + 2 * core::mem::size_of::<usize>()
+            + self.cid_in.heap_bytes()
+            + self
+                .cid_out
+                .as_ref()
+                .map_or(0, |_| core::mem::size_of::<ConnectionId>())
+            + self
+                .final_flight
+                .as_ref()
+                .map_or(0, |_| core::mem::size_of::<FinalFlight>())
+    }
+
+    /// Appends one epoch 1 record.
+    fn write(
+        &mut self,
+        out: &mut Vec<u8>,
+        content_type: ContentType,
+        payload: &[u8],
+    ) -> Result<(), Error> {
+        let seq = self.write_seq();
+        if seq >= MAX_SEQUENCE {
+            return Err(Error::Limit {
+                what: "record sequence numbers exhausted",
+            });
+        }
+        self.set_write_seq(seq + 1);
+        record::write_protected(
+            self.suite,
+            &self.write_key,
+            out,
+            content_type,
+            1,
+            seq,
+            self.cid_out(),
+            payload,
+        )
     }
 
     /// Encrypts application data into one record.
     pub fn seal(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
         let mut out = Vec::new();
-        self.writer
-            .write(&mut out, 1, ContentType::ApplicationData, plaintext)?;
+        self.write(&mut out, ContentType::ApplicationData, plaintext)?;
         Ok(out)
     }
 
@@ -119,7 +220,7 @@ impl Session {
     pub fn alert(&mut self, level: AlertLevel, description: AlertDescription) -> Vec<u8> {
         let mut out = Vec::new();
         let body = [level.to_u8(), description.to_u8()];
-        match self.writer.write(&mut out, 1, ContentType::Alert, &body) {
+        match self.write(&mut out, ContentType::Alert, &body) {
             Ok(()) => out,
             Err(_) => Vec::new(),
         }
@@ -143,7 +244,9 @@ impl Session {
             // RFC 9146 §6: once a CID is negotiated, the peer must use tls12_cid records.
             return (None, false);
         }
-        let Ok((content_type, plaintext)) = self.read.open(record) else {
+        let Ok((content_type, plaintext)) =
+            record::open_protected(self.suite, &self.read_key, record)
+        else {
             return (None, false);
         };
         let newest = self.replay.is_newest(record.sequence);
@@ -187,7 +290,7 @@ impl Session {
         };
         match (fragment.msg_type, self.role) {
             (HandshakeType::Finished, _) => {
-                if let Some(flight) = self.final_flight {
+                if let Some(flight) = self.final_flight.as_deref().copied() {
                     let items = [
                         FlightItem::ChangeCipherSpec,
                         FlightItem::Handshake {
@@ -197,7 +300,21 @@ impl Session {
                             body: flight.verify_data.to_vec(),
                         },
                     ];
-                    if let Ok(datagrams) = write_flight(&mut self.writer, &items, DEFAULT_MTU) {
+                    let mut writer = RecordWriter {
+                        epoch0_seq: flight.epoch0_seq,
+                        epoch1_seq: self.write_seq(),
+                        protection: Some(Protection {
+                            suite: self.suite,
+                            key: self.write_key.clone(),
+                        }),
+                        cid: self.cid_out.as_deref().copied().unwrap_or_default(),
+                    };
+                    let written = write_flight(&mut writer, &items, DEFAULT_MTU);
+                    self.set_write_seq(writer.epoch1_seq);
+                    if let Some(kept) = self.final_flight.as_deref_mut() {
+                        kept.epoch0_seq = writer.epoch0_seq;
+                    }
+                    if let Ok(datagrams) = written {
                         transmit.extend(datagrams);
                     }
                 }
@@ -214,7 +331,6 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::{CipherSuite, TrafficKey};
     use crate::message::put_fragment_header;
     use crate::record::Records;
 
@@ -260,15 +376,15 @@ mod tests {
         hello.extend_from_slice(&[0xFE, 0xFD, 0, 0]);
         let mut record = Vec::new();
         client
-            .writer
-            .write(&mut record, 1, ContentType::Handshake, &hello)
+            .write(&mut record, ContentType::Handshake, &hello)
             .unwrap();
         let mut transmit = Vec::new();
         let parsed = Records::new(&record, 0).next().unwrap();
         assert_eq!(server.on_record(&parsed, &mut transmit), (None, true));
         assert_eq!(transmit.len(), 1);
         let alert = Records::new(&transmit[0], 0).next().unwrap();
-        let (content_type, body) = client.read.open(&alert).unwrap();
+        let (content_type, body) =
+            record::open_protected(client.suite, &client.read_key, &alert).unwrap();
         assert_eq!(content_type, ContentType::Alert);
         assert_eq!(body, [1, 100]);
         // The client keeps its session after the warning.
@@ -289,8 +405,7 @@ mod tests {
         put_fragment_header(&mut request, HandshakeType::HelloRequest, 0, 0, 0, 0);
         let mut record = Vec::new();
         server
-            .writer
-            .write(&mut record, 1, ContentType::Handshake, &request)
+            .write(&mut record, ContentType::Handshake, &request)
             .unwrap();
         let mut transmit = Vec::new();
         let parsed = Records::new(&record, 0).next().unwrap();
@@ -302,7 +417,7 @@ mod tests {
     fn idle_session_is_compact() {
         let (server, _) = pair();
         assert!(
-            core::mem::size_of::<Session>() <= 256,
+            core::mem::size_of::<Session>() <= 112,
             "{}",
             core::mem::size_of::<Session>()
         );

@@ -81,8 +81,30 @@ fn blob_context(kind: BlobKind, key: &str) -> Vec<u8> {
     context
 }
 
-/// Bytes of redb's own page cache.
-const CACHE_BYTES: usize = 16 << 20;
+/// Bytes of redb's own page cache unless told otherwise. 4 MiB holds the hot pages (the
+/// upper levels of the tables, recent writes); the rest is read from the OS page cache. 16 MiB
+/// cost 168 bytes per device at 100,000 devices and registered no faster (docs/benchmarks.md).
+pub const DEFAULT_CACHE_BYTES: usize = 4 << 20;
+
+/// Environment variable that sets redb's page cache of [`EmbeddedStore::open`] and
+/// [`EmbeddedStore::open_with`], in MiB (e.g. `4`; at least 1).
+pub const CACHE_MIB_ENV: &str = "CAIRN_STORE_CACHE_MIB";
+
+/// The page cache size from [`CACHE_MIB_ENV`], or [`DEFAULT_CACHE_BYTES`].
+fn cache_bytes_from_env() -> Result<usize, StoreError> {
+    match std::env::var(CACHE_MIB_ENV) {
+        Err(std::env::VarError::NotPresent) => Ok(DEFAULT_CACHE_BYTES),
+        Ok(value) => match value.trim().parse::<usize>() {
+            Ok(mib) if (1..=1 << 20).contains(&mib) => Ok(mib << 20),
+            _ => Err(StoreError::InvalidInput(
+                "CAIRN_STORE_CACHE_MIB must be a whole number of MiB from 1",
+            )),
+        },
+        Err(std::env::VarError::NotUnicode(_)) => Err(StoreError::InvalidInput(
+            "CAIRN_STORE_CACHE_MIB must be a whole number of MiB from 1",
+        )),
+    }
+}
 
 /// The embedded store. Cheap to clone; all clones share one database.
 #[derive(Clone)]
@@ -120,9 +142,20 @@ impl EmbeddedStore {
     ///
     /// Fails with [`MasterKeyError::Mismatch`] if the database was created under another key,
     /// and with [`MasterKeyError::Missing`] if the database exists but no key is found.
+    ///
+    /// redb's page cache is [`DEFAULT_CACHE_BYTES`], or [`CACHE_MIB_ENV`] when set.
     pub fn open_with(
         data_dir: impl AsRef<Path>,
         source: MasterKeySource,
+    ) -> Result<Self, StoreError> {
+        Self::open_with_cache(data_dir, source, cache_bytes_from_env()?)
+    }
+
+    /// [`EmbeddedStore::open_with`] with a page cache of `cache_bytes`.
+    pub fn open_with_cache(
+        data_dir: impl AsRef<Path>,
+        source: MasterKeySource,
+        cache_bytes: usize,
     ) -> Result<Self, StoreError> {
         let data_dir = data_dir.as_ref().to_owned();
         std::fs::create_dir_all(&data_dir).map_err(|source| StoreError::Io {
@@ -153,7 +186,7 @@ impl EmbeddedStore {
         // redb's page cache would grow to 1 GiB by default; hot pages (indexes, recent
         // registrations) fit in far less, and the rest is a read from the OS page cache.
         let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
+            .set_cache_size(cache_bytes)
             .create(&path)?;
         let inner = Inner {
             db,

@@ -546,3 +546,34 @@ async fn concurrent_registrations_share_commits_and_a_failing_one_fails_alone() 
     let owner = store.get_registration("taken").await.unwrap().unwrap();
     assert_eq!(owner.endpoint, "owner");
 }
+
+/// A store with a page cache far smaller than its data still reads back every record (the
+/// pages that do not fit come from the file).
+#[tokio::test]
+async fn a_small_page_cache_holds_a_larger_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = cairn_store::EmbeddedStore::open_with_cache(
+        dir.path(),
+        cairn_store::MasterKeySource::Key(cairn_store::MasterKey::from_bytes(&[7; 32])),
+        1 << 20,
+    )
+    .unwrap();
+    let mut padded = registration("ep", "id", 1_000);
+    padded.object_links = "</3/0>,".repeat(400);
+    for n in 0..500u64 {
+        let mut record = padded.clone();
+        record.endpoint = format!("ep{n}");
+        record.id = format!("id{n}");
+        store.add_registration(record).await.unwrap();
+    }
+    for n in (0..500u64).step_by(37) {
+        let got = store
+            .get_registration_by_endpoint(&format!("ep{n}"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.id, format!("id{n}"));
+        assert_eq!(got.object_links, padded.object_links);
+    }
+    assert_eq!(cairn_store::embedded::DEFAULT_CACHE_BYTES, 4 << 20);
+}

@@ -172,8 +172,10 @@ fn run_in(dir: &Path, args: &Lwm2mBenchArgs) -> anyhow::Result<()> {
         let mut fleets = Fleets(Vec::new());
         for (n, file) in psk_files.iter().enumerate() {
             // Each fleet process sends from its own loopback address: one address has
-            // only the kernel's ~28,000 ephemeral ports.
-            let bind = format!("127.0.{}.{}", 1 + n / 250, 2 + n % 250);
+            // only the kernel's ~28,000 ephemeral ports. The second octet comes from the
+            // process id, so that two benches on one machine do not share addresses.
+            let octet = 100 + std::process::id() % 100;
+            let bind = format!("127.{octet}.{}.{}", 1 + n / 250, 2 + n % 250);
             let child = Command::new(&exe)
                 .args(["fleet", "--server", &format!("coaps://{address}"), "--bind", &bind, "--psk-file"])
                 .arg(file)

@@ -285,6 +285,11 @@ impl LwM2mServer {
             .unwrap_or_default()
     }
 
+    /// How many devices are registered, without copying their registrations.
+    pub fn registration_count(&self) -> usize {
+        self.inner.registry.read().map(|r| r.len()).unwrap_or(0)
+    }
+
     pub fn registration(&self, endpoint: &str) -> Option<Registration> {
         self.inner.registry.read().ok()?.by_endpoint(endpoint)
     }

@@ -566,7 +566,7 @@ pub mod campaign {
         }
         let deadline = Instant::now() + Duration::from_secs(120 + config.devices as u64 / 20);
         loop {
-            let registered = server.registrations().len();
+            let registered = server.registration_count();
             if registered >= config.devices {
                 break;
             }

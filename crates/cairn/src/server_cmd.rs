@@ -568,7 +568,7 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         }
         eprintln!(
             "cairn server: {} registrations restored",
-            server.registrations().len()
+            server.registration_count()
         );
         let mut events = server.events();
         loop {

@@ -302,18 +302,7 @@ pub(crate) async fn run(
         attempts,
         certificates,
     } = *exchange;
-    let discovered = match discover(exchange).await {
-        Ok(discovered) => discovered,
-        Err(reason) => {
-            // Nothing came back, not even an error: the device is gone (it gave up waiting
-            // for the answer to its Bootstrap-Request, or lost power). Writing on would only
-            // retransmit to nobody; it starts over with a new Bootstrap-Request.
-            return Outcome::Failed {
-                step: "Bootstrap-Discover /".into(),
-                reason,
-            };
-        }
-    };
+    let discovered = discover(exchange).await;
     let bootstrap_instance = discovered.and_then(|d| d.bootstrap_instance).unwrap_or(0);
     let steps = match plan(settings, device, format, bootstrap_instance, certificates) {
         Ok(planned) => planned,
@@ -358,32 +347,17 @@ struct Discovered {
 }
 
 /// Bootstrap-Discover `/`, read as plain link format so that any attribute a client adds
-/// (`ssid`, `uri`) is understood; `Ok(None)` when the client does not support it (it answers
-/// with an error), `Err` when it does not answer at all.
-async fn discover(exchange: &Exchange<'_>) -> Result<Option<Discovered>, String> {
+/// (`ssid`, `uri`) is understood; `None` when the client does not support it.
+async fn discover(exchange: &Exchange<'_>) -> Option<Discovered> {
     let request = BootstrapServerRequest::Discover {
         path: LwM2mPath::Root,
     };
-    let Ok(coap) = request.to_coap(exchange.models) else {
-        return Ok(None);
-    };
-    let sent = exchange.socket.request(exchange.peer, coap.to_message());
-    let response = match tokio::time::timeout(exchange.request_timeout, sent).await {
-        Ok(Ok(response)) => response,
-        // A Reset or a malformed answer still comes from the device.
-        Ok(Err(cairn_transport::TransportError::Request(
-            cairn_coap::RequestError::Reset
-            | cairn_coap::RequestError::BodyTooLarge
-            | cairn_coap::RequestError::BlockMismatch,
-        ))) => return Ok(None),
-        Ok(Err(error)) => return Err(error.to_string()),
-        Err(_) => return Err(format!("no answer within {:?}", exchange.request_timeout)),
-    };
-    Ok(discovered(&response))
-}
-
-/// What a Bootstrap-Discover answer says; `None` for an error or an unreadable answer.
-fn discovered(response: &cairn_coap::Message) -> Option<Discovered> {
+    let message = request.to_coap(exchange.models).ok()?.to_message();
+    let sent = exchange.socket.request(exchange.peer, message);
+    let response = tokio::time::timeout(exchange.request_timeout, sent)
+        .await
+        .ok()?
+        .ok()?;
     if response.code != cairn_coap::Code::CONTENT {
         return None;
     }

@@ -404,6 +404,11 @@ pub trait CredentialVault: Send + Sync {
     fn load(&self) -> Result<Option<Zeroizing<Vec<u8>>>, CredentialError>;
     /// Replaces the stored plaintext, atomically and durably.
     fn store(&self, plaintext: &[u8]) -> Result<(), CredentialError>;
+    /// Whether [`CredentialVault::store`] may block (file or device I/O): it then runs off the
+    /// async runtime's threads. A vault in memory answers `false` and is written in place.
+    fn blocks(&self) -> bool {
+        true
+    }
 }
 
 /// A vault in memory (simulated devices, tests).
@@ -419,6 +424,10 @@ impl CredentialVault for MemoryVault {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(Zeroizing::new(plaintext.to_vec()));
         Ok(())
+    }
+
+    fn blocks(&self) -> bool {
+        false
     }
 }
 

@@ -384,8 +384,11 @@ impl Handler for BootstrapHandler {
         let power_cut = self.power_cut;
         let response = served.response;
         Reply::Pending(Box::pin(async move {
-            let stored =
-                tokio::task::spawn_blocking(move || store_state(&*vault, &state, &*models)).await;
+            let stored = if vault.blocks() {
+                tokio::task::spawn_blocking(move || store_state(&*vault, &state, &*models)).await
+            } else {
+                Ok(store_state(&*vault, &state, &*models))
+            };
             match stored {
                 Ok(Ok(())) => {
                     if power_cut == Some(PowerCut::AfterFinishCommitted) {

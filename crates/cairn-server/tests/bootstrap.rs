@@ -315,8 +315,8 @@ async fn a_device_bootstraps_over_dtls_registers_with_new_credentials_and_the_fa
 }
 
 /// The requests of the sequence to a LwM2M 1.1 device with one server (with OSCORE) and one
-/// ACL entry: Discover, Read /1, Delete /, Write /0/0, /0/1, /1/1, /21/1, /2/0, Finish.
-const SEQUENCE_LENGTH: usize = 9;
+/// ACL entry: Discover, Delete /, Write /0/0, /0/1, /1/1, /21/1, /2/0, Finish.
+const SEQUENCE_LENGTH: usize = 8;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_loses_power_at_any_step_comes_back_with_working_credentials() {

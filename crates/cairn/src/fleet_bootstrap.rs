@@ -226,6 +226,21 @@ pub async fn run_with_firmware(
     let (registered_tx, mut registered_rx) = mpsc::unbounded_channel::<Duration>();
     let failures = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::with_capacity(total);
+    // What every device shares, made once: `DeviceSettings::default()` builds a model
+    // registry of its own each time.
+    let base = DeviceSettings {
+        models: models.clone(),
+        coap: Config {
+            ack_timeout: fleet.ack_timeout,
+            ..Config::default()
+        },
+        local_ip: fleet.bind,
+        request_timeout: fleet.ack_timeout.saturating_mul(8),
+        register_attempts: fleet.register_attempts.max(1),
+        register_retry: Duration::from_secs(1),
+        max_backoff: Duration::from_secs(30),
+        ..DeviceSettings::default()
+    };
     let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / fleet.rate));
     let started = Instant::now();
     for (n, path) in files.into_iter().enumerate() {
@@ -262,22 +277,12 @@ pub async fn run_with_firmware(
             None => None,
         };
         let settings = DeviceSettings {
-            models: models.clone(),
             extension,
             info: DeviceInfo {
                 serial_number: file.endpoint.clone(),
                 ..DeviceInfo::default()
             },
-            coap: Config {
-                ack_timeout: fleet.ack_timeout,
-                ..Config::default()
-            },
-            local_ip: fleet.bind,
-            request_timeout: fleet.ack_timeout.saturating_mul(8),
-            register_attempts: fleet.register_attempts.max(1),
-            register_retry: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(30),
-            ..DeviceSettings::default()
+            ..base.clone()
         };
         let registered = registered_tx.clone();
         let failures = failures.clone();

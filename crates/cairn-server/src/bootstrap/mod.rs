@@ -6,9 +6,9 @@
 //! belongs to that endpoint, finds the endpoint's configuration (its own, or the template with
 //! the longest matching prefix), prepares its credentials ([`credentials`]: fresh, random,
 //! unique per device; the previous ones stay valid until the device proves it holds the new
-//! ones), answers 2.04 and runs the sequence: Bootstrap-Discover, Bootstrap-Read (1.1 and
-//! later), Bootstrap-Delete, Bootstrap-Write of the Security, Server, OSCORE and Access Control
-//! instances, Bootstrap-Finish (`session.rs`). A step the device cannot handle for a moment is
+//! ones), answers 2.04 and runs the sequence: Bootstrap-Discover, Bootstrap-Delete,
+//! Bootstrap-Write of the Security, Server, OSCORE and Access Control instances,
+//! Bootstrap-Finish (`session.rs`). A step the device cannot handle for a moment is
 //! retried; a refusal ends the sequence, and both are recorded in the device's status and
 //! published as [`BootstrapEvent`]s.
 //!
@@ -545,19 +545,25 @@ async fn on_registered(
     server: LwM2mServer,
     registration: cairn_store::Registration,
 ) {
+    // What the proof read of the device says, else a read of its own.
+    let mut rotation_requested = None;
     if let Some((kind, key)) = credential_identity(&registration.identity) {
-        if let Err(error) = inner.registered(&registration.endpoint, kind, &key).await {
-            tracing::warn!(%error, "cannot record a credential proof");
+        match inner.record_proof(&registration.endpoint, kind, &key).await {
+            Ok(proof) => rotation_requested = Some(proof.rotation_requested),
+            Err(error) => tracing::warn!(%error, "cannot record a credential proof"),
         }
     }
-    let rotation_requested = inner
-        .stores
-        .bootstrap
-        .get_device_credentials(&registration.endpoint)
-        .await
-        .ok()
-        .flatten()
-        .is_some_and(|d| d.status.rotation_requested);
+    let rotation_requested = match rotation_requested {
+        Some(requested) => requested,
+        None => inner
+            .stores
+            .bootstrap
+            .get_device_credentials(&registration.endpoint)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|d| d.status.rotation_requested),
+    };
     drop(inner);
     if rotation_requested {
         trigger_rotation(server, registration).await;
@@ -573,6 +579,15 @@ async fn trigger_rotation(server: LwM2mServer, registration: cairn_store::Regist
     {
         tracing::warn!(endpoint = %registration.endpoint, %error, "cannot trigger a pending rotation");
     }
+}
+
+/// What recording a registration's proof found.
+struct Proof {
+    /// The registration proved the device's current credentials (the previous ones are
+    /// retired now).
+    proven: bool,
+    /// The device is marked for rotation.
+    rotation_requested: bool,
 }
 
 /// Locks per endpoint, striped: a fixed number of locks, an endpoint's chosen by a keyed
@@ -944,6 +959,17 @@ impl Inner {
         kind: CredentialKind,
         key: &[u8],
     ) -> Result<bool, StoreError> {
+        Ok(self.record_proof(endpoint, kind, key).await?.proven)
+    }
+
+    /// [`Inner::registered`], also telling whether the device is marked for rotation (from
+    /// the same read of its record).
+    async fn record_proof(
+        &self,
+        endpoint: &str,
+        kind: CredentialKind,
+        key: &[u8],
+    ) -> Result<Proof, StoreError> {
         let _guard = self.credentials.lock(endpoint).await;
         let Some(device) = self
             .stores
@@ -951,16 +977,26 @@ impl Inner {
             .get_device_credentials(endpoint)
             .await?
         else {
-            return Ok(false);
+            return Ok(Proof {
+                proven: false,
+                rotation_requested: false,
+            });
         };
+        let rotation_requested = device.status.rotation_requested;
         let Some(proven) = credentials::on_registration(device, kind, key) else {
-            return Ok(false);
+            return Ok(Proof {
+                proven: false,
+                rotation_requested,
+            });
         };
         self.stores.bootstrap.put_device_credentials(proven).await?;
         tracing::info!(%endpoint, "new credentials proven; previous ones retired");
         self.publish(BootstrapEvent::CredentialsProven {
             endpoint: endpoint.to_owned(),
         });
-        Ok(true)
+        Ok(Proof {
+            proven: true,
+            rotation_requested,
+        })
     }
 }

@@ -1,7 +1,9 @@
 //! One server-initiated bootstrap sequence (LwM2M Core 1.2 §6.1.7 and Transport Binding 1.2
-//! §6.4): Bootstrap-Discover, Bootstrap-Read of the Server object (LwM2M 1.1 and later),
-//! Bootstrap-Delete of what the device had, Bootstrap-Write of the Security (0), Server (1),
-//! OSCORE (21) and Access Control (2) instances, then Bootstrap-Finish.
+//! §6.4): Bootstrap-Discover, Bootstrap-Delete of what the device had, Bootstrap-Write of the
+//! Security (0), Server (1), OSCORE (21) and Access Control (2) instances, then
+//! Bootstrap-Finish. No Bootstrap-Read: the server writes what its configuration says
+//! whatever the device had (the Delete removes it), and Bootstrap-Read is optional (Core
+//! §6.1.7.3), so reading would cost every device one more exchange for nothing.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -301,35 +303,19 @@ pub(crate) async fn run(
         certificates,
     } = *exchange;
     let discovered = discover(exchange).await;
-    let version_1_1 = discovered.as_ref().is_some_and(|d| d.version_1_1);
     let bootstrap_instance = discovered.and_then(|d| d.bootstrap_instance).unwrap_or(0);
-    let mut steps = Vec::new();
-    if version_1_1 {
-        // Bootstrap-Read exists from LwM2M 1.1 on; what the device had is only logged.
-        steps.push(Step {
-            request: BootstrapServerRequest::Read {
-                path: LwM2mPath::Object(1),
-                accept: Some(format),
-            },
-            required: false,
-        });
-    }
-    match plan(settings, device, format, bootstrap_instance, certificates) {
-        Ok(planned) => steps.extend(planned),
+    let steps = match plan(settings, device, format, bootstrap_instance, certificates) {
+        Ok(planned) => planned,
         Err(error) => {
             return Outcome::Failed {
                 step: "plan".into(),
                 reason: error.to_string(),
             };
         }
-    }
+    };
     for step in &steps {
         match send(socket, peer, models, step, request_timeout, attempts).await {
-            Ok(response) if response.code.is_success() => {
-                if let BootstrapServerRequest::Read { .. } = step.request {
-                    tracing::debug!(%peer, content = ?response.content_format, "Server object before bootstrap");
-                }
-            }
+            Ok(response) if response.code.is_success() => {}
             Ok(response) if !step.required => {
                 tracing::debug!(%peer, step = %step.name(), code = %response.code, "ignored");
             }
@@ -356,8 +342,6 @@ pub(crate) async fn run(
 
 /// What Bootstrap-Discover says about a device.
 struct Discovered {
-    /// LwM2M 1.1 or later (`</>;lwm2m=1.1`; a 1.0 client has no Bootstrap-Discover).
-    version_1_1: bool,
     /// The Security instance of the Bootstrap-Server account: the one without `ssid`.
     bootstrap_instance: Option<u16>,
 }
@@ -378,18 +362,12 @@ async fn discover(exchange: &Exchange<'_>) -> Option<Discovered> {
         return None;
     }
     let links = cairn_coap::link_format::parse_bytes(&response.payload).ok()?;
-    let version = links
-        .iter()
-        .find(|l| l.target == "/")
-        .and_then(|l| l.attribute("lwm2m").flatten())
-        .and_then(|v| v.trim_matches('"').parse::<cairn_lwm2m::Version>().ok());
     let accounts: Vec<u16> = links
         .iter()
         .filter(|l| l.attribute("ssid").is_none())
         .filter_map(|l| l.target.strip_prefix("/0/")?.parse().ok())
         .collect();
     Some(Discovered {
-        version_1_1: version.is_none_or(|v| v >= cairn_lwm2m::Version::V1_1),
         bootstrap_instance: match accounts.as_slice() {
             [one] => Some(*one),
             _ => None,

@@ -8,7 +8,10 @@
 //! one process 20,000 file descriptors). The devices bootstrap over DTLS-PSK, get generated
 //! credentials, and register over a second DTLS session with them.
 //! Prints `RESULT bootstrap devices=N seconds=S per_s=N`: S from the start of the fleet
-//! processes to the DM server's last registration.
+//! processes to the DM server's last registration. The line before it gives the CPU time
+//! (user + system, from the kernel's accounting) the bench process (both servers) and the
+//! fleet processes used over that span, in all and per device: on a shared machine the
+//! figure to compare versions by, where the wall-clock time depends on the other load.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -25,13 +28,16 @@ use cairn_store::{
 };
 use clap::Args;
 
+use super::cpu::CpuSample;
+
 #[derive(Debug, Args)]
 pub struct BootstrapBenchArgs {
     /// Simulated devices.
     #[arg(long, default_value_t = 500)]
     devices: usize,
-    /// Devices started per second, across every fleet process.
-    #[arg(long, default_value_t = 1_000.0)]
+    /// Devices started per second, across every fleet process (2,000: 100,000 devices
+    /// start in 50 s, about 1.7 of 2 cores at the measured CPU per device).
+    #[arg(long, default_value_t = 2_000.0)]
     rate: f64,
     /// Worker threads of the servers' runtime.
     #[arg(long, default_value_t = 2)]
@@ -122,19 +128,20 @@ async fn bench(args: &BootstrapBenchArgs, work: &Path) -> anyhow::Result<()> {
         })
         .await?;
     let public = crate::factory_cmd::create_server_key(&data)?;
-    let per_process = args.per_process.max(1);
+    // The devices split evenly over the fewest processes of at most --per-process each, each
+    // process starting its share at its share of --rate: all of them finish starting at
+    // the same moment (devices / rate).
+    let processes = args.devices.div_ceil(args.per_process.max(1));
     let mut factories = Vec::new();
     let mut first = 1u64;
-    let mut left = args.devices;
-    while left > 0 {
-        let count = left.min(per_process);
+    for n in 0..processes {
+        let count = args.devices / processes + usize::from(n < args.devices % processes);
         let dir = work.join(format!("factory-{}", factories.len()));
         crate::factory_cmd::generate_with(count, &dir, &public, &bs_uri, "bench-", first, false)?;
         let devices = crate::factory_cmd::read_manifest(&dir.join("manifest.toml"), &data)?;
         store.import_device_credentials(devices).await?;
         factories.push((dir, count));
         first += count as u64;
-        left -= count;
     }
     // Registrations counted from the DM server's events (every endpoint once).
     let mut events = dm.events();
@@ -162,8 +169,9 @@ async fn bench(args: &BootstrapBenchArgs, work: &Path) -> anyhow::Result<()> {
         factories.len()
     );
     let exe = std::env::current_exe()?;
-    let per_process_rate = args.rate / factories.len() as f64;
     let started = Instant::now();
+    let server_cpu = CpuSample::read(std::process::id())?;
+    let mut fleet_cpu = Vec::new();
     let mut fleets = Fleets(Vec::new());
     let mut logs = Vec::new();
     for (n, (dir, count)) in factories.iter().enumerate() {
@@ -174,13 +182,19 @@ async fn bench(args: &BootstrapBenchArgs, work: &Path) -> anyhow::Result<()> {
             .arg("--factory")
             .arg(dir)
             .args(["--devices", &count.to_string(), "--bind", &bind])
-            .args(["--rate", &per_process_rate.to_string(), "--hold", "100000"])
+            .args([
+                "--rate",
+                &(args.rate * *count as f64 / args.devices as f64).to_string(),
+                "--hold",
+                "100000",
+            ])
             .args(["--threads", &args.fleet_threads.max(1).to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()
             .context("cannot start cairn fleet")?;
+        fleet_cpu.push(CpuSample::read(child.id())?);
         fleets.0.push(child);
         logs.push(log);
     }
@@ -218,16 +232,33 @@ async fn bench(args: &BootstrapBenchArgs, work: &Path) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_millis(50), count_rx.changed()).await;
     };
     let seconds = started.elapsed().as_secs_f64();
+    let server_cpu = server_cpu.until(&CpuSample::read(std::process::id())?);
+    let mut fleets_cpu = Duration::ZERO;
+    for (child, start) in fleets.0.iter().zip(&fleet_cpu) {
+        fleets_cpu += start.until(&CpuSample::read(child.id())?);
+    }
     // Each fleet prints its summary (latencies) once all its devices registered.
     let summaries = fleet_summaries(&logs, Duration::from_secs(5)).await;
     for line in &summaries {
         eprintln!("  fleet: {line}");
+    }
+    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
+        eprintln!("  load average: {}", load.trim());
     }
     drop(fleets);
     counter.abort();
     bootstrap.shutdown().await;
     dm.shutdown().await;
     drop(store);
+    let per_device_ms = |cpu: Duration| cpu.as_secs_f64() * 1e3 / registered as f64;
+    println!(
+        "CPU bootstrap server_s={:.2} fleet_s={:.2} server_ms_per_device={:.3} fleet_ms_per_device={:.3} total_ms_per_device={:.3}",
+        server_cpu.as_secs_f64(),
+        fleets_cpu.as_secs_f64(),
+        per_device_ms(server_cpu),
+        per_device_ms(fleets_cpu),
+        per_device_ms(server_cpu + fleets_cpu),
+    );
     println!(
         "RESULT bootstrap devices={registered} seconds={seconds:.2} per_s={:.0}",
         registered as f64 / seconds

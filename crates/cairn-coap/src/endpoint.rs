@@ -166,6 +166,9 @@ pub enum ObservationEnd {
     Timeout,
     /// The observer deregistered (GET with Observe = 1) or re-registered.
     Deregistered,
+    /// The security context the observer registered in is gone (see
+    /// [`Endpoint::forget_peer`]).
+    SessionEnded,
 }
 
 /// What the endpoint reports to the application.
@@ -1933,6 +1936,32 @@ impl Endpoint {
     pub fn abort_requests(&mut self, peer: SocketAddr, error: RequestError) {
         for id in self.requests.ids_of_peer(peer) {
             self.fail_request(id, error);
+        }
+    }
+
+    /// Forgets everything bound to `peer`'s security context (RFC 7252 §9.1), e.g. when a
+    /// new DTLS session from its address authenticated another identity: every request of
+    /// ours to it fails with `error` (observations of its resources included), observations
+    /// it registered on our resources end ([`ObservationEnd::SessionEnded`]), its requests
+    /// still waiting for [`Endpoint::respond`] are dropped (answering them returns
+    /// [`EndpointError::UnknownExchange`] and sends nothing), and its duplicate-detection
+    /// entries, cached replies, transfers and message IDs go. Nothing is sent.
+    ///
+    /// It scans the requests and exchanges in progress: meant for rare events, not for every
+    /// datagram.
+    pub fn forget_peer(&mut self, peer: SocketAddr, error: RequestError) {
+        self.abort_requests(peer, error);
+        let observations = self
+            .peers
+            .get(&peer)
+            .map(|state| state.extra().observations.clone())
+            .unwrap_or_default();
+        for id in observations {
+            self.end_observation(id, ObservationEnd::SessionEnded);
+        }
+        self.exchanges.retain(|_, exchange| exchange.peer != peer);
+        if let Some(position) = self.peers.position(&peer) {
+            self.remove_peer_at(position);
         }
     }
 

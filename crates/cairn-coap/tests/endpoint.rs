@@ -863,3 +863,97 @@ fn a_full_peer_table_serves_new_addresses_without_a_scan() {
     // Seconds, not minutes: a scan per request would cost about 100,000 steps each.
     assert!(new < Duration::from_secs(20), "{new:?}");
 }
+
+#[test]
+fn forget_peer_fails_our_requests_and_ends_its_observations() {
+    let mut net = Net::default();
+    // The client observes a resource of the server.
+    let mut request = Message::request(Code::GET);
+    request.set_uri_path("/time");
+    request.options.set_uint(OptionNumber::OBSERVE, 0);
+    net.client.request(net.now, addr(SERVER), request).unwrap();
+    net.pump(|_| false);
+    let events = net.server_events();
+    let Event::Request { id: exchange, .. } = events[0] else {
+        panic!("{events:?}")
+    };
+    let observation = net
+        .server
+        .respond(net.now, exchange, Message::response(Code::CONTENT))
+        .unwrap()
+        .unwrap();
+    net.pump(|_| false);
+    // A request of the server that the client never answers.
+    let mut write = Message::request(Code::PUT);
+    write.set_uri_path("/0/1");
+    write.payload = b"secret".to_vec();
+    let pending = net.server.request(net.now, addr(CLIENT), write).unwrap();
+    net.pump(|_| true);
+    let sent = net.log.len();
+
+    net.server
+        .forget_peer(addr(CLIENT), RequestError::SessionFailed);
+    let events = net.server_events();
+    assert!(
+        events.contains(&Event::RequestFailed {
+            id: pending,
+            error: RequestError::SessionFailed
+        }),
+        "{events:?}"
+    );
+    assert!(
+        events.contains(&Event::ObservationEnded {
+            id: observation,
+            peer: addr(CLIENT),
+            reason: ObservationEnd::SessionEnded
+        }),
+        "{events:?}"
+    );
+    assert!(net.server.observers("/time").is_empty());
+    assert_eq!(net.server.peer_count(), 0);
+    assert!(net.server.poll_transmit().is_none());
+    assert!(
+        net.server
+            .notify(net.now, observation, Message::response(Code::CONTENT))
+            .is_err()
+    );
+    // Nothing of the old context is retransmitted, and the request does not fail twice.
+    net.advance_to(Duration::from_secs(300));
+    assert!(
+        net.log[sent..]
+            .iter()
+            .all(|t| t.destination != addr(CLIENT)),
+        "{:?}",
+        &net.log[sent..]
+    );
+    assert!(net.server_events().is_empty());
+}
+
+#[test]
+fn forget_peer_drops_its_exchanges_and_cached_replies() {
+    let mut server = Endpoint::new(Config::default(), 9);
+    let peer = addr(CLIENT);
+    // An exchange the application has not answered yet.
+    let waiting = Message::new(MessageType::Confirmable, Code::GET, 100);
+    server.handle(Duration::ZERO, peer, &waiting.to_bytes());
+    let Some(Event::Request { id: exchange, .. }) = server.poll_event() else {
+        panic!("no request")
+    };
+    // An answered one, whose reply is cached for duplicates.
+    let mut answered = Message::new(MessageType::Confirmable, Code::GET, 200);
+    answered.token = cairn_coap::Token::from_u64(0x55);
+    let first = serve_once(&mut server, Duration::ZERO, peer, &answered, b"old device");
+    assert_eq!(first.len(), 1);
+
+    server.forget_peer(peer, RequestError::SessionFailed);
+    assert!(server.poll_event().is_none());
+    assert_eq!(
+        server.respond(Duration::ZERO, exchange, Message::response(Code::CONTENT)),
+        Err(cairn_coap::EndpointError::UnknownExchange)
+    );
+    assert!(server.poll_transmit().is_none());
+    // The same message ID from the new context is a new request, not a duplicate.
+    server.handle(Duration::from_secs(1), peer, &answered.to_bytes());
+    assert!(server.poll_transmit().is_none(), "the old reply is not replayed");
+    assert!(matches!(server.poll_event(), Some(Event::Request { .. })));
+}

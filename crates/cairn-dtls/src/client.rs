@@ -219,8 +219,15 @@ impl ClientEndpoint {
                     self.events.push_back(Event::ApplicationData { peer, data });
                 }
                 ConnectionEvent::Closed(reason) => {
-                    self.connection = None;
-                    self.events.push_back(Event::Closed { peer, reason });
+                    let identity = self
+                        .connection
+                        .take()
+                        .and_then(|connection| connection.identity().cloned());
+                    self.events.push_back(Event::Closed {
+                        peer,
+                        reason,
+                        identity,
+                    });
                 }
             }
         }
@@ -280,6 +287,7 @@ impl ClientEndpoint {
         let Some(connection) = self.connection.take() else {
             return;
         };
+        let identity = connection.identity().cloned();
         if let Connection::Established(mut session) = connection {
             let payload = session.alert(AlertLevel::Warning, AlertDescription::CloseNotify);
             self.transmits.push_back(Transmit {
@@ -290,6 +298,7 @@ impl ClientEndpoint {
         self.events.push_back(Event::Closed {
             peer,
             reason: CloseReason::LocalClosed,
+            identity,
         });
     }
 }

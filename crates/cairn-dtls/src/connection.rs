@@ -8,6 +8,7 @@
 //! epoch 0 record is ignored.
 
 use core::time::Duration;
+use std::sync::Arc;
 
 use crate::cid::{ConnectionId, StoredCid};
 use crate::codec::Reader;
@@ -55,14 +56,15 @@ pub enum Connection {
     Handshaking(Box<Handshake>),
     /// Session established.
     Established(Session),
-    /// Ended, keeping the CID it had so the endpoint can unregister it.
-    Closed(StoredCid),
+    /// Ended, keeping the CID it had so the endpoint can unregister it, and the identity of
+    /// its session if it was established (reported with the close).
+    Closed(StoredCid, Option<Arc<[u8]>>),
 }
 
 impl Connection {
     /// Whether the connection ended.
     pub fn is_closed(&self) -> bool {
-        matches!(self, Self::Closed(_))
+        matches!(self, Self::Closed(..))
     }
 
     /// The CID the peer puts on its records (empty without CID).
@@ -70,7 +72,7 @@ impl Connection {
         match self {
             Self::Handshaking(handshake) => handshake.cid_in,
             Self::Established(session) => session.cid_in(),
-            Self::Closed(cid) => cid.to_cid(),
+            Self::Closed(cid, _) => cid.to_cid(),
         }
     }
 
@@ -79,17 +81,29 @@ impl Connection {
         match self {
             Self::Handshaking(handshake) => handshake.cid_in.as_bytes(),
             Self::Established(session) => session.cid_in_bytes(),
-            Self::Closed(cid) => cid.as_bytes(),
+            Self::Closed(cid, _) => cid.as_bytes(),
         }
     }
 
     fn close(&mut self) {
-        let cid = match self {
-            Self::Handshaking(handshake) => StoredCid::new(&handshake.cid_in),
-            Self::Established(session) => session.stored_cid_in().clone(),
-            Self::Closed(cid) => cid.clone(),
+        let (cid, identity) = match self {
+            Self::Handshaking(handshake) => (StoredCid::new(&handshake.cid_in), None),
+            Self::Established(session) => (
+                session.stored_cid_in().clone(),
+                Some(session.shared_identity().clone()),
+            ),
+            Self::Closed(cid, identity) => (cid.clone(), identity.clone()),
         };
-        *self = Self::Closed(cid);
+        *self = Self::Closed(cid, identity);
+    }
+
+    /// The authenticated identity of the session, established or closed after it was.
+    pub fn identity(&self) -> Option<&Arc<[u8]>> {
+        match self {
+            Self::Established(session) => Some(session.shared_identity()),
+            Self::Closed(_, identity) => identity.as_ref(),
+            Self::Handshaking(_) => None,
+        }
     }
 
     /// The session, if established.
@@ -135,7 +149,7 @@ impl Connection {
         let mut retransmitted = false;
         for record in Records::new(datagram, cid_len) {
             match self {
-                Self::Closed(_) => return,
+                Self::Closed(..) => return,
                 Self::Established(session) => {
                     let (event, newest) = session.on_record(&record, &mut output.transmits);
                     if newest && record.content_type == ContentType::Tls12Cid {

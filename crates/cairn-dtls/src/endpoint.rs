@@ -6,6 +6,7 @@
 //! [`core::time::Duration`] since an origin the driver chooses; the engine never reads a clock.
 
 use core::net::SocketAddr;
+use std::sync::Arc;
 
 use crate::crypto::Psk;
 use crate::error::CloseReason;
@@ -50,6 +51,10 @@ pub enum Event {
         peer: SocketAddr,
         /// Why.
         reason: CloseReason,
+        /// The identity the closed session had authenticated with; `None` if it never
+        /// completed a handshake. Lets the layers above tell whether a new session at the
+        /// same address belongs to the same peer.
+        identity: Option<Arc<[u8]>>,
     },
     /// A peer with a connection ID now sends from another address (RFC 9146 §6); later events
     /// and transmits use `new`.

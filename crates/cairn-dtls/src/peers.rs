@@ -183,7 +183,7 @@ mod tests {
     }
 
     fn closed(n: u8) -> Connection {
-        Connection::Closed(StoredCid::new(&ConnectionId::new(&[n]).unwrap()))
+        Connection::Closed(StoredCid::new(&ConnectionId::new(&[n]).unwrap()), None)
     }
 
     #[test]

@@ -541,9 +541,14 @@ impl ServerEndpoint {
         if let Some(cid) = cid.filter(|cid| !cid.is_empty()) {
             self.unindex_cid(&cid, peer);
         }
-        if self.peers.remove(&peer).is_some() {
+        if let Some(connection) = self.peers.remove(&peer) {
             self.sync_timer(peer);
-            self.events.push_back(Event::Closed { peer, reason });
+            let identity = connection.identity().cloned();
+            self.events.push_back(Event::Closed {
+                peer,
+                reason,
+                identity,
+            });
         }
     }
 

@@ -169,7 +169,8 @@ fn finished_before_change_cipher_spec_aborts_the_handshake() {
             peer: attacker(),
             reason: cairn_dtls::CloseReason::LocalAlert(
                 cairn_dtls::AlertDescription::UnexpectedMessage
-            )
+            ),
+            identity: None,
         }]
     );
     assert_eq!(transmits.len(), 1, "one fatal alert");
@@ -435,7 +436,8 @@ fn wrong_psk_and_unknown_identity_do_not_disturb_other_peers() {
             peer: other,
             reason: cairn_dtls::CloseReason::LocalAlert(
                 cairn_dtls::AlertDescription::UnknownPskIdentity
-            )
+            ),
+            identity: None,
         }]
     );
     let server = serves_honest_client(server, Duration::ZERO);

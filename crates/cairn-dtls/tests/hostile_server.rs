@@ -91,7 +91,8 @@ fn server_hello_with_a_suite_not_offered_aborts() {
         events(&mut client),
         [Event::Closed {
             peer: server_addr(),
-            reason: CloseReason::LocalAlert(AlertDescription::IllegalParameter)
+            reason: CloseReason::LocalAlert(AlertDescription::IllegalParameter),
+            identity: None,
         }]
     );
     let alert = client.poll_transmit().unwrap().payload;
@@ -151,7 +152,8 @@ fn finished_before_change_cipher_spec_aborts_the_client() {
         events(&mut client),
         [Event::Closed {
             peer: server_addr(),
-            reason: CloseReason::LocalAlert(AlertDescription::UnexpectedMessage)
+            reason: CloseReason::LocalAlert(AlertDescription::UnexpectedMessage),
+            identity: None,
         }]
     );
 }

@@ -120,7 +120,8 @@ fn handshake_gives_up_after_max_retransmissions() {
         link.client_events,
         [Event::Closed {
             peer: server_addr(),
-            reason: CloseReason::HandshakeTimeout
+            reason: CloseReason::HandshakeTimeout,
+            identity: None,
         }]
     );
     // 1 + 6 retransmissions, at 0, 1, 3, 7, 15, 31, 63 s; the end at 123 s.
@@ -137,8 +138,9 @@ fn resumption_by_session_id() {
         event,
         Event::Closed {
             reason: CloseReason::PeerClosed,
+            identity: Some(identity),
             ..
-        }
+        } if **identity == *IDENTITY
     )));
     link.server_events.clear();
     link.client_events.clear();
@@ -199,7 +201,8 @@ fn unknown_identity_is_refused_with_an_alert() {
         link.client_events,
         [Event::Closed {
             peer: server_addr(),
-            reason: CloseReason::PeerAlert(AlertDescription::UnknownPskIdentity)
+            reason: CloseReason::PeerAlert(AlertDescription::UnknownPskIdentity),
+            identity: None,
         }]
     );
     assert_eq!(link.server.peer_count(), 0);
@@ -212,7 +215,8 @@ fn close_notify_ends_both_sides() {
     link.run(link.now);
     assert!(link.client_events.contains(&Event::Closed {
         peer: server_addr(),
-        reason: CloseReason::PeerClosed
+        reason: CloseReason::PeerClosed,
+        identity: Some(IDENTITY.into()),
     }));
     assert!(!link.client.is_connected());
     assert_eq!(

@@ -25,8 +25,8 @@ use crate::dedup::{Chain, DedupQueue};
 use crate::message::{Code, FormatError, Message, MessageType, MessageView, RawHeader, Token};
 use crate::observe::{ObserveSequence, is_fresh};
 use crate::option::{BlockValue, OptionNumber};
-use crate::request_table::{ClientRequest, ObservationRecord, RequestTable};
 use crate::peer_table::{Addressed, PeerTable};
+use crate::request_table::{ClientRequest, ObservationRecord, RequestTable};
 
 /// Transmission parameters and resource limits (RFC 7252 §4.8 defaults).
 #[derive(Clone, Debug)]

@@ -12,8 +12,8 @@ pub mod link_format;
 pub mod message;
 pub mod observe;
 pub mod option;
-mod request_table;
 mod peer_table;
+mod request_table;
 pub mod uri;
 
 pub use content_format::ContentFormat;

@@ -954,6 +954,9 @@ fn forget_peer_drops_its_exchanges_and_cached_replies() {
     assert!(server.poll_transmit().is_none());
     // The same message ID from the new context is a new request, not a duplicate.
     server.handle(Duration::from_secs(1), peer, &answered.to_bytes());
-    assert!(server.poll_transmit().is_none(), "the old reply is not replayed");
+    assert!(
+        server.poll_transmit().is_none(),
+        "the old reply is not replayed"
+    );
     assert!(matches!(server.poll_event(), Some(Event::Request { .. })));
 }

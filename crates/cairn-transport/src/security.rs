@@ -5,18 +5,20 @@
 //! messages to the endpoint; CoAP transmits go through [`Layer::send`], which encrypts them
 //! (a client queues them while it connects).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_coap::{Endpoint, Transmit};
+use cairn_coap::{Endpoint, RequestError, Transmit};
 use cairn_dtls::{ClientConfig, ClientEndpoint, Event as DtlsEvent, ServerConfig, ServerEndpoint};
 use rand::SeedableRng;
 
 /// CoAP messages a DTLS client holds while its handshake runs.
 const MAX_PENDING: usize = 256;
+/// Addresses whose closed DTLS session's identity a server remembers (see [`ClosedSessions`]).
+const MAX_CLOSED_SESSIONS: usize = 4096;
 
 /// How a socket's datagrams are protected.
 #[derive(Clone, Default)]
@@ -45,8 +47,76 @@ pub(crate) struct Identities {
 
 pub(crate) enum Layer {
     Plain,
-    Server(Box<ServerEndpoint>),
+    Server(Box<ServerSide>),
     Client(Box<ClientSide>),
+}
+
+pub(crate) struct ServerSide {
+    endpoint: ServerEndpoint,
+    closed: ClosedSessions,
+}
+
+/// The identities of DTLS sessions a server lost, by address, until the next session from
+/// that address is established.
+///
+/// CoAP state is keyed by address, but its exchanges belong to the security context they
+/// ran in (RFC 7252 §9.1): when the next session from the address authenticates another
+/// identity (a new device behind the same NAT port), the CoAP endpoint forgets the address
+/// before any of the new session's data is handled, so that a request meant for the old
+/// device is neither retransmitted to the new one nor matched with its answers. The same
+/// identity coming back (a device re-handshaking) keeps its CoAP state, observations
+/// included. Entries are bounded: the oldest is dropped, and its address forgotten by CoAP,
+/// when the table is full.
+#[derive(Default)]
+struct ClosedSessions {
+    /// Address → (insertion number, identity of its last authenticated session).
+    identities: HashMap<SocketAddr, (u64, Arc<[u8]>)>,
+    /// Insertion order; entries superseded or taken since are skipped.
+    order: VecDeque<(u64, SocketAddr)>,
+    next: u64,
+}
+
+impl ClosedSessions {
+    /// Remembers the identity of the session `peer` lost.
+    fn insert(&mut self, peer: SocketAddr, identity: Arc<[u8]>, coap: &mut Endpoint) {
+        let number = self.next;
+        self.next += 1;
+        self.identities.insert(peer, (number, identity));
+        self.order.push_back((number, peer));
+        while self.identities.len() > MAX_CLOSED_SESSIONS {
+            let Some((number, oldest)) = self.order.pop_front() else {
+                break;
+            };
+            if self
+                .identities
+                .get(&oldest)
+                .is_some_and(|(n, _)| *n == number)
+            {
+                self.identities.remove(&oldest);
+                coap.forget_peer(oldest, RequestError::SessionFailed);
+            }
+        }
+        if self.order.len() > 2 * MAX_CLOSED_SESSIONS {
+            let identities = &self.identities;
+            self.order
+                .retain(|(number, peer)| identities.get(peer).is_some_and(|(n, _)| n == number));
+        }
+    }
+
+    /// A session with `identity` was established at `peer`: the CoAP state of the address
+    /// goes unless its previous session had the same identity.
+    fn established(&mut self, peer: SocketAddr, identity: &[u8], coap: &mut Endpoint) {
+        let Some((_, previous)) = self.identities.remove(&peer) else {
+            return;
+        };
+        if *previous != *identity {
+            tracing::debug!(%peer, "a DTLS session of another identity: CoAP state of the address dropped");
+            coap.forget_peer(peer, RequestError::SessionFailed);
+        }
+        if self.identities.is_empty() {
+            self.order.clear();
+        }
+    }
 }
 
 pub(crate) struct ClientSide {
@@ -68,9 +138,10 @@ impl Layer {
             |e: cairn_dtls::Error| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
         Ok(match security {
             Security::NoSec => Layer::Plain,
-            Security::DtlsServer(config) => Layer::Server(Box::new(
-                ServerEndpoint::new(config, rng(), now).map_err(invalid)?,
-            )),
+            Security::DtlsServer(config) => Layer::Server(Box::new(ServerSide {
+                endpoint: ServerEndpoint::new(config, rng(), now).map_err(invalid)?,
+                closed: ClosedSessions::default(),
+            })),
             Security::DtlsClient { config, server } => Layer::Client(Box::new(ClientSide {
                 endpoint: ClientEndpoint::new(config, rng(), server).map_err(invalid)?,
                 server,
@@ -96,7 +167,7 @@ impl Layer {
                 coap.handle(now, from, datagram);
             }
             Layer::Server(server) => {
-                server.handle(now, from, datagram);
+                server.endpoint.handle(now, from, datagram);
                 self.drain(now, coap, identities, outbox);
             }
             Layer::Client(client) => {
@@ -110,7 +181,7 @@ impl Layer {
     pub(crate) fn identity(&self, peer: SocketAddr) -> Option<Arc<[u8]>> {
         match self {
             Layer::Plain => None,
-            Layer::Server(server) => server.identity(peer),
+            Layer::Server(server) => server.endpoint.identity(peer),
             Layer::Client(client) if peer == client.server => client.identity.clone(),
             Layer::Client(_) => None,
         }
@@ -121,6 +192,7 @@ impl Layer {
         match self {
             Layer::Plain => outbox.push(transmit),
             Layer::Server(server) => {
+                let server = &mut server.endpoint;
                 if let Err(error) = server.send(now, transmit.destination, &transmit.payload) {
                     tracing::debug!(%error, peer = %transmit.destination, "no DTLS session for a CoAP message");
                 }
@@ -152,7 +224,7 @@ impl Layer {
     pub(crate) fn poll_timeout(&self) -> Option<Duration> {
         match self {
             Layer::Plain => None,
-            Layer::Server(server) => server.poll_timeout(),
+            Layer::Server(server) => server.endpoint.poll_timeout(),
             Layer::Client(client) => client.endpoint.poll_timeout(),
         }
     }
@@ -166,7 +238,7 @@ impl Layer {
     ) {
         match self {
             Layer::Plain => return,
-            Layer::Server(server) => server.handle_timeout(now),
+            Layer::Server(server) => server.endpoint.handle_timeout(now),
             Layer::Client(client) => client.endpoint.handle_timeout(now),
         }
         self.drain(now, coap, identities, outbox);
@@ -183,7 +255,7 @@ impl Layer {
         loop {
             let event = match self {
                 Layer::Plain => None,
-                Layer::Server(server) => server.poll_event(),
+                Layer::Server(server) => server.endpoint.poll_event(),
                 Layer::Client(client) => client.endpoint.poll_event(),
             };
             let Some(event) = event else {
@@ -199,6 +271,9 @@ impl Layer {
                     resumed,
                 } => {
                     tracing::debug!(%peer, resumed, "DTLS session established");
+                    if let Layer::Server(server) = self {
+                        server.closed.established(peer, &identity, coap);
+                    }
                     if let Layer::Client(client) = self {
                         client.identity = Some(identity.into());
                         client.connecting = false;
@@ -209,8 +284,16 @@ impl Layer {
                         }
                     }
                 }
-                DtlsEvent::Closed { peer, reason } => {
+                DtlsEvent::Closed {
+                    peer,
+                    reason,
+                    identity,
+                } => {
                     tracing::debug!(%peer, ?reason, "DTLS session closed");
+                    // A session that never authenticated leaves the last identity in place.
+                    if let (Layer::Server(server), Some(identity)) = (&mut *self, identity) {
+                        server.closed.insert(peer, identity, coap);
+                    }
                     if let Layer::Client(client) = self {
                         client.identity = None;
                         client.connecting = false;
@@ -220,6 +303,12 @@ impl Layer {
                 }
                 DtlsEvent::PeerMoved { old, new } => {
                     tracing::debug!(%old, %new, "DTLS peer moved");
+                    // A session moving (by its CID) onto an address replaces the one there.
+                    if let Layer::Server(server) = self {
+                        if let Some(identity) = server.endpoint.identity(new) {
+                            server.closed.established(new, &identity, coap);
+                        }
+                    }
                     identities.moved.push((old, new));
                 }
             }
@@ -227,7 +316,7 @@ impl Layer {
         match self {
             Layer::Plain => {}
             Layer::Server(server) => {
-                outbox.extend(std::iter::from_fn(|| server.poll_transmit()).map(convert))
+                outbox.extend(std::iter::from_fn(|| server.endpoint.poll_transmit()).map(convert))
             }
             Layer::Client(client) => {
                 outbox.extend(std::iter::from_fn(|| client.endpoint.poll_transmit()).map(convert))

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use cairn_coap::ContentFormat;
+use cairn_coap::RequestError;
 use cairn_lwm2m::node::{LwM2mNode, LwM2mObjectInstance, LwM2mResource};
 use cairn_lwm2m::{
     BootstrapServerRequest, CoapResponse, LwM2mPath, Lwm2mResponse, ModelRegistry, ObjectLink,
@@ -17,7 +18,7 @@ use cairn_lwm2m::{
 use cairn_store::{
     BootstrapSettings, CredentialKind, DeviceCredentials, DmCredentialSource, PskCredential,
 };
-use cairn_transport::CoapEndpoint;
+use cairn_transport::{CoapEndpoint, TransportError};
 
 use super::credentials::{CredentialError, DmCertificates};
 
@@ -302,7 +303,15 @@ pub(crate) async fn run(
         attempts,
         certificates,
     } = *exchange;
-    let discovered = discover(exchange).await;
+    let discovered = match discover(exchange).await {
+        Ok(discovered) => discovered,
+        Err(reason) => {
+            return Outcome::Failed {
+                step: "Bootstrap-Discover".into(),
+                reason,
+            };
+        }
+    };
     let bootstrap_instance = discovered.and_then(|d| d.bootstrap_instance).unwrap_or(0);
     let steps = match plan(settings, device, format, bootstrap_instance, certificates) {
         Ok(planned) => planned,
@@ -328,7 +337,10 @@ pub(crate) async fn run(
                     },
                 };
             }
-            Err(reason) if step.required => {
+            Err(Failure {
+                reason,
+                session_ended,
+            }) if step.required || session_ended => {
                 return Outcome::Failed {
                     step: step.name(),
                     reason,
@@ -346,18 +358,39 @@ struct Discovered {
     bootstrap_instance: Option<u16>,
 }
 
+/// Whether a request failed because the device's secure session ended (RFC 7252 §9.1): the
+/// address may belong to another device now, so the sequence must not send anything more.
+fn session_ended(error: &TransportError) -> bool {
+    matches!(error, TransportError::Request(RequestError::SessionFailed))
+}
+
+/// Why a step got no usable answer.
+struct Failure {
+    reason: String,
+    /// The device's secure session ended: nothing more may be sent to its address.
+    session_ended: bool,
+}
+
 /// Bootstrap-Discover `/`, read as plain link format so that any attribute a client adds
-/// (`ssid`, `uri`) is understood; `None` when the client does not support it.
-async fn discover(exchange: &Exchange<'_>) -> Option<Discovered> {
+/// (`ssid`, `uri`) is understood; `None` when the client does not support it, an error when
+/// the device's secure session ended.
+async fn discover(exchange: &Exchange<'_>) -> Result<Option<Discovered>, String> {
     let request = BootstrapServerRequest::Discover {
         path: LwM2mPath::Root,
     };
-    let message = request.to_coap(exchange.models).ok()?.to_message();
-    let sent = exchange.socket.request(exchange.peer, message);
-    let response = tokio::time::timeout(exchange.request_timeout, sent)
-        .await
-        .ok()?
-        .ok()?;
+    let Ok(request) = request.to_coap(exchange.models) else {
+        return Ok(None);
+    };
+    let sent = exchange.socket.request(exchange.peer, request.to_message());
+    let response = match tokio::time::timeout(exchange.request_timeout, sent).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) if session_ended(&error) => return Err(error.to_string()),
+        _ => return Ok(None),
+    };
+    Ok(parse_discovered(&response))
+}
+
+fn parse_discovered(response: &cairn_coap::Message) -> Option<Discovered> {
     if response.code != cairn_coap::Code::CONTENT {
         return None;
     }
@@ -382,8 +415,11 @@ async fn send(
     step: &Step,
     request_timeout: Duration,
     attempts: u32,
-) -> Result<Lwm2mResponse, String> {
-    let coap = step.request.to_coap(models).map_err(|e| e.to_string())?;
+) -> Result<Lwm2mResponse, Failure> {
+    let coap = step.request.to_coap(models).map_err(|e| Failure {
+        reason: e.to_string(),
+        session_ended: false,
+    })?;
     let coap = WipedPayload(coap);
     let coap = &coap.0;
     let mut last = String::new();
@@ -397,6 +433,12 @@ async fn send(
                         .decode_response(&c, models)
                         .map_err(|e| e.to_string())
                 }),
+            Ok(Err(error)) if session_ended(&error) => {
+                return Err(Failure {
+                    reason: error.to_string(),
+                    session_ended: true,
+                });
+            }
             Ok(Err(error)) => Err(error.to_string()),
             Err(_) => Err(format!("no answer within {request_timeout:?}")),
         };
@@ -418,7 +460,10 @@ async fn send(
             Some(last),
         ));
     }
-    Err(last)
+    Err(Failure {
+        reason: last,
+        session_ended: false,
+    })
 }
 
 /// A request whose encoded payload (credentials) is wiped when dropped.

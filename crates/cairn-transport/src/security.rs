@@ -331,3 +331,71 @@ fn convert(transmit: cairn_dtls::Transmit) -> Transmit {
         payload: transmit.payload,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_coap::{Code, Config, Event, Message};
+
+    fn address(n: usize) -> SocketAddr {
+        SocketAddr::from(([10, 0, (n >> 8) as u8, n as u8], 5684))
+    }
+
+    fn pending_request(coap: &mut Endpoint, peer: SocketAddr) -> cairn_coap::RequestId {
+        coap.request(Duration::ZERO, peer, Message::request(Code::GET))
+            .unwrap()
+    }
+
+    fn failed(coap: &mut Endpoint) -> Vec<(cairn_coap::RequestId, RequestError)> {
+        std::iter::from_fn(|| coap.poll_event())
+            .filter_map(|event| match event {
+                Event::RequestFailed { id, error } => Some((id, error)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn another_identity_drops_the_state_and_the_same_one_keeps_it() {
+        let mut coap = Endpoint::new(Config::default(), 1);
+        let mut closed = ClosedSessions::default();
+        let (same, other) = (address(1), address(2));
+        let kept = pending_request(&mut coap, same);
+        let dropped = pending_request(&mut coap, other);
+        closed.insert(same, Arc::from(&b"a"[..]), &mut coap);
+        closed.insert(other, Arc::from(&b"a"[..]), &mut coap);
+        closed.established(same, b"a", &mut coap);
+        closed.established(other, b"b", &mut coap);
+        assert_eq!(failed(&mut coap), [(dropped, RequestError::SessionFailed)]);
+        assert!(coap.request_token(kept).is_some());
+        assert!(closed.identities.is_empty() && closed.order.is_empty());
+        // A session with no closed predecessor changes nothing.
+        closed.established(same, b"b", &mut coap);
+        assert!(failed(&mut coap).is_empty());
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_an_evicted_address_is_forgotten() {
+        let mut coap = Endpoint::new(Config::default(), 1);
+        let mut closed = ClosedSessions::default();
+        let oldest = pending_request(&mut coap, address(0));
+        let identity: Arc<[u8]> = Arc::from(&b"a"[..]);
+        for n in 0..=MAX_CLOSED_SESSIONS {
+            closed.insert(address(n), identity.clone(), &mut coap);
+        }
+        assert_eq!(closed.identities.len(), MAX_CLOSED_SESSIONS);
+        assert!(!closed.identities.contains_key(&address(0)));
+        assert_eq!(failed(&mut coap), [(oldest, RequestError::SessionFailed)]);
+        // Closes and reconnects of the same addresses do not grow the order queue.
+        for round in 0..3 {
+            for n in 0..MAX_CLOSED_SESSIONS {
+                closed.insert(address(n), identity.clone(), &mut coap);
+                if round > 0 {
+                    closed.established(address(n), b"a", &mut coap);
+                }
+            }
+        }
+        assert!(closed.order.len() <= 2 * MAX_CLOSED_SESSIONS + 1);
+        assert!(failed(&mut coap).is_empty());
+    }
+}

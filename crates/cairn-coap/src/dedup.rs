@@ -153,6 +153,7 @@ impl DedupQueue {
     }
 
     /// If `message_id` is a duplicate in `chain`: `Some` with the reply to send again, if any.
+    #[cfg(test)]
     pub(crate) fn find(&self, chain: Chain, message_id: u16) -> Option<Option<Vec<u8>>> {
         self.walk(chain)
             .map(|index| &self.entries[index])
@@ -162,6 +163,7 @@ impl DedupQueue {
 
     /// Records `message_id` for the peer at `peer`, dropping its oldest entry when it has
     /// `capacity` already.
+    #[cfg(test)]
     pub(crate) fn push(
         &mut self,
         chain: &mut Chain,
@@ -173,6 +175,43 @@ impl DedupQueue {
         while chain.len >= capacity.max(1) {
             self.drop_oldest(chain);
         }
+        self.append(chain, peer, message_id, expires);
+    }
+
+    /// Looks for `message_id` among the peer's entries and, if it is new, records it as
+    /// [`DedupQueue::push`] does, with one walk of the chain for both: the oldest entry,
+    /// dropped when the peer is at `capacity`, is the walk's last. `Some` with the reply to
+    /// send again for a duplicate (as [`DedupQueue::find`]).
+    pub(crate) fn find_or_push(
+        &mut self,
+        chain: &mut Chain,
+        peer: u32,
+        message_id: u16,
+        expires: Duration,
+        capacity: u16,
+    ) -> Option<Option<Vec<u8>>> {
+        let mut newer = None;
+        let mut oldest = None;
+        for index in self.walk(*chain) {
+            let entry = &self.entries[index];
+            if entry.message_id == message_id {
+                return Some(entry.reply.to_bytes(message_id));
+            }
+            newer = oldest;
+            oldest = Some(index);
+        }
+        let capacity = capacity.max(1);
+        if chain.len == capacity {
+            self.kill_oldest(chain, newer, oldest);
+        }
+        while chain.len >= capacity {
+            self.drop_oldest(chain);
+        }
+        self.append(chain, peer, message_id, expires);
+        None
+    }
+
+    fn append(&mut self, chain: &mut Chain, peer: u32, message_id: u16, expires: Duration) {
         let position = self.base.wrapping_add(self.entries.len() as u32);
         self.entries.push_back(Entry {
             expires_ms: millis_ceil(expires),
@@ -192,6 +231,12 @@ impl DedupQueue {
             newer = oldest;
             oldest = Some(index);
         }
+        self.kill_oldest(chain, newer, oldest);
+    }
+
+    /// Drops a chain's oldest entry, given its index and the index of the entry after it
+    /// (both found by walking the chain).
+    fn kill_oldest(&mut self, chain: &mut Chain, newer: Option<usize>, oldest: Option<usize>) {
         if let Some(index) = oldest {
             let entry = &mut self.entries[index];
             entry.peer = DEAD;
@@ -337,6 +382,47 @@ mod tests {
         assert_eq!(queue.find(a, 8), Some(Some(vec![5; 100])));
         assert_eq!(queue.pop_expired(11 * S), Some(0));
         assert_eq!(queue.len(), 0);
+    }
+
+    #[test]
+    fn find_or_push_walks_once_and_keeps_what_find_and_push_keep() {
+        let mut fused = DedupQueue::default();
+        let mut apart = DedupQueue::default();
+        let (mut a, mut b) = (Chain::EMPTY, Chain::EMPTY);
+        let (mut other_a, mut other_b) = (Chain::EMPTY, Chain::EMPTY);
+        for round in 0..300u16 {
+            // A chatty peer over its capacity, a repeat now and then, and a second peer.
+            let id = if round % 7 == 6 { round - 2 } else { round };
+            let found = fused.find_or_push(&mut a, 0, id, S, 5);
+            let expected = apart.find(b, id);
+            if expected.is_none() {
+                apart.push(&mut b, 0, id, S, 5);
+            }
+            assert_eq!(found, expected, "round {round}");
+            assert_eq!(a, b, "round {round}");
+            fused.find_or_push(&mut other_a, 1, round, S, 3);
+            apart.push(&mut other_b, 1, round, S, 3);
+            assert_eq!(other_a, other_b);
+            if fused.needs_compaction() {
+                let remap = fused.compact();
+                a = remap.chain(a);
+                other_a = remap.chain(other_a);
+            }
+            if apart.needs_compaction() {
+                let remap = apart.compact();
+                b = remap.chain(b);
+                other_b = remap.chain(other_b);
+            }
+        }
+        assert_eq!(fused.len(), apart.len());
+        assert_eq!(a.len, 5);
+        for id in 0..300u16 {
+            assert_eq!(
+                fused.find(a, id).is_some(),
+                apart.find(b, id).is_some(),
+                "{id}"
+            );
+        }
     }
 
     #[test]

@@ -850,15 +850,7 @@ impl Endpoint {
             return Err(());
         };
         let mut chain = state.chain();
-        if let Some(reply) = self.dedup.find(chain, message.message_id) {
-            if message.message_type == MessageType::Confirmable {
-                if let Some(reply) = reply {
-                    self.send(peer, reply);
-                }
-            }
-            return Ok(true);
-        }
-        self.dedup.push(
+        let found = self.dedup.find_or_push(
             &mut chain,
             position,
             message.message_id,
@@ -866,6 +858,14 @@ impl Endpoint {
             capacity,
         );
         state.set_chain(chain);
+        if let Some(reply) = found {
+            if message.message_type == MessageType::Confirmable {
+                if let Some(reply) = reply {
+                    self.send(peer, reply);
+                }
+            }
+            return Ok(true);
+        }
         Ok(false)
     }
 

@@ -3,8 +3,11 @@
 //! Every entry lives EXCHANGE_LIFETIME from its message's arrival, so entries expire in the
 //! order they arrived: one queue for the whole endpoint, popped at the front, replaces a
 //! queue per peer. A peer keeps only its newest entry's position and its entry count
-//! ([`Chain`]); each entry links to the same peer's previous one, so a duplicate is found
-//! by walking the peer's own entries, newest first (at most the per-peer capacity).
+//! ([`Chain`]); each entry links to the same peer's next one, and the newest entry holds the
+//! chain's oldest position and a 64-bit filter of its message IDs ([`Filter`]). A new
+//! message ID is usually known new from the filter alone, and the oldest entry, dropped when
+//! a peer is at its capacity, is found without a walk; a walk of the peer's own entries (at
+//! most the per-peer capacity) is left for IDs the filter cannot rule out.
 //!
 //! An entry's cached reply is held in the entry: nothing for a message not answered yet or
 //! answered with an empty ACK (rebuilt from the message ID), up to [`INLINE_REPLY`] bytes
@@ -81,11 +84,58 @@ struct Entry {
     /// Milliseconds since the time origin, rounded up.
     expires_ms: u64,
     reply: Reply,
+    /// Which message IDs the chain may hold, as of this entry (read from the newest).
+    filter: u64,
     /// The peer's position in the peer table, or [`DEAD`].
     peer: u32,
-    /// The same peer's previous entry (meaningful only while the chain counts it).
+    /// The same peer's next (newer) entry, [`NONE`] for its newest.
+    next: u32,
+    /// The same peer's previous (older) entry (meaningful only while the chain counts it).
     prev: u32,
+    /// The chain's oldest entry, as of this entry (read from the newest).
+    first: u32,
     message_id: u16,
+    /// The filter has one bit per entry of the chain (none shares its bit with another):
+    /// dropping an entry may clear its bit.
+    exact: bool,
+}
+
+/// Bit `message_id % 64` of each entry of a chain, so that a new message ID whose bit is
+/// clear is known new without walking the chain. Bits of entries gone are cleared only
+/// while every bit stands for one entry at most; any walk of the chain builds it again.
+#[derive(Clone, Copy, Debug)]
+struct Filter {
+    bits: u64,
+    exact: bool,
+}
+
+impl Filter {
+    const EMPTY: Filter = Filter {
+        bits: 0,
+        exact: true,
+    };
+
+    fn bit(message_id: u16) -> u64 {
+        1 << (message_id % 64)
+    }
+
+    fn may_hold(self, message_id: u16) -> bool {
+        self.bits & Filter::bit(message_id) != 0
+    }
+
+    fn add(&mut self, message_id: u16) {
+        let bit = Filter::bit(message_id);
+        if self.bits & bit != 0 {
+            self.exact = false;
+        }
+        self.bits |= bit;
+    }
+
+    fn remove(&mut self, message_id: u16) {
+        if self.exact {
+            self.bits &= !Filter::bit(message_id);
+        }
+    }
 }
 
 fn millis_ceil(time: Duration) -> u64 {
@@ -104,13 +154,17 @@ pub(crate) struct Remap {
 }
 
 impl Remap {
+    fn position(&self, position: u32) -> u32 {
+        let index = position.wrapping_sub(self.old_base) as usize;
+        self.new_positions.get(index).copied().unwrap_or(NONE)
+    }
+
     pub(crate) fn chain(&self, chain: Chain) -> Chain {
         if chain.len == 0 {
             return Chain::EMPTY;
         }
-        let index = chain.last.wrapping_sub(self.old_base) as usize;
         Chain {
-            last: self.new_positions.get(index).copied().unwrap_or(NONE),
+            last: self.position(chain.last),
             len: chain.len,
         }
     }
@@ -142,7 +196,22 @@ impl DedupQueue {
         self.entries.len()
     }
 
-    /// Indexes of a chain's entries, newest first.
+    /// A chain's oldest position and filter, from its newest entry.
+    fn head(&self, chain: Chain) -> (u32, Filter) {
+        match self.index(chain.last).filter(|_| chain.len > 0) {
+            Some(index) => {
+                let newest = &self.entries[index];
+                let filter = Filter {
+                    bits: newest.filter,
+                    exact: newest.exact,
+                };
+                (newest.first, filter)
+            }
+            None => (NONE, Filter::EMPTY),
+        }
+    }
+
+    /// Indexes of a chain's entries, newest first (a repeated message is usually recent).
     fn walk(&self, chain: Chain) -> impl Iterator<Item = usize> + '_ {
         let mut at = chain.last;
         (0..chain.len).map_while(move |_| {
@@ -172,16 +241,18 @@ impl DedupQueue {
         expires: Duration,
         capacity: u16,
     ) {
+        let (mut first, mut filter) = self.head(*chain);
         while chain.len >= capacity.max(1) {
-            self.drop_oldest(chain);
+            self.drop_oldest(chain, &mut first, &mut filter);
         }
-        self.append(chain, peer, message_id, expires);
+        filter.add(message_id);
+        self.append(chain, first, filter, peer, message_id, expires);
     }
 
     /// Looks for `message_id` among the peer's entries and, if it is new, records it as
-    /// [`DedupQueue::push`] does, with one walk of the chain for both: the oldest entry,
-    /// dropped when the peer is at `capacity`, is the walk's last. `Some` with the reply to
-    /// send again for a duplicate (as [`DedupQueue::find`]).
+    /// [`DedupQueue::push`] does. The chain is walked only when its filter says the ID may
+    /// be in it; the oldest entry, dropped when the peer is at `capacity`, is known without
+    /// a walk. `Some` with the reply to send again for a duplicate (as [`DedupQueue::find`]).
     pub(crate) fn find_or_push(
         &mut self,
         chain: &mut Chain,
@@ -190,66 +261,109 @@ impl DedupQueue {
         expires: Duration,
         capacity: u16,
     ) -> Option<Option<Vec<u8>>> {
-        let mut newer = None;
-        let mut oldest = None;
-        for index in self.walk(*chain) {
-            let entry = &self.entries[index];
-            if entry.message_id == message_id {
-                return Some(entry.reply.to_bytes(message_id));
+        let (mut first, mut filter) = self.head(*chain);
+        let mut walk = filter.may_hold(message_id);
+        // An exact filter's bit stands for one entry: when the oldest has it (as it has when
+        // a peer counts its message IDs up through a full chain), no walk.
+        if walk && filter.exact {
+            if let Some(oldest) = self.index(first).map(|index| &self.entries[index]) {
+                if oldest.message_id == message_id {
+                    return Some(oldest.reply.to_bytes(message_id));
+                }
+                walk = Filter::bit(oldest.message_id) != Filter::bit(message_id);
             }
-            newer = oldest;
-            oldest = Some(index);
         }
-        let capacity = capacity.max(1);
-        if chain.len == capacity {
-            self.kill_oldest(chain, newer, oldest);
+        if walk {
+            let mut rebuilt = Filter::EMPTY;
+            for index in self.walk(*chain) {
+                let entry = &self.entries[index];
+                if entry.message_id == message_id {
+                    return Some(entry.reply.to_bytes(message_id));
+                }
+                rebuilt.add(entry.message_id);
+            }
+            filter = rebuilt;
         }
-        while chain.len >= capacity {
-            self.drop_oldest(chain);
+        while chain.len >= capacity.max(1) {
+            self.drop_oldest(chain, &mut first, &mut filter);
         }
-        self.append(chain, peer, message_id, expires);
+        filter.add(message_id);
+        self.append(chain, first, filter, peer, message_id, expires);
         None
     }
 
-    fn append(&mut self, chain: &mut Chain, peer: u32, message_id: u16, expires: Duration) {
+    fn append(
+        &mut self,
+        chain: &mut Chain,
+        first: u32,
+        filter: Filter,
+        peer: u32,
+        message_id: u16,
+        expires: Duration,
+    ) {
         let position = self.base.wrapping_add(self.entries.len() as u32);
+        let (first, prev) = match self.index(chain.last).filter(|_| chain.len > 0) {
+            Some(index) => {
+                self.entries[index].next = position;
+                (first, chain.last)
+            }
+            None => {
+                *chain = Chain::EMPTY;
+                (position, NONE)
+            }
+        };
         self.entries.push_back(Entry {
             expires_ms: millis_ceil(expires),
             reply: Reply::None,
+            filter: filter.bits,
             peer,
-            prev: if chain.len == 0 { NONE } else { chain.last },
+            next: NONE,
+            prev,
+            first,
             message_id,
+            exact: filter.exact,
         });
         chain.last = position;
         chain.len += 1;
     }
 
-    fn drop_oldest(&mut self, chain: &mut Chain) {
-        let mut newer = None;
-        let mut oldest = None;
-        for index in self.walk(*chain) {
-            newer = oldest;
-            oldest = Some(index);
-        }
-        self.kill_oldest(chain, newer, oldest);
+    /// Drops a chain's oldest entry, at `first`; `first` and `filter` follow.
+    fn drop_oldest(&mut self, chain: &mut Chain, first: &mut u32, filter: &mut Filter) {
+        let Some(index) = self.index(*first).filter(|_| chain.len > 1) else {
+            // The last entry (or a chain that lost its way): the chain starts again empty.
+            if let Some(index) = self.index(*first).filter(|_| chain.len == 1) {
+                self.kill(index);
+            }
+            *chain = Chain::EMPTY;
+            *first = NONE;
+            *filter = Filter::EMPTY;
+            return;
+        };
+        filter.remove(self.entries[index].message_id);
+        *first = self.entries[index].next;
+        self.kill(index);
+        chain.len -= 1;
     }
 
-    /// Drops a chain's oldest entry, given its index and the index of the entry after it
-    /// (both found by walking the chain).
-    fn kill_oldest(&mut self, chain: &mut Chain, newer: Option<usize>, oldest: Option<usize>) {
-        if let Some(index) = oldest {
-            let entry = &mut self.entries[index];
+    fn kill(&mut self, index: usize) {
+        let entry = &mut self.entries[index];
+        if entry.peer != DEAD {
             entry.peer = DEAD;
             entry.reply = Reply::None;
             self.dead += 1;
         }
-        match newer {
-            Some(index) => self.entries[index].prev = NONE,
-            None => chain.last = NONE,
-        }
-        chain.len = chain.len.saturating_sub(1);
-        if oldest.is_none() {
+    }
+
+    /// The chain's oldest entry expired and was popped ([`DedupQueue::pop_expired`] gave
+    /// `next`, the entry after it): the chain starts there.
+    pub(crate) fn expired_oldest(&mut self, chain: &mut Chain, next: u32) {
+        if chain.len <= 1 {
             *chain = Chain::EMPTY;
+            return;
+        }
+        chain.len -= 1;
+        if let Some(index) = self.index(chain.last) {
+            self.entries[index].first = next;
         }
     }
 
@@ -267,16 +381,14 @@ impl DedupQueue {
     pub(crate) fn forget(&mut self, chain: Chain) {
         let indexes: Vec<usize> = self.walk(chain).collect();
         for index in indexes {
-            let entry = &mut self.entries[index];
-            entry.peer = DEAD;
-            entry.reply = Reply::None;
-            self.dead += 1;
+            self.kill(index);
         }
     }
 
     /// Pops the next entry expired at `now` (and any tombstone in front of it): the position
-    /// of its peer, whose chain loses its oldest entry.
-    pub(crate) fn pop_expired(&mut self, now: Duration) -> Option<u32> {
+    /// of its peer, whose chain loses its oldest entry, and the position of the entry after
+    /// it in that chain (for [`DedupQueue::expired_oldest`]).
+    pub(crate) fn pop_expired(&mut self, now: Duration) -> Option<(u32, u32)> {
         let now = millis_floor(now);
         while let Some(front) = self.entries.front() {
             if front.peer != DEAD && front.expires_ms > now {
@@ -287,7 +399,7 @@ impl DedupQueue {
             if entry.peer == DEAD {
                 self.dead -= 1;
             } else {
-                return Some(entry.peer);
+                return Some((entry.peer, entry.next));
             }
         }
         None
@@ -310,24 +422,32 @@ impl DedupQueue {
     pub(crate) fn compact(&mut self) -> Remap {
         let old_base = self.base;
         let mut new_positions = Vec::with_capacity(self.entries.len());
+        let mut kept_count = 0u32;
+        for entry in &self.entries {
+            if entry.peer == DEAD {
+                new_positions.push(NONE);
+            } else {
+                new_positions.push(old_base.wrapping_add(kept_count));
+                kept_count += 1;
+            }
+        }
+        let remap = Remap {
+            old_base,
+            new_positions,
+        };
         let mut kept = VecDeque::with_capacity(self.len());
         for mut entry in self.entries.drain(..) {
             if entry.peer == DEAD {
-                new_positions.push(NONE);
                 continue;
             }
-            let position = old_base.wrapping_add(kept.len() as u32);
-            new_positions.push(position);
-            let prev = entry.prev.wrapping_sub(old_base) as usize;
-            entry.prev = new_positions.get(prev).copied().unwrap_or(NONE);
+            entry.next = remap.position(entry.next);
+            entry.prev = remap.position(entry.prev);
+            entry.first = remap.position(entry.first);
             kept.push_back(entry);
         }
         self.entries = kept;
         self.dead = 0;
-        Remap {
-            old_base,
-            new_positions,
-        }
+        remap
     }
 
     /// Gives back the room a burst left behind.
@@ -348,7 +468,7 @@ mod tests {
     #[test]
     fn entries_are_compact() {
         assert!(
-            core::mem::size_of::<Entry>() <= 56,
+            core::mem::size_of::<Entry>() <= 72,
             "{}",
             core::mem::size_of::<Entry>()
         );
@@ -375,12 +495,13 @@ mod tests {
         assert_eq!(queue.find(a, 8), Some(Some(vec![5; 100])));
         // Expiry in arrival order: a's first entry, then b's.
         assert_eq!(queue.pop_expired(9 * S), None);
-        assert_eq!(queue.pop_expired(10 * S), Some(0));
-        a.len -= 1;
-        assert_eq!(queue.pop_expired(10 * S), Some(1));
+        let (peer, next) = queue.pop_expired(10 * S).unwrap();
+        assert_eq!(peer, 0);
+        queue.expired_oldest(&mut a, next);
+        assert_eq!(queue.pop_expired(10 * S).map(|(peer, _)| peer), Some(1));
         assert_eq!(queue.find(a, 7), None);
         assert_eq!(queue.find(a, 8), Some(Some(vec![5; 100])));
-        assert_eq!(queue.pop_expired(11 * S), Some(0));
+        assert_eq!(queue.pop_expired(11 * S).map(|(peer, _)| peer), Some(0));
         assert_eq!(queue.len(), 0);
     }
 
@@ -453,8 +574,90 @@ mod tests {
         assert!(queue.find(quiet, 1).is_some());
         queue.forget(chatty);
         assert_eq!(queue.len(), 1);
-        assert_eq!(queue.pop_expired(S), Some(1));
+        assert_eq!(queue.pop_expired(S).map(|(peer, _)| peer), Some(1));
         assert_eq!(queue.pop_expired(S), None);
         assert_eq!(queue.held(), 0);
+    }
+
+    /// Against a plain model (a list of message IDs per peer): random arrivals, repeats,
+    /// IDs that share filter bits, expiry, compaction and forgotten peers.
+    #[test]
+    fn agrees_with_a_plain_model() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..200 {
+            let capacity = 1 + (next() % 70) as u16;
+            // Random IDs over a narrow or a wide range, or IDs counted up with now and then a
+            // repeat of a recent one (how peers number their messages).
+            let spread = [64u64, 200, 65_536, 0][round % 4];
+            let mut counter = [0u16; 4];
+            let mut queue = DedupQueue::default();
+            let mut chains = [Chain::EMPTY; 4];
+            let mut model: [VecDeque<(u16, u64)>; 4] = Default::default();
+            let mut now_ms = 0u64;
+            for step in 0..3000u32 {
+                now_ms += next() % 3;
+                let now = Duration::from_millis(now_ms);
+                while let Some((peer, after)) = queue.pop_expired(now) {
+                    queue.expired_oldest(&mut chains[peer as usize], after);
+                }
+                for entries in &mut model {
+                    while entries
+                        .front()
+                        .is_some_and(|&(_, expires)| expires <= now_ms)
+                    {
+                        entries.pop_front();
+                    }
+                }
+                let peer = (next() % 4) as usize;
+                if next() % 500 == 0 {
+                    queue.forget(chains[peer]);
+                    chains[peer] = Chain::EMPTY;
+                    model[peer].clear();
+                    continue;
+                }
+                let id = if spread == 0 {
+                    counter[peer] = counter[peer].wrapping_add(1);
+                    counter[peer].wrapping_sub((next() % 4 / 3 * (next() % 80)) as u16)
+                } else {
+                    (next() % spread) as u16
+                };
+                let expires_ms = now_ms + 100;
+                let found = queue.find_or_push(
+                    &mut chains[peer],
+                    peer as u32,
+                    id,
+                    Duration::from_millis(expires_ms),
+                    capacity,
+                );
+                let expected = model[peer].iter().any(|&(held, _)| held == id);
+                assert_eq!(found.is_some(), expected, "round {round} step {step}");
+                if !expected {
+                    while model[peer].len() >= usize::from(capacity) {
+                        model[peer].pop_front();
+                    }
+                    model[peer].push_back((id, expires_ms));
+                }
+                if queue.needs_compaction() {
+                    let remap = queue.compact();
+                    for chain in &mut chains {
+                        *chain = remap.chain(*chain);
+                    }
+                }
+                for (chain, entries) in chains.iter().zip(&model) {
+                    assert_eq!(
+                        usize::from(chain.len),
+                        entries.len(),
+                        "round {round} step {step}"
+                    );
+                }
+            }
+            assert_eq!(queue.len(), model.iter().map(VecDeque::len).sum::<usize>());
+        }
     }
 }

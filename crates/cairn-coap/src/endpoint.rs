@@ -399,6 +399,9 @@ struct Observation {
 /// fraction of SipHash's cost on every datagram.
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
+/// Room for server exchanges that a shrink of the map keeps.
+const EXCHANGES_KEPT: usize = 1024;
+
 /// A small deterministic generator for message IDs, tokens and jitter.
 ///
 /// Seed it from the operating system: tokens are the only defence of unsecured CoAP against
@@ -621,15 +624,12 @@ impl Endpoint {
     /// Pops the duplicate-detection entries expired at `now`; a peer left holding nothing is
     /// dropped at once.
     fn expire_dedup(&mut self, now: Duration) {
-        while let Some(position) = self.dedup.pop_expired(now) {
+        while let Some((position, next)) = self.dedup.pop_expired(now) {
             let Some(peer) = self.peers.at_mut(position) else {
                 continue;
             };
             let mut chain = peer.chain();
-            chain.len = chain.len.saturating_sub(1);
-            if chain.len == 0 {
-                chain = Chain::EMPTY;
-            }
+            self.dedup.expired_oldest(&mut chain, next);
             peer.set_chain(chain);
             if peer.holds_nothing() {
                 self.peers.remove_at(position);
@@ -1398,10 +1398,13 @@ impl Endpoint {
             .remove(&id)
             .ok_or(EndpointError::UnknownExchange)?;
         // A registration storm leaves thousands of slots behind; the sweep would give them
-        // back only much later.
-        if self.exchanges.capacity() > 1024 && self.exchanges.len() < self.exchanges.capacity() / 8
+        // back only much later. Room for a busy server's bursts stays: giving it back after
+        // each one made every next burst grow the map again, entry by entry.
+        if self.exchanges.capacity() > 4 * EXCHANGES_KEPT
+            && self.exchanges.len() < self.exchanges.capacity() / 8
         {
-            self.exchanges.shrink_to(self.exchanges.len() * 2);
+            self.exchanges
+                .shrink_to((self.exchanges.len() * 2).max(EXCHANGES_KEPT));
         }
         let peer = exchange.peer;
         response.token = exchange.token;

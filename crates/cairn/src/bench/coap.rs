@@ -24,7 +24,7 @@ const LIBCOAP_SERVER: &str = "coap-server-notls";
 #[derive(Debug, Args)]
 pub struct CoapBenchArgs {
     /// Length of the measured window per server, in seconds.
-    #[arg(long, default_value_t = 5.0, value_parser = positive_seconds)]
+    #[arg(long, default_value_t = 8.0, value_parser = positive_seconds)]
     seconds: f64,
     /// Warm-up before each measured window (each round), in seconds.
     #[arg(long, default_value_t = 1.0, value_parser = non_negative_seconds)]
@@ -32,7 +32,7 @@ pub struct CoapBenchArgs {
     /// Split the measurement into this many rounds that alternate between the servers
     /// (`--seconds` in all per server), so that other work on the machine weighs on all
     /// of them alike.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=100))]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=100))]
     rounds: u16,
     /// Client sockets, each with its own source port.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=4096))]

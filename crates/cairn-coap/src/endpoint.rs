@@ -275,6 +275,10 @@ impl Addressed for Peer {
     fn address(&self) -> SocketAddr {
         self.address
     }
+
+    fn set_address(&mut self, address: SocketAddr) {
+        self.address = address;
+    }
 }
 
 #[derive(Debug, Default)]
@@ -1965,6 +1969,66 @@ impl Endpoint {
         self.exchanges.retain(|_, exchange| exchange.peer != peer);
         if let Some(position) = self.peers.position(&peer) {
             self.remove_peer_at(position);
+        }
+    }
+
+    /// The peer at `old` now sends from `new`: a DTLS session that moved by its connection
+    /// ID (RFC 9146 §6, a NAT that rebound the device's address). Everything bound to the
+    /// peer follows it: requests of ours and their tokens (observations of its resources
+    /// included), observations it registered on our resources, its requests waiting for
+    /// [`Endpoint::respond`], retransmissions, duplicate detection, transfers and datagrams
+    /// not yet polled. What `new` held before is forgotten, as [`Endpoint::forget_peer`]
+    /// does. Nothing is sent.
+    ///
+    /// It scans the requests and exchanges in progress: meant for rare events.
+    pub fn move_peer(&mut self, old: SocketAddr, new: SocketAddr) {
+        if old == new {
+            return;
+        }
+        self.forget_peer(new, RequestError::SessionFailed);
+        for id in self.requests.ids_of_peer(old) {
+            let Some((_, token)) = self.requests.peer_and_token(id) else {
+                continue;
+            };
+            let hash = self.token_hasher.hash_one((old, token));
+            if let Ok(entry) = self.tokens.find_entry(hash, |other| *other == id) {
+                entry.remove();
+            }
+            self.requests.set_peer(id, new);
+            self.index_token(id, new, token);
+        }
+        for exchange in self.exchanges.values_mut() {
+            if exchange.peer == old {
+                exchange.peer = new;
+            }
+        }
+        if let Some(position) = self.peers.position(&old) {
+            self.peers.rekey(position, new);
+            let (observations, retransmissions) = match self.peers.at(position) {
+                Some(state) => (
+                    state.extra().observations.clone(),
+                    state
+                        .outgoing
+                        .iter()
+                        .map(|o| (o.deadline, o.message_id))
+                        .collect::<Vec<_>>(),
+                ),
+                None => (Vec::new(), Vec::new()),
+            };
+            for id in observations {
+                if let Some(observation) = self.observations.get_mut(&id) {
+                    observation.peer = new;
+                }
+            }
+            // The timers of `old` find no peer there any more.
+            for (deadline, message_id) in retransmissions {
+                self.schedule(deadline, TimerKind::Retransmit(new, message_id));
+            }
+        }
+        for transmit in &mut self.transmits {
+            if transmit.destination == old {
+                transmit.destination = new;
+            }
         }
     }
 

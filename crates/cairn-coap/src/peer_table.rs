@@ -14,6 +14,7 @@ use hashbrown::HashTable;
 /// What the table needs of a peer record.
 pub(crate) trait Addressed {
     fn address(&self) -> SocketAddr;
+    fn set_address(&mut self, address: SocketAddr);
 }
 
 pub(crate) struct PeerTable<T> {
@@ -122,6 +123,26 @@ impl<T: Addressed> PeerTable<T> {
         position
     }
 
+    /// Gives the peer at `position` the address `new` (not in the table), keeping its
+    /// position, which other tables refer to.
+    pub(crate) fn rekey(&mut self, position: u32, new: SocketAddr) {
+        let Some(old) = self.at(position).map(Addressed::address) else {
+            return;
+        };
+        let hash = self.hasher.hash_one(old);
+        if let Ok(entry) = self.index.find_entry(hash, |&p| p == position) {
+            entry.remove();
+        }
+        if let Some(Some(peer)) = self.slots.get_mut(position as usize) {
+            peer.set_address(new);
+        }
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.index
+            .insert_unique(hasher.hash_one(new), position, |&p| {
+                Self::hash_at(slots, hasher, p)
+            });
+    }
+
     pub(crate) fn remove_at(&mut self, position: u32) -> Option<T> {
         let address = self.at(position)?.address();
         let hash = self.hasher.hash_one(address);
@@ -180,6 +201,27 @@ mod tests {
     impl Addressed for Probe {
         fn address(&self) -> SocketAddr {
             self.0
+        }
+
+        fn set_address(&mut self, address: SocketAddr) {
+            self.0 = address;
+        }
+    }
+
+    #[test]
+    fn rekey_keeps_the_position() {
+        let mut table = PeerTable::default();
+        for n in 0..100u16 {
+            table.insert(Probe(address(n), n.into()));
+        }
+        let position = table.position(&address(42)).unwrap();
+        table.rekey(position, address(1042));
+        assert_eq!(table.position(&address(42)), None);
+        assert_eq!(table.position(&address(1042)), Some(position));
+        assert_eq!(table.at(position), Some(&Probe(address(1042), 42)));
+        assert_eq!(table.len(), 100);
+        for n in (0..100u16).filter(|&n| n != 42) {
+            assert_eq!(table.position(&address(n)), Some(u32::from(n)));
         }
     }
 

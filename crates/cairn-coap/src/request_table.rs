@@ -304,6 +304,15 @@ impl RequestTable {
         }
     }
 
+    /// Points the request at `peer` (its peer moved to that address).
+    pub(crate) fn set_peer(&mut self, id: RequestId, peer: SocketAddr) {
+        match self.slot_mut(id) {
+            Some(Entry::Active(request)) => request.peer = peer,
+            Some(Entry::Observing(record)) => record.peer = CompactAddr::new(peer),
+            _ => {}
+        }
+    }
+
     /// Whether the request observes, and its last notification.
     pub(crate) fn observing(&self, id: RequestId) -> Option<(bool, Option<(u32, Duration)>)> {
         match self.slot(id)? {

@@ -960,3 +960,92 @@ fn forget_peer_drops_its_exchanges_and_cached_replies() {
     );
     assert!(matches!(server.poll_event(), Some(Event::Request { .. })));
 }
+
+#[test]
+fn move_peer_takes_everything_of_the_peer_to_its_new_address() {
+    let mut server = Endpoint::new(Config::default(), 11);
+    let (old, new) = (addr(CLIENT), addr("127.0.0.1:40001"));
+    let drain =
+        |server: &mut Endpoint| std::iter::from_fn(|| server.poll_transmit()).collect::<Vec<_>>();
+    // The peer observes /time, answered (its reply cached for duplicates).
+    let mut observe = Message::new(MessageType::Confirmable, Code::GET, 10);
+    observe.token = cairn_coap::Token::from_u64(0xa1);
+    observe.set_uri_path("/time");
+    observe.options.set_uint(OptionNumber::OBSERVE, 0);
+    server.handle(Duration::ZERO, old, &observe.to_bytes());
+    let Some(Event::Request { id: exchange, .. }) = server.poll_event() else {
+        panic!("no request")
+    };
+    let observation = server
+        .respond(Duration::ZERO, exchange, Message::response(Code::CONTENT))
+        .unwrap()
+        .unwrap();
+    // A request of the peer the application has not answered yet.
+    let mut waiting = Message::new(MessageType::Confirmable, Code::GET, 11);
+    waiting.token = cairn_coap::Token::from_u64(0xa2);
+    server.handle(Duration::ZERO, old, &waiting.to_bytes());
+    let Some(Event::Request { id: waiting_id, .. }) = server.poll_event() else {
+        panic!("no request")
+    };
+    // A request of ours that the peer has not answered yet.
+    let mut write = Message::request(Code::PUT);
+    write.set_uri_path("/0/1");
+    assert!(drain(&mut server).iter().all(|t| t.destination == old));
+    let pending = server.request(Duration::ZERO, old, write).unwrap();
+
+    // The move comes before the request's datagram is polled: it goes to the new address.
+    server.move_peer(old, new);
+    assert!(server.poll_event().is_none(), "nothing fails or ends");
+    assert_eq!(server.peer_count(), 1);
+    let before = drain(&mut server);
+    assert_eq!(before.len(), 1);
+    assert_eq!(before[0].destination, new);
+    let sent_write = Message::decode(&before[0].payload).unwrap();
+    let now = Duration::from_millis(100);
+    // A repeat of the observe request, now from the new address, gets the cached reply.
+    server.handle(now, new, &observe.to_bytes());
+    assert!(
+        server.poll_event().is_none(),
+        "a duplicate, not a new request"
+    );
+    let repeated = drain(&mut server);
+    assert_eq!(repeated.len(), 1);
+    assert_eq!(repeated[0].destination, new);
+    // The waiting request is answered there, and so is the observation's notification.
+    server
+        .respond(now, waiting_id, Message::response(Code::CONTENT))
+        .unwrap();
+    server
+        .notify(now, observation, Message::response(Code::CONTENT))
+        .unwrap();
+    let answers = drain(&mut server);
+    assert_eq!(answers.len(), 2);
+    assert!(answers.iter().all(|t| t.destination == new), "{answers:?}");
+    // Our request is retransmitted to the new address, and its answer from there counts.
+    server.handle_timeout(Duration::from_secs(4));
+    let retransmitted = drain(&mut server);
+    assert!(
+        retransmitted
+            .iter()
+            .any(|t| t.destination == new && t.payload == before.last().unwrap().payload),
+        "{retransmitted:?}"
+    );
+    assert!(retransmitted.iter().all(|t| t.destination == new));
+    let mut ack = Message::new(
+        MessageType::Acknowledgement,
+        Code::CHANGED,
+        sent_write.message_id,
+    );
+    ack.token = sent_write.token;
+    server.handle(Duration::from_secs(4), new, &ack.to_bytes());
+    assert!(
+        std::iter::from_fn(|| server.poll_event()).any(|event| matches!(
+            event,
+            Event::Response { id, ref message, .. } if id == pending && message.code == Code::CHANGED
+        )),
+        "the answer from the new address completes the request"
+    );
+    // The old address holds nothing any more.
+    server.handle(Duration::from_secs(4), old, &ack.to_bytes());
+    assert!(server.poll_event().is_none());
+}

@@ -963,6 +963,40 @@ async fn a_device_behind_a_changing_nat_keeps_its_registration() {
         instance.resources[&0],
         LwM2mResource::single(0, Value::String("Roaming".into()))
     );
+
+    // An observation made before the next rebinding goes on after it: the device's
+    // notification is the first datagram from its new address.
+    let (_, mut notifications) = server
+        .observe("dev-1", LwM2mPath::Resource(3, 0, 9), None)
+        .await
+        .unwrap();
+    let before = nat.public_address();
+    nat.rebind().await;
+    assert_eq!(endpoint.notify("/3/0/9", battery(64)).await.unwrap(), 1);
+    let node = tokio::time::timeout(Duration::from_secs(5), notifications.next())
+        .await
+        .expect("the notification from the new address reaches the observer")
+        .unwrap();
+    assert_eq!(
+        node,
+        LwM2mNode::Resource(LwM2mResource::single(9, Value::Integer(64)))
+    );
+    let moved = server.registration("dev-1").unwrap();
+    assert_eq!(moved.peer_address, nat.public_address());
+    assert_ne!(moved.peer_address, before);
+    assert_eq!(endpoint.notify("/3/0/9", battery(63)).await.unwrap(), 1);
+    let node = tokio::time::timeout(Duration::from_secs(5), notifications.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        node,
+        LwM2mNode::Resource(LwM2mResource::single(9, Value::Integer(63)))
+    );
+    server
+        .read("dev-1", LwM2mPath::ObjectInstance(3, 0), None)
+        .await
+        .unwrap();
 }
 
 /// A per-call timeout is honoured, independent of the configured one: a device that

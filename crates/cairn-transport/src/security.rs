@@ -309,6 +309,9 @@ impl Layer {
                             server.closed.established(new, &identity, coap);
                         }
                     }
+                    // CoAP state follows the session, before its data (queued after this
+                    // event) reaches CoAP from the new address.
+                    coap.move_peer(old, new);
                     identities.moved.push((old, new));
                 }
             }

@@ -87,6 +87,7 @@ fn init_logging(filter: Option<&str>, json: bool) {
 }
 
 fn main() -> anyhow::Result<()> {
+    keep_small_pages();
     let cli = Cli::parse();
     init_logging(cli.log.as_deref(), cli.log_json);
     match cli.command {
@@ -103,4 +104,17 @@ fn main() -> anyhow::Result<()> {
         Command::Bootstrap(args) => bootstrap_cmd::run(args),
         Command::Campaign(args) => campaign_cmd::run(args),
     }
+}
+
+/// Transparent huge pages off for this process. The allocator marks its regions for huge
+/// pages, and the kernel's khugepaged then turns any 2 MiB of them with one page in use into
+/// a whole huge page: a server holding many small per-device records grew its resident
+/// memory by half while idle (`cairn bench lwm2m`, docs/benchmarks.md). `CAIRN_HUGE_PAGES=1`
+/// leaves the system's setting in force.
+fn keep_small_pages() {
+    if std::env::var_os("CAIRN_HUGE_PAGES").is_some_and(|value| value == "1") {
+        return;
+    }
+    // Not fatal: without it the process only uses more memory.
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
 }

@@ -40,7 +40,7 @@ const SETTLE: Duration = Duration::from_millis(500);
 #[derive(Debug, Args)]
 pub struct DtlsBenchArgs {
     /// Measured time per server for each load (handshakes, then GETs), in seconds.
-    #[arg(long, default_value_t = 5.0, value_parser = positive_seconds)]
+    #[arg(long, default_value_t = 8.0, value_parser = positive_seconds)]
     seconds: f64,
     /// Warm-up before each measured window (each round), in seconds.
     #[arg(long, default_value_t = 1.0, value_parser = non_negative_seconds)]
@@ -48,7 +48,7 @@ pub struct DtlsBenchArgs {
     /// Split each measurement into this many rounds that alternate between the servers
     /// (`--seconds` in all per server), so that other work on the machine weighs on
     /// both alike.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=100))]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=100))]
     rounds: u16,
     /// Clients running handshakes back to back (libcoap allows 100 handshakes at once).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]

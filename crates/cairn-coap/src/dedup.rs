@@ -155,6 +155,9 @@ pub(crate) struct Remap {
 
 impl Remap {
     fn position(&self, position: u32) -> u32 {
+        if position == NONE {
+            return NONE;
+        }
         let index = position.wrapping_sub(self.old_base) as usize;
         self.new_positions.get(index).copied().unwrap_or(NONE)
     }

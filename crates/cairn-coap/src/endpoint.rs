@@ -1967,6 +1967,15 @@ impl Endpoint {
             self.end_observation(id, ObservationEnd::SessionEnded);
         }
         self.exchanges.retain(|_, exchange| exchange.peer != peer);
+        // Its requests not polled yet are not served, and what was queued for it is not
+        // sent (a new session at the address would carry it to another identity).
+        let exchanges = &self.exchanges;
+        self.events.retain(|event| match event {
+            Event::Request { id, .. } => exchanges.contains_key(id),
+            _ => true,
+        });
+        self.transmits
+            .retain(|transmit| transmit.destination != peer);
         if let Some(position) = self.peers.position(&peer) {
             self.remove_peer_at(position);
         }
@@ -1991,11 +2000,18 @@ impl Endpoint {
                 continue;
             };
             let hash = self.token_hasher.hash_one((old, token));
-            if let Ok(entry) = self.tokens.find_entry(hash, |other| *other == id) {
-                entry.remove();
-            }
+            // Pings are not in the token index.
+            let indexed = match self.tokens.find_entry(hash, |other| *other == id) {
+                Ok(entry) => {
+                    entry.remove();
+                    true
+                }
+                Err(_) => false,
+            };
             self.requests.set_peer(id, new);
-            self.index_token(id, new, token);
+            if indexed {
+                self.index_token(id, new, token);
+            }
         }
         for exchange in self.exchanges.values_mut() {
             if exchange.peer == old {
@@ -2028,6 +2044,18 @@ impl Endpoint {
         for transmit in &mut self.transmits {
             if transmit.destination == old {
                 transmit.destination = new;
+            }
+        }
+        for event in &mut self.events {
+            match event {
+                Event::Request { peer, .. }
+                | Event::Response { peer, .. }
+                | Event::ObservationEnded { peer, .. }
+                    if *peer == old =>
+                {
+                    *peer = new;
+                }
+                _ => {}
             }
         }
     }

@@ -963,7 +963,12 @@ fn forget_peer_drops_its_exchanges_and_cached_replies() {
 
 #[test]
 fn move_peer_takes_everything_of_the_peer_to_its_new_address() {
-    let mut server = Endpoint::new(Config::default(), 11);
+    // Two of our requests in flight at once: a ping and a write.
+    let config = Config {
+        nstart: 2,
+        ..Config::default()
+    };
+    let mut server = Endpoint::new(config, 11);
     let (old, new) = (addr(CLIENT), addr("127.0.0.1:40001"));
     let drain =
         |server: &mut Endpoint| std::iter::from_fn(|| server.poll_transmit()).collect::<Vec<_>>();
@@ -987,18 +992,30 @@ fn move_peer_takes_everything_of_the_peer_to_its_new_address() {
     let Some(Event::Request { id: waiting_id, .. }) = server.poll_event() else {
         panic!("no request")
     };
+    // A ping of ours, not answered yet.
+    let ping = server.ping(Duration::ZERO, old).unwrap();
+    assert!(drain(&mut server).iter().all(|t| t.destination == old));
     // A request of ours that the peer has not answered yet.
     let mut write = Message::request(Code::PUT);
     write.set_uri_path("/0/1");
     assert!(drain(&mut server).iter().all(|t| t.destination == old));
     let pending = server.request(Duration::ZERO, old, write).unwrap();
 
+    // A request of the peer that arrived but was not polled yet.
+    let mut unpolled = Message::new(MessageType::Confirmable, Code::GET, 12);
+    unpolled.token = cairn_coap::Token::from_u64(0xa3);
+    server.handle(Duration::ZERO, old, &unpolled.to_bytes());
+
     // The move comes before the request's datagram is polled: it goes to the new address.
     server.move_peer(old, new);
-    assert!(server.poll_event().is_none(), "nothing fails or ends");
+    let events: Vec<Event> = std::iter::from_fn(|| server.poll_event()).collect();
+    assert!(
+        matches!(events.as_slice(), [Event::Request { peer, .. }] if *peer == new),
+        "the queued request is the new address's, and nothing fails or ends: {events:?}"
+    );
     assert_eq!(server.peer_count(), 1);
     let before = drain(&mut server);
-    assert_eq!(before.len(), 1);
+    assert_eq!(before.len(), 1, "{before:?}");
     assert_eq!(before[0].destination, new);
     let sent_write = Message::decode(&before[0].payload).unwrap();
     let now = Duration::from_millis(100);
@@ -1045,7 +1062,64 @@ fn move_peer_takes_everything_of_the_peer_to_its_new_address() {
         )),
         "the answer from the new address completes the request"
     );
+    // A response without a token from the new address answers no ping (pings are matched
+    // by message ID), and the ping's own empty ACK does.
+    let stray = Message::new(MessageType::Acknowledgement, Code::CONTENT, 999);
+    server.handle(Duration::from_secs(4), new, &stray.to_bytes());
+    let events: Vec<Event> = std::iter::from_fn(|| server.poll_event()).collect();
+    assert!(
+        events
+            .iter()
+            .all(|event| !matches!(event, Event::Response { id, .. } if *id == ping)),
+        "{events:?}"
+    );
+    let sent_ping = retransmitted
+        .iter()
+        .map(|t| Message::decode(&t.payload).unwrap())
+        .find(|m| m.code == Code::EMPTY && m.message_type == MessageType::Confirmable)
+        .map(|m| m.message_id);
+    let message_id = sent_ping.expect("the ping is retransmitted to the new address");
+    let pong = Message::new(MessageType::Acknowledgement, Code::EMPTY, message_id);
+    server.handle(Duration::from_secs(4), new, &pong.to_bytes());
+    assert_eq!(server.poll_event(), Some(Event::Pong { id: ping }));
     // The old address holds nothing any more.
     server.handle(Duration::from_secs(4), old, &ack.to_bytes());
     assert!(server.poll_event().is_none());
+}
+
+#[test]
+fn forget_peer_drops_what_is_queued_for_it() {
+    let mut server = Endpoint::new(Config::default(), 12);
+    let (peer, other) = (addr(CLIENT), addr("127.0.0.1:40002"));
+    // A request from each peer, not polled yet, and a request of ours to each, not sent yet.
+    for (n, from) in [(1u16, peer), (2, other)] {
+        let request = Message::new(MessageType::Confirmable, Code::GET, n);
+        server.handle(Duration::ZERO, from, &request.to_bytes());
+        let mut write = Message::request(Code::PUT);
+        write.set_uri_path("/0/1");
+        server.request(Duration::ZERO, from, write).unwrap();
+    }
+    server.forget_peer(peer, RequestError::SessionFailed);
+    let events: Vec<Event> = std::iter::from_fn(|| server.poll_event()).collect();
+    assert!(
+        events
+            .iter()
+            .all(|event| !matches!(event, Event::Request { peer: from, .. } if *from == peer)),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|event| matches!(event, Event::Request { peer: from, .. } if *from == other)),
+        "{events:?}"
+    );
+    let transmits: Vec<Transmit> = std::iter::from_fn(|| server.poll_transmit()).collect();
+    assert!(
+        transmits.iter().all(|t| t.destination != peer),
+        "{transmits:?}"
+    );
+    assert!(
+        transmits.iter().any(|t| t.destination == other),
+        "{transmits:?}"
+    );
 }

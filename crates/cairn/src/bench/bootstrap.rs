@@ -46,7 +46,7 @@ pub struct BootstrapBenchArgs {
     #[arg(long, default_value_t = 15_000)]
     per_process: usize,
     /// Worker threads of each fleet process.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 1)]
     fleet_threads: usize,
     /// Seconds to wait for every device before giving up (default: the start time at
     /// --rate plus 300 s); the devices still missing are then listed with their bootstrap

@@ -173,6 +173,13 @@ impl Remap {
     }
 }
 
+/// A message ID to record, with its peer's position and its expiry.
+struct Recorded {
+    peer: u32,
+    message_id: u16,
+    expires: Duration,
+}
+
 /// The duplicate-detection entries of every peer, in arrival order.
 #[derive(Debug, Default)]
 pub(crate) struct DedupQueue {
@@ -244,12 +251,13 @@ impl DedupQueue {
         expires: Duration,
         capacity: u16,
     ) {
-        let (mut first, mut filter) = self.head(*chain);
-        while chain.len >= capacity.max(1) {
-            self.drop_oldest(chain, &mut first, &mut filter);
-        }
-        filter.add(message_id);
-        self.append(chain, first, filter, peer, message_id, expires);
+        let (first, filter) = self.head(*chain);
+        let new = Recorded {
+            peer,
+            message_id,
+            expires,
+        };
+        self.append(chain, first, filter, new, capacity);
     }
 
     /// Looks for `message_id` among the peer's entries and, if it is new, records it as
@@ -264,7 +272,7 @@ impl DedupQueue {
         expires: Duration,
         capacity: u16,
     ) -> Option<Option<Vec<u8>>> {
-        let (mut first, mut filter) = self.head(*chain);
+        let (first, mut filter) = self.head(*chain);
         let mut walk = filter.may_hold(message_id);
         // An exact filter's bit stands for one entry: when the oldest has it (as it has when
         // a peer counts its message IDs up through a full chain), no walk.
@@ -287,23 +295,34 @@ impl DedupQueue {
             }
             filter = rebuilt;
         }
-        while chain.len >= capacity.max(1) {
-            self.drop_oldest(chain, &mut first, &mut filter);
-        }
-        filter.add(message_id);
-        self.append(chain, first, filter, peer, message_id, expires);
+        let new = Recorded {
+            peer,
+            message_id,
+            expires,
+        };
+        self.append(chain, first, filter, new, capacity);
         None
     }
 
+    /// Appends a new entry to a chain whose oldest position and filter are `first` and
+    /// `filter`, dropping its oldest entries first while it holds `capacity`.
     fn append(
         &mut self,
         chain: &mut Chain,
-        first: u32,
-        filter: Filter,
-        peer: u32,
-        message_id: u16,
-        expires: Duration,
+        mut first: u32,
+        mut filter: Filter,
+        new: Recorded,
+        capacity: u16,
     ) {
+        while chain.len >= capacity.max(1) {
+            self.drop_oldest(chain, &mut first, &mut filter);
+        }
+        let Recorded {
+            peer,
+            message_id,
+            expires,
+        } = new;
+        filter.add(message_id);
         let position = self.base.wrapping_add(self.entries.len() as u32);
         let (first, prev) = match self.index(chain.last).filter(|_| chain.len > 0) {
             Some(index) => {

@@ -240,8 +240,8 @@ impl DedupQueue {
             .map(|entry| entry.reply.to_bytes(message_id))
     }
 
-    /// Records `message_id` for the peer at `peer`, dropping its oldest entry when it has
-    /// `capacity` already.
+    /// Records `message_id`, new to the chain, for the peer at `peer`, dropping its oldest
+    /// entry when it has `capacity` already.
     #[cfg(test)]
     pub(crate) fn push(
         &mut self,
@@ -251,13 +251,8 @@ impl DedupQueue {
         expires: Duration,
         capacity: u16,
     ) {
-        let (first, filter) = self.head(*chain);
-        let new = Recorded {
-            peer,
-            message_id,
-            expires,
-        };
-        self.append(chain, first, filter, new, capacity);
+        let repeated = self.find_or_push(chain, peer, message_id, expires, capacity);
+        assert!(repeated.is_none(), "push takes new message IDs only");
     }
 
     /// Looks for `message_id` among the peer's entries and, if it is new, records it as
